@@ -1,0 +1,249 @@
+//! The REES46 events CSV reader (SPEC §1.1, §6.4): one file, many files or a directory, plain or
+//! gzip-compressed (detected by content, not name). Streaming, validating, and never panicking:
+//! every row is either handed on as an [`Event`] or rejected with a reason.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{bail, Context, Result};
+use cartflow_dataflows::model::event::{parse_id, parse_price, PriceError};
+use cartflow_dataflows::model::time::parse_event_time;
+use cartflow_dataflows::model::{Event, EventType, Symbol};
+use flate2::bufread::MultiGzDecoder;
+use rustc_hash::FxHashMap;
+
+use crate::progress::Progress;
+use crate::rejects::{RejectLog, RejectReason};
+
+pub const HEADER: [&str; 9] = [
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "user_session",
+];
+
+/// Files to read: each file as given, and for a directory its `*.csv` and `*.csv.gz` files in name
+/// order.
+pub fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).with_context(|| format!("input {}", path.display()))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("listing {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    p.is_file() && (name.ends_with(".csv") || name.ends_with(".csv.gz"))
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!("input directory {} holds no *.csv or *.csv.gz file", path.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// How many bytes have been read from disk so far (for progress on compressed input).
+pub type BytesRead = Rc<Cell<u64>>;
+
+/// Opens a file, transparently decompressing gzip.
+pub fn open_maybe_gzip(path: &Path) -> Result<(Box<dyn Read>, BytesRead)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let counter = Rc::new(Cell::new(0));
+    let mut buffered = BufReader::with_capacity(1 << 20, CountingReader { inner: file, count: counter.clone() });
+    let is_gzip =
+        buffered.fill_buf().with_context(|| format!("reading {}", path.display()))?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read> = if is_gzip {
+        Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buffered)))
+    } else {
+        Box::new(buffered)
+    };
+    Ok((reader, counter))
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Validates the fields of one row into an [`Event`]. Keeps a cache of interned brands and
+/// category codes so the hot path takes no lock.
+#[derive(Default)]
+pub struct EventParser {
+    symbols: FxHashMap<Box<[u8]>, Symbol>,
+}
+
+/// The nine fields of a row in SPEC order, as raw bytes.
+pub struct RawFields<'a> {
+    pub fields: [&'a [u8]; 9],
+}
+
+impl EventParser {
+    fn symbol(&mut self, bytes: &[u8]) -> Result<Option<Symbol>, RejectReason> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if let Some(symbol) = self.symbols.get(bytes) {
+            return Ok(Some(*symbol));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| RejectReason::Encoding)?;
+        let symbol = Symbol::intern(text);
+        self.symbols.insert(bytes.into(), symbol);
+        Ok(Some(symbol))
+    }
+
+    pub fn parse(&mut self, raw: &RawFields<'_>) -> Result<Event, RejectReason> {
+        let [time, event_type, product_id, category_id, category_code, brand, price, user_id, session] = raw.fields;
+        let time = parse_event_time(time).ok_or(RejectReason::EventTime)?;
+        let event_type = EventType::parse(event_type).ok_or(RejectReason::EventType)?;
+        let product_id = match product_id {
+            [] => return Err(RejectReason::MissingProductId),
+            digits => parse_id(digits).ok_or(RejectReason::ProductId)?,
+        };
+        let category_id = match category_id {
+            [] => return Err(RejectReason::MissingCategoryId),
+            digits => parse_id(digits).ok_or(RejectReason::CategoryId)?,
+        };
+        let category_code = self.symbol(category_code)?;
+        let brand = self.symbol(brand)?;
+        let price = parse_price(price).map_err(|e| match e {
+            PriceError::Negative => RejectReason::NegativePrice,
+            PriceError::Invalid => RejectReason::Price,
+        })?;
+        let user_id = match user_id {
+            [] => return Err(RejectReason::MissingUserId),
+            digits => parse_id(digits).ok_or(RejectReason::UserId)?,
+        };
+        std::str::from_utf8(session).map_err(|_| RejectReason::Encoding)?;
+        Ok(Event { time, event_type, product_id, category_id, category_code, brand, price, user_id })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub files: usize,
+    /// Data rows seen (blank lines and headers are not rows).
+    pub rows: u64,
+    pub valid: u64,
+    pub rejected: u64,
+    pub bytes: u64,
+}
+
+/// Reads every input file, calling `on_event(event, user_session)` for each valid row and
+/// recording every invalid one in `rejects`. Shows progress over the total input size.
+pub fn read_events(
+    files: &[PathBuf],
+    rejects: &mut RejectLog,
+    show_progress: bool,
+    mut on_event: impl FnMut(&Event, &[u8]),
+) -> Result<ReadStats> {
+    let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let mut progress = show_progress.then(|| Progress::new("reading events", total_bytes, "bytes"));
+    let mut stats = ReadStats { files: files.len(), ..Default::default() };
+    let mut parser = EventParser::default();
+    let mut done_bytes = 0;
+    for path in files {
+        let (reader, counter) = open_maybe_gzip(path)?;
+        let source = path.display().to_string();
+        let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+        let mut record = csv::ByteRecord::new();
+        let mut columns: [usize; 9] = std::array::from_fn(|i| i);
+        let mut first = true;
+        loop {
+            match csv.read_byte_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => bail!("{source}: {e}"),
+            }
+            let line = record.position().map_or(0, |p| p.line());
+            if std::mem::take(&mut first) && is_header(&record) {
+                columns = header_columns(&record).with_context(|| format!("{source}: line {line}"))?;
+                continue;
+            }
+            stats.rows += 1;
+            let result = if record.len() == HEADER.len() {
+                parser.parse(&RawFields { fields: columns.map(|i| &record[i]) })
+            } else {
+                Err(RejectReason::FieldCount)
+            };
+            match result {
+                Ok(event) => {
+                    stats.valid += 1;
+                    on_event(&event, &record[columns[8]]);
+                }
+                Err(reason) => {
+                    stats.rejected += 1;
+                    rejects.reject(&source, line, reason, &join_fields(&record))?;
+                }
+            }
+            if stats.rows % 65_536 == 0 {
+                if let Some(p) = &mut progress {
+                    p.update(done_bytes + counter.get(), stats.rows, "rows");
+                }
+            }
+        }
+        done_bytes += counter.get();
+        stats.bytes += counter.get();
+    }
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    rejects.flush()?;
+    Ok(stats)
+}
+
+fn strip_bom(field: &[u8]) -> &[u8] {
+    field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+}
+
+fn is_header(record: &csv::ByteRecord) -> bool {
+    record.iter().any(|f| strip_bom(f) == b"event_time")
+}
+
+/// Maps SPEC column order to the file's columns, so a file with reordered columns reads correctly.
+fn header_columns(record: &csv::ByteRecord) -> Result<[usize; 9]> {
+    let mut columns = [0; 9];
+    for (slot, name) in columns.iter_mut().zip(HEADER) {
+        *slot = record
+            .iter()
+            .position(|f| strip_bom(f) == name.as_bytes())
+            .with_context(|| format!("the header lacks the column '{name}' (expected {})", HEADER.join(",")))?;
+    }
+    if record.len() != HEADER.len() {
+        bail!("the header has {} columns, expected the nine of {}", record.len(), HEADER.join(","));
+    }
+    Ok(columns)
+}
+
+pub(crate) fn join_fields(record: &csv::ByteRecord) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (i, field) in record.iter().enumerate() {
+        if i > 0 {
+            raw.push(b',');
+        }
+        raw.extend_from_slice(field);
+    }
+    raw
+}

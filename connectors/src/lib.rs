@@ -1,0 +1,8 @@
+//! cartflow's connectors: everything that reads from or writes to the outside world.
+
+pub mod csv_events;
+pub mod profiles;
+pub mod progress;
+pub mod rejects;
+pub mod sink;
+pub mod sqlite;

@@ -1,0 +1,101 @@
+//! Rejected input: counted per reason and written, with its source, line number and reason, to a
+//! CSV rejects file. A reject never stops a run (SPEC §1.1).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectReason {
+    FieldCount,
+    EventTime,
+    EventType,
+    MissingProductId,
+    ProductId,
+    MissingCategoryId,
+    CategoryId,
+    Price,
+    NegativePrice,
+    MissingUserId,
+    UserId,
+    /// A text field is not valid UTF-8.
+    Encoding,
+    /// A profile row whose `user_id` is missing or not a plain decimal id.
+    ProfileUserId,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::FieldCount => "field_count",
+            RejectReason::EventTime => "bad_event_time",
+            RejectReason::EventType => "unknown_event_type",
+            RejectReason::MissingProductId => "missing_product_id",
+            RejectReason::ProductId => "bad_product_id",
+            RejectReason::MissingCategoryId => "missing_category_id",
+            RejectReason::CategoryId => "bad_category_id",
+            RejectReason::Price => "bad_price",
+            RejectReason::NegativePrice => "negative_price",
+            RejectReason::MissingUserId => "missing_user_id",
+            RejectReason::UserId => "bad_user_id",
+            RejectReason::Encoding => "bad_utf8",
+            RejectReason::ProfileUserId => "bad_profile_user_id",
+        }
+    }
+}
+
+/// Counts rejects per reason and writes each one to the rejects file (created on first reject).
+pub struct RejectLog {
+    path: Option<PathBuf>,
+    writer: Option<csv::Writer<BufWriter<File>>>,
+    counts: BTreeMap<RejectReason, u64>,
+}
+
+impl RejectLog {
+    /// Rejects go to `path`; `None` only counts them (tests and dry runs).
+    pub fn new(path: Option<PathBuf>) -> RejectLog {
+        RejectLog { path, writer: None, counts: BTreeMap::new() }
+    }
+
+    /// `out/cartflow.db` → `out/cartflow.rejects.csv`: the rejects file beside an output.
+    pub fn beside(output: &Path) -> PathBuf {
+        let stem = output.file_stem().map_or_else(|| "cartflow".into(), |s| s.to_string_lossy().into_owned());
+        output.with_file_name(format!("{stem}.rejects.csv"))
+    }
+
+    pub fn reject(&mut self, source: &str, line: u64, reason: RejectReason, raw: &[u8]) -> Result<()> {
+        *self.counts.entry(reason).or_default() += 1;
+        let Some(path) = &self.path else { return Ok(()) };
+        if self.writer.is_none() {
+            let file = File::create(path).with_context(|| format!("creating rejects file {}", path.display()))?;
+            let mut writer = csv::Writer::from_writer(BufWriter::new(file));
+            writer.write_record(["source", "line", "reason", "raw"])?;
+            self.writer = Some(writer);
+        }
+        let writer = self.writer.as_mut().expect("opened above");
+        writer.write_record([source.as_bytes(), line.to_string().as_bytes(), reason.label().as_bytes(), raw])?;
+        Ok(())
+    }
+
+    pub fn counts(&self) -> &BTreeMap<RejectReason, u64> {
+        &self.counts
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.writer.as_ref().and(self.path.as_deref())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(writer) = &mut self.writer {
+            writer.flush()?;
+        }
+        Ok(())
+    }
+}

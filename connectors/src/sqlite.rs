@@ -1,0 +1,181 @@
+//! The embedded store: SQLite with exactly the tables, columns and keys of SPEC §4, in WAL mode,
+//! every [`WriteBatch`] in one transaction.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cartflow_dataflows::schema::{Kind, Row, Table, TableId, Value, TABLES};
+use rusqlite::types::ValueRef;
+use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
+
+use crate::sink::{Sink, WriteBatch};
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+/// `CREATE TABLE` for a SPEC §4 table.
+pub fn create_table_sql(table: &Table) -> String {
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let kind = match c.kind {
+                Kind::Int => "INTEGER",
+                Kind::Real => "REAL",
+                Kind::Text => "TEXT",
+            };
+            let not_null = if i < table.key_len { " NOT NULL" } else { "" };
+            format!("{} {kind}{not_null}", quoted(c.name))
+        })
+        .collect();
+    let key: Vec<String> = table.key_columns().iter().map(|c| quoted(c.name)).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})) WITHOUT ROWID",
+        quoted(table.name),
+        columns.join(", "),
+        key.join(", ")
+    )
+}
+
+struct Bind<'a>(&'a Value);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput::Borrowed;
+        Ok(match self.0 {
+            Value::Null => Borrowed(ValueRef::Null),
+            Value::Int(i) => Borrowed(ValueRef::Integer(*i)),
+            Value::Real(x) => Borrowed(ValueRef::Real(*x)),
+            Value::Text(s) => Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+fn read_value(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(x) => Value::Real(x),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+/// A filtered read of one table (`query` command, HTTP API).
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub table: &'static Table,
+    /// `(column, value)`: equality on the column, the value compared with SQLite's column affinity.
+    pub equals: Vec<(String, String)>,
+    pub limit: Option<u64>,
+}
+
+impl SqliteStore {
+    /// Opens or creates the store and its tables.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening SQLite store {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        for table in TABLES {
+            conn.execute(&create_table_sql(table), []).with_context(|| format!("creating table {}", table.name))?;
+        }
+        Ok(SqliteStore { conn })
+    }
+
+    /// Opens an existing store for reading; a missing file is an error, not a new empty store.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore> {
+        if !path.exists() {
+            bail!("no store at {} (run `cartflow batch` or `cartflow run` first)", path.display());
+        }
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .with_context(|| format!("opening SQLite store {}", path.display()))?;
+        Ok(SqliteStore { conn })
+    }
+
+    pub fn query(&self, query: &Query) -> Result<Vec<Row>> {
+        let table = query.table;
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            table.columns.iter().map(|c| quoted(c.name)).collect::<Vec<_>>().join(", "),
+            quoted(table.name)
+        );
+        for (i, (column, _)) in query.equals.iter().enumerate() {
+            if table.column_index(column).is_none() {
+                let names: Vec<_> = table.columns.iter().map(|c| c.name).collect();
+                bail!("table {} has no column '{column}' (columns: {})", table.name, names.join(", "));
+            }
+            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+            sql.push_str(&format!("{} = ?{}", quoted(column), i + 1));
+        }
+        let key: Vec<String> = table.key_columns().iter().map(|c| quoted(c.name)).collect();
+        sql.push_str(&format!(" ORDER BY {}", key.join(", ")));
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut statement = self.conn.prepare(&sql)?;
+        let params = params_from_iter(query.equals.iter().map(|(_, v)| v.as_str()));
+        let rows = statement
+            .query_map(params, |r| Ok((0..table.columns.len()).map(|i| read_value(r.get_ref_unwrap(i))).collect()))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<Row>>>()?)
+    }
+
+    /// Every row of a table, ordered by primary key.
+    pub fn read_table(&self, table: TableId) -> Result<Vec<Row>> {
+        self.query(&Query { table: table.table(), equals: Vec::new(), limit: None })
+    }
+
+    pub fn state(&self, key: &str) -> Result<Option<String>> {
+        let mut statement = self.conn.prepare_cached("SELECT value FROM pipeline_state WHERE key = ?1")?;
+        let mut rows = statement.query([key])?;
+        Ok(match rows.next()? {
+            Some(row) => Some(row.get(0)?),
+            None => None,
+        })
+    }
+}
+
+impl Sink for SqliteStore {
+    fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for table in &batch.replace {
+            tx.execute(&format!("DELETE FROM {}", quoted(table.table().name)), [])?;
+        }
+        for (table, key) in &batch.deletes {
+            let table = table.table();
+            let condition: Vec<String> = table
+                .key_columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} = ?{}", quoted(c.name), i + 1))
+                .collect();
+            let sql = format!("DELETE FROM {} WHERE {}", quoted(table.name), condition.join(" AND "));
+            tx.prepare_cached(&sql)?.execute(params_from_iter(key[..table.key_len].iter().map(Bind)))?;
+        }
+        for (table, row) in &batch.upserts {
+            let table = table.table();
+            if row.len() != table.columns.len() {
+                bail!("a {} row has {} values, the table has {} columns", table.name, row.len(), table.columns.len());
+            }
+            let sql = format!(
+                "INSERT OR REPLACE INTO {} VALUES ({})",
+                quoted(table.name),
+                (1..=row.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+            );
+            tx.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(Bind)))?;
+        }
+        for (key, value) in &batch.state {
+            tx.prepare_cached("INSERT OR REPLACE INTO pipeline_state VALUES (?1, ?2)")?.execute([key, value])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

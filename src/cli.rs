@@ -1,0 +1,167 @@
+//! The command line. Every job is one subcommand; `cartflow <command> --help` documents each.
+
+use std::path::PathBuf;
+
+use cartflow_dataflows::model::time::{parse_duration_arg, parse_instant_arg, Timestamp};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cartflow",
+    version,
+    about = "Live e-commerce analytics from a click stream: realtime windows, conversion funnel, \
+             demographic recommendations, brand performance and catalog, kept exact and up to date.",
+    long_about = None,
+    after_help = "Start with `cartflow generate --out data` and `cartflow batch --input data/events.csv \
+                  --profiles data/users.csv`, then `cartflow query realtime_window --limit 5`."
+)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or per module such as cartflow=debug);
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compute every analysis from scratch with plain collections (the batch reference) and write
+    /// the store: current results as of T, daily snapshots, realtime windows, catalog, demographics.
+    Batch(BatchArgs),
+    /// Print rows of a store table, ordered by primary key.
+    Query(QueryArgs),
+    /// Write realistic REES46-format events and user profiles, deterministically from a seed.
+    Generate(GenerateArgs),
+}
+
+fn instant(text: &str) -> Result<Timestamp, String> {
+    parse_instant_arg(text)
+}
+
+fn duration(text: &str) -> Result<i64, String> {
+    parse_duration_arg(text)
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Events: REES46 CSV files (plain or gzip) or directories of *.csv / *.csv.gz files.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<PathBuf>,
+
+    /// User profiles CSV (user_id, and optionally birth_date, city, region; other columns ignored).
+    #[arg(long, value_name = "FILE")]
+    pub profiles: Option<PathBuf>,
+
+    /// Compute results as of T (events at or after T are not applied). Default: the first whole
+    /// minute after the last valid event. RFC 3339, "YYYY-MM-DD HH:MM:SS" (UTC) or a date.
+    #[arg(long, value_name = "T", value_parser = instant)]
+    pub until: Option<Timestamp>,
+
+    /// The SQLite store to write (created if missing; the result tables are replaced).
+    #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// Where rejected rows go. Default: <db name>.rejects.csv beside the store.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Realtime windows whose start is older than T minus this are not kept (s, m, h, d).
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]
+    pub retention: i64,
+
+    /// Do not show progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// Table: realtime_window, realtime_top_product, realtime_top_brand, funnel, recommendation,
+    /// brand_performance, product, category, demographics, pipeline_state.
+    #[arg(value_name = "TABLE")]
+    pub table: String,
+
+    /// The SQLite store to read.
+    #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// Only this snapshot: `current` or a day `YYYY-MM-DD` (tables funnel, recommendation,
+    /// brand_performance).
+    #[arg(long, value_name = "S")]
+    pub snapshot: Option<String>,
+
+    /// Only rows whose column equals the value; repeat for several conditions.
+    #[arg(long = "where", value_name = "COLUMN=VALUE")]
+    pub filters: Vec<String>,
+
+    /// At most N rows.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Output directory for events.csv (or events.csv.gz) and users.csv.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Number of events. Default: 200000 (or the preset's).
+    #[arg(long, value_name = "N")]
+    pub events: Option<u64>,
+
+    /// Number of users. Default: scaled from the events as in December 2019 (or the preset's).
+    #[arg(long, value_name = "N")]
+    pub users: Option<u64>,
+
+    /// Number of products. Default: scaled from the events (or the preset's).
+    #[arg(long, value_name = "N")]
+    pub products: Option<u64>,
+
+    /// Days of event time the events span. Default: scaled so the pace averages 25 events/s.
+    #[arg(long, value_name = "D")]
+    pub days: Option<u32>,
+
+    /// Event time of the first day's midnight (UTC). Default: 2019-12-01.
+    #[arg(long, value_name = "T", value_parser = instant)]
+    pub start: Option<Timestamp>,
+
+    /// Random seed: the same arguments and seed give the same bytes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Write events.csv.gz instead of events.csv.
+    #[arg(long)]
+    pub gzip: bool,
+
+    /// Also emit remove_from_cart events (as in the dataset's cosmetics-shop variant).
+    #[arg(long)]
+    pub with_removes: bool,
+
+    /// Full-scale presets: december-2019 = 67,542,878 events, 4,577,232 users, 205,230 products,
+    /// 31 days.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+
+    /// Do not show progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    #[value(name = "december-2019")]
+    December2019,
+}

@@ -1,0 +1,15 @@
+//! One module per job of the command line.
+
+pub mod batch;
+pub mod generate;
+pub mod query;
+
+use crate::cli::Command;
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Batch(args) => batch::run(&args).map(|_| ()),
+        Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
+        Command::Generate(args) => generate::run(&args).map(|_| ()),
+    }
+}

@@ -1,0 +1,5 @@
+//! The `cartflow` binary's library: command-line interface and the wiring of each job.
+
+pub mod cli;
+pub mod commands;
+pub mod logging;
