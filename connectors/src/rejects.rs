@@ -76,7 +76,9 @@ impl RejectLog {
             self.writer = Some(writer);
         }
         let writer = self.writer.as_mut().expect("opened above");
-        writer.write_record([source.as_bytes(), line.to_string().as_bytes(), reason.label().as_bytes(), raw])?;
+        // Lossy, so the rejects file stays valid UTF-8 even for a row that was rejected for its bytes.
+        let raw = String::from_utf8_lossy(raw);
+        writer.write_record([source, &line.to_string(), reason.label(), &raw])?;
         Ok(())
     }
 

@@ -43,17 +43,31 @@ pub fn create_table_sql(table: &Table) -> String {
     )
 }
 
-struct Bind<'a>(&'a Value);
+/// A value bound for a column of `kind`. An id of 2^63 or more (text in a [`Value`]) is bound as
+/// a BLOB of its digits: SQLite's INTEGER affinity would turn such text into a lossy REAL, while a
+/// BLOB is stored as it is (and the sqlite3 shell prints its digits).
+struct Bind<'a>(Kind, &'a Value);
 
 impl ToSql for Bind<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::ToSqlOutput::Borrowed;
-        Ok(match self.0 {
+        Ok(match self.1 {
             Value::Null => Borrowed(ValueRef::Null),
             Value::Int(i) => Borrowed(ValueRef::Integer(*i)),
             Value::Real(x) => Borrowed(ValueRef::Real(*x)),
+            Value::Text(s) if self.0 == Kind::Int => Borrowed(ValueRef::Blob(s.as_bytes())),
             Value::Text(s) => Borrowed(ValueRef::Text(s.as_bytes())),
         })
+    }
+}
+
+/// A `--where` value as the column stores it: integer columns get integers (or, beyond i64, the
+/// BLOB form of ids); other values are text, compared under the column's affinity.
+fn filter_value(kind: Kind, text: &str) -> Value {
+    match (kind, text.parse::<i64>(), text.parse::<u64>()) {
+        (Kind::Int, Ok(i), _) => Value::Int(i),
+        (Kind::Int, Err(_), Ok(u)) => Value::id(u),
+        _ => Value::Text(text.to_string()),
     }
 }
 
@@ -108,11 +122,14 @@ impl SqliteStore {
             table.columns.iter().map(|c| quoted(c.name)).collect::<Vec<_>>().join(", "),
             quoted(table.name)
         );
-        for (i, (column, _)) in query.equals.iter().enumerate() {
-            if table.column_index(column).is_none() {
+        let mut values = Vec::new();
+        for (i, (column, value)) in query.equals.iter().enumerate() {
+            let Some(index) = table.column_index(column) else {
                 let names: Vec<_> = table.columns.iter().map(|c| c.name).collect();
                 bail!("table {} has no column '{column}' (columns: {})", table.name, names.join(", "));
-            }
+            };
+            let kind = table.columns[index].kind;
+            values.push((kind, filter_value(kind, value)));
             sql.push_str(if i == 0 { " WHERE " } else { " AND " });
             sql.push_str(&format!("{} = ?{}", quoted(column), i + 1));
         }
@@ -122,7 +139,7 @@ impl SqliteStore {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let mut statement = self.conn.prepare(&sql)?;
-        let params = params_from_iter(query.equals.iter().map(|(_, v)| v.as_str()));
+        let params = params_from_iter(values.iter().map(|(kind, value)| Bind(*kind, value)));
         let rows = statement
             .query_map(params, |r| Ok((0..table.columns.len()).map(|i| read_value(r.get_ref_unwrap(i))).collect()))?;
         Ok(rows.collect::<rusqlite::Result<Vec<Row>>>()?)
@@ -158,7 +175,8 @@ impl Sink for SqliteStore {
                 .map(|(i, c)| format!("{} = ?{}", quoted(c.name), i + 1))
                 .collect();
             let sql = format!("DELETE FROM {} WHERE {}", quoted(table.name), condition.join(" AND "));
-            tx.prepare_cached(&sql)?.execute(params_from_iter(key[..table.key_len].iter().map(Bind)))?;
+            let binds = table.key_columns().iter().zip(key).map(|(c, v)| Bind(c.kind, v));
+            tx.prepare_cached(&sql)?.execute(params_from_iter(binds))?;
         }
         for (table, row) in &batch.upserts {
             let table = table.table();
@@ -170,7 +188,8 @@ impl Sink for SqliteStore {
                 quoted(table.name),
                 (1..=row.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
             );
-            tx.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(Bind)))?;
+            tx.prepare_cached(&sql)?
+                .execute(params_from_iter(table.columns.iter().zip(row).map(|(c, v)| Bind(c.kind, v))))?;
         }
         for (key, value) in &batch.state {
             tx.prepare_cached("INSERT OR REPLACE INTO pipeline_state VALUES (?1, ?2)")?.execute([key, value])?;

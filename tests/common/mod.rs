@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cartflow::cli::BatchArgs;
+use cartflow::commands::batch::{self, BatchSummary};
+use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_dataflows::model::time::parse_instant_arg;
+use cartflow_dataflows::schema::{Row, TableId, Value};
+
+pub const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
+
+/// A file of `../shared/data`, or `None` (with a visible message) when the folder is absent.
+/// Under CI the folder must be there: a missing fixture fails instead of skipping silently.
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{} is missing under CI", path.display());
+    }
+    eprintln!("SKIPPED: {} is absent", path.display());
+    None
+}
+
+/// Writes a CSV with the REES46 header and the given data lines.
+pub fn write_events(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "{HEADER}").unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+    path
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub struct BatchRun {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub summary: BatchSummary,
+    pub store: SqliteStore,
+}
+
+impl BatchRun {
+    pub fn table(&self, table: TableId) -> Vec<Row> {
+        self.store.read_table(table).unwrap()
+    }
+
+    /// Rows of `table` as column→value maps, filtered by `column = text value` pairs.
+    pub fn rows(&self, table: TableId, filter: &[(&str, &str)]) -> Vec<BTreeMap<&'static str, Value>> {
+        let spec = table.table();
+        self.table(table)
+            .into_iter()
+            .map(|row| spec.columns.iter().map(|c| c.name).zip(row).collect::<BTreeMap<_, _>>())
+            .filter(|m| filter.iter().all(|(c, v)| m[c].to_string() == *v))
+            .collect()
+    }
+
+    pub fn one(&self, table: TableId, filter: &[(&str, &str)]) -> BTreeMap<&'static str, Value> {
+        let mut rows = self.rows(table, filter);
+        assert_eq!(rows.len(), 1, "expected one {table:?} row for {filter:?}, got {rows:#?}");
+        rows.pop().unwrap()
+    }
+}
+
+pub fn batch_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>, db: PathBuf) -> BatchArgs {
+    BatchArgs {
+        input: inputs,
+        profiles,
+        until: until.map(|t| parse_instant_arg(t).unwrap()),
+        db,
+        rejects: None,
+        retention: 7 * 86_400,
+        quiet: true,
+    }
+}
+
+/// Runs `batch` on the inputs into a fresh store in a temporary folder.
+pub fn run_batch(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>) -> BatchRun {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    let summary = batch::run(&batch_args(inputs, profiles, until, db.clone())).unwrap();
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    BatchRun { dir, db, summary, store }
+}
+
+/// Runs `batch` on events given as CSV lines (and optional profiles CSV text).
+pub fn batch_on(lines: &[&str], profiles: Option<&str>, until: Option<&str>) -> BatchRun {
+    let input_dir = tempfile::tempdir().unwrap();
+    let events = write_events(input_dir.path(), "events.csv", lines);
+    let profiles = profiles.map(|text| write_file(input_dir.path(), "users.csv", text));
+    let run = run_batch(vec![events], profiles, until);
+    std::mem::forget(input_dir); // keep the inputs for debugging a failure; the OS cleans /tmp
+    run
+}
+
+pub fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("not an integer: {v:?}"))
+}
+
+pub fn real(v: &Value) -> f64 {
+    match v {
+        Value::Real(x) => *x,
+        other => panic!("not a real: {other:?}"),
+    }
+}
