@@ -34,6 +34,20 @@ pub enum Command {
     Query(QueryArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
     Generate(GenerateArgs),
+    /// Measure an input's statistics (event mix, empty shares, brand shares, sessions, users,
+    /// defects, rhythm) beside the December 2019 figures the generator is calibrated to.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Events: REES46 CSV files (plain or gzip) or directories of them.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<PathBuf>,
+
+    /// User profiles CSV, to add the profile statistics.
+    #[arg(long, value_name = "FILE")]
+    pub profiles: Option<PathBuf>,
 }
 
 fn instant(text: &str) -> Result<Timestamp, String> {

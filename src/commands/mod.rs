@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod generate;
 pub mod query;
+pub mod stats;
 
 use crate::cli::Command;
 
@@ -11,5 +12,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Batch(args) => batch::run(&args).map(|_| ()),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
+        Command::Stats(args) => stats::run(&args, &mut std::io::stdout().lock()),
     }
 }
