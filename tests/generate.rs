@@ -32,7 +32,7 @@ fn a_mid_size_dataset_matches_the_december_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let summary = run(&args(dir.path(), 1_000_000, 7)).unwrap();
     assert_eq!(summary.events, 1_000_000);
-    let s = DatasetStats::of(&[summary.events_path.clone()], Some(&summary.users_path)).unwrap();
+    let s = DatasetStats::of(std::slice::from_ref(&summary.events_path), Some(&summary.users_path)).unwrap();
     assert_eq!(s.events, 1_000_000, "every generated row is valid");
     let share = |t: EventType| s.share(s.by_type[t.index()]);
     within("view share", share(EventType::View), 0.9325, 0.005);
