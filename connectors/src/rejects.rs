@@ -101,3 +101,24 @@ impl RejectLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_file_sits_beside_the_output_and_counts_per_reason() {
+        assert_eq!(RejectLog::beside(Path::new("out/cartflow.db")), PathBuf::from("out/cartflow.rejects.csv"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        let mut log = RejectLog::new(Some(path.clone()));
+        assert_eq!(log.path(), None, "no file until the first reject");
+        log.reject("in.csv", 7, RejectReason::Price, b"a,\xff").unwrap();
+        log.reject("in.csv", 9, RejectReason::Price, b"b").unwrap();
+        log.flush().unwrap();
+        assert_eq!(log.counts()[&RejectReason::Price], 2);
+        assert_eq!(log.total(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "source,line,reason,raw\nin.csv,7,bad_price,\"a,\u{fffd}\"\nin.csv,9,bad_price,b\n");
+    }
+}

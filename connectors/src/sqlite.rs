@@ -198,3 +198,26 @@ impl Sink for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_upserts_and_deletes_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let row = |users: i64| vec![Value::text("mazowieckie"), Value::text("25-34"), Value::Int(users)];
+        let mut batch = WriteBatch { upserts: vec![(TableId::Demographics, row(1))], ..Default::default() };
+        batch.state.push(("frontier".into(), "x".into()));
+        store.write(&batch).unwrap();
+        store.write(&WriteBatch { upserts: vec![(TableId::Demographics, row(2))], ..Default::default() }).unwrap();
+        assert_eq!(store.read_table(TableId::Demographics).unwrap(), vec![row(2)], "same key: replaced");
+        let key = vec![Value::text("mazowieckie"), Value::text("25-34")];
+        store.write(&WriteBatch { deletes: vec![(TableId::Demographics, key)], ..Default::default() }).unwrap();
+        assert!(store.read_table(TableId::Demographics).unwrap().is_empty());
+        assert_eq!(store.state("frontier").unwrap().as_deref(), Some("x"));
+        let sql = create_table_sql(TableId::Funnel.table());
+        assert!(sql.contains("PRIMARY KEY (\"snapshot\", \"dimension\", \"segment\")"), "{sql}");
+    }
+}

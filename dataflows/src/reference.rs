@@ -48,7 +48,14 @@ pub fn compute(events: &[Event], profiles: &Profiles, frontier: Timestamp, setti
     if let Some(first) = events.first() {
         snapshots.extend(daily_snapshots(first.time, frontier));
     }
-    for (name, as_of) in &snapshots {
+    let started = std::time::Instant::now();
+    for (i, (name, as_of)) in snapshots.iter().enumerate() {
+        tracing::info!(
+            "batch reference: snapshot {name} ({} of {}), {:.0}s so far",
+            i + 1,
+            snapshots.len(),
+            started.elapsed().as_secs_f64()
+        );
         let day = events_between(events, as_of - analyses::funnel::WINDOW_LENGTH, *as_of);
         out.extend(TableId::Funnel, analyses::funnel::reference(day, name));
         let day = events_between(events, as_of - analyses::recommendations::WINDOW_LENGTH, *as_of);
