@@ -30,6 +30,9 @@ pub enum Command {
     /// Compute every analysis from scratch with plain collections (the batch reference) and write
     /// the store: current results as of T, daily snapshots, realtime windows, catalog, demographics.
     Batch(BatchArgs),
+    /// Keep every analysis up to date with differential dataflows over a bounded input read in
+    /// event-time order, writing the store at every step boundary (equal to `batch` at each one).
+    Run(RunArgs),
     /// Print rows of a store table, ordered by primary key.
     Query(QueryArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
@@ -82,6 +85,66 @@ pub struct BatchArgs {
     pub rejects: Option<PathBuf>,
 
     /// Realtime windows whose start is older than T minus this are not kept (s, m, h, d).
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]
+    pub retention: i64,
+
+    /// Do not show progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `T=FILE`: profiles from FILE apply from the first boundary at or after T.
+#[derive(Clone, Debug)]
+pub struct ProfilesAt {
+    pub at: Timestamp,
+    pub path: PathBuf,
+}
+
+fn profiles_at(text: &str) -> Result<ProfilesAt, String> {
+    let (at, path) = text.split_once('=').ok_or_else(|| format!("'{text}' is not T=FILE"))?;
+    Ok(ProfilesAt { at: parse_instant_arg(at)?, path: PathBuf::from(path) })
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Events: REES46 CSV files (plain or gzip) or directories, read in this order (file names
+    /// in a directory); rows must be ordered by time to within a step, older rows are late.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<PathBuf>,
+
+    /// User profiles CSV (user_id, and optionally birth_date, city, region).
+    #[arg(long, value_name = "FILE")]
+    pub profiles: Option<PathBuf>,
+
+    /// Replace the profiles from the first boundary at or after T with those of FILE (every result
+    /// that depends on profiles follows; earlier daily snapshots keep the profiles of their day).
+    /// Repeatable.
+    #[arg(long, value_name = "T=FILE", value_parser = profiles_at)]
+    pub profiles_at: Vec<ProfilesAt>,
+
+    /// End the run with results as of T (a whole minute); events at or after T are not applied.
+    /// Default: the first whole minute after the last valid event.
+    #[arg(long, value_name = "T", value_parser = instant)]
+    pub until: Option<Timestamp>,
+
+    /// The SQLite store to write (created if missing; result tables start empty).
+    #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// Where rejected and late rows go. Default: <db name>.rejects.csv beside the store.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+
+    /// Event time between two boundaries where results are complete and written: a whole number
+    /// of minutes dividing a day (1m live, 1h or more for fast replay).
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = duration)]
+    pub step: i64,
+
+    /// Realtime windows whose start is older than the frontier minus this are removed.
     #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]
     pub retention: i64,
 

@@ -64,6 +64,7 @@ fn a_mid_size_dataset_matches_the_december_statistics() {
     read_events(&[summary.events_path], &mut RejectLog::new(None), false, |e, _| {
         assert!(e.time >= last, "ordered by time");
         last = e.time;
+        Ok(())
     })
     .unwrap();
 }

@@ -45,7 +45,11 @@ fn every_reject_reason_is_counted_and_written_with_its_line() {
     let rejects_path = dir.path().join("rejects.csv");
     let mut rejects = RejectLog::new(Some(rejects_path.clone()));
     let mut valid = Vec::new();
-    let stats = read_events(&[path], &mut rejects, false, |e, _| valid.push(*e)).unwrap();
+    let stats = read_events(&[path], &mut rejects, false, |e, _| {
+        valid.push(*e);
+        Ok(())
+    })
+    .unwrap();
     assert_eq!(stats.rows, 1 + cases.len() as u64 + 1 + 1, "the blank line is not a row");
     assert_eq!(stats.valid, 2);
     assert_eq!(valid[1].price, 0);

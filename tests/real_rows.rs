@@ -37,7 +37,11 @@ fn spec_facts_come_out_of_the_batch_store() {
 
     // Zero-price rows are valid rows with price 0 (checked at the reader, which the store builds on).
     let mut zero_price = 0;
-    read_events(&[path], &mut RejectLog::new(None), false, |e, _| zero_price += u64::from(e.price == 0)).unwrap();
+    read_events(&[path], &mut RejectLog::new(None), false, |e, _| {
+        zero_price += u64::from(e.price == 0);
+        Ok(())
+    })
+    .unwrap();
     assert_eq!(zero_price, 19);
     assert!(products.iter().any(|p| int(&p["min_price_cents"]) == 0));
 

@@ -152,12 +152,14 @@ pub struct ReadStats {
 }
 
 /// Reads every input file, calling `on_event(event, user_session)` for each valid row and
-/// recording every invalid one in `rejects`. Shows progress over the total input size.
+/// recording every invalid one in `rejects`; `on_event` may reject a valid row too (a late event),
+/// and it is then recorded with its source line like any other reject. Shows progress over the
+/// total input size.
 pub fn read_events(
     files: &[PathBuf],
     rejects: &mut RejectLog,
     show_progress: bool,
-    mut on_event: impl FnMut(&Event, &[u8]),
+    mut on_event: impl FnMut(&Event, &[u8]) -> Result<(), RejectReason>,
 ) -> Result<ReadStats> {
     let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let mut progress = show_progress.then(|| Progress::new("reading events", total_bytes, "bytes"));
@@ -184,15 +186,14 @@ pub fn read_events(
             }
             stats.rows += 1;
             let result = if record.len() == HEADER.len() {
-                parser.parse(&RawFields { fields: columns.map(|i| &record[i]) })
+                parser
+                    .parse(&RawFields { fields: columns.map(|i| &record[i]) })
+                    .and_then(|event| on_event(&event, &record[columns[8]]))
             } else {
                 Err(RejectReason::FieldCount)
             };
             match result {
-                Ok(event) => {
-                    stats.valid += 1;
-                    on_event(&event, &record[columns[8]]);
-                }
+                Ok(()) => stats.valid += 1,
                 Err(reason) => {
                     stats.rejected += 1;
                     rejects.reject(&source, line, reason, &join_fields(&record))?;

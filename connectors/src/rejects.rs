@@ -25,6 +25,8 @@ pub enum RejectReason {
     Encoding,
     /// A profile row whose `user_id` is missing or not a plain decimal id.
     ProfileUserId,
+    /// An event older than the frontier when it arrived (SPEC §2): not applied.
+    Late,
 }
 
 impl RejectReason {
@@ -43,6 +45,7 @@ impl RejectReason {
             RejectReason::UserId => "bad_user_id",
             RejectReason::Encoding => "bad_utf8",
             RejectReason::ProfileUserId => "bad_profile_user_id",
+            RejectReason::Late => "late",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! reference, and (in a later step) the differential dataflows that keep them up to date.
 
 pub mod analyses;
+pub mod incremental;
 pub mod model;
 pub mod reference;
 pub mod schema;

@@ -37,9 +37,12 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
     // full December 2019 (67.5 M events, about 4.3 GB).
     let mut events: Vec<Event> = Vec::new();
     let mut after_until = 0u64;
-    let read = read_events(&files, &mut rejects, !args.quiet, |event, _session| match args.until {
-        Some(until) if event.time >= until => after_until += 1,
-        _ => events.push(*event),
+    let read = read_events(&files, &mut rejects, !args.quiet, |event, _session| {
+        match args.until {
+            Some(until) if event.time >= until => after_until += 1,
+            _ => events.push(*event),
+        }
+        Ok(())
     })?;
     let read_secs = started.elapsed().as_secs_f64();
     info!(
@@ -90,7 +93,8 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
 
     let write_started = Instant::now();
     let mut store = SqliteStore::open(&args.db)?;
-    let batch = full_replacement(&tables, state_entries(&read, &rejects, events.len() as u64, after_until, frontier));
+    let batch =
+        full_replacement(&tables, state_entries("batch", &read, &rejects, events.len() as u64, after_until, frontier));
     store.write(&batch)?;
     info!(
         "wrote {} rows to {} in {:.1}s; total {:.1}s",
@@ -113,7 +117,8 @@ pub fn full_replacement(tables: &TableSet, state: Vec<(String, String)>) -> Writ
     }
 }
 
-fn state_entries(
+pub(crate) fn state_entries(
+    source: &str,
     read: &ReadStats,
     rejects: &RejectLog,
     applied: u64,
@@ -121,7 +126,7 @@ fn state_entries(
     frontier: Option<Timestamp>,
 ) -> Vec<(String, String)> {
     let mut state = vec![
-        ("source".to_string(), "batch".to_string()),
+        ("source".to_string(), source.to_string()),
         ("frontier".to_string(), frontier.map(format_rfc3339).unwrap_or_default()),
         ("rows_read".to_string(), read.rows.to_string()),
         ("events_applied".to_string(), applied.to_string()),

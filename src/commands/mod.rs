@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod generate;
 pub mod query;
+pub mod run;
 pub mod stats;
 
 use crate::cli::Command;
@@ -10,6 +11,7 @@ use crate::cli::Command;
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Batch(args) => batch::run(&args).map(|_| ()),
+        Command::Run(args) => run::run(&args).map(|_| ()),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
         Command::Stats(args) => stats::run(&args, &mut std::io::stdout().lock()),

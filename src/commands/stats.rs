@@ -123,6 +123,7 @@ impl DatasetStats {
             *s.hourly.entry(e.time.div_euclid(HOUR)).or_default() += 1;
             s.first_time = s.first_time.min(e.time);
             s.last_time = s.last_time.max(e.time);
+            Ok(())
         })?;
         let mut ranked: Vec<(Symbol, u64)> = brands.iter().map(|(b, n)| (*b, *n)).collect();
         ranked.sort_by_key(|&(b, n)| (std::cmp::Reverse(n), b));

@@ -10,7 +10,7 @@ use crate::schema::{Row, Value};
 pub const WINDOW_LENGTH: i64 = 7 * DAY;
 pub const TOP_BRANDS: usize = 100;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BrandStats {
     pub unique_users: u64,
     pub views: u64,

@@ -15,7 +15,7 @@ pub fn product_origin(e: &Event) -> ProductOrigin {
     (e.time, e.category_id, e.category_code, e.brand)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProductStats {
     pub origin: ProductOrigin,
     pub last_seen: Timestamp,

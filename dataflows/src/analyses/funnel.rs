@@ -10,7 +10,7 @@ use crate::schema::{Row, Value};
 
 pub const WINDOW_LENGTH: i64 = 24 * HOUR;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dimension {
     All,
     Category,
@@ -39,7 +39,7 @@ pub fn segments_of(event: &Event) -> impl Iterator<Item = Segment> {
 }
 
 /// First view, cart and purchase time of one `(segment, user, product)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FirstTimes {
     pub view: Option<Timestamp>,
     pub cart: Option<Timestamp>,
@@ -69,7 +69,7 @@ impl FirstTimes {
 
 /// The aggregate of one segment: distinct users per stage and per transition, and the sum and
 /// count of transition gaps over (user, product) pairs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FunnelStats {
     pub users_viewed: u64,
     pub users_carted: u64,

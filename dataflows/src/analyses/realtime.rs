@@ -27,7 +27,7 @@ pub fn is_retained(start: Timestamp, frontier: Timestamp, retention: i64) -> boo
     start >= frontier - retention && start < frontier
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WindowTotals {
     pub active_users: u64,
     pub total_events: u64,
@@ -57,7 +57,7 @@ impl WindowTotals {
 }
 
 /// A product's views in a window; ranked by `views` descending, then `product_id` ascending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProductViews {
     pub product_id: u64,
     pub views: u64,
@@ -81,7 +81,7 @@ impl ProductViews {
 }
 
 /// A brand's events in a window; ranked by `events` descending, then brand ascending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BrandActivity {
     pub brand: Symbol,
     pub events: u64,

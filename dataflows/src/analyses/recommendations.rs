@@ -11,7 +11,7 @@ pub const WINDOW_LENGTH: i64 = 24 * HOUR;
 pub const TOP_N: usize = 10;
 
 /// `(age_group, region)`, `(age_group, *)` or `(*, *)`; `None` stands for `*`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub age_group: Option<AgeGroup>,
     pub region: Option<Symbol>,
@@ -37,7 +37,7 @@ impl Segment {
 }
 
 /// Distinct viewers, carters and buyers of a product in a segment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProductScore {
     pub product_id: u64,
     pub viewers: u64,

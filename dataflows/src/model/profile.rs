@@ -63,7 +63,7 @@ pub fn age_group(birth: Option<NaiveDate>, on: NaiveDate) -> AgeGroup {
     birth.map_or(AgeGroup::Unknown, |b| AgeGroup::of_age(age_in_years(b, on)))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     pub birth_date: Option<NaiveDate>,
     pub region: Symbol,

@@ -1,0 +1,82 @@
+//! SPEC §3.4 incrementally: per (brand, age group) and (brand, *) sums and distinct users over a
+//! 7-day window of events enriched with profiles; the top 100 brands by revenue.
+
+use std::cmp::Reverse;
+
+use differential_dataflow::operators::threshold::ThresholdTotal;
+
+use super::operators::{expire, sum_by_key, top_k, Sums};
+use super::output::Output;
+use super::{enrich, Coll, Diff, ProfilesByUser, Settings};
+use crate::analyses::brands::{BrandStats, TOP_BRANDS, WINDOW_LENGTH};
+use crate::model::profile::age_group;
+use crate::model::time::utc_date;
+use crate::model::{AgeGroup, Event, EventType, Symbol};
+
+// Slots of a (brand, age group) aggregate.
+const USERS: usize = 0;
+const VIEWS: usize = 1;
+const CARTS: usize = 2;
+const PURCHASES: usize = 3;
+const REVENUE: usize = 4;
+const VIEWERS: usize = 5;
+const BUYERS: usize = 6;
+
+type BrandKey = (Symbol, Option<AgeGroup>);
+
+pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, settings: &Settings) -> Coll<'s, Output> {
+    let settings = *settings;
+    let window = expire(events.filter(|e| e.brand.is_some()), move |e| settings.expiry(e.time, WINDOW_LENGTH));
+    // Each event counts for its brand at the user's age group on the event's date, and at `*`.
+    let keyed = enrich(window, profiles).flat_map(|(e, profile)| {
+        let brand = e.brand.expect("filtered to branded events");
+        let age = age_group(profile.and_then(|p| p.birth_date), utc_date(e.time));
+        [((brand, Some(age)), e), ((brand, None), e)]
+    });
+    let sums = keyed.clone().flat_map(|(key, e): (BrandKey, Event)| {
+        let mut s = [0; 7];
+        match e.event_type {
+            EventType::View => s[VIEWS] = 1,
+            EventType::Cart => s[CARTS] = 1,
+            EventType::Purchase => {
+                s[PURCHASES] = 1;
+                s[REVENUE] = e.price;
+            }
+            EventType::RemoveFromCart => return None,
+        }
+        Some((key, Sums(s)))
+    });
+    let distinct_users = keyed
+        .flat_map(|(key, e): (BrandKey, Event)| {
+            let role = match e.event_type {
+                EventType::View => Some(VIEWERS),
+                EventType::Purchase => Some(BUYERS),
+                _ => None,
+            };
+            [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user_id))
+        })
+        .distinct_total_core::<Diff>()
+        .map(|(key, slot, _user)| (key, Sums::<7>::unit(slot)));
+    let stats = sum_by_key(sums.concat(distinct_users)).map(|(key, Sums(s))| {
+        let stats = BrandStats {
+            unique_users: s[USERS] as u64,
+            views: s[VIEWS] as u64,
+            carts: s[CARTS] as u64,
+            purchases: s[PURCHASES] as u64,
+            revenue: s[REVENUE],
+            viewers: s[VIEWERS] as u64,
+            buyers: s[BUYERS] as u64,
+        };
+        (key, stats)
+    });
+    let ranks = top_k(
+        stats.clone().flat_map(|((brand, age), stats)| age.is_none().then_some(((), (Reverse(stats.revenue), brand)))),
+        TOP_BRANDS,
+        16,
+        |(_, brand)| *brand,
+    )
+    .map(|((), (rank, (_, brand)))| (brand, rank));
+    stats
+        .map(|((brand, age), stats)| (brand, (age, stats)))
+        .join_map(ranks, |brand, (age, stats), rank| Output::Brand(*brand, *age, *rank, *stats))
+}

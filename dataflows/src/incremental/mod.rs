@@ -1,0 +1,100 @@
+//! The incremental engine: every analysis of SPEC §3 as a timely/differential dataflow driven by
+//! event time. `dataflows/README.md` draws the graphs and explains the idioms.
+//!
+//! Logical time is event time in seconds. The driver inserts the events of a step at the step's
+//! start and observes results only at step boundaries, where they are exact: results "as of" a
+//! boundary `B` are the accumulation of all updates at times before `B`.
+
+pub mod brands;
+pub mod catalog;
+pub mod funnel;
+pub mod materialize;
+pub mod operators;
+pub mod output;
+pub mod realtime;
+pub mod recommendations;
+
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::VecCollection;
+
+use crate::model::time::{floor_to, MINUTE};
+use crate::model::{Event, Profile, Timestamp};
+pub use output::Output;
+
+/// Logical time: event time in seconds since the epoch.
+pub type Time = u64;
+/// Multiplicities and sums.
+pub type Diff = i64;
+/// A collection of the engine.
+pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
+/// Profiles arranged by user, shared by every analysis that segments by age or region.
+pub type ProfilesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<u64, Profile, Time, Diff>>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Step between boundaries in seconds: a whole number of minutes that divides a day, so that
+    /// every midnight is a boundary.
+    pub step: i64,
+    /// Allowed lateness: realtime windows are final once the frontier passes end + lateness.
+    pub lateness: i64,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), String> {
+        let day = 24 * 3_600;
+        if self.step < MINUTE || self.step % MINUTE != 0 || day % self.step != 0 {
+            return Err(format!("a step of {} s is not a whole number of minutes that divides a day", self.step));
+        }
+        if self.lateness < 0 || self.lateness % MINUTE != 0 {
+            return Err("the lateness must be a whole number of minutes".into());
+        }
+        Ok(())
+    }
+
+    /// The step start an event at `t` is inserted at.
+    pub fn step_start(&self, t: Timestamp) -> Timestamp {
+        floor_to(t, self.step)
+    }
+
+    /// The first step boundary at or after `t`.
+    pub fn boundary_at_or_after(&self, t: Timestamp) -> Time {
+        logical(-floor_to(-t, self.step))
+    }
+
+    /// When an event at `t` leaves a window of `length`: it is in the results as of `T` while
+    /// `T - length <= t < T`, so it must be gone at every whole-minute boundary after `t + length`.
+    pub fn expiry(&self, t: Timestamp, length: i64) -> Time {
+        logical(floor_to(t + length, MINUTE))
+    }
+}
+
+/// Event time as logical time (event times before 1970 are not supported by the engine).
+pub fn logical(t: Timestamp) -> Time {
+    u64::try_from(t).expect("event times are after 1970")
+}
+
+/// Events with their user's profile (`None` without one): a join for the users that have a
+/// profile, and the rest by subtracting the joined events from all of them.
+pub fn enrich<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>) -> Coll<'s, (Event, Option<Profile>)> {
+    let by_user = events.map(|e| (e.user_id, e)).arrange_by_key();
+    let joined = by_user.clone().join_core(profiles, |_user, e, p| Some((*e, *p)));
+    let without = by_user.as_collection(|_user, e| *e).concat(joined.clone().map(|(e, _)| e).negate());
+    joined.map(|(e, p)| (e, Some(p))).concat(without.map(|e| (e, None)))
+}
+
+/// Builds every analysis over the shared inputs and returns all result records.
+pub fn build<'s>(
+    events: Coll<'s, Event>,
+    profiles: Coll<'s, (u64, Profile)>,
+    dates: Coll<'s, chrono::NaiveDate>,
+    settings: &Settings,
+) -> Coll<'s, Output> {
+    let profiles_by_user: ProfilesByUser<'s> = profiles.clone().arrange_by_key();
+    realtime::dataflow(events.clone(), settings)
+        .concat(funnel::dataflow(events.clone(), settings))
+        .concat(recommendations::dataflow(events.clone(), profiles_by_user.clone(), settings))
+        .concat(brands::dataflow(events.clone(), profiles_by_user, settings))
+        .concat(catalog::dataflow(events))
+        .concat(catalog::demographics(profiles, dates))
+}

@@ -1,0 +1,73 @@
+//! What the dataflows produce: one record type for every result table, holding the same
+//! aggregates the batch reference computes. The store rows are built from them by the analyses'
+//! own row builders, so the incremental and the batch path format every number the same way.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analyses::brands::BrandStats;
+use crate::analyses::catalog::{self, CategoryOrigin, ProductStats};
+use crate::analyses::funnel::{self, FunnelStats};
+use crate::analyses::realtime::{BrandActivity, ProductViews, WindowTotals};
+use crate::analyses::recommendations::{self, ProductScore};
+use crate::model::{AgeGroup, Symbol, Timestamp};
+use crate::schema::{Row, TableId};
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Output {
+    Window(Timestamp, WindowTotals),
+    TopProduct(Timestamp, u32, ProductViews),
+    TopBrand(Timestamp, u32, BrandActivity),
+    Funnel(funnel::Segment, FunnelStats),
+    Recommendation(recommendations::Segment, u32, ProductScore),
+    /// Brand, age group (`None` = `*`), brand rank, statistics.
+    Brand(Symbol, Option<AgeGroup>, u32, BrandStats),
+    Product(u64, ProductStats),
+    /// Category id, origin, distinct products, events.
+    Category(u64, CategoryOrigin, u64, u64),
+    Demographics(Symbol, AgeGroup, u64),
+}
+
+impl Output {
+    pub fn table(&self) -> TableId {
+        match self {
+            Output::Window(..) => TableId::RealtimeWindow,
+            Output::TopProduct(..) => TableId::RealtimeTopProduct,
+            Output::TopBrand(..) => TableId::RealtimeTopBrand,
+            Output::Funnel(..) => TableId::Funnel,
+            Output::Recommendation(..) => TableId::Recommendation,
+            Output::Brand(..) => TableId::BrandPerformance,
+            Output::Product(..) => TableId::Product,
+            Output::Category(..) => TableId::Category,
+            Output::Demographics(..) => TableId::Demographics,
+        }
+    }
+
+    /// The realtime window a record belongs to.
+    pub fn window_start(&self) -> Option<Timestamp> {
+        match self {
+            Output::Window(start, _) | Output::TopProduct(start, ..) | Output::TopBrand(start, ..) => Some(*start),
+            _ => None,
+        }
+    }
+
+    /// Whether the record has a row per snapshot (funnel, recommendation, brand_performance).
+    pub fn has_snapshots(&self) -> bool {
+        matches!(self, Output::Funnel(..) | Output::Recommendation(..) | Output::Brand(..))
+    }
+
+    /// The store row. `snapshot` names the snapshot of snapshot tables; `is_final` is the
+    /// realtime window's `final` flag.
+    pub fn row(&self, snapshot: &str, is_final: bool) -> Row {
+        match self {
+            Output::Window(start, totals) => totals.row(*start, is_final),
+            Output::TopProduct(start, rank, p) => p.row(*start, *rank as usize),
+            Output::TopBrand(start, rank, b) => b.row(*start, *rank as usize),
+            Output::Funnel(segment, stats) => stats.row(snapshot, *segment),
+            Output::Recommendation(segment, rank, score) => score.row(snapshot, segment, *rank as usize),
+            Output::Brand(brand, age, rank, stats) => stats.row(snapshot, *brand, *age, *rank as usize),
+            Output::Product(id, stats) => stats.row(*id),
+            Output::Category(id, origin, products, events) => catalog::category_row(*id, *origin, *products, *events),
+            Output::Demographics(region, age, users) => catalog::demographics_row(*region, *age, *users),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! SPEC §3.3 incrementally: distinct viewers/carters/buyers per (segment, product) over a 24-hour
+//! window of events enriched with profiles, then a hierarchical top 10 per segment.
+
+use std::cmp::Reverse;
+
+use differential_dataflow::operators::threshold::ThresholdTotal;
+
+use super::operators::{expire, sum_by_key, top_k, Sums};
+use super::output::Output;
+use super::{enrich, Coll, Diff, ProfilesByUser, Settings};
+use crate::analyses::recommendations::{ProductScore, Segment, TOP_N, WINDOW_LENGTH};
+use crate::model::profile::{age_group, UNKNOWN};
+use crate::model::time::utc_date;
+use crate::model::{Event, EventType, Symbol};
+
+pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, settings: &Settings) -> Coll<'s, Output> {
+    let settings = *settings;
+    let window = expire(events.filter(|e| e.event_type != EventType::RemoveFromCart), move |e| {
+        settings.expiry(e.time, WINDOW_LENGTH)
+    });
+    let seen = enrich(window, profiles)
+        .flat_map(|(e, profile)| {
+            let age = age_group(profile.and_then(|p| p.birth_date), utc_date(e.time));
+            let region = profile.map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region);
+            Segment::all_of(age, region).map(move |segment| (segment, e.product_id, e.event_type, e.user_id))
+        })
+        .distinct_total_core::<Diff>();
+    let slot = |t: EventType| match t {
+        EventType::View => 0,
+        EventType::Cart => 1,
+        _ => 2,
+    };
+    let counts =
+        sum_by_key(seen.map(move |(segment, product, t, _user)| ((segment, product), Sums::<3>::unit(slot(t)))));
+    let candidates = counts.map(|((segment, product_id), Sums([viewers, carters, buyers]))| {
+        let score =
+            ProductScore { product_id, viewers: viewers as u64, carters: carters as u64, buyers: buyers as u64 };
+        (segment, (Reverse(score.score()), product_id, score))
+    });
+    top_k(candidates, TOP_N, 64, |(_, product_id, _)| *product_id)
+        .map(|(segment, (rank, (_, _, score)))| Output::Recommendation(segment, rank, score))
+}

@@ -1,0 +1,361 @@
+//! `cartflow run`: the incremental engine over a bounded input.
+//!
+//! Worker 0 reads the input in event-time order and feeds it step by step: the events of a step
+//! are inserted at the step's start; at each boundary the inputs advance, the workers run until the
+//! probe passes the boundary, and the materializer's writes for that boundary go to the store in
+//! one transaction together with the frontier. Every worker runs a share of the dataflow; all
+//! results are routed to worker 0, the store's single writer.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cartflow_connectors::csv_events::{read_events, resolve_inputs, ReadStats};
+use cartflow_connectors::profiles::read_profiles;
+use cartflow_connectors::progress::human;
+use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_connectors::sink::Sink;
+use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_dataflows::incremental::materialize::Materializer;
+use cartflow_dataflows::incremental::{self, logical, Diff, Output, Settings, Time};
+use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339, utc_date, MINUTE};
+use cartflow_dataflows::model::{Event, Profile, Profiles, Timestamp};
+use cartflow_dataflows::schema::{TableId, WriteBatch, TABLES};
+use differential_dataflow::input::InputSession;
+use differential_dataflow::AsCollection;
+use timely::dataflow::operators::Exchange;
+use tracing::{info, warn};
+
+use crate::cli::RunArgs;
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub read: ReadStats,
+    pub applied: u64,
+    pub late: u64,
+    pub after_until: u64,
+    pub boundaries: u64,
+    pub frontier: Option<Timestamp>,
+    pub elapsed: Duration,
+}
+
+type ProfileChange = (Timestamp, Profiles);
+
+pub fn run(args: &RunArgs) -> Result<RunSummary> {
+    let settings = Settings { step: args.step, lateness: 0 };
+    settings.validate().map_err(anyhow::Error::msg).context("--step")?;
+    if let Some(until) = args.until {
+        if until % MINUTE != 0 {
+            bail!("--until must be a whole minute for `run` (results are kept at minute granularity)");
+        }
+    }
+    if args.workers == 0 {
+        bail!("-w must be at least 1");
+    }
+    let files = resolve_inputs(&args.input)?;
+    let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&args.db));
+    let mut rejects = RejectLog::new(Some(rejects_path.clone()));
+    let initial = match &args.profiles {
+        Some(path) => {
+            let (profiles, stats) = read_profiles(path, &mut rejects)?;
+            info!("loaded {} profile(s) from {}", stats.users, path.display());
+            profiles
+        }
+        None => Profiles::default(),
+    };
+    let mut changes: Vec<ProfileChange> = Vec::new();
+    for change in &args.profiles_at {
+        let (profiles, stats) = read_profiles(&change.path, &mut rejects)?;
+        info!("profiles of {} ({} users) apply from {}", change.path.display(), stats.users, format_rfc3339(change.at));
+        changes.push((change.at, profiles));
+    }
+    changes.sort_by_key(|(at, _)| *at);
+
+    // Starts with empty result tables, as a replay from the beginning.
+    let mut store = SqliteStore::open(&args.db)?;
+    let results = TABLES.iter().map(|t| t.id).filter(|id| *id != TableId::PipelineState);
+    store.write(&WriteBatch { replace: results.collect(), ..Default::default() })?;
+    drop(store);
+
+    let shared = Arc::new(Shared {
+        args: args.clone(),
+        settings,
+        files,
+        initial,
+        changes: Mutex::new(Some(changes)),
+        rejects: Mutex::new(Some(rejects)),
+        done: AtomicBool::new(false),
+        summary: Mutex::new(None),
+    });
+    let worker_shared = shared.clone();
+    let guards = timely::execute(timely::Config::process(args.workers), move |worker| {
+        let shared = worker_shared.clone();
+        if let Err(error) = run_worker(worker, &shared) {
+            shared.done.store(true, Ordering::SeqCst);
+            *shared.summary.lock().unwrap() = Some(Err(format!("{error:#}")));
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    for result in guards.join() {
+        result.map_err(anyhow::Error::msg)?;
+    }
+    let summary = shared.summary.lock().unwrap().take().context("worker 0 did not report")?;
+    let summary = summary.map_err(anyhow::Error::msg)?;
+    info!(
+        "applied {} events in {:.1}s ({} events/s), {} boundaries, frontier {}",
+        summary.applied,
+        summary.elapsed.as_secs_f64(),
+        human(summary.applied as f64 / summary.elapsed.as_secs_f64().max(1e-9)),
+        summary.boundaries,
+        summary.frontier.map(format_rfc3339).unwrap_or_default()
+    );
+    if summary.late > 0 {
+        warn!("{} late event(s) were not applied (see {})", summary.late, rejects_path.display());
+    }
+    Ok(summary)
+}
+
+/// What the workers share: the configuration, and worker 0's inputs and report.
+struct Shared {
+    args: RunArgs,
+    settings: Settings,
+    files: Vec<PathBuf>,
+    initial: Profiles,
+    changes: Mutex<Option<Vec<ProfileChange>>>,
+    rejects: Mutex<Option<RejectLog>>,
+    done: AtomicBool,
+    summary: Mutex<Option<Result<RunSummary, String>>>,
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()> {
+    let mut events_in = InputSession::<Time, Event, Diff>::new();
+    let mut profiles_in = InputSession::<Time, (u64, Profile), Diff>::new();
+    let mut dates_in = InputSession::<Time, chrono::NaiveDate, Diff>::new();
+    let outputs: Rc<RefCell<Vec<(Output, Time, Diff)>>> = Rc::default();
+    let settings = shared.settings;
+    let sink = outputs.clone();
+    let dataflow = worker.next_dataflow_index();
+    let probe = worker.dataflow::<Time, _, _>(|scope| {
+        let results = incremental::build(
+            events_in.to_collection(scope),
+            profiles_in.to_collection(scope),
+            dates_in.to_collection(scope),
+            &settings,
+        );
+        // Every result goes to worker 0, the store's single writer.
+        let (probe, _) = results
+            .inner
+            .exchange(|_| 0)
+            .as_collection()
+            .inspect_batch(move |_, updates| sink.borrow_mut().extend_from_slice(updates))
+            .probe();
+        probe
+    });
+
+    if worker.index() != 0 {
+        // Only worker 0 feeds input; the others work on their share until it is done.
+        drop((events_in, profiles_in, dates_in));
+        while !shared.done.load(Ordering::SeqCst) {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+        worker.drop_dataflow(dataflow);
+        return Ok(());
+    }
+
+    let mut driver = Driver {
+        store: SqliteStore::open(&shared.args.db)?,
+        materializer: Materializer::new(settings, shared.args.retention),
+        profiles: shared.initial.clone(),
+        changes: shared.changes.lock().unwrap().take().unwrap_or_default(),
+        date: None,
+        step_start: None,
+        boundaries: 0,
+        applied: 0,
+        started: Instant::now(),
+        last_log: Instant::now(),
+        quiet: shared.args.quiet,
+    };
+    for (user, profile) in driver.profiles.iter() {
+        profiles_in.update_at((user, *profile), 0, 1);
+    }
+    let mut inputs = Inputs { events: events_in, profiles: profiles_in, dates: dates_in };
+    let mut rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
+    let until = shared.args.until;
+    let mut late = 0;
+    let mut after_until = 0;
+    let mut last_event: Option<Timestamp> = None;
+    let mut failure: Option<anyhow::Error> = None;
+
+    let read = read_events(&shared.files, &mut rejects, !shared.args.quiet, |event, _session| {
+        if failure.is_some() {
+            return Ok(()); // the run has failed: skip the rest quickly, the error is reported below
+        }
+        if until.is_some_and(|u| event.time >= u) {
+            after_until += 1;
+            return Ok(());
+        }
+        if event.time < 0 {
+            return Err(RejectReason::EventTime); // the engine's clock starts in 1970
+        }
+        let step_start = *driver.step_start.get_or_insert_with(|| settings.step_start(event.time));
+        if driver.applied == 0 {
+            inputs.advance_all(logical(step_start));
+        }
+        if event.time < step_start {
+            late += 1;
+            return Err(RejectReason::Late);
+        }
+        // Close every boundary up to the event's step.
+        while event.time >= driver.step_start.unwrap() + settings.step {
+            let boundary = driver.step_start.unwrap() + settings.step;
+            if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
+                failure = Some(e);
+                return Ok(());
+            }
+        }
+        driver.materializer.note_event(event.time);
+        inputs.events.update_at(*event, logical(driver.step_start.unwrap()), 1);
+        driver.applied += 1;
+        last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
+        if driver.applied % 65_536 == 0 {
+            inputs.events.flush();
+            worker.step();
+        }
+        Ok(())
+    });
+    let result = read.map_err(anyhow::Error::from).and_then(|read| {
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let frontier = until.or(last_event.map(end_frontier_after));
+        if let Some(frontier) = frontier {
+            let start = *driver.step_start.get_or_insert_with(|| settings.step_start(frontier - 1));
+            if driver.applied == 0 {
+                inputs.advance_all(logical(start));
+            }
+            while driver.step_start.unwrap() + settings.step < frontier {
+                let boundary = driver.step_start.unwrap() + settings.step;
+                driver.close(boundary, worker, &mut inputs, &probe, &outputs)?;
+            }
+            driver.close(frontier, worker, &mut inputs, &probe, &outputs)?;
+        }
+        let mut state = super::batch::state_entries("run", &read, &rejects, driver.applied, after_until, frontier);
+        state.push(("late".to_string(), late.to_string()));
+        driver.store.write(&WriteBatch { state, ..Default::default() })?;
+        Ok(RunSummary {
+            read,
+            applied: driver.applied,
+            late,
+            after_until,
+            boundaries: driver.boundaries,
+            frontier,
+            elapsed: driver.started.elapsed(),
+        })
+    });
+    shared.done.store(true, Ordering::SeqCst);
+    worker.drop_dataflow(dataflow);
+    *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
+    Ok(())
+}
+
+struct Inputs {
+    events: InputSession<Time, Event, Diff>,
+    profiles: InputSession<Time, (u64, Profile), Diff>,
+    dates: InputSession<Time, chrono::NaiveDate, Diff>,
+}
+
+impl Inputs {
+    fn advance_all(&mut self, time: Time) {
+        self.events.advance_to(time);
+        self.profiles.advance_to(time);
+        self.dates.advance_to(time);
+        self.events.flush();
+        self.profiles.flush();
+        self.dates.flush();
+    }
+}
+
+struct Driver {
+    store: SqliteStore,
+    materializer: Materializer,
+    profiles: Profiles,
+    changes: Vec<ProfileChange>,
+    date: Option<chrono::NaiveDate>,
+    step_start: Option<Timestamp>,
+    boundaries: u64,
+    applied: u64,
+    started: Instant,
+    last_log: Instant,
+    quiet: bool,
+}
+
+impl Driver {
+    /// Completes the step ending at `boundary` and writes the store as of `boundary`.
+    fn close(
+        &mut self,
+        boundary: Timestamp,
+        worker: &mut timely::worker::Worker,
+        inputs: &mut Inputs,
+        probe: &timely::dataflow::ProbeHandle<Time>,
+        outputs: &Rc<RefCell<Vec<(Output, Time, Diff)>>>,
+    ) -> Result<()> {
+        let now = logical(self.step_start.expect("a step is open"));
+        // Profile reloads effective at this boundary: retract what changed, insert the new.
+        while self.changes.first().is_some_and(|(at, _)| *at <= boundary) {
+            let (_, new) = self.changes.remove(0);
+            for (user, old) in self.profiles.iter() {
+                if new.get(user) != Some(old) {
+                    inputs.profiles.update_at((user, *old), now, -1);
+                }
+            }
+            for (user, profile) in new.iter() {
+                if self.profiles.get(user) != Some(profile) {
+                    inputs.profiles.update_at((user, *profile), now, 1);
+                }
+            }
+            self.profiles = new;
+            info!("profiles replaced as of {}", format_rfc3339(boundary));
+        }
+        // Demographics take ages at the frontier's date.
+        let date = utc_date(boundary);
+        if self.date != Some(date) {
+            if let Some(old) = self.date.replace(date) {
+                inputs.dates.update_at(old, now, -1);
+            }
+            inputs.dates.update_at(date, now, 1);
+        }
+        inputs.advance_all(logical(boundary));
+        while probe.less_than(&logical(boundary)) {
+            worker.step();
+        }
+        let changes: Vec<(Output, Diff)> = {
+            let mut buffer = outputs.borrow_mut();
+            let (done, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < logical(boundary));
+            *buffer = pending;
+            done.into_iter().map(|(record, _, diff)| (record, diff)).collect()
+        };
+        let mut batch = self.materializer.advance(boundary, changes);
+        batch.state.push(("frontier".into(), format_rfc3339(boundary)));
+        batch.state.push(("source".into(), "run".into()));
+        self.store.write(&batch)?;
+        self.boundaries += 1;
+        self.step_start = Some(boundary);
+        if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            info!(
+                "frontier {}: {} events applied ({} events/s), {} rows written at this boundary",
+                format_rfc3339(boundary),
+                human(self.applied as f64),
+                human(self.applied as f64 / secs.max(1e-9)),
+                batch.upserts.len()
+            );
+        }
+        Ok(())
+    }
+}
