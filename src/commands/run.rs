@@ -46,6 +46,9 @@ pub struct RunSummary {
 
 type ProfileChange = (Timestamp, Profiles);
 
+/// Result updates that reached worker 0 and wait for their boundary.
+type ResultBuffer = Rc<RefCell<Vec<(Output, Time, Diff)>>>;
+
 pub fn run(args: &RunArgs) -> Result<RunSummary> {
     let settings = Settings { step: args.step, lateness: 0 };
     settings.validate().map_err(anyhow::Error::msg).context("--step")?;
@@ -136,7 +139,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     let mut events_in = InputSession::<Time, Event, Diff>::new();
     let mut profiles_in = InputSession::<Time, (u64, Profile), Diff>::new();
     let mut dates_in = InputSession::<Time, chrono::NaiveDate, Diff>::new();
-    let outputs: Rc<RefCell<Vec<(Output, Time, Diff)>>> = Rc::default();
+    let outputs: ResultBuffer = Rc::default();
     let settings = shared.settings;
     let sink = outputs.clone();
     let dataflow = worker.next_dataflow_index();
@@ -228,7 +231,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         }
         Ok(())
     });
-    let result = read.map_err(anyhow::Error::from).and_then(|read| {
+    let result = read.and_then(|read| {
         if let Some(failure) = failure {
             return Err(failure);
         }
@@ -302,7 +305,7 @@ impl Driver {
         worker: &mut timely::worker::Worker,
         inputs: &mut Inputs,
         probe: &timely::dataflow::ProbeHandle<Time>,
-        outputs: &Rc<RefCell<Vec<(Output, Time, Diff)>>>,
+        outputs: &ResultBuffer,
     ) -> Result<()> {
         let now = logical(self.step_start.expect("a step is open"));
         // Profile reloads effective at this boundary: retract what changed, insert the new.
