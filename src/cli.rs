@@ -37,9 +37,34 @@ pub enum Command {
     Query(QueryArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
     Generate(GenerateArgs),
+    /// Benchmark: generate data, run `batch` and `run` on it, print events/s and peak RSS of each.
+    Bench(BenchArgs),
     /// Measure an input's statistics (event mix, empty shares, brand shares, sessions, users,
     /// defects, rhythm) beside the December 2019 figures the generator is calibrated to.
     Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Events to generate.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub events: u64,
+
+    /// Generate this preset instead (december-2019).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+
+    /// Worker threads of `run`.
+    #[arg(short = 'w', long, default_value_t = 2, value_name = "N")]
+    pub workers: usize,
+
+    /// Step of `run`.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub step: String,
+
+    /// Working directory (kept; its data/ is reused when present). Default: a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

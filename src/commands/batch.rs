@@ -103,6 +103,7 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
         write_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    super::bench::report("batch", events.len() as u64, started.elapsed().as_secs_f64())?;
     Ok(BatchSummary { read, applied: events.len() as u64, after_until, frontier, rows_written: tables.total_rows() })
 }
 

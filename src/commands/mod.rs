@@ -1,6 +1,7 @@
 //! One module per job of the command line.
 
 pub mod batch;
+pub mod bench;
 pub mod generate;
 pub mod query;
 pub mod run;
@@ -14,6 +15,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => run::run(&args).map(|_| ()),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
+        Command::Bench(args) => bench::run(&args),
         Command::Stats(args) => stats::run(&args, &mut std::io::stdout().lock()),
     }
 }

@@ -117,6 +117,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         summary.boundaries,
         summary.frontier.map(format_rfc3339).unwrap_or_default()
     );
+    super::bench::report("run", summary.applied, summary.elapsed.as_secs_f64())?;
     if summary.late > 0 {
         warn!("{} late event(s) were not applied (see {})", summary.late, rejects_path.display());
     }
