@@ -21,12 +21,13 @@ use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use cartflow_connectors::sink::Sink;
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::incremental::materialize::Materializer;
-use cartflow_dataflows::incremental::{self, logical, Diff, Output, Settings, Time};
+use cartflow_dataflows::incremental::{self, logical, Diff, Output, ProfileRecord, Settings, Time};
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339, utc_date, MINUTE};
-use cartflow_dataflows::model::{Event, Profile, Profiles, Timestamp};
+use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::schema::{TableId, WriteBatch, TABLES};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::AsCollection;
+use rustc_hash::FxHashSet;
 use timely::dataflow::operators::Exchange;
 use tracing::{info, warn};
 
@@ -138,7 +139,7 @@ struct Shared {
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()> {
     let mut events_in = InputSession::<Time, Event, Diff>::new();
-    let mut profiles_in = InputSession::<Time, (u64, Profile), Diff>::new();
+    let mut profiles_in = InputSession::<Time, ProfileRecord, Diff>::new();
     let mut dates_in = InputSession::<Time, chrono::NaiveDate, Diff>::new();
     let outputs: ResultBuffer = Rc::default();
     let settings = shared.settings;
@@ -175,6 +176,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         store: SqliteStore::open(&shared.args.db)?,
         materializer: Materializer::new(settings, shared.args.retention),
         profiles: shared.initial.clone(),
+        placeholders: FxHashSet::default(),
         changes: shared.changes.lock().unwrap().take().unwrap_or_default(),
         date: None,
         step_start: None,
@@ -185,7 +187,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         quiet: shared.args.quiet,
     };
     for (user, profile) in driver.profiles.iter() {
-        profiles_in.update_at((user, *profile), 0, 1);
+        profiles_in.update_at((user, Some(*profile)), 0, 1);
     }
     let mut inputs = Inputs { events: events_in, profiles: profiles_in, dates: dates_in };
     let mut rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
@@ -223,7 +225,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             }
         }
         driver.materializer.note_event(event.time);
-        inputs.events.update_at(*event, logical(driver.step_start.unwrap()), 1);
+        let now = logical(driver.step_start.unwrap());
+        if driver.profiles.get(event.user_id).is_none() && driver.placeholders.insert(event.user_id) {
+            inputs.profiles.update_at((event.user_id, None), now, 1);
+        }
+        inputs.events.update_at(*event, now, 1);
         driver.applied += 1;
         last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
         if driver.applied % 65_536 == 0 {
@@ -269,7 +275,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
 
 struct Inputs {
     events: InputSession<Time, Event, Diff>,
-    profiles: InputSession<Time, (u64, Profile), Diff>,
+    profiles: InputSession<Time, ProfileRecord, Diff>,
     dates: InputSession<Time, chrono::NaiveDate, Diff>,
 }
 
@@ -288,6 +294,8 @@ struct Driver {
     store: SqliteStore,
     materializer: Materializer,
     profiles: Profiles,
+    /// Users with events but no profile, who have a `None` profile record.
+    placeholders: FxHashSet<u64>,
     changes: Vec<ProfileChange>,
     date: Option<chrono::NaiveDate>,
     step_start: Option<Timestamp>,
@@ -309,17 +317,24 @@ impl Driver {
         outputs: &ResultBuffer,
     ) -> Result<()> {
         let now = logical(self.step_start.expect("a step is open"));
-        // Profile reloads effective at this boundary: retract what changed, insert the new.
+        // Profile reloads effective at this boundary: retract what changed, insert the new. A user
+        // who loses their profile gets a placeholder; a placeholder gives way to a new profile.
         while self.changes.first().is_some_and(|(at, _)| *at <= boundary) {
             let (_, new) = self.changes.remove(0);
             for (user, old) in self.profiles.iter() {
                 if new.get(user) != Some(old) {
-                    inputs.profiles.update_at((user, *old), now, -1);
+                    inputs.profiles.update_at((user, Some(*old)), now, -1);
+                    if new.get(user).is_none() && self.placeholders.insert(user) {
+                        inputs.profiles.update_at((user, None), now, 1);
+                    }
                 }
             }
             for (user, profile) in new.iter() {
                 if self.profiles.get(user) != Some(profile) {
-                    inputs.profiles.update_at((user, *profile), now, 1);
+                    if self.placeholders.remove(&user) {
+                        inputs.profiles.update_at((user, None), now, -1);
+                    }
+                    inputs.profiles.update_at((user, Some(*profile)), now, 1);
                 }
             }
             self.profiles = new;

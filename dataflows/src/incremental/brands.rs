@@ -24,16 +24,26 @@ const BUYERS: usize = 6;
 
 type BrandKey = (Symbol, Option<AgeGroup>);
 
+/// The part of an event brand performance reads once it is keyed by brand and age group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct BrandEvent {
+    user: u64,
+    event_type: EventType,
+    price: i64,
+}
+
 pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, settings: &Settings) -> Coll<'s, Output> {
     let settings = *settings;
-    let window = expire(events.filter(|e| e.brand.is_some()), move |e| settings.expiry(e.time, WINDOW_LENGTH));
+    // Only what the analysis reads: (user, (time, brand, type, price)).
+    let slim = events.flat_map(|e| Some((e.user_id, (e.time, e.brand?, e.event_type, e.price))));
+    let window = expire(slim, move |(_, (time, ..))| settings.expiry(*time, WINDOW_LENGTH));
     // Each event counts for its brand at the user's age group on the event's date, and at `*`.
-    let keyed = enrich(window, profiles).flat_map(|(e, profile)| {
-        let brand = e.brand.expect("filtered to branded events");
-        let age = age_group(profile.and_then(|p| p.birth_date), utc_date(e.time));
-        [((brand, Some(age)), e), ((brand, None), e)]
+    let keyed = enrich(window, profiles).flat_map(|(user, (time, brand, event_type, price), profile)| {
+        let age = age_group(profile.and_then(|p| p.birth_date), utc_date(time));
+        let event = BrandEvent { user, event_type, price };
+        [((brand, Some(age)), event), ((brand, None), event)]
     });
-    let sums = keyed.clone().flat_map(|(key, e): (BrandKey, Event)| {
+    let sums = keyed.clone().flat_map(|(key, e): (BrandKey, BrandEvent)| {
         let mut s = [0; 7];
         match e.event_type {
             EventType::View => s[VIEWS] = 1,
@@ -47,13 +57,13 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, setti
         Some((key, Sums(s)))
     });
     let distinct_users = keyed
-        .flat_map(|(key, e): (BrandKey, Event)| {
+        .flat_map(|(key, e): (BrandKey, BrandEvent)| {
             let role = match e.event_type {
                 EventType::View => Some(VIEWERS),
                 EventType::Purchase => Some(BUYERS),
                 _ => None,
             };
-            [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user_id))
+            [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user))
         })
         .distinct_total_core::<Diff>()
         .map(|(key, slot, _user)| (key, Sums::<7>::unit(slot)));

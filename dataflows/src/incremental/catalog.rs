@@ -8,10 +8,10 @@ use differential_dataflow::operators::threshold::ThresholdTotal;
 use serde::{Deserialize, Serialize};
 
 use super::output::Output;
-use super::{Coll, Diff};
+use super::{Coll, Diff, ProfileRecord};
 use crate::analyses::catalog::{CategoryOrigin, ProductStats};
 use crate::model::profile::age_group;
-use crate::model::{Event, Profile};
+use crate::model::Event;
 
 /// A product's statistics as a difference: adding two merges them (SPEC §3.5's rules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,9 +95,10 @@ pub fn dataflow<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
 }
 
 /// Profiles per (region, age group), ages at the date of the frontier (`dates` holds one date).
-pub fn demographics<'s>(profiles: Coll<'s, (u64, Profile)>, dates: Coll<'s, chrono::NaiveDate>) -> Coll<'s, Output> {
+/// Placeholders of users without a profile are not profiles and do not count.
+pub fn demographics<'s>(profiles: Coll<'s, ProfileRecord>, dates: Coll<'s, chrono::NaiveDate>) -> Coll<'s, Output> {
     profiles
-        .map(|(_user, profile)| ((), profile))
+        .flat_map(|(_user, profile)| profile.map(|profile| ((), profile)))
         .join_map(dates.map(|date| ((), date)), |_, profile, date| {
             (profile.region, age_group(profile.birth_date, *date))
         })

@@ -28,8 +28,12 @@ pub type Time = u64;
 pub type Diff = i64;
 /// A collection of the engine.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
+/// The profile input: one record per user the engine knows of, `Some(profile)`, or `None` for a
+/// user who has events but no profile (the driver adds it when such a user first appears), so that
+/// joining events with profiles needs no outer join.
+pub type ProfileRecord = (u64, Option<Profile>);
 /// Profiles arranged by user, shared by every analysis that segments by age or region.
-pub type ProfilesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<u64, Profile, Time, Diff>>>;
+pub type ProfilesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<u64, Option<Profile>, Time, Diff>>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -74,19 +78,20 @@ pub fn logical(t: Timestamp) -> Time {
     u64::try_from(t).expect("event times are after 1970")
 }
 
-/// Events with their user's profile (`None` without one): a join for the users that have a
-/// profile, and the rest by subtracting the joined events from all of them.
-pub fn enrich<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>) -> Coll<'s, (Event, Option<Profile>)> {
-    let by_user = events.map(|e| (e.user_id, e)).arrange_by_key();
-    let joined = by_user.clone().join_core(profiles, |_user, e, p| Some((*e, *p)));
-    let without = by_user.as_collection(|_user, e| *e).concat(joined.clone().map(|(e, _)| e).negate());
-    joined.map(|(e, p)| (e, Some(p))).concat(without.map(|e| (e, None)))
+/// Records keyed by user, with their user's profile (`None` without one). Every user with events
+/// has a profile record (see [`ProfileRecord`]), so this is a plain join. Callers pass only the
+/// fields they need, so the user arrangement stays small.
+pub fn enrich<'s, T>(records: Coll<'s, (u64, T)>, profiles: ProfilesByUser<'s>) -> Coll<'s, (u64, T, Option<Profile>)>
+where
+    T: differential_dataflow::ExchangeData + Copy,
+{
+    records.arrange_by_key().join_core(profiles, |user, r, p| Some((*user, *r, *p)))
 }
 
 /// Builds every analysis over the shared inputs and returns all result records.
 pub fn build<'s>(
     events: Coll<'s, Event>,
-    profiles: Coll<'s, (u64, Profile)>,
+    profiles: Coll<'s, ProfileRecord>,
     dates: Coll<'s, chrono::NaiveDate>,
     settings: &Settings,
 ) -> Coll<'s, Output> {

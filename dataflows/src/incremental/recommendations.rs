@@ -15,14 +15,16 @@ use crate::model::{Event, EventType, Symbol};
 
 pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, settings: &Settings) -> Coll<'s, Output> {
     let settings = *settings;
-    let window = expire(events.filter(|e| e.event_type != EventType::RemoveFromCart), move |e| {
-        settings.expiry(e.time, WINDOW_LENGTH)
-    });
+    // Only what the analysis reads: (user, (time, product, type)).
+    let slim = events
+        .filter(|e| e.event_type != EventType::RemoveFromCart)
+        .map(|e| (e.user_id, (e.time, e.product_id, e.event_type)));
+    let window = expire(slim, move |(_, (time, _, _))| settings.expiry(*time, WINDOW_LENGTH));
     let seen = enrich(window, profiles)
-        .flat_map(|(e, profile)| {
-            let age = age_group(profile.and_then(|p| p.birth_date), utc_date(e.time));
+        .flat_map(|(user, (time, product, event_type), profile)| {
+            let age = age_group(profile.and_then(|p| p.birth_date), utc_date(time));
             let region = profile.map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region);
-            Segment::all_of(age, region).map(move |segment| (segment, e.product_id, e.event_type, e.user_id))
+            Segment::all_of(age, region).map(move |segment| (segment, product, event_type, user))
         })
         .distinct_total_core::<Diff>();
     let slot = |t: EventType| match t {
