@@ -61,3 +61,17 @@ fn batch_is_idempotent_and_deterministic() {
     let after: Vec<_> = cartflow_dataflows::schema::TABLES.iter().map(|t| first.table(t.id)).collect();
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_rerun_leaves_no_counter_of_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let bad = write_events(dir.path(), "bad.csv", &["2019-10-01 10:00:00 UTC,view,10,1,,,12.345,1,s"]);
+    cartflow::commands::batch::run(&batch_args(vec![bad], None, None, db.clone())).unwrap();
+    let store = cartflow_connectors::sqlite::SqliteStore::open_read_only(&db).unwrap();
+    assert_eq!(store.state("rejected.bad_price").unwrap().as_deref(), Some("1"));
+    let good = write_events(dir.path(), "good.csv", &["2019-10-01 10:00:00 UTC,view,10,1,,,12.34,1,s"]);
+    cartflow::commands::batch::run(&batch_args(vec![good], None, None, db.clone())).unwrap();
+    assert_eq!(store.state("rejected.bad_price").unwrap(), None);
+    assert_eq!(store.state("rejected").unwrap().as_deref(), Some("0"));
+}

@@ -12,7 +12,7 @@ use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339};
 use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::reference::{self, Settings};
-use cartflow_dataflows::schema::{TableId, TableSet, TABLES};
+use cartflow_dataflows::schema::{TableSet, TABLES};
 use tracing::{info, warn};
 
 use crate::cli::BatchArgs;
@@ -107,11 +107,11 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
     Ok(BatchSummary { read, applied: events.len() as u64, after_until, frontier, rows_written: tables.total_rows() })
 }
 
-/// A write that makes the store hold exactly `tables` (idempotent: re-running writes the same).
+/// A write that makes the store hold exactly `tables` and `state` (idempotent: re-running writes
+/// the same; no counter of an earlier run survives).
 pub fn full_replacement(tables: &TableSet, state: Vec<(String, String)>) -> WriteBatch {
-    let results = TABLES.iter().map(|t| t.id).filter(|id| *id != TableId::PipelineState);
     WriteBatch {
-        replace: results.collect(),
+        replace: TABLES.iter().map(|t| t.id).collect(),
         upserts: tables.iter().flat_map(|(id, rows)| rows.iter().map(move |row| (id, row.clone()))).collect(),
         deletes: Vec::new(),
         state,

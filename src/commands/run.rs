@@ -24,7 +24,7 @@ use cartflow_dataflows::incremental::materialize::Materializer;
 use cartflow_dataflows::incremental::{self, logical, Diff, Output, ProfileRecord, Settings, Time};
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339, utc_date, MINUTE};
 use cartflow_dataflows::model::{Event, Profiles, Timestamp};
-use cartflow_dataflows::schema::{TableId, WriteBatch, TABLES};
+use cartflow_dataflows::schema::{WriteBatch, TABLES};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::AsCollection;
 use rustc_hash::FxHashSet;
@@ -80,10 +80,9 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     }
     changes.sort_by_key(|(at, _)| *at);
 
-    // Starts with empty result tables, as a replay from the beginning.
+    // Starts with empty tables (results and pipeline_state), as a replay from the beginning.
     let mut store = SqliteStore::open(&args.db)?;
-    let results = TABLES.iter().map(|t| t.id).filter(|id| *id != TableId::PipelineState);
-    store.write(&WriteBatch { replace: results.collect(), ..Default::default() })?;
+    store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
     drop(store);
 
     let shared = Arc::new(Shared {
