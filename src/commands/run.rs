@@ -143,6 +143,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     let outputs: ResultBuffer = Rc::default();
     let settings = shared.settings;
     let sink = outputs.clone();
+    let operator_profile = crate::operator_profile::OperatorProfile::register(worker);
     let dataflow = worker.next_dataflow_index();
     let probe = worker.dataflow::<Time, _, _>(|scope| {
         let results = incremental::build(
@@ -167,6 +168,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         while !shared.done.load(Ordering::SeqCst) {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
+        operator_profile.report(worker.index());
         worker.drop_dataflow(dataflow);
         return Ok(());
     }
@@ -267,6 +269,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         })
     });
     shared.done.store(true, Ordering::SeqCst);
+    operator_profile.report(worker.index());
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())

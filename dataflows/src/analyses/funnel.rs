@@ -32,9 +32,14 @@ pub type Segment = (Dimension, Symbol);
 
 /// The segments an event counts in. Events without a brand are left out of brand segments.
 pub fn segments_of(event: &Event) -> impl Iterator<Item = Segment> {
+    segments_of_labels(event.category_code, event.brand)
+}
+
+/// The segments of an event with this category code and brand.
+pub fn segments_of_labels(category_code: Option<Symbol>, brand: Option<Symbol>) -> impl Iterator<Item = Segment> {
     let all = (Dimension::All, Symbol::intern("all"));
-    let category = (Dimension::Category, event.category_code.unwrap_or_else(|| Symbol::intern(UNKNOWN)));
-    let brand = event.brand.map(|b| (Dimension::Brand, b));
+    let category = (Dimension::Category, category_code.unwrap_or_else(|| Symbol::intern(UNKNOWN)));
+    let brand = brand.map(|b| (Dimension::Brand, b));
     [Some(all), Some(category), brand].into_iter().flatten()
 }
 

@@ -3,11 +3,10 @@
 
 use std::cmp::Reverse;
 
-use differential_dataflow::operators::threshold::ThresholdTotal;
-
+use super::hashed::distinct;
 use super::operators::{expire, sum_by_key, top_k, Sums};
 use super::output::Output;
-use super::{enrich, Coll, Diff, ProfilesByUser, Settings};
+use super::{enrich, Coll, ProfilesByUser, Settings};
 use crate::analyses::brands::{BrandStats, TOP_BRANDS, WINDOW_LENGTH};
 use crate::model::profile::age_group;
 use crate::model::time::utc_date;
@@ -56,17 +55,16 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, setti
         }
         Some((key, Sums(s)))
     });
-    let distinct_users = keyed
-        .flat_map(|(key, e): (BrandKey, BrandEvent)| {
-            let role = match e.event_type {
-                EventType::View => Some(VIEWERS),
-                EventType::Purchase => Some(BUYERS),
-                _ => None,
-            };
-            [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user))
-        })
-        .distinct_total_core::<Diff>()
-        .map(|(key, slot, _user)| (key, Sums::<7>::unit(slot)));
+    let memberships = keyed.flat_map(|(key, e): (BrandKey, BrandEvent)| {
+        let role = match e.event_type {
+            EventType::View => Some(VIEWERS),
+            EventType::Purchase => Some(BUYERS),
+            _ => None,
+        };
+        [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user))
+    });
+    let distinct_users =
+        distinct(memberships, "Brands: distinct users").map(|(key, slot, _user)| (key, Sums::<7>::unit(slot)));
     let stats = sum_by_key(sums.concat(distinct_users)).map(|(key, Sums(s))| {
         let stats = BrandStats {
             unique_users: s[USERS] as u64,

@@ -3,10 +3,9 @@
 //! retraction), and demographics as profiles joined with the frontier's date.
 
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
-use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::operators::threshold::ThresholdTotal;
 use serde::{Deserialize, Serialize};
 
+use super::hashed::{accumulate_by_key, distinct};
 use super::output::Output;
 use super::{Coll, Diff, ProfileRecord};
 use crate::analyses::catalog::{CategoryOrigin, ProductStats};
@@ -73,35 +72,35 @@ impl Multiply<Diff> for CategoryAggregate {
 }
 
 pub fn dataflow<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
-    let products = events
-        .clone()
-        .explode(|e| Some((e.product_id, ProductAggregate(ProductStats::of(&e)))))
-        .count_total_core::<Diff>()
-        .map(|(id, ProductAggregate(stats))| Output::Product(id, stats));
+    let products = accumulate_by_key(
+        events.clone().map(|e| (e.product_id, ProductAggregate(ProductStats::of(&e)))),
+        "Catalog: products",
+    )
+    .map(|(id, ProductAggregate(stats))| Output::Product(id, stats));
 
-    let category_events = events.clone().explode(|e| {
-        Some((e.category_id, CategoryAggregate { origin: Some((e.time, e.category_code)), events: 1, products: 0 }))
+    let category_events = events.clone().map(|e| {
+        (e.category_id, CategoryAggregate { origin: Some((e.time, e.category_code)), events: 1, products: 0 })
     });
-    let category_products = events
-        .map(|e| (e.category_id, e.product_id))
-        .distinct_total_core::<Diff>()
-        .explode(|(category, _product)| Some((category, CategoryAggregate { products: 1, ..Default::default() })));
-    let categories =
-        category_events.concat(category_products).count_total_core::<Diff>().flat_map(|(id, aggregate)| {
+    let category_products = distinct(events.map(|e| (e.category_id, e.product_id)), "Catalog: category products")
+        .map(|(category, _product)| (category, CategoryAggregate { products: 1, ..Default::default() }));
+    let categories = accumulate_by_key(category_events.concat(category_products), "Catalog: categories").flat_map(
+        |(id, aggregate)| {
             let origin = aggregate.origin?;
             Some(Output::Category(id, origin, aggregate.products as u64, aggregate.events as u64))
-        });
+        },
+    );
     products.concat(categories)
 }
 
 /// Profiles per (region, age group), ages at the date of the frontier (`dates` holds one date).
 /// Placeholders of users without a profile are not profiles and do not count.
 pub fn demographics<'s>(profiles: Coll<'s, ProfileRecord>, dates: Coll<'s, chrono::NaiveDate>) -> Coll<'s, Output> {
-    profiles
+    let profiles_by_group = profiles
         .flat_map(|(_user, profile)| profile.map(|profile| ((), profile)))
         .join_map(dates.map(|date| ((), date)), |_, profile, date| {
             (profile.region, age_group(profile.birth_date, *date))
         })
-        .count_total_core::<Diff>()
+        .map(|key| (key, 1 as Diff));
+    accumulate_by_key(profiles_by_group, "Catalog: demographics")
         .map(|((region, age), users)| Output::Demographics(region, age, users as u64))
 }

@@ -1,10 +1,11 @@
 //! SPEC §3.2 incrementally: first view/cart/purchase per (segment, user, product) over a 24-hour
 //! insert-then-retract window, then per-segment sums carried in the difference field.
 
+use super::hashed::reduce;
 use super::operators::{expire, sum_by_key, Sums};
 use super::output::Output;
 use super::{Coll, Settings};
-use crate::analyses::funnel::{segments_of, FirstTimes, FunnelStats, WINDOW_LENGTH};
+use crate::analyses::funnel::{segments_of_labels, FirstTimes, FunnelStats, Segment, WINDOW_LENGTH};
 use crate::model::{Event, EventType};
 
 // Slots: users per stage (3), users per transition (3), gap sums (3), pair counts (3).
@@ -18,15 +19,29 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
     let window = expire(events.filter(|e| e.event_type != EventType::RemoveFromCart), move |e| {
         settings.expiry(e.time, WINDOW_LENGTH)
     });
-    let firsts = window
-        .flat_map(|e| segments_of(&e).map(move |segment| ((segment, e.user_id, e.product_id), (e.event_type, e.time))))
-        .reduce_named("Funnel: first times", |_key, input, output| {
-            let mut first = FirstTimes::default();
-            for ((event_type, time), _) in input {
-                first.record(*event_type, *time);
+    // Keyed by (user, product) rather than by (segment, user, product): the events of one pair
+    // nearly always share their segments, so this holds and updates a third of the state.
+    let stages = window.map(|e| ((e.user_id, e.product_id), (e.time, e.event_type, e.category_code, e.brand)));
+    let firsts = reduce(stages, "Funnel: first times", |_key, input| {
+        let mut per_segment: Vec<(Segment, FirstTimes)> = Vec::with_capacity(3);
+        for ((time, event_type, category_code, brand), _) in input {
+            for segment in segments_of_labels(*category_code, *brand) {
+                let slot = match per_segment.iter().position(|(s, _)| *s == segment) {
+                    Some(i) => i,
+                    None => {
+                        per_segment.push((segment, FirstTimes::default()));
+                        per_segment.len() - 1
+                    }
+                };
+                per_segment[slot].1.record(*event_type, *time);
             }
-            output.push((first, 1));
-        });
+        }
+        per_segment.sort_unstable();
+        per_segment
+    })
+    .flat_map(|((user, product), per_segment)| {
+        per_segment.into_iter().map(move |(segment, first)| ((segment, user, product), first))
+    });
 
     let gaps = firsts.clone().flat_map(|((segment, _, _), first)| {
         let mut s = [0; 12];
@@ -39,11 +54,8 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
         (s[GAP_PAIRS..].iter().any(|n| *n > 0)).then_some((segment, Sums(s)))
     });
     // A user counts once per segment for each stage and transition any of their products reached.
-    let users = firsts
-        .map(|((segment, user, _), first)| ((segment, user), reached(&first)))
-        .reduce_named("Funnel: user reach", |_key, input, output| {
-            output.push((input.iter().fold(0u8, |all, (bits, _)| all | **bits), 1));
-        })
+    let reach = firsts.map(|((segment, user, _), first)| ((segment, user), reached(&first)));
+    let users = reduce(reach, "Funnel: user reach", |_key, input| input.iter().fold(0u8, |all, (bits, _)| all | *bits))
         .map(|((segment, _user), bits)| {
             let mut s = [0; 12];
             for (i, slot) in s.iter_mut().take(6).enumerate() {

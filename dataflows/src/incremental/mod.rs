@@ -8,6 +8,7 @@
 pub mod brands;
 pub mod catalog;
 pub mod funnel;
+pub mod hashed;
 pub mod materialize;
 pub mod operators;
 pub mod output;

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{AsCollection, ExchangeData};
 use rustc_hash::FxHasher;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Capability, Operator};
 
+use super::hashed::least_k;
 use super::{Coll, Diff, Time};
 
 /// `N` integer sums travelling in the difference field. Adding up updates then *is* the
@@ -74,12 +74,12 @@ impl<'de, const N: usize> serde::Deserialize<'de> for Sums<N> {
     }
 }
 
-/// Sums of the difference field per key: `(key, sums)` whenever the sums change.
+/// Sums per key: `(key, sums)` whenever the sums change (see [`super::hashed::accumulate_by_key`]).
 pub fn sum_by_key<'s, K, const N: usize>(updates: Coll<'s, (K, Sums<N>)>) -> Coll<'s, (K, Sums<N>)>
 where
-    K: ExchangeData + differential_dataflow::Hashable,
+    K: ExchangeData + Ord + Hash,
 {
-    updates.explode(|(key, sums)| Some((key, sums))).count_total_core::<Diff>()
+    super::hashed::accumulate_by_key(updates, "SumByKey")
 }
 
 /// Retractions due at one time, with the capability to send them then.
@@ -140,8 +140,9 @@ fn bucket_of(item: &impl Hash, buckets: u64) -> u64 {
 
 /// Hierarchical top-k: the `k` least values per group, with their rank (1-based). Values must
 /// order best-first (for example `(Reverse(score), id)`). Each group is first cut to its top `k`
-/// per hash bucket of the value's identity, then the bucket winners are ranked, so a change
-/// re-sorts one bucket and at most `k × buckets` winners instead of the whole group.
+/// per hash bucket of the value's identity, then the bucket winners are ranked: a change touches one
+/// bucket and at most `k × buckets` winners, and the buckets of one large group (the `(*, *)`
+/// segment) spread over the workers instead of loading one.
 pub fn top_k<'s, G, V, I>(
     values: Coll<'s, (G, V)>,
     k: usize,
@@ -149,23 +150,18 @@ pub fn top_k<'s, G, V, I>(
     identity: impl Fn(&V) -> I + 'static,
 ) -> Coll<'s, (G, (u32, V))>
 where
-    G: ExchangeData + Hash,
-    V: ExchangeData,
+    G: ExchangeData + Ord + Hash,
+    V: ExchangeData + Ord,
     I: Hash,
 {
     let winners = if buckets > 1 {
-        values
-            .map(move |(group, value)| ((group, bucket_of(&identity(&value), buckets)), value))
-            .reduce_named("TopK: bucket", move |_key, input, output| {
-                output.extend(input.iter().take(k).map(|(value, _)| ((*value).clone(), 1 as Diff)));
-            })
-            .map(|((group, _bucket), value)| (group, value))
+        let bucketed = values.map(move |(group, value)| ((group, bucket_of(&identity(&value), buckets)), value));
+        least_k(bucketed, k, "TopK: bucket")
+            .flat_map(|((group, _bucket), winners)| winners.into_iter().map(move |value| (group.clone(), value)))
     } else {
         values
     };
-    winners.reduce_named("TopK: rank", move |_group, input, output| {
-        output.extend(
-            input.iter().take(k).enumerate().map(|(i, (value, _))| ((i as u32 + 1, (*value).clone()), 1 as Diff)),
-        );
+    least_k(winners, k, "TopK: rank").flat_map(|(group, ranked)| {
+        ranked.into_iter().enumerate().map(move |(i, value)| (group.clone(), (i as u32 + 1, value)))
     })
 }

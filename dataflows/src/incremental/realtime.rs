@@ -4,11 +4,10 @@
 
 use std::cmp::Reverse;
 
-use differential_dataflow::operators::threshold::ThresholdTotal;
-
+use super::hashed::distinct;
 use super::operators::{expire, sum_by_key, top_k, Sums};
 use super::output::Output;
-use super::{Coll, Diff, Settings};
+use super::{Coll, Settings};
 use crate::analyses::realtime::{
     window_starts, BrandActivity, ProductViews, WindowTotals, SLIDE, TOP_N, WINDOW_LENGTH,
 };
@@ -44,11 +43,9 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
     }));
     let sums = minute_sums.flat_map(move |(minute, sums)| to_windows(minute).map(move |start| (start, sums)));
     let distinct_per_window = |pairs: Coll<'s, (Timestamp, u64)>, slot: usize| {
-        pairs
-            .distinct_total_core::<Diff>()
-            .flat_map(move |(minute, user)| to_windows(minute).map(move |start| (start, user)))
-            .distinct_total_core::<Diff>()
-            .map(move |(start, _)| (start, Sums::unit(slot)))
+        let per_minute = distinct(pairs, "Realtime: distinct users per minute");
+        let per_window = per_minute.flat_map(move |(minute, user)| to_windows(minute).map(move |start| (start, user)));
+        distinct(per_window, "Realtime: distinct users per window").map(move |(start, _)| (start, Sums::unit(slot)))
     };
     let users = distinct_per_window(by_minute.clone().map(|(minute, e)| (minute, e.user_id)), USERS);
     let buyers = distinct_per_window(

@@ -3,11 +3,10 @@
 
 use std::cmp::Reverse;
 
-use differential_dataflow::operators::threshold::ThresholdTotal;
-
+use super::hashed::distinct;
 use super::operators::{expire, sum_by_key, top_k, Sums};
 use super::output::Output;
-use super::{enrich, Coll, Diff, ProfilesByUser, Settings};
+use super::{enrich, Coll, ProfilesByUser, Settings};
 use crate::analyses::recommendations::{ProductScore, Segment, TOP_N, WINDOW_LENGTH};
 use crate::model::profile::{age_group, UNKNOWN};
 use crate::model::time::utc_date;
@@ -20,13 +19,13 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, setti
         .filter(|e| e.event_type != EventType::RemoveFromCart)
         .map(|e| (e.user_id, (e.time, e.product_id, e.event_type)));
     let window = expire(slim, move |(_, (time, _, _))| settings.expiry(*time, WINDOW_LENGTH));
-    let seen = enrich(window, profiles)
-        .flat_map(|(user, (time, product, event_type), profile)| {
-            let age = age_group(profile.and_then(|p| p.birth_date), utc_date(time));
-            let region = profile.map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region);
-            Segment::all_of(age, region).map(move |segment| (segment, product, event_type, user))
-        })
-        .distinct_total_core::<Diff>();
+    let seen = enrich(window, profiles).flat_map(|(user, (time, product, event_type), profile)| {
+        let age = age_group(profile.and_then(|p| p.birth_date), utc_date(time));
+        let region = profile.map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region);
+        Segment::all_of(age, region).map(move |segment| (segment, product, event_type, user))
+    });
+    let seen = distinct(seen, "Recommendations: distinct users");
+
     let slot = |t: EventType| match t {
         EventType::View => 0,
         EventType::Cart => 1,
