@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use super::hashed::distinct;
+use super::hashed::reduce;
 use super::operators::{expire, sum_by_key, top_k, Sums};
 use super::output::Output;
 use super::{enrich, Coll, ProfilesByUser, Settings};
@@ -61,10 +61,17 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, setti
             EventType::Purchase => Some(BUYERS),
             _ => None,
         };
-        [Some(USERS), role].into_iter().flatten().map(move |slot| (key, slot, e.user))
+        let (brand, age) = key;
+        [Some(USERS), role].into_iter().flatten().map(move |slot| ((e.user, brand), (age, slot)))
     });
-    let distinct_users =
-        distinct(memberships, "Brands: distinct users").map(|(key, slot, _user)| (key, Sums::<7>::unit(slot)));
+    // Per (user, brand), the (age group, role) counters the user counts in: one state entry per
+    // pair rather than one per counter.
+    let distinct_users = reduce(memberships, "Brands: distinct users", |_key, input| {
+        input.iter().map(|(membership, _)| *membership).collect::<Vec<_>>()
+    })
+    .flat_map(|((_user, brand), memberships)| {
+        memberships.into_iter().map(move |(age, slot)| ((brand, age), Sums::<7>::unit(slot)))
+    });
     let stats = sum_by_key(sums.concat(distinct_users)).map(|(key, Sums(s))| {
         let stats = BrandStats {
             unique_users: s[USERS] as u64,

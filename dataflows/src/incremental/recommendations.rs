@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use super::hashed::distinct;
+use super::hashed::reduce;
 use super::operators::{expire, sum_by_key, top_k, Sums};
 use super::output::Output;
 use super::{enrich, Coll, ProfilesByUser, Settings};
@@ -19,12 +19,23 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: ProfilesByUser<'s>, setti
         .filter(|e| e.event_type != EventType::RemoveFromCart)
         .map(|e| (e.user_id, (e.time, e.product_id, e.event_type)));
     let window = expire(slim, move |(_, (time, _, _))| settings.expiry(*time, WINDOW_LENGTH));
-    let seen = enrich(window, profiles).flat_map(|(user, (time, product, event_type), profile)| {
+    let demographics = enrich(window, profiles).map(|(user, (time, product, event_type), profile)| {
         let age = age_group(profile.and_then(|p| p.birth_date), utc_date(time));
         let region = profile.map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region);
-        Segment::all_of(age, region).map(move |segment| (segment, product, event_type, user))
+        ((user, product, event_type), (age, region))
     });
-    let seen = distinct(seen, "Recommendations: distinct users");
+    // The segments each (user, product, type) is seen in: one state entry per triple rather than
+    // one per (segment, triple), as its events nearly always share their age group and region.
+    let seen = reduce(demographics, "Recommendations: segments seen", |_key, input| {
+        let mut segments: Vec<Segment> =
+            input.iter().flat_map(|((age, region), _)| Segment::all_of(*age, *region)).collect();
+        segments.sort_unstable();
+        segments.dedup();
+        segments
+    })
+    .flat_map(|((user, product, event_type), segments)| {
+        segments.into_iter().map(move |segment| (segment, product, event_type, user))
+    });
 
     let slot = |t: EventType| match t {
         EventType::View => 0,
