@@ -4,8 +4,8 @@
 
 use std::cmp::Reverse;
 
-use super::hashed::distinct;
-use super::operators::{expire, sum_by_key, top_k, Sums};
+use super::hashed::{accumulate_least_k, distinct};
+use super::operators::{expire, sum_by_key, Sums};
 use super::output::Output;
 use super::{Coll, Settings};
 use crate::analyses::realtime::{
@@ -63,47 +63,41 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
         Output::Window(start, totals)
     });
 
-    let minute_views = sum_by_key(
-        by_minute
-            .clone()
-            .filter(|(_, e)| e.event_type == EventType::View)
-            .map(|(minute, e)| ((minute, e.product_id), Sums([1, e.price]))),
-    );
-    let window_views = sum_by_key(
-        minute_views.flat_map(move |((minute, product), sums)| to_windows(minute).map(move |s| ((s, product), sums))),
-    );
-    let top_products = top_k(
-        window_views.map(|((start, product_id), Sums([views, price_sum]))| {
-            (start, (Reverse(views as u64), product_id, price_sum))
-        }),
+    // Views and brand activity go straight to their five windows, where each window's items are
+    // tallied and its top 10 re-ranked once per step (see `accumulate_least_k`).
+    let window_views = by_minute
+        .clone()
+        .filter(|(_, e)| e.event_type == EventType::View)
+        .flat_map(move |(minute, e)| to_windows(minute).map(move |start| ((start, e.product_id), Sums([1, e.price]))));
+    let top_products = accumulate_least_k(
+        window_views,
         TOP_N,
-        16,
-        |(_, product_id, _)| *product_id,
+        "Realtime: top products",
+        |product_id: &u64, Sums([views, price_sum]): &Sums<2>| (Reverse(*views as u64), *product_id, *price_sum),
     )
-    .map(|(start, (rank, (Reverse(views), product_id, price_sum)))| {
-        Output::TopProduct(start, rank, ProductViews { product_id, views, price_sum })
+    .flat_map(|(start, ranked)| {
+        ranked.into_iter().enumerate().map(move |(i, (Reverse(views), product_id, price_sum))| {
+            Output::TopProduct(start, i as u32 + 1, ProductViews { product_id, views, price_sum })
+        })
     });
 
-    let minute_brands = sum_by_key(brand_activity(by_minute));
-    let window_brands = sum_by_key(
-        minute_brands.flat_map(move |((minute, brand), sums)| to_windows(minute).map(move |s| ((s, brand), sums))),
-    );
-    let top_brands = top_k(
-        window_brands.map(|((start, brand), Sums(s))| (start, (Reverse(s[0] as u64), brand, s))),
-        TOP_N,
-        16,
-        |(_, brand, _)| *brand,
-    )
-    .map(|(start, (rank, (_, brand, s)))| {
-        let activity = BrandActivity {
-            brand,
-            events: s[0] as u64,
-            views: s[1] as u64,
-            carts: s[2] as u64,
-            purchases: s[3] as u64,
-            revenue: s[4],
-        };
-        Output::TopBrand(start, rank, activity)
+    let window_brands = brand_activity(by_minute)
+        .flat_map(move |((minute, brand), sums)| to_windows(minute).map(move |start| ((start, brand), sums)));
+    let top_brands = accumulate_least_k(window_brands, TOP_N, "Realtime: top brands", |brand: &Symbol, s: &Sums<5>| {
+        (Reverse(s.0[0] as u64), *brand, *s)
+    })
+    .flat_map(|(start, ranked)| {
+        ranked.into_iter().enumerate().map(move |(i, (_, brand, Sums(s)))| {
+            let activity = BrandActivity {
+                brand,
+                events: s[0] as u64,
+                views: s[1] as u64,
+                carts: s[2] as u64,
+                purchases: s[3] as u64,
+                revenue: s[4],
+            };
+            Output::TopBrand(start, i as u32 + 1, activity)
+        })
     });
 
     windows.concat(top_products).concat(top_brands)
