@@ -7,3 +7,126 @@ pub use cartflow_dataflows::schema::WriteBatch;
 pub trait Sink {
     fn write(&mut self, batch: &WriteBatch) -> Result<()>;
 }
+
+/// A sink written by a thread of its own, so that the engine computes the next step while the
+/// store applies the last one. Batches are applied in order; at most `depth` wait (bounded memory).
+/// The first failure stops the writer; it is returned by the next [`BackgroundSink::write`] or by
+/// [`BackgroundSink::finish`].
+pub struct BackgroundSink {
+    sender: Option<std::sync::mpsc::SyncSender<WriteBatch>>,
+    writer: Option<std::thread::JoinHandle<Result<WriterStats>>>,
+}
+
+/// What the writer thread did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriterStats {
+    pub batches: u64,
+    pub rows: u64,
+    pub busy: std::time::Duration,
+}
+
+impl BackgroundSink {
+    pub fn spawn<S: Sink + Send + 'static>(mut sink: S, depth: usize) -> BackgroundSink {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<WriteBatch>(depth);
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let mut stats = WriterStats::default();
+                for batch in receiver {
+                    let started = std::time::Instant::now();
+                    sink.write(&batch)?;
+                    stats.busy += started.elapsed();
+                    stats.batches += 1;
+                    stats.rows += (batch.upserts.len() + batch.deletes.len()) as u64;
+                }
+                Ok(stats)
+            })
+            .expect("spawning the store writer");
+        BackgroundSink { sender: Some(sender), writer: Some(writer) }
+    }
+
+    /// Queues a batch (waits while `depth` batches are queued).
+    pub fn write(&mut self, batch: WriteBatch) -> Result<()> {
+        let sender = self.sender.as_ref().expect("the sink is open until finish");
+        if sender.send(batch).is_err() {
+            // The writer stopped: it failed. Report its error.
+            return self.finish().map(|_| ()).and_then(|_| anyhow::bail!("the store writer stopped"));
+        }
+        Ok(())
+    }
+
+    /// Waits until every queued batch is applied.
+    pub fn finish(&mut self) -> Result<WriterStats> {
+        drop(self.sender.take());
+        match self.writer.take() {
+            Some(writer) => writer.join().map_err(|_| anyhow::anyhow!("the store writer panicked"))?,
+            None => anyhow::bail!("the store writer has already stopped"),
+        }
+    }
+}
+
+impl Drop for BackgroundSink {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records the state entries of each batch; fails on the batch whose state says "fail".
+    struct Recording(Arc<Mutex<Vec<String>>>);
+
+    impl Sink for Recording {
+        fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+            for (key, value) in &batch.state {
+                if key == "fail" {
+                    anyhow::bail!("disk full at {value}");
+                }
+                self.0.lock().unwrap().push(value.clone());
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(key: &str, value: &str) -> WriteBatch {
+        WriteBatch { state: vec![(key.to_string(), value.to_string())], ..Default::default() }
+    }
+
+    #[test]
+    fn background_writes_arrive_in_order_and_finish_waits_for_them() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut sink = BackgroundSink::spawn(Recording(seen.clone()), 1);
+        for i in 0..50 {
+            sink.write(batch("frontier", &i.to_string())).unwrap();
+        }
+        let stats = sink.finish().unwrap();
+        assert_eq!(stats.batches, 50);
+        let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_with_its_reason() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut sink = BackgroundSink::spawn(Recording(seen.clone()), 1);
+        sink.write(batch("frontier", "1")).unwrap();
+        sink.write(batch("fail", "2")).unwrap();
+        // Later writes or the finish report the writer's error, never success.
+        let mut outcome = Ok(());
+        for i in 3..20 {
+            outcome = sink.write(batch("frontier", &i.to_string()));
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let error = match outcome {
+            Err(error) => error,
+            Ok(()) => sink.finish().unwrap_err(),
+        };
+        assert!(format!("{error:#}").contains("disk full at 2"), "{error:#}");
+        assert_eq!(*seen.lock().unwrap(), vec!["1".to_string()]);
+    }
+}

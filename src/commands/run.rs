@@ -18,7 +18,7 @@ use cartflow_connectors::csv_events::{read_events, resolve_inputs, ReadStats};
 use cartflow_connectors::profiles::read_profiles;
 use cartflow_connectors::progress::human;
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
-use cartflow_connectors::sink::Sink;
+use cartflow_connectors::sink::{BackgroundSink, Sink};
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::incremental::materialize::Materializer;
 use cartflow_dataflows::incremental::{self, logical, Diff, Output, ProfileRecord, Settings, Time};
@@ -174,7 +174,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     }
 
     let mut driver = Driver {
-        store: SqliteStore::open(&shared.args.db)?,
+        store: BackgroundSink::spawn(SqliteStore::open(&shared.args.db)?, 2),
         materializer: Materializer::new(settings, shared.args.retention),
         profiles: shared.initial.clone(),
         placeholders: FxHashSet::default(),
@@ -186,6 +186,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         started: Instant::now(),
         last_log: Instant::now(),
         quiet: shared.args.quiet,
+        timings: Timings::default(),
     };
     for (user, profile) in driver.profiles.iter() {
         profiles_in.update_at((user, Some(*profile)), 0, 1);
@@ -257,7 +258,19 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         }
         let mut state = super::batch::state_entries("run", &read, &rejects, driver.applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
-        driver.store.write(&WriteBatch { state, ..Default::default() })?;
+        driver.store.write(WriteBatch { state, ..Default::default() })?;
+        let writer = driver.store.finish()?;
+        let t = &driver.timings;
+        info!(
+            "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s materializing, {:.1}s waiting for the \
+             store writer; the writer applied {} row changes in {} batches, busy {:.1}s",
+            t.dataflow.as_secs_f64(),
+            t.materialize.as_secs_f64(),
+            t.store_wait.as_secs_f64(),
+            writer.rows,
+            writer.batches,
+            writer.busy.as_secs_f64()
+        );
         Ok(RunSummary {
             read,
             applied: driver.applied,
@@ -293,7 +306,8 @@ impl Inputs {
 }
 
 struct Driver {
-    store: SqliteStore,
+    /// The store, written by its own thread (the next step is computed meanwhile).
+    store: BackgroundSink,
     materializer: Materializer,
     profiles: Profiles,
     /// Users with events but no profile, who have a `None` profile record.
@@ -306,6 +320,18 @@ struct Driver {
     started: Instant,
     last_log: Instant,
     quiet: bool,
+    timings: Timings,
+}
+
+/// Where worker 0's time went at the boundaries, logged at the end of a run.
+#[derive(Default)]
+struct Timings {
+    /// Waiting for the dataflow to pass a boundary (worker 0 works on its share meanwhile).
+    dataflow: Duration,
+    /// Turning output changes into store writes.
+    materialize: Duration,
+    /// Waiting for the store writer to take a batch (it is busy with earlier ones).
+    store_wait: Duration,
 }
 
 impl Driver {
@@ -351,9 +377,12 @@ impl Driver {
             inputs.dates.update_at(date, now, 1);
         }
         inputs.advance_all(logical(boundary));
+        let waiting = Instant::now();
         while probe.less_than(&logical(boundary)) {
             worker.step();
         }
+        self.timings.dataflow += waiting.elapsed();
+        let materializing = Instant::now();
         let changes: Vec<(Output, Diff)> = {
             let mut buffer = outputs.borrow_mut();
             let (done, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < logical(boundary));
@@ -363,7 +392,11 @@ impl Driver {
         let mut batch = self.materializer.advance(boundary, changes);
         batch.state.push(("frontier".into(), format_rfc3339(boundary)));
         batch.state.push(("source".into(), "run".into()));
-        self.store.write(&batch)?;
+        self.timings.materialize += materializing.elapsed();
+        let upserts = batch.upserts.len();
+        let queueing = Instant::now();
+        self.store.write(batch)?;
+        self.timings.store_wait += queueing.elapsed();
         self.boundaries += 1;
         self.step_start = Some(boundary);
         if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
@@ -374,7 +407,7 @@ impl Driver {
                 format_rfc3339(boundary),
                 human(self.applied as f64),
                 human(self.applied as f64 / secs.max(1e-9)),
-                batch.upserts.len()
+                upserts
             );
         }
         Ok(())

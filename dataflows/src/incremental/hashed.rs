@@ -239,10 +239,11 @@ struct Ordered<V> {
     stamp: u64,
 }
 
-/// The `k` least values of each key, as `(key, values)` records that change whenever they do. The
-/// values are held in order, so a change costs a logarithmic update and reading `k` values, never
-/// a sort of the group.
-pub fn least_k<'s, K, V>(collection: Coll<'s, (K, V)>, k: usize, name: &str) -> Coll<'s, (K, Vec<V>)>
+/// The `k` least values of each key, as `(key, (rank, value))` records (rank 1-based when `ranked`,
+/// else 0). The values are held in order, so a change costs a logarithmic update and reading `k`
+/// values, never a sort of the group; only the records that enter or leave the `k` least are
+/// emitted (a changed score usually moves one value).
+pub fn least_k<'s, K, V>(collection: Coll<'s, (K, V)>, k: usize, ranked: bool, name: &str) -> Coll<'s, (K, (u32, V))>
 where
     K: ExchangeData + Ord + std::hash::Hash,
     V: ExchangeData + Ord,
@@ -278,14 +279,7 @@ where
                 let group = groups.get_mut(&key).expect("touched groups exist");
                 let before = group.before.take().unwrap_or_default();
                 let after: Vec<V> = group.values.keys().take(k).cloned().collect();
-                if before != after {
-                    if !before.is_empty() {
-                        changes.push(((key.clone(), before), -1));
-                    }
-                    if !after.is_empty() {
-                        changes.push(((key.clone(), after.clone()), 1));
-                    }
-                }
+                emit_ranked_changes(&key, &before, &after, ranked, changes);
                 if group.values.is_empty() {
                     groups.remove(&key);
                 } else {
@@ -305,15 +299,16 @@ struct Tally<I, R, V> {
 }
 
 /// Accumulates `(group, item)` values like [`accumulate_by_key`] and keeps, per group, the `k`
-/// least of `view(item, total)` over its items, as `(group, views)` records. A touched group is
-/// re-ranked by one linear scan of its items per time: for groups of a few thousand items (a
-/// realtime window's products or brands) that is cheaper than keeping the items ordered.
+/// least of `view(item, total)` over its items, as `(group, (rank, view))` records (rank as in
+/// [`least_k`]). A touched group is re-ranked by one linear scan of its items per time: a scan of a
+/// few thousand totals in a hash map is cheaper than two ordered-map updates per changed item.
 pub fn accumulate_least_k<'s, G, I, R, V>(
     collection: Coll<'s, ((G, I), R)>,
     k: usize,
+    ranked: bool,
     name: &str,
     view: impl Fn(&I, &R) -> V + 'static,
-) -> Coll<'s, (G, Vec<V>)>
+) -> Coll<'s, (G, (u32, V))>
 where
     G: ExchangeData + Ord + std::hash::Hash,
     I: ExchangeData + Ord + std::hash::Hash,
@@ -365,14 +360,7 @@ where
                     views.truncate(k);
                 }
                 views.sort_unstable();
-                if before != views {
-                    if !before.is_empty() {
-                        changes.push(((group.clone(), before), -1));
-                    }
-                    if !views.is_empty() {
-                        changes.push(((group.clone(), views.clone()), 1));
-                    }
-                }
+                emit_ranked_changes(&group, &before, &views, ranked, changes);
                 if tally.items.is_empty() {
                     groups.remove(&group);
                 } else {
@@ -381,4 +369,30 @@ where
             }
         },
     )
+}
+
+/// A ranked value of a key: `(key, (rank, value))`.
+type Ranked<K, V> = (K, (u32, V));
+
+/// Emits the changes from the `before` to the `after` least values of `key`, as `(rank, value)`
+/// records (rank 0 for all when not `ranked`): only what entered or left, usually one value.
+fn emit_ranked_changes<K: Clone, V: Clone + PartialEq>(
+    key: &K,
+    before: &[V],
+    after: &[V],
+    ranked: bool,
+    changes: &mut Vec<(Ranked<K, V>, Diff)>,
+) {
+    if before == after {
+        return;
+    }
+    let rank = |i: usize| if ranked { i as u32 + 1 } else { 0 };
+    let before: Vec<(u32, &V)> = before.iter().enumerate().map(|(i, v)| (rank(i), v)).collect();
+    let after: Vec<(u32, &V)> = after.iter().enumerate().map(|(i, v)| (rank(i), v)).collect();
+    for (r, v) in before.iter().filter(|x| !after.contains(x)) {
+        changes.push(((key.clone(), (*r, (*v).clone())), -1));
+    }
+    for (r, v) in after.iter().filter(|x| !before.contains(x)) {
+        changes.push(((key.clone(), (*r, (*v).clone())), 1));
+    }
 }

@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rustc_hash::FxHashSet;
+
 use super::output::Output;
 use super::{Diff, Settings};
 use crate::analyses::realtime::{is_final, WindowTotals, TOP_N};
@@ -90,6 +92,14 @@ impl Materializer {
             }
         }
 
+        // A changed result is a retraction and an insertion under the same key: the store applies
+        // deletes before upserts, so the delete is redundant (about half of all row changes).
+        if !batch.deletes.is_empty() && !batch.upserts.is_empty() {
+            let upserted: FxHashSet<(TableId, String)> =
+                batch.upserts.iter().map(|(table, row)| (*table, key_text(*table, row))).collect();
+            batch.deletes.retain(|(table, key)| !upserted.contains(&(*table, format!("{key:?}"))));
+        }
+
         // Windows that became final: written once more with final = 1, then frozen.
         let newly_final: Vec<Timestamp> =
             self.open_windows.keys().copied().take_while(|s| is_final(*s, boundary, lateness)).collect();
@@ -121,6 +131,11 @@ impl Materializer {
         }
         batch
     }
+}
+
+/// A row's primary key as comparable text (cells hold floats, so rows are not `Hash`).
+fn key_text(table: TableId, row: &Row) -> String {
+    format!("{:?}", &row[..table.table().key_len.min(row.len())])
 }
 
 fn key_of(table: TableId, mut row: Row) -> Row {

@@ -156,12 +156,9 @@ where
 {
     let winners = if buckets > 1 {
         let bucketed = values.map(move |(group, value)| ((group, bucket_of(&identity(&value), buckets)), value));
-        least_k(bucketed, k, "TopK: bucket")
-            .flat_map(|((group, _bucket), winners)| winners.into_iter().map(move |value| (group.clone(), value)))
+        least_k(bucketed, k, false, "TopK: bucket").map(|((group, _bucket), (_, value))| (group, value))
     } else {
         values
     };
-    least_k(winners, k, "TopK: rank").flat_map(|(group, ranked)| {
-        ranked.into_iter().enumerate().map(move |(i, value)| (group.clone(), (i as u32 + 1, value)))
-    })
+    least_k(winners, k, true, "TopK: rank")
 }

@@ -4,7 +4,8 @@
 
 use std::cmp::Reverse;
 
-use super::hashed::{accumulate_least_k, distinct};
+use super::hashed::accumulate_least_k;
+use super::hashed::distinct;
 use super::operators::{expire, sum_by_key, Sums};
 use super::output::Output;
 use super::{Coll, Settings};
@@ -72,22 +73,21 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
     let top_products = accumulate_least_k(
         window_views,
         TOP_N,
+        true,
         "Realtime: top products",
         |product_id: &u64, Sums([views, price_sum]): &Sums<2>| (Reverse(*views as u64), *product_id, *price_sum),
     )
-    .flat_map(|(start, ranked)| {
-        ranked.into_iter().enumerate().map(move |(i, (Reverse(views), product_id, price_sum))| {
-            Output::TopProduct(start, i as u32 + 1, ProductViews { product_id, views, price_sum })
-        })
+    .map(|(start, (rank, (Reverse(views), product_id, price_sum)))| {
+        Output::TopProduct(start, rank, ProductViews { product_id, views, price_sum })
     });
 
     let window_brands = brand_activity(by_minute)
         .flat_map(move |((minute, brand), sums)| to_windows(minute).map(move |start| ((start, brand), sums)));
-    let top_brands = accumulate_least_k(window_brands, TOP_N, "Realtime: top brands", |brand: &Symbol, s: &Sums<5>| {
-        (Reverse(s.0[0] as u64), *brand, *s)
-    })
-    .flat_map(|(start, ranked)| {
-        ranked.into_iter().enumerate().map(move |(i, (_, brand, Sums(s)))| {
+    let top_brands =
+        accumulate_least_k(window_brands, TOP_N, true, "Realtime: top brands", |brand: &Symbol, s: &Sums<5>| {
+            (Reverse(s.0[0] as u64), *brand, *s)
+        })
+        .map(|(start, (rank, (_, brand, Sums(s))))| {
             let activity = BrandActivity {
                 brand,
                 events: s[0] as u64,
@@ -96,9 +96,8 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, settings: &Settings) -> Coll<'s, Ou
                 purchases: s[3] as u64,
                 revenue: s[4],
             };
-            Output::TopBrand(start, i as u32 + 1, activity)
-        })
-    });
+            Output::TopBrand(start, rank, activity)
+        });
 
     windows.concat(top_products).concat(top_brands)
 }
