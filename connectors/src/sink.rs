@@ -49,8 +49,9 @@ impl BackgroundSink {
     pub fn write(&mut self, batch: WriteBatch) -> Result<()> {
         let sender = self.sender.as_ref().expect("the sink is open until finish");
         if sender.send(batch).is_err() {
-            // The writer stopped: it failed. Report its error.
-            return self.finish().map(|_| ()).and_then(|_| anyhow::bail!("the store writer stopped"));
+            // The writer stopped, so it failed: report its error.
+            self.finish()?;
+            anyhow::bail!("the store writer stopped");
         }
         Ok(())
     }

@@ -10,12 +10,11 @@
 //! at that time. Their output equals the differential operator's; they cost a hash probe per
 //! update instead of a sort and a merge (see dataflows/README.md for the measured difference).
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use differential_dataflow::difference::{Multiply, Semigroup};
 use differential_dataflow::{AsCollection, ExchangeData, Hashable};
-use std::collections::hash_map::Entry;
-
 use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
@@ -154,13 +153,51 @@ where
     )
 }
 
-/// One group's current input (sorted by value), the output derived from it, and the output before
-/// the time being applied (`stamp` tells whether `before` belongs to that time).
+/// Per-key state of an operator that re-derives a key's output once per time: the states, and the
+/// keys touched at the current time with the output each had before it.
+struct Touched<K, S, B> {
+    states: FxHashMap<K, (S, u64)>,
+    touched: Vec<(K, B)>,
+    stamp: u64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, S, B> Touched<K, S, B> {
+    fn new() -> Self {
+        Touched { states: FxHashMap::default(), touched: Vec::new(), stamp: 0 }
+    }
+
+    /// Starts applying the updates of a new time.
+    fn begin(&mut self) {
+        self.stamp += 1;
+    }
+
+    /// The state of `key` (`new` if it has none), noting the key as touched at this time with the
+    /// output `before` takes from its state the first time.
+    fn touch(&mut self, key: K, new: impl FnOnce() -> S, before: impl FnOnce(&mut S) -> B) -> &mut S {
+        let (state, stamp) = self.states.entry(key.clone()).or_insert_with(|| (new(), 0));
+        if *stamp != self.stamp {
+            *stamp = self.stamp;
+            self.touched.push((key, before(state)));
+        }
+        state
+    }
+
+    /// Hands each touched key, its output before this time and its state to `finish`, which
+    /// returns whether the state is kept (a key without values leaves).
+    fn finish(&mut self, mut finish: impl FnMut(&K, B, &mut S) -> bool) {
+        for (key, before) in self.touched.drain(..) {
+            let (state, _) = self.states.get_mut(&key).expect("touched keys have a state");
+            if !finish(&key, before, state) {
+                self.states.remove(&key);
+            }
+        }
+    }
+}
+
+/// One group's current input (sorted by value) and the output derived from it.
 struct Group<V, O> {
     values: Vec<(V, Diff)>,
     output: Option<O>,
-    before: Option<O>,
-    stamp: u64,
 }
 
 /// `logic` applied to each key's values (sorted, with positive multiplicities), as `(key, output)`
@@ -173,33 +210,19 @@ where
     O: differential_dataflow::Data,
     L: Fn(&K, &[(V, Diff)]) -> O + 'static,
 {
-    let mut groups: FxHashMap<K, Group<V, O>> = FxHashMap::default();
-    let mut touched: Vec<K> = Vec::new();
-    let mut stamp = 0;
+    let mut groups: Touched<K, Group<V, O>, Option<O>> = Touched::new();
     in_time_order(
         collection,
         name,
         |(key, _): &(K, V)| key.hashed(),
         move |updates, changes| {
-            stamp += 1;
+            groups.begin();
             for ((key, value), diff) in updates {
-                let group = groups.entry(key.clone()).or_insert_with(|| Group {
-                    values: Vec::new(),
-                    output: None,
-                    before: None,
-                    stamp: 0,
-                });
-                if group.stamp != stamp {
-                    group.stamp = stamp;
-                    group.before = group.output.take();
-                    touched.push(key);
-                }
+                let group = groups.touch(key, || Group { values: Vec::new(), output: None }, |g| g.output.take());
                 add_value(&mut group.values, value, diff);
             }
-            for key in touched.drain(..) {
-                let group = groups.get_mut(&key).expect("touched groups exist");
-                let before = group.before.take();
-                let after = (!group.values.is_empty()).then(|| logic(&key, &group.values));
+            groups.finish(|key, before, group| {
+                let after = (!group.values.is_empty()).then(|| logic(key, &group.values));
                 if before != after {
                     if let Some(before) = before {
                         changes.push(((key.clone(), before), -1));
@@ -208,12 +231,9 @@ where
                         changes.push(((key.clone(), after.clone()), 1));
                     }
                 }
-                if after.is_none() {
-                    groups.remove(&key);
-                } else {
-                    group.output = after;
-                }
-            }
+                group.output = after;
+                group.output.is_some()
+            });
         },
     )
 }
@@ -231,12 +251,10 @@ fn add_value<V: Ord>(values: &mut Vec<(V, Diff)>, value: V, diff: Diff) {
     }
 }
 
-/// One group's values in order, its current `k` least, and those before the time being applied.
+/// One group's values in order and its current `k` least.
 struct Ordered<V> {
     values: BTreeMap<V, Diff>,
     least: Vec<V>,
-    before: Option<Vec<V>>,
-    stamp: u64,
 }
 
 /// The `k` least values of each key, as `(key, (rank, value))` records (rank 1-based when `ranked`,
@@ -248,54 +266,35 @@ where
     K: ExchangeData + Ord + std::hash::Hash,
     V: ExchangeData + Ord,
 {
-    let mut groups: FxHashMap<K, Ordered<V>> = FxHashMap::default();
-    let mut touched: Vec<K> = Vec::new();
-    let mut stamp = 0;
+    let mut groups: Touched<K, Ordered<V>, Vec<V>> = Touched::new();
     in_time_order(
         collection,
         name,
         |(key, _): &(K, V)| key.hashed(),
         move |updates, changes| {
-            stamp += 1;
+            groups.begin();
             for ((key, value), diff) in updates {
-                let group = groups.entry(key.clone()).or_insert_with(|| Ordered {
-                    values: BTreeMap::new(),
-                    least: Vec::new(),
-                    before: None,
-                    stamp: 0,
-                });
-                if group.stamp != stamp {
-                    group.stamp = stamp;
-                    group.before = Some(std::mem::take(&mut group.least));
-                    touched.push(key);
-                }
+                let new = || Ordered { values: BTreeMap::new(), least: Vec::new() };
+                let group = groups.touch(key, new, |g| std::mem::take(&mut g.least));
                 let count = group.values.entry(value.clone()).or_insert(0);
                 *count += diff;
                 if *count == 0 {
                     group.values.remove(&value);
                 }
             }
-            for key in touched.drain(..) {
-                let group = groups.get_mut(&key).expect("touched groups exist");
-                let before = group.before.take().unwrap_or_default();
-                let after: Vec<V> = group.values.keys().take(k).cloned().collect();
-                emit_ranked_changes(&key, &before, &after, ranked, changes);
-                if group.values.is_empty() {
-                    groups.remove(&key);
-                } else {
-                    group.least = after;
-                }
-            }
+            groups.finish(|key, before, group| {
+                group.least = group.values.keys().take(k).cloned().collect();
+                emit_ranked_changes(key, &before, &group.least, ranked, changes);
+                !group.values.is_empty()
+            });
         },
     )
 }
 
-/// One group's accumulated items, its current best, and those before the time being applied.
+/// One group's accumulated items and its current best.
 struct Tally<I, R, V> {
     items: FxHashMap<I, R>,
     best: Vec<V>,
-    before: Option<Vec<V>>,
-    stamp: u64,
 }
 
 /// Accumulates `(group, item)` values like [`accumulate_by_key`] and keeps, per group, the `k`
@@ -315,27 +314,16 @@ where
     R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
     V: ExchangeData + Ord,
 {
-    let mut groups: FxHashMap<G, Tally<I, R, V>> = FxHashMap::default();
-    let mut touched: Vec<G> = Vec::new();
-    let mut stamp = 0;
+    let mut groups: Touched<G, Tally<I, R, V>, Vec<V>> = Touched::new();
     in_time_order(
         collection,
         name,
         |((group, _), _): &((G, I), R)| group.hashed(),
         move |updates, changes| {
-            stamp += 1;
+            groups.begin();
             for (((group, item), value), diff) in updates {
-                let tally = groups.entry(group.clone()).or_insert_with(|| Tally {
-                    items: FxHashMap::default(),
-                    best: Vec::new(),
-                    before: None,
-                    stamp: 0,
-                });
-                if tally.stamp != stamp {
-                    tally.stamp = stamp;
-                    tally.before = Some(std::mem::take(&mut tally.best));
-                    touched.push(group);
-                }
+                let new = || Tally { items: FxHashMap::default(), best: Vec::new() };
+                let tally = groups.touch(group, new, |t| std::mem::take(&mut t.best));
                 let value = value.multiply(&diff);
                 match tally.items.entry(item) {
                     Entry::Occupied(mut total) => {
@@ -351,22 +339,17 @@ where
                     }
                 }
             }
-            for group in touched.drain(..) {
-                let tally = groups.get_mut(&group).expect("touched groups exist");
-                let before = tally.before.take().unwrap_or_default();
+            groups.finish(|group, before, tally| {
                 let mut views: Vec<V> = tally.items.iter().map(|(item, total)| view(item, total)).collect();
                 if views.len() > k {
                     views.select_nth_unstable(k - 1);
                     views.truncate(k);
                 }
                 views.sort_unstable();
-                emit_ranked_changes(&group, &before, &views, ranked, changes);
-                if tally.items.is_empty() {
-                    groups.remove(&group);
-                } else {
-                    tally.best = views;
-                }
-            }
+                emit_ranked_changes(group, &before, &views, ranked, changes);
+                tally.best = views;
+                !tally.items.is_empty()
+            });
         },
     )
 }

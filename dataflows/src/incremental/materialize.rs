@@ -95,9 +95,9 @@ impl Materializer {
         // A changed result is a retraction and an insertion under the same key: the store applies
         // deletes before upserts, so the delete is redundant (about half of all row changes).
         if !batch.deletes.is_empty() && !batch.upserts.is_empty() {
-            let upserted: FxHashSet<(TableId, String)> =
-                batch.upserts.iter().map(|(table, row)| (*table, key_text(*table, row))).collect();
-            batch.deletes.retain(|(table, key)| !upserted.contains(&(*table, format!("{key:?}"))));
+            let upserted: FxHashSet<(TableId, RowKey)> =
+                batch.upserts.iter().map(|(table, row)| (*table, RowKey(&row[..table.table().key_len]))).collect();
+            batch.deletes.retain(|(table, key)| !upserted.contains(&(*table, RowKey(key))));
         }
 
         // Windows that became final: written once more with final = 1, then frozen.
@@ -133,9 +133,42 @@ impl Materializer {
     }
 }
 
-/// A row's primary key as comparable text (cells hold floats, so rows are not `Hash`).
-fn key_text(table: TableId, row: &Row) -> String {
-    format!("{:?}", &row[..table.table().key_len.min(row.len())])
+/// A row's primary key, hashable: `Value` is not `Hash` because cells may hold floats, which are
+/// compared here by their bits (key cells are ids, texts, times and ranks anyway).
+#[derive(Clone, Copy)]
+struct RowKey<'a>(&'a [Value]);
+
+impl RowKey<'_> {
+    fn cells(&self) -> impl Iterator<Item = CellKey<'_>> {
+        self.0.iter().map(|value| match value {
+            Value::Null => CellKey::Null,
+            Value::Int(i) => CellKey::Int(*i),
+            Value::Real(r) => CellKey::Real(r.to_bits()),
+            Value::Text(t) => CellKey::Text(t),
+        })
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum CellKey<'a> {
+    Null,
+    Int(i64),
+    Real(u64),
+    Text(&'a str),
+}
+
+impl PartialEq for RowKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cells().eq(other.cells())
+    }
+}
+impl Eq for RowKey<'_> {}
+impl std::hash::Hash for RowKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for cell in self.cells() {
+            cell.hash(state);
+        }
+    }
 }
 
 fn key_of(table: TableId, mut row: Row) -> Row {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::{AsCollection, ExchangeData};
 use rustc_hash::FxHasher;
 use timely::dataflow::channels::pact::Pipeline;
@@ -13,9 +13,9 @@ use timely::dataflow::operators::{Capability, Operator};
 use super::hashed::least_k;
 use super::{Coll, Diff, Time};
 
-/// `N` integer sums travelling in the difference field. Adding up updates then *is* the
-/// aggregation: `count_total` over a key yields the key's sums with no per-group re-evaluation,
-/// and retractions subtract (the window slides for free).
+/// `N` integer sums carried as a record's value: [`sum_by_key`] adds them up per key (times each
+/// record's multiplicity) with no per-group re-evaluation, and retractions subtract (the window
+/// slides for free).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sums<const N: usize>(pub [i64; N]);
 
@@ -37,18 +37,6 @@ impl<const N: usize> Semigroup for Sums<N> {
     fn plus_equals(&mut self, rhs: &Self) {
         for (a, b) in self.0.iter_mut().zip(rhs.0) {
             *a += b;
-        }
-    }
-}
-impl<const N: usize> Monoid for Sums<N> {
-    fn zero() -> Self {
-        Sums([0; N])
-    }
-}
-impl<const N: usize> Abelian for Sums<N> {
-    fn negate(&mut self) {
-        for a in &mut self.0 {
-            *a = -*a;
         }
     }
 }
