@@ -12,11 +12,10 @@ pub mod hashed;
 pub mod materialize;
 pub mod operators;
 pub mod output;
+pub mod per_user;
 pub mod realtime;
 pub mod recommendations;
 
-use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
 
 use crate::model::time::{floor_to, MINUTE};
@@ -33,9 +32,6 @@ pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
 /// user who has events but no profile (the driver adds it when such a user first appears), so that
 /// joining events with profiles needs no outer join.
 pub type ProfileRecord = (u64, Option<Profile>);
-/// Profiles arranged by user, shared by every analysis that segments by age or region.
-pub type ProfilesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<u64, Option<Profile>, Time, Diff>>>;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Step between boundaries in seconds: a whole number of minutes that divides a day, so that
@@ -79,16 +75,6 @@ pub fn logical(t: Timestamp) -> Time {
     u64::try_from(t).expect("event times are after 1970")
 }
 
-/// Records keyed by user, with their user's profile (`None` without one). Every user with events
-/// has a profile record (see [`ProfileRecord`]), so this is a plain join. Callers pass only the
-/// fields they need, so the user arrangement stays small.
-pub fn enrich<'s, T>(records: Coll<'s, (u64, T)>, profiles: ProfilesByUser<'s>) -> Coll<'s, (u64, T, Option<Profile>)>
-where
-    T: differential_dataflow::ExchangeData + Copy,
-{
-    records.arrange_by_key().join_core(profiles, |user, r, p| Some((*user, *r, *p)))
-}
-
 /// Builds every analysis over the shared inputs and returns all result records.
 pub fn build<'s>(
     events: Coll<'s, Event>,
@@ -96,11 +82,11 @@ pub fn build<'s>(
     dates: Coll<'s, chrono::NaiveDate>,
     settings: &Settings,
 ) -> Coll<'s, Output> {
-    let profiles_by_user: ProfilesByUser<'s> = profiles.clone().arrange_by_key();
+    let per_user = per_user::dataflow(events.clone(), profiles.clone(), settings);
     realtime::dataflow(events.clone(), settings)
-        .concat(funnel::dataflow(events.clone(), settings))
-        .concat(recommendations::dataflow(events.clone(), profiles_by_user.clone(), settings))
-        .concat(brands::dataflow(events.clone(), profiles_by_user, settings))
+        .concat(funnel::dataflow(per_user.clone()))
+        .concat(recommendations::dataflow(per_user.clone()))
+        .concat(brands::dataflow(per_user))
         .concat(catalog::dataflow(events))
         .concat(catalog::demographics(profiles, dates))
 }

@@ -1,0 +1,635 @@
+//! The per-user stage: the windowed, per-user state of the funnel, the recommendations and brand
+//! performance in one operator, which emits only aggregate deltas.
+//!
+//! All three analyses count things per user: first times per (user, product), distinct viewers
+//! per (user, product, type), distinct users per (user, brand). Events and profiles are routed by
+//! user once, so each worker holds whole users: the profile "join" is a local hash lookup, a
+//! window's events are kept once (per (user, product) for 24 hours, per (user, brand) for 7 days)
+//! and leave it by the operator's own schedule, and what leaves the operator is a delta per
+//! aggregate key (segment, (segment, product), (brand, age group)), summed over all users of the
+//! worker at each time. Downstream, `sum_by_key` adds up the workers' deltas.
+//!
+//! Times are handled like [`super::hashed`]: updates wait under their capability until the input
+//! frontiers pass their time, then each time is applied whole, in time order: profile changes,
+//! then window expiries, then new events (see dataflows/README.md).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use differential_dataflow::{AsCollection, Hashable};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Capability, Operator};
+
+use super::operators::Sums;
+use super::{Coll, Diff, ProfileRecord, Settings, Time};
+use crate::analyses::{brands, funnel, recommendations as recs};
+use crate::model::profile::{age_group, UNKNOWN};
+use crate::model::time::utc_date;
+use crate::model::{AgeGroup, Cents, Event, EventType, Profile, Symbol, Timestamp};
+
+/// Slots of a funnel segment's sums: users per stage (3), users per transition (3), gap sums (3)
+/// and gap pair counts (3).
+pub mod funnel_slots {
+    pub const STAGE_USERS: usize = 0;
+    pub const TRANSITION_USERS: usize = 3;
+    pub const GAP_SUM: usize = 6;
+    pub const GAP_PAIRS: usize = 9;
+}
+
+/// Slots of a (brand, age group) aggregate.
+pub mod brand_slots {
+    pub const USERS: usize = 0;
+    pub const VIEWS: usize = 1;
+    pub const CARTS: usize = 2;
+    pub const PURCHASES: usize = 3;
+    pub const REVENUE: usize = 4;
+    pub const VIEWERS: usize = 5;
+    pub const BUYERS: usize = 6;
+}
+
+/// A change of one aggregate, summed over the users of a worker at one time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Delta {
+    Funnel(funnel::Segment, Sums<12>),
+    /// Distinct viewers, carters and buyers of a product in a segment.
+    Score(recs::Segment, u64, Sums<3>),
+    /// A brand at an age group (`None` = `*`), slots as in [`brand_slots`].
+    Brand(Symbol, Option<AgeGroup>, Sums<7>),
+}
+
+/// Work a key has at a later time: its oldest events leave their window.
+#[derive(Clone, Copy, Debug)]
+enum Visit {
+    Pair(u64, u64),
+    Brand(u64, Symbol),
+}
+
+/// Updates of one time waiting for the frontier, with the capability to answer at that time.
+type Waiting<D> = BTreeMap<Time, (Capability<Time>, Vec<D>)>;
+
+pub fn dataflow<'s>(
+    events: Coll<'s, Event>,
+    profiles: Coll<'s, ProfileRecord>,
+    settings: &Settings,
+) -> Coll<'s, Delta> {
+    let settings = *settings;
+    let events_by_user = Exchange::new(|(e, _, _): &(Event, Time, Diff)| e.user_id.hashed());
+    let profiles_by_user = Exchange::new(|((user, _), _, _): &(ProfileRecord, Time, Diff)| user.hashed());
+    events
+        .inner
+        .binary_frontier(
+            profiles.inner,
+            events_by_user,
+            profiles_by_user,
+            "Per user: funnel, recommendations, brands",
+            move |_, _| {
+                let mut stage = UserStage::new(settings);
+                let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
+                let mut waiting_profiles: Waiting<(ProfileRecord, Diff)> = BTreeMap::new();
+                let mut visits: Waiting<Visit> = BTreeMap::new();
+                move |(events, events_frontier), (profiles, profiles_frontier), output| {
+                    events.for_each_stamp(|capability, containers| {
+                        for container in containers {
+                            for (event, time, diff) in container.drain(..) {
+                                let slot = waiting_events
+                                    .entry(time)
+                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                                slot.1.push((event, diff));
+                            }
+                        }
+                    });
+                    profiles.for_each_stamp(|capability, containers| {
+                        for container in containers {
+                            for (record, time, diff) in container.drain(..) {
+                                let slot = waiting_profiles
+                                    .entry(time)
+                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                                slot.1.push((record, diff));
+                            }
+                        }
+                    });
+                    loop {
+                        let next = [waiting_events.keys().next(), waiting_profiles.keys().next(), visits.keys().next()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .copied();
+                        let Some(time) = next else { break };
+                        if events_frontier.less_equal(&time) || profiles_frontier.less_equal(&time) {
+                            break; // updates at this time may still arrive
+                        }
+                        // Any capability of this time will do to answer at it.
+                        let mut capability = None;
+                        let profile_updates = waiting_profiles.remove(&time).map(|(c, updates)| {
+                            capability.get_or_insert(c);
+                            updates
+                        });
+                        let due = visits.remove(&time).map(|(c, due)| {
+                            capability.get_or_insert(c);
+                            due
+                        });
+                        let new_events = waiting_events.remove(&time).map(|(c, events)| {
+                            capability.get_or_insert(c);
+                            events
+                        });
+                        let capability = capability.expect("a time is processed because something waits at it");
+                        stage.apply(
+                            time,
+                            profile_updates.unwrap_or_default(),
+                            due.unwrap_or_default(),
+                            new_events.unwrap_or_default(),
+                        );
+                        for (at, visit) in stage.scheduled.drain(..) {
+                            debug_assert!(at > time, "windows end after their events");
+                            visits.entry(at).or_insert_with(|| (capability.delayed(&at), Vec::new())).1.push(visit);
+                        }
+                        let mut deltas = stage.drain_deltas(time);
+                        if !deltas.is_empty() {
+                            output.session(&capability).give_container(&mut deltas);
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// One non-removal event of a (user, product) pair, with the user's age group at its date.
+#[derive(Clone, Copy, Debug)]
+struct PairEvent {
+    time: Timestamp,
+    event_type: EventType,
+    age: AgeGroup,
+    category_code: Option<Symbol>,
+    brand: Option<Symbol>,
+}
+
+/// A (user, product) pair over the last 24 hours: its events in time order, how many of them
+/// there are per type and per (type, age group) (the recommendation segments it counts in), and
+/// while touched at the current time, its funnel first times before that time.
+#[derive(Default)]
+struct PairState {
+    events: VecDeque<PairEvent>,
+    per_type: [u32; 3],
+    per_type_age: Vec<(u8, AgeGroup, u32)>,
+    funnel_before: Option<Vec<(funnel::Segment, funnel::FirstTimes)>>,
+}
+
+/// One event of a (user, brand) over the last 7 days.
+#[derive(Clone, Copy, Debug)]
+struct BrandEvent {
+    time: Timestamp,
+    event_type: EventType,
+    age: AgeGroup,
+    price: Cents,
+}
+
+/// A (user, brand) over the last 7 days: its events in time order and how many of them make the
+/// user count at each (age group, distinct-user slot).
+#[derive(Default)]
+struct BrandState {
+    events: VecDeque<BrandEvent>,
+    memberships: Vec<(Option<AgeGroup>, u8, u32)>,
+}
+
+struct UserStage {
+    settings: Settings,
+    unknown_region: Symbol,
+    /// The profile of each user of this worker that has one.
+    profiles: FxHashMap<u64, Profile>,
+    pairs: FxHashMap<(u64, u64), PairState>,
+    brand_users: FxHashMap<(u64, Symbol), BrandState>,
+    /// Per (user, funnel segment): how many of the user's products reach each funnel bit.
+    reach: FxHashMap<(u64, funnel::Segment), [u32; 6]>,
+    /// Pairs touched at the current time, whose funnel first times are re-derived at its end.
+    touched: Vec<(u64, u64)>,
+    /// Visits to schedule, filled by `apply`.
+    scheduled: Vec<(Time, Visit)>,
+    funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
+    scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
+}
+
+fn score_slot(event_type: EventType) -> u8 {
+    match event_type {
+        EventType::View => 0,
+        EventType::Cart => 1,
+        _ => 2,
+    }
+}
+
+impl UserStage {
+    fn new(settings: Settings) -> Self {
+        UserStage {
+            settings,
+            unknown_region: Symbol::intern(UNKNOWN),
+            profiles: FxHashMap::default(),
+            pairs: FxHashMap::default(),
+            brand_users: FxHashMap::default(),
+            reach: FxHashMap::default(),
+            touched: Vec::new(),
+            scheduled: Vec::new(),
+            funnel_out: FxHashMap::default(),
+            scores_out: FxHashMap::default(),
+            brands_out: FxHashMap::default(),
+        }
+    }
+
+    /// Applies everything of one time: profile changes, then the visits due, then new events.
+    fn apply(&mut self, time: Time, profiles: Vec<(ProfileRecord, Diff)>, due: Vec<Visit>, events: Vec<(Event, Diff)>) {
+        if !profiles.is_empty() {
+            self.change_profiles(profiles);
+        }
+        for visit in due {
+            match visit {
+                Visit::Pair(user, product) => self.expire_pair(time, user, product),
+                Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
+            }
+        }
+        for (event, diff) in events {
+            assert!(diff > 0, "events are only ever inserted");
+            let profile = self.profiles.get(&event.user_id).copied();
+            let age = age_group(profile.and_then(|p| p.birth_date), utc_date(event.time));
+            let region = profile.map_or(self.unknown_region, |p| p.region);
+            for _ in 0..diff {
+                if event.event_type != EventType::RemoveFromCart {
+                    self.insert_pair(&event, age, region);
+                }
+                if let Some(brand) = event.brand {
+                    self.insert_brand(&event, brand, age);
+                }
+            }
+        }
+        self.finish_funnel();
+    }
+
+    /// New profile records: a user's profile is the record inserted at this time, if any, else
+    /// none; users whose profile changed have every age- or region-dependent count re-derived.
+    fn change_profiles(&mut self, updates: Vec<(ProfileRecord, Diff)>) {
+        let mut incoming: FxHashMap<u64, Option<Profile>> = FxHashMap::default();
+        for ((user, record), diff) in updates {
+            if diff > 0 {
+                incoming.insert(user, record);
+            } else {
+                incoming.entry(user).or_insert(None);
+            }
+        }
+        let mut changed: FxHashMap<u64, (Option<Profile>, Option<Profile>)> = FxHashMap::default();
+        for (user, new) in incoming {
+            let old = self.profiles.get(&user).copied();
+            if old != new {
+                match new {
+                    Some(profile) => self.profiles.insert(user, profile),
+                    None => self.profiles.remove(&user),
+                };
+                changed.insert(user, (old, new));
+            }
+        }
+        if changed.is_empty() || (self.pairs.is_empty() && self.brand_users.is_empty()) {
+            return;
+        }
+        let unknown = self.unknown_region;
+        let region = |p: &Option<Profile>| p.map_or(unknown, |p| p.region);
+        let age = |p: &Option<Profile>, t: Timestamp| age_group(p.and_then(|p| p.birth_date), utc_date(t));
+        for (&(user, product), pair) in self.pairs.iter_mut() {
+            let Some((old, new)) = changed.get(&user) else { continue };
+            add_scores(&mut self.scores_out, pair, product, region(old), -1);
+            pair.per_type_age.clear();
+            for e in pair.events.iter_mut() {
+                e.age = age(new, e.time);
+                count_type_age(&mut pair.per_type_age, score_slot(e.event_type), e.age, 1);
+            }
+            add_scores(&mut self.scores_out, pair, product, region(new), 1);
+        }
+        for (&(user, brand), state) in self.brand_users.iter_mut() {
+            if !changed.contains_key(&user) {
+                continue;
+            }
+            let new = changed[&user].1;
+            let events: Vec<BrandEvent> = state.events.drain(..).collect();
+            for e in &events {
+                brand_event(&mut self.brands_out, state, brand, e, -1);
+            }
+            for mut e in events {
+                e.age = age(&new, e.time);
+                brand_event(&mut self.brands_out, state, brand, &e, 1);
+                state.events.push_back(e);
+            }
+        }
+    }
+
+    fn insert_pair(&mut self, event: &Event, age: AgeGroup, region: Symbol) {
+        let key = (event.user_id, event.product_id);
+        let pair = self.pairs.entry(key).or_default();
+        if pair.funnel_before.is_none() {
+            pair.funnel_before = Some(first_times(&pair.events));
+            self.touched.push(key);
+        }
+        let e = PairEvent {
+            time: event.time,
+            event_type: event.event_type,
+            age,
+            category_code: event.category_code,
+            brand: event.brand,
+        };
+        let at = insert_in_time_order(&mut pair.events, e, |e| e.time);
+        if at == 0 {
+            self.scheduled.push((self.settings.expiry(event.time, funnel::WINDOW_LENGTH), Visit::Pair(key.0, key.1)));
+        }
+        let slot = score_slot(event.event_type);
+        pair.per_type[slot as usize] += 1;
+        if pair.per_type[slot as usize] == 1 {
+            score(&mut self.scores_out, recs::Segment { age_group: None, region: None }, event.product_id, slot, 1);
+        }
+        if count_type_age(&mut pair.per_type_age, slot, age, 1) {
+            for segment in &recs::Segment::all_of(age, region)[..2] {
+                score(&mut self.scores_out, *segment, event.product_id, slot, 1);
+            }
+        }
+    }
+
+    fn expire_pair(&mut self, time: Time, user: u64, product: u64) {
+        let Some(pair) = self.pairs.get_mut(&(user, product)) else { return };
+        let window = funnel::WINDOW_LENGTH;
+        let settings = self.settings;
+        if pair.events.front().is_none_or(|e| settings.expiry(e.time, window) > time) {
+            return; // an earlier visit at this time took them
+        }
+        if pair.funnel_before.is_none() {
+            pair.funnel_before = Some(first_times(&pair.events));
+            self.touched.push((user, product));
+        }
+        let region = self.profiles.get(&user).map_or(self.unknown_region, |p| p.region);
+        while let Some(e) = pair.events.front().copied() {
+            if settings.expiry(e.time, window) > time {
+                self.scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product)));
+                break;
+            }
+            pair.events.pop_front();
+            let slot = score_slot(e.event_type);
+            pair.per_type[slot as usize] -= 1;
+            if pair.per_type[slot as usize] == 0 {
+                score(&mut self.scores_out, recs::Segment { age_group: None, region: None }, product, slot, -1);
+            }
+            if count_type_age(&mut pair.per_type_age, slot, e.age, -1) {
+                for segment in &recs::Segment::all_of(e.age, region)[..2] {
+                    score(&mut self.scores_out, *segment, product, slot, -1);
+                }
+            }
+        }
+    }
+
+    fn insert_brand(&mut self, event: &Event, brand: Symbol, age: AgeGroup) {
+        let key = (event.user_id, brand);
+        let state = self.brand_users.entry(key).or_default();
+        let e = BrandEvent { time: event.time, event_type: event.event_type, age, price: event.price };
+        brand_event(&mut self.brands_out, state, brand, &e, 1);
+        if insert_in_time_order(&mut state.events, e, |e| e.time) == 0 {
+            self.scheduled.push((self.settings.expiry(event.time, brands::WINDOW_LENGTH), Visit::Brand(key.0, key.1)));
+        }
+    }
+
+    fn expire_brand(&mut self, time: Time, user: u64, brand: Symbol) {
+        let Some(state) = self.brand_users.get_mut(&(user, brand)) else { return };
+        let window = brands::WINDOW_LENGTH;
+        let settings = self.settings;
+        if state.events.front().is_none_or(|e| settings.expiry(e.time, window) > time) {
+            return;
+        }
+        while let Some(e) = state.events.front().copied() {
+            if settings.expiry(e.time, window) > time {
+                self.scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand)));
+                break;
+            }
+            state.events.pop_front();
+            brand_event(&mut self.brands_out, state, brand, &e, -1);
+        }
+        if state.events.is_empty() {
+            self.brand_users.remove(&(user, brand));
+        }
+    }
+
+    /// Re-derives the funnel first times of the pairs touched at this time and turns their change
+    /// into segment deltas; pairs left without events leave.
+    fn finish_funnel(&mut self) {
+        for key in self.touched.drain(..) {
+            let pair = self.pairs.get_mut(&key).expect("touched pairs exist until here");
+            let before = pair.funnel_before.take().expect("touched pairs remember their first times");
+            let after = first_times(&pair.events);
+            if before != after {
+                add_funnel(&mut self.funnel_out, &mut self.reach, key.0, &before, -1);
+                add_funnel(&mut self.funnel_out, &mut self.reach, key.0, &after, 1);
+            }
+            if pair.events.is_empty() {
+                self.pairs.remove(&key);
+            }
+        }
+    }
+
+    fn drain_deltas(&mut self, time: Time) -> Vec<(Delta, Time, Diff)> {
+        let mut deltas = Vec::new();
+        for (segment, sums) in self.funnel_out.drain() {
+            if sums.iter().any(|x| *x != 0) {
+                deltas.push((Delta::Funnel(segment, Sums(sums)), time, 1));
+            }
+        }
+        for ((segment, product), sums) in self.scores_out.drain() {
+            if sums.iter().any(|x| *x != 0) {
+                deltas.push((Delta::Score(segment, product, Sums(sums)), time, 1));
+            }
+        }
+        for ((brand, age), sums) in self.brands_out.drain() {
+            if sums.iter().any(|x| *x != 0) {
+                deltas.push((Delta::Brand(brand, age, Sums(sums)), time, 1));
+            }
+        }
+        deltas
+    }
+}
+
+/// Inserts `item` keeping `items` ordered by `time` (after equal times), returning its index.
+/// Events nearly always arrive in time order, so the search starts from the back.
+fn insert_in_time_order<T>(items: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> Timestamp) -> usize {
+    let t = time(&item);
+    let mut at = items.len();
+    while at > 0 && time(&items[at - 1]) > t {
+        at -= 1;
+    }
+    items.insert(at, item);
+    at
+}
+
+/// Adds `diff` to the count of `(slot, age)`; true when the count went from or to zero.
+fn count_type_age(counts: &mut Vec<(u8, AgeGroup, u32)>, slot: u8, age: AgeGroup, diff: i32) -> bool {
+    match counts.iter().position(|(s, a, _)| *s == slot && *a == age) {
+        Some(i) => {
+            let count = &mut counts[i].2;
+            *count = count.checked_add_signed(diff).expect("counts stay non-negative");
+            if *count == 0 {
+                counts.swap_remove(i);
+                true
+            } else {
+                false
+            }
+        }
+        None => {
+            debug_assert!(diff > 0, "a count that is not there is only added to");
+            counts.push((slot, age, diff as u32));
+            true
+        }
+    }
+}
+
+fn score(
+    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    segment: recs::Segment,
+    product: u64,
+    slot: u8,
+    diff: i64,
+) {
+    out.entry((segment, product)).or_default()[slot as usize] += diff;
+}
+
+/// Every segment a pair counts in, `diff` times: (age, region) and (age, *) per age group seen
+/// with a type, (*, *) per type seen.
+fn add_scores(
+    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    pair: &PairState,
+    product: u64,
+    region: Symbol,
+    diff: i64,
+) {
+    for (slot, count) in pair.per_type.iter().enumerate() {
+        if *count > 0 {
+            score(out, recs::Segment { age_group: None, region: None }, product, slot as u8, diff);
+        }
+    }
+    for (slot, age, _) in &pair.per_type_age {
+        for segment in &recs::Segment::all_of(*age, region)[..2] {
+            score(out, *segment, product, *slot, diff);
+        }
+    }
+}
+
+/// The funnel first times of a pair per segment, ordered by segment.
+fn first_times(events: &VecDeque<PairEvent>) -> Vec<(funnel::Segment, funnel::FirstTimes)> {
+    let mut per_segment: Vec<(funnel::Segment, funnel::FirstTimes)> = Vec::with_capacity(3);
+    for e in events {
+        for segment in funnel::segments_of_labels(e.category_code, e.brand) {
+            let slot = match per_segment.iter().position(|(s, _)| *s == segment) {
+                Some(i) => i,
+                None => {
+                    per_segment.push((segment, funnel::FirstTimes::default()));
+                    per_segment.len() - 1
+                }
+            };
+            per_segment[slot].1.record(e.event_type, e.time);
+        }
+    }
+    per_segment.sort_unstable_by_key(|(segment, _)| *segment);
+    per_segment
+}
+
+/// Adds (`diff` = 1) or removes (-1) one pair's first times: its gaps, and its reach bits through
+/// the user's per-segment counters (a user counts once per segment and bit).
+fn add_funnel(
+    out: &mut FxHashMap<funnel::Segment, [i64; 12]>,
+    reach: &mut FxHashMap<(u64, funnel::Segment), [u32; 6]>,
+    user: u64,
+    firsts: &[(funnel::Segment, funnel::FirstTimes)],
+    diff: i64,
+) {
+    use funnel_slots::{GAP_PAIRS, GAP_SUM};
+    for (segment, first) in firsts {
+        let sums = out.entry(*segment).or_default();
+        for (i, gap) in first.transitions().into_iter().enumerate() {
+            if let Some(gap) = gap {
+                sums[GAP_SUM + i] += diff * gap;
+                sums[GAP_PAIRS + i] += diff;
+            }
+        }
+        let bits = reached(first);
+        if bits == 0 {
+            continue;
+        }
+        let counts = reach.entry((user, *segment)).or_default();
+        for (bit, count) in counts.iter_mut().enumerate() {
+            if bits >> bit & 1 == 0 {
+                continue;
+            }
+            if diff > 0 {
+                *count += 1;
+                if *count == 1 {
+                    sums[bit] += 1;
+                }
+            } else {
+                *count -= 1;
+                if *count == 0 {
+                    sums[bit] -= 1;
+                }
+            }
+        }
+        if counts.iter().all(|c| *c == 0) {
+            reach.remove(&(user, *segment));
+        }
+    }
+}
+
+/// Bits 0–2: viewed, carted, purchased; bits 3–5: view→cart, cart→purchase, view→purchase (the
+/// funnel's slots `STAGE_USERS` and `TRANSITION_USERS`).
+fn reached(first: &funnel::FirstTimes) -> u8 {
+    let mut bits = 0;
+    for (i, time) in [first.view, first.cart, first.purchase].into_iter().enumerate() {
+        bits |= u8::from(time.is_some()) << i;
+    }
+    for (i, gap) in first.transitions().into_iter().enumerate() {
+        bits |= u8::from(gap.is_some()) << (3 + i);
+    }
+    bits
+}
+
+/// Adds (`diff` = 1) or removes (-1) one event of a (user, brand): its counts and revenue at its
+/// age group and at `*`, and the user's distinct-user memberships.
+fn brand_event(
+    out: &mut FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
+    state: &mut BrandState,
+    brand: Symbol,
+    e: &BrandEvent,
+    diff: i64,
+) {
+    use brand_slots::{BUYERS, CARTS, PURCHASES, REVENUE, USERS, VIEWERS, VIEWS};
+    let (count_slot, role) = match e.event_type {
+        EventType::View => (Some(VIEWS), Some(VIEWERS)),
+        EventType::Cart => (Some(CARTS), None),
+        EventType::Purchase => (Some(PURCHASES), Some(BUYERS)),
+        EventType::RemoveFromCart => (None, None),
+    };
+    for age in [Some(e.age), None] {
+        let sums = out.entry((brand, age)).or_default();
+        if let Some(slot) = count_slot {
+            sums[slot] += diff;
+        }
+        if e.event_type == EventType::Purchase {
+            sums[REVENUE] += diff * e.price;
+        }
+        for slot in [Some(USERS), role].into_iter().flatten() {
+            let slot = slot as u8;
+            match state.memberships.iter().position(|(a, s, _)| *a == age && *s == slot) {
+                Some(i) => {
+                    let count = &mut state.memberships[i].2;
+                    *count = count.checked_add_signed(diff as i32).expect("memberships stay non-negative");
+                    if *count == 0 {
+                        state.memberships.swap_remove(i);
+                        sums[slot as usize] -= 1;
+                    }
+                }
+                None => {
+                    debug_assert!(diff > 0, "a membership that is not there is only added to");
+                    state.memberships.push((age, slot, 1));
+                    sums[slot as usize] += 1;
+                }
+            }
+        }
+    }
+}
