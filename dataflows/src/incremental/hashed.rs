@@ -291,16 +291,126 @@ where
     )
 }
 
-/// One group's accumulated items and its current best.
+/// One group's accumulated items and a prefix of its ranking, kept lazily (see
+/// [`accumulate_least_k`]).
 struct Tally<I, R, V> {
-    items: FxHashMap<I, R>,
-    best: Vec<V>,
+    /// Each item's total and whether it is a member.
+    items: FxHashMap<I, (R, bool)>,
+    /// The best items in order: every member ranks before every other item.
+    members: Vec<(V, I)>,
+    /// A value no non-member ranks before (`None` when there are no non-members).
+    bound: Option<V>,
+}
+
+impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, V> {
+    fn new() -> Self {
+        Tally { items: FxHashMap::default(), members: Vec::new(), bound: None }
+    }
+
+    fn non_members(&self) -> usize {
+        self.items.len() - self.members.len()
+    }
+
+    fn lower_bound(&mut self, value: V) {
+        if self.bound.as_ref().is_none_or(|b| value < *b) {
+            self.bound = Some(value);
+        }
+    }
+
+    fn insert_member(&mut self, value: V, item: I) {
+        let at = self.members.partition_point(|(v, _)| *v < value);
+        self.members.insert(at, (value, item));
+    }
+
+    fn remove_member(&mut self, item: &I) -> V {
+        let at = self.members.iter().position(|(_, i)| i == item).expect("members are listed");
+        self.members.remove(at).0
+    }
+
+    /// Adds `delta` to `item`'s total and keeps the members a correct prefix of the ranking.
+    fn add(&mut self, item: I, delta: R, capacity: usize, view: &impl Fn(&I, &R) -> V) {
+        let (total, member) = match self.items.entry(item.clone()) {
+            Entry::Occupied(mut slot) => {
+                slot.get_mut().0.plus_equals(&delta);
+                if slot.get().0.is_zero() {
+                    let (_, member) = slot.remove();
+                    if member {
+                        self.remove_member(&item);
+                    }
+                    return; // a non-member leaving keeps the bound a lower bound
+                }
+                slot.get().clone()
+            }
+            Entry::Vacant(slot) => {
+                if delta.is_zero() {
+                    return;
+                }
+                slot.insert((delta.clone(), false));
+                (delta, false)
+            }
+        };
+        let value = view(&item, &total);
+        if member {
+            self.remove_member(&item);
+            // Still ahead of every non-member: it stays; otherwise it may have fallen behind one.
+            if self.bound.as_ref().is_none_or(|b| value < *b) {
+                self.insert_member(value, item);
+            } else {
+                self.items.get_mut(&item).expect("present").1 = false;
+                self.lower_bound(value);
+            }
+            return;
+        }
+        let ahead_of_worst = self.members.last().is_some_and(|(worst, _)| value < *worst);
+        let only_non_member = self.non_members() == 1;
+        if ahead_of_worst || (only_non_member && self.members.len() < capacity) {
+            self.items.get_mut(&item).expect("present").1 = true;
+            self.insert_member(value, item);
+            if self.members.len() > capacity {
+                let (evicted, evicted_item) = self.members.pop().expect("over capacity");
+                self.items.get_mut(&evicted_item).expect("members are items").1 = false;
+                self.lower_bound(evicted);
+            }
+        } else {
+            self.lower_bound(value);
+        }
+    }
+
+    /// Re-ranks from scratch when fewer than `k` members are left while other items exist.
+    fn refill(&mut self, k: usize, capacity: usize, view: &impl Fn(&I, &R) -> V) {
+        if self.members.len() >= k || self.non_members() == 0 {
+            return;
+        }
+        let mut all: Vec<(V, I)> = self.items.iter().map(|(item, (total, _))| (view(item, total), item.clone())).collect();
+        let keep = capacity.min(all.len());
+        if all.len() > keep {
+            all.select_nth_unstable_by(keep, |a, b| a.0.cmp(&b.0));
+            self.bound = Some(all[keep..].iter().map(|(v, _)| v).min().expect("non-empty").clone());
+        } else {
+            self.bound = None;
+        }
+        all.truncate(keep);
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, member) in self.items.values_mut() {
+            *member = false;
+        }
+        for (_, item) in &all {
+            self.items.get_mut(item).expect("present").1 = true;
+        }
+        self.members = all;
+    }
+
+    fn best(&self, k: usize) -> Vec<V> {
+        self.members.iter().take(k).map(|(v, _)| v.clone()).collect()
+    }
 }
 
 /// Accumulates `(group, item)` values like [`accumulate_by_key`] and keeps, per group, the `k`
 /// least of `view(item, total)` over its items, as `(group, (rank, view))` records (rank as in
-/// [`least_k`]). A touched group is re-ranked by one linear scan of its items per time: a scan of a
-/// few thousand totals in a hash map is cheaper than two ordered-map updates per changed item.
+/// [`least_k`]). The ranking is kept lazily: each group holds up to `2k` best items in order and a
+/// lower bound on all others. A change to an item outside them costs a hash update and a
+/// comparison; an item inside that falls behind the bound leaves them; only when fewer than `k`
+/// are left is the group re-ranked by a scan of its items.
 pub fn accumulate_least_k<'s, G, I, R, V>(
     collection: Coll<'s, ((G, I), R)>,
     k: usize,
@@ -314,6 +424,7 @@ where
     R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
     V: ExchangeData + Ord,
 {
+    let capacity = 2 * k;
     let mut groups: Touched<G, Tally<I, R, V>, Vec<V>> = Touched::new();
     in_time_order(
         collection,
@@ -322,32 +433,13 @@ where
         move |updates, changes| {
             groups.begin();
             for (((group, item), value), diff) in updates {
-                let new = || Tally { items: FxHashMap::default(), best: Vec::new() };
-                let tally = groups.touch(group, new, |t| std::mem::take(&mut t.best));
-                let value = value.multiply(&diff);
-                match tally.items.entry(item) {
-                    Entry::Occupied(mut total) => {
-                        total.get_mut().plus_equals(&value);
-                        if total.get().is_zero() {
-                            total.remove();
-                        }
-                    }
-                    Entry::Vacant(slot) => {
-                        if !value.is_zero() {
-                            slot.insert(value);
-                        }
-                    }
-                }
+                let tally = groups.touch(group, Tally::new, |t| t.best(k));
+                tally.add(item, value.multiply(&diff), capacity, &view);
             }
             groups.finish(|group, before, tally| {
-                let mut views: Vec<V> = tally.items.iter().map(|(item, total)| view(item, total)).collect();
-                if views.len() > k {
-                    views.select_nth_unstable(k - 1);
-                    views.truncate(k);
-                }
-                views.sort_unstable();
-                emit_ranked_changes(group, &before, &views, ranked, changes);
-                tally.best = views;
+                tally.refill(k, capacity, &view);
+                let after = tally.best(k);
+                emit_ranked_changes(group, &before, &after, ranked, changes);
                 !tally.items.is_empty()
             });
         },
@@ -377,5 +469,49 @@ fn emit_ranked_changes<K: Clone, V: Clone + PartialEq>(
     }
     for (r, v) in after.iter().filter(|x| !before.contains(x)) {
         changes.push(((key.clone(), (*r, (*v).clone())), 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+
+    use super::super::operators::Sums;
+    use super::Tally;
+
+    /// The lazily kept ranking equals a full sort after every batch of random changes, including
+    /// scores that fall (members leaving for the bound, re-ranking when too few are left).
+    #[test]
+    fn lazy_tally_ranks_like_a_full_sort() {
+        let view = |item: &u32, total: &Sums<1>| (Reverse(total.0[0]), *item);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for k in [1, 3, 10] {
+            let mut tally: Tally<u32, Sums<1>, (Reverse<i64>, u32)> = Tally::new();
+            let mut totals = std::collections::BTreeMap::<u32, i64>::new();
+            for _batch in 0..2_000 {
+                for _ in 0..next(12) + 1 {
+                    let item = next(100) as u32;
+                    // Rises and falls alike: members fall behind others, items empty and come back.
+                    let delta = next(13) as i64 - 6;
+                    let total = totals.entry(item).or_insert(0);
+                    *total += delta;
+                    if *total == 0 {
+                        totals.remove(&item);
+                    }
+                    tally.add(item, Sums([delta]), 2 * k, &view);
+                }
+                tally.refill(k, 2 * k, &view);
+                let mut expected: Vec<_> = totals.iter().map(|(item, total)| view(item, &Sums([*total]))).collect();
+                expected.sort_unstable();
+                expected.truncate(k);
+                assert_eq!(tally.best(k), expected);
+            }
+        }
     }
 }

@@ -120,7 +120,7 @@ where
         .as_collection()
 }
 
-fn bucket_of(item: &impl Hash, buckets: u64) -> u64 {
+pub(super) fn bucket_of(item: &impl Hash, buckets: u64) -> u64 {
     let mut hasher = FxHasher::default();
     item.hash(&mut hasher);
     hasher.finish() % buckets

@@ -4,22 +4,30 @@
 
 use std::cmp::Reverse;
 
-use super::operators::{sum_by_key, top_k, Sums};
+use super::hashed::{accumulate_least_k, least_k};
+use super::operators::{bucket_of, Sums};
 use super::output::Output;
 use super::per_user::Delta;
 use super::Coll;
 use crate::analyses::recommendations::{ProductScore, TOP_N};
+
+/// Hash buckets per segment: the (*, *) segment's products spread over the workers.
+const BUCKETS: u64 = 64;
 
 pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
     let changes = deltas.flat_map(|delta| match delta {
         Delta::Score(segment, product, sums) => Some(((segment, product), sums)),
         _ => None,
     });
-    let candidates = sum_by_key(changes).map(|((segment, product_id), Sums([viewers, carters, buyers]))| {
+    // Tallied and cut to the top 10 in one step per (segment, hash bucket of the product), then the
+    // buckets' winners ranked per segment: the hierarchical top-k of dataflows/README.md.
+    let bucketed = changes.map(|((segment, product), sums)| (((segment, bucket_of(&product, BUCKETS)), product), sums));
+    let winners = accumulate_least_k(bucketed, TOP_N, false, "Recommendations: tally and bucket top", |product, sums| {
+        let Sums([viewers, carters, buyers]) = *sums;
         let score =
-            ProductScore { product_id, viewers: viewers as u64, carters: carters as u64, buyers: buyers as u64 };
-        (segment, (Reverse(score.score()), product_id, score))
+            ProductScore { product_id: *product, viewers: viewers as u64, carters: carters as u64, buyers: buyers as u64 };
+        (Reverse(score.score()), *product, score)
     });
-    top_k(candidates, TOP_N, 64, |(_, product_id, _)| *product_id)
+    least_k(winners.map(|((segment, _bucket), (_, value))| (segment, value)), TOP_N, true, "Recommendations: rank")
         .map(|(segment, (rank, (_, _, score)))| Output::Recommendation(segment, rank, score))
 }
