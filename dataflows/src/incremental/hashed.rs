@@ -381,7 +381,8 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
         if self.members.len() >= k || self.non_members() == 0 {
             return;
         }
-        let mut all: Vec<(V, I)> = self.items.iter().map(|(item, (total, _))| (view(item, total), item.clone())).collect();
+        let mut all: Vec<(V, I)> =
+            self.items.iter().map(|(item, (total, _))| (view(item, total), item.clone())).collect();
         let keep = capacity.min(all.len());
         if all.len() > keep {
             all.select_nth_unstable_by(keep, |a, b| a.0.cmp(&b.0));

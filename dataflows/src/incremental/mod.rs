@@ -83,7 +83,7 @@ pub fn build<'s>(
     settings: &Settings,
 ) -> Coll<'s, Output> {
     let per_user = per_user::dataflow(events.clone(), profiles.clone(), settings);
-    realtime::dataflow(events.clone(), settings)
+    realtime::dataflow(per_user.clone())
         .concat(funnel::dataflow(per_user.clone()))
         .concat(recommendations::dataflow(per_user.clone()))
         .concat(brands::dataflow(per_user))

@@ -1,5 +1,5 @@
-//! The per-user stage: the windowed, per-user state of the funnel, the recommendations and brand
-//! performance in one operator, which emits only aggregate deltas.
+//! The per-user stage: the windowed, per-user state of the realtime windows, the funnel, the
+//! recommendations and brand performance in one operator, which emits only aggregate deltas.
 //!
 //! All three analyses count things per user: first times per (user, product), distinct viewers
 //! per (user, product, type), distinct users per (user, brand). Events and profiles are routed by
@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -23,9 +24,10 @@ use timely::dataflow::operators::{Capability, Operator};
 
 use super::operators::Sums;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
+use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
 use crate::analyses::{brands, funnel, recommendations as recs};
 use crate::model::profile::{age_group, UNKNOWN};
-use crate::model::time::utc_date;
+use crate::model::time::{floor_to, utc_date};
 use crate::model::{AgeGroup, Cents, Event, EventType, Profile, Symbol, Timestamp};
 
 /// Slots of a funnel segment's sums: users per stage (3), users per transition (3), gap sums (3)
@@ -48,6 +50,16 @@ pub mod brand_slots {
     pub const BUYERS: usize = 6;
 }
 
+/// Slots of a realtime window's totals.
+pub mod window_slots {
+    pub const EVENTS: usize = 0;
+    /// Four slots, by `EventType::index()`.
+    pub const BY_TYPE: usize = 1;
+    pub const REVENUE: usize = 5;
+    pub const USERS: usize = 6;
+    pub const BUYERS: usize = 7;
+}
+
 /// A change of one aggregate, summed over the users of a worker at one time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Delta {
@@ -56,6 +68,12 @@ pub enum Delta {
     Score(recs::Segment, u64, Sums<3>),
     /// A brand at an age group (`None` = `*`), slots as in [`brand_slots`].
     Brand(Symbol, Option<AgeGroup>, Sums<7>),
+    /// A realtime window's totals, slots as in [`window_slots`].
+    Window(Timestamp, Sums<8>),
+    /// A product's views and their price sum in one minute.
+    MinuteViews(Timestamp, u64, Sums<2>),
+    /// A brand's events, views, carts, purchases and revenue in one minute.
+    MinuteBrand(Timestamp, Symbol, Sums<5>),
 }
 
 /// Work a key has at a later time: its oldest events leave their window.
@@ -63,6 +81,9 @@ pub enum Delta {
 enum Visit {
     Pair(u64, u64),
     Brand(u64, Symbol),
+    /// The realtime window starting at this minute is final: its totals and the minute's data
+    /// leave.
+    Window(Timestamp),
 }
 
 /// Updates of one time waiting for the frontier, with the capability to answer at that time.
@@ -82,7 +103,7 @@ pub fn dataflow<'s>(
             profiles.inner,
             events_by_user,
             profiles_by_user,
-            "Per user: funnel, recommendations, brands",
+            "Per user: realtime, funnel, recommendations, brands",
             move |_, _| {
                 let mut stage = UserStage::new(settings);
                 let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
@@ -206,9 +227,89 @@ struct UserStage {
     touched: Vec<(u64, u64)>,
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
+    realtime: Realtime,
+    /// Deltas ready to emit at the current time.
+    deltas: Vec<Delta>,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
     scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
     brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
+}
+
+/// The realtime windows' share of this worker: what it has added to each open window and minute
+/// (retracted when the window is final, so the downstream totals return to zero), and each user's
+/// active minutes (a user counts once per window).
+#[derive(Default)]
+struct Realtime {
+    windows: FxHashMap<Timestamp, [i64; 8]>,
+    minute_views: FxHashMap<Timestamp, FxHashMap<u64, [i64; 2]>>,
+    minute_brands: FxHashMap<Timestamp, FxHashMap<Symbol, [i64; 5]>>,
+    /// Per user, the minutes with events (and whether one was a purchase), until their windows
+    /// are final.
+    user_minutes: FxHashMap<u64, Vec<(Timestamp, bool)>>,
+    /// Per minute, the users holding it in `user_minutes`.
+    minute_users: FxHashMap<Timestamp, Vec<u64>>,
+    /// Changes at the current time: totals per minute (fanned out to windows at the end), distinct
+    /// users and buyers per window, views and brand activity per minute.
+    minute_totals_out: FxHashMap<Timestamp, [i64; 6]>,
+    users_out: FxHashMap<Timestamp, [i64; 2]>,
+    views_out: FxHashMap<(Timestamp, u64), [i64; 2]>,
+    brands_out: FxHashMap<(Timestamp, Symbol), [i64; 5]>,
+}
+
+impl Realtime {
+    /// A user active at `minute` (buying if `purchase`): counts once more in each window
+    /// containing the minute where the user had no other active (buying) minute.
+    fn activity(&mut self, user: u64, minute: Timestamp, purchase: bool) {
+        let minutes = self.user_minutes.entry(user).or_default();
+        let (known, bought) = match minutes.iter().position(|(m, _)| *m == minute) {
+            Some(i) => (true, minutes[i].1),
+            None => (false, false),
+        };
+        if known && (bought || !purchase) {
+            return;
+        }
+        for start in window_starts(minute) {
+            let others = |buyer: bool| {
+                minutes.iter().any(|(m, b)| *m != minute && *m >= start && *m < start + WINDOW_LENGTH && (*b || !buyer))
+            };
+            let counts = self.users_out.entry(start).or_default();
+            if !known && !others(false) {
+                counts[0] += 1;
+            }
+            if purchase && !others(true) {
+                counts[1] += 1;
+            }
+        }
+        match minutes.iter_mut().find(|(m, _)| *m == minute) {
+            Some(entry) => entry.1 = true,
+            None => {
+                minutes.push((minute, purchase));
+                self.minute_users.entry(minute).or_default().push(user);
+            }
+        }
+    }
+
+    /// The window starting at `start` is final: what this worker added to it, and to the views and
+    /// brand activity of its first minute, is retracted; users forget that minute.
+    fn drop_window(&mut self, start: Timestamp, deltas: &mut Vec<Delta>) {
+        if let Some(held) = self.windows.remove(&start) {
+            deltas.push(Delta::Window(start, Sums(held.map(|x| -x))));
+        }
+        for (product, [views, prices]) in self.minute_views.remove(&start).unwrap_or_default() {
+            deltas.push(Delta::MinuteViews(start, product, Sums([-views, -prices])));
+        }
+        for (brand, held) in self.minute_brands.remove(&start).unwrap_or_default() {
+            deltas.push(Delta::MinuteBrand(start, brand, Sums(held.map(|x| -x))));
+        }
+        for user in self.minute_users.remove(&start).unwrap_or_default() {
+            if let Some(minutes) = self.user_minutes.get_mut(&user) {
+                minutes.retain(|(m, _)| *m != start);
+                if minutes.is_empty() {
+                    self.user_minutes.remove(&user);
+                }
+            }
+        }
+    }
 }
 
 fn score_slot(event_type: EventType) -> u8 {
@@ -230,6 +331,8 @@ impl UserStage {
             reach: FxHashMap::default(),
             touched: Vec::new(),
             scheduled: Vec::new(),
+            realtime: Realtime::default(),
+            deltas: Vec::new(),
             funnel_out: FxHashMap::default(),
             scores_out: FxHashMap::default(),
             brands_out: FxHashMap::default(),
@@ -245,6 +348,7 @@ impl UserStage {
             match visit {
                 Visit::Pair(user, product) => self.expire_pair(time, user, product),
                 Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
+                Visit::Window(start) => self.realtime.drop_window(start, &mut self.deltas),
             }
         }
         for (event, diff) in events {
@@ -253,6 +357,7 @@ impl UserStage {
             let age = age_group(profile.and_then(|p| p.birth_date), utc_date(event.time));
             let region = profile.map_or(self.unknown_region, |p| p.region);
             for _ in 0..diff {
+                self.realtime_event(&event);
                 if event.event_type != EventType::RemoveFromCart {
                     self.insert_pair(&event, age, region);
                 }
@@ -262,6 +367,85 @@ impl UserStage {
             }
         }
         self.finish_funnel();
+        self.finish_realtime();
+    }
+
+    /// One event's share of the realtime windows.
+    fn realtime_event(&mut self, event: &Event) {
+        use window_slots::{BY_TYPE, EVENTS, REVENUE};
+        let minute = floor_to(event.time, SLIDE);
+        let rt = &mut self.realtime;
+        let totals = rt.minute_totals_out.entry(minute).or_default();
+        totals[EVENTS] += 1;
+        totals[BY_TYPE + event.event_type.index()] += 1;
+        let purchase = event.event_type == EventType::Purchase;
+        if purchase {
+            totals[REVENUE] += event.price;
+        }
+        rt.activity(event.user_id, minute, purchase);
+        if event.event_type == EventType::View {
+            let views = rt.views_out.entry((minute, event.product_id)).or_default();
+            views[0] += 1;
+            views[1] += event.price;
+        }
+        if let Some(brand) = event.brand {
+            let activity = rt.brands_out.entry((minute, brand)).or_default();
+            activity[0] += 1;
+            match event.event_type {
+                EventType::View => activity[1] += 1,
+                EventType::Cart => activity[2] += 1,
+                EventType::Purchase => {
+                    activity[3] += 1;
+                    activity[4] += event.price;
+                }
+                EventType::RemoveFromCart => {}
+            }
+        }
+    }
+
+    /// Turns the realtime changes of this time into window and minute deltas, remembering them for
+    /// the retraction when each window is final.
+    fn finish_realtime(&mut self) {
+        use window_slots::{BUYERS, USERS};
+        let rt = &mut self.realtime;
+        let mut window_changes: FxHashMap<Timestamp, [i64; 8]> = FxHashMap::default();
+        for (minute, totals) in rt.minute_totals_out.drain() {
+            for start in window_starts(minute) {
+                let sums = window_changes.entry(start).or_default();
+                for (sum, total) in sums.iter_mut().zip(totals) {
+                    *sum += total;
+                }
+            }
+        }
+        for (start, [users, buyers]) in rt.users_out.drain() {
+            let sums = window_changes.entry(start).or_default();
+            sums[USERS] += users;
+            sums[BUYERS] += buyers;
+        }
+        for (start, change) in window_changes {
+            let held = rt.windows.entry(start).or_insert_with(|| {
+                let drop_at = self.settings.boundary_at_or_after(start + WINDOW_LENGTH + self.settings.lateness);
+                self.scheduled.push((drop_at, Visit::Window(start)));
+                [0; 8]
+            });
+            for (h, c) in held.iter_mut().zip(change) {
+                *h += c;
+            }
+            self.deltas.push(Delta::Window(start, Sums(change)));
+        }
+        for ((minute, product), change) in rt.views_out.drain() {
+            let held = rt.minute_views.entry(minute).or_default().entry(product).or_default();
+            held[0] += change[0];
+            held[1] += change[1];
+            self.deltas.push(Delta::MinuteViews(minute, product, Sums(change)));
+        }
+        for ((minute, brand), change) in rt.brands_out.drain() {
+            let held = rt.minute_brands.entry(minute).or_default().entry(brand).or_default();
+            for (h, c) in held.iter_mut().zip(change) {
+                *h += c;
+            }
+            self.deltas.push(Delta::MinuteBrand(minute, brand, Sums(change)));
+        }
     }
 
     /// New profile records: a user's profile is the record inserted at this time, if any, else
@@ -428,7 +612,17 @@ impl UserStage {
     }
 
     fn drain_deltas(&mut self, time: Time) -> Vec<(Delta, Time, Diff)> {
-        let mut deltas = Vec::new();
+        let mut deltas: Vec<(Delta, Time, Diff)> = self
+            .deltas
+            .drain(..)
+            .filter(|delta| match delta {
+                Delta::Window(_, sums) => !sums.is_zero(),
+                Delta::MinuteViews(_, _, sums) => !sums.is_zero(),
+                Delta::MinuteBrand(_, _, sums) => !sums.is_zero(),
+                _ => true,
+            })
+            .map(|delta| (delta, time, 1))
+            .collect();
         for (segment, sums) in self.funnel_out.drain() {
             if sums.iter().any(|x| *x != 0) {
                 deltas.push((Delta::Funnel(segment, Sums(sums)), time, 1));

@@ -22,12 +22,17 @@ pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
     // Tallied and cut to the top 10 in one step per (segment, hash bucket of the product), then the
     // buckets' winners ranked per segment: the hierarchical top-k of dataflows/README.md.
     let bucketed = changes.map(|((segment, product), sums)| (((segment, bucket_of(&product, BUCKETS)), product), sums));
-    let winners = accumulate_least_k(bucketed, TOP_N, false, "Recommendations: tally and bucket top", |product, sums| {
-        let Sums([viewers, carters, buyers]) = *sums;
-        let score =
-            ProductScore { product_id: *product, viewers: viewers as u64, carters: carters as u64, buyers: buyers as u64 };
-        (Reverse(score.score()), *product, score)
-    });
+    let winners =
+        accumulate_least_k(bucketed, TOP_N, false, "Recommendations: tally and bucket top", |product, sums| {
+            let Sums([viewers, carters, buyers]) = *sums;
+            let score = ProductScore {
+                product_id: *product,
+                viewers: viewers as u64,
+                carters: carters as u64,
+                buyers: buyers as u64,
+            };
+            (Reverse(score.score()), *product, score)
+        });
     least_k(winners.map(|((segment, _bucket), (_, value))| (segment, value)), TOP_N, true, "Recommendations: rank")
         .map(|(segment, (rank, (_, _, score)))| Output::Recommendation(segment, rank, score))
 }
