@@ -9,11 +9,12 @@ pub trait Sink {
 }
 
 /// A sink written by a thread of its own, so that the engine computes the next step while the
-/// store applies the last one. Batches are applied in order; at most `depth` wait (bounded memory).
-/// The first failure stops the writer; it is returned by the next [`BackgroundSink::write`] or by
-/// [`BackgroundSink::finish`].
-pub struct BackgroundSink {
-    sender: Option<std::sync::mpsc::SyncSender<WriteBatch>>,
+/// store applies the last one. Jobs are applied in order; at most `depth` wait (bounded memory).
+/// A job is a [`WriteBatch`], or anything the thread first turns into one (see
+/// [`BackgroundSink::spawn_preparing`]). The first failure stops the writer; it is returned by the
+/// next [`BackgroundSink::write`] or by [`BackgroundSink::finish`].
+pub struct BackgroundSink<J = WriteBatch> {
+    sender: Option<std::sync::mpsc::SyncSender<J>>,
     writer: Option<std::thread::JoinHandle<Result<WriterStats>>>,
 }
 
@@ -22,20 +23,38 @@ pub struct BackgroundSink {
 pub struct WriterStats {
     pub batches: u64,
     pub rows: u64,
+    /// Time spent turning jobs into batches.
+    pub preparing: std::time::Duration,
+    /// Time spent writing batches.
     pub busy: std::time::Duration,
 }
 
-impl BackgroundSink {
-    pub fn spawn<S: Sink + Send + 'static>(mut sink: S, depth: usize) -> BackgroundSink {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<WriteBatch>(depth);
+impl BackgroundSink<WriteBatch> {
+    pub fn spawn<S: Sink + Send + 'static>(sink: S, depth: usize) -> BackgroundSink {
+        BackgroundSink::spawn_preparing(sink, depth, |batch| batch)
+    }
+}
+
+impl<J: Send + 'static> BackgroundSink<J> {
+    /// A writer thread that turns each job into a batch with `prepare` before writing it, so that
+    /// this work, too, leaves the thread that queues the jobs.
+    pub fn spawn_preparing<S, P>(mut sink: S, depth: usize, mut prepare: P) -> BackgroundSink<J>
+    where
+        S: Sink + Send + 'static,
+        P: FnMut(J) -> WriteBatch + Send + 'static,
+    {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<J>(depth);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 let mut stats = WriterStats::default();
-                for batch in receiver {
+                for job in receiver {
                     let started = std::time::Instant::now();
+                    let batch = prepare(job);
+                    let prepared = std::time::Instant::now();
                     sink.write(&batch)?;
-                    stats.busy += started.elapsed();
+                    stats.preparing += prepared - started;
+                    stats.busy += prepared.elapsed();
                     stats.batches += 1;
                     stats.rows += (batch.upserts.len() + batch.deletes.len()) as u64;
                 }
@@ -44,11 +63,13 @@ impl BackgroundSink {
             .expect("spawning the store writer");
         BackgroundSink { sender: Some(sender), writer: Some(writer) }
     }
+}
 
-    /// Queues a batch (waits while `depth` batches are queued).
-    pub fn write(&mut self, batch: WriteBatch) -> Result<()> {
+impl<J> BackgroundSink<J> {
+    /// Queues a job (waits while `depth` jobs are queued).
+    pub fn write(&mut self, job: J) -> Result<()> {
         let sender = self.sender.as_ref().expect("the sink is open until finish");
-        if sender.send(batch).is_err() {
+        if sender.send(job).is_err() {
             // The writer stopped, so it failed: report its error.
             self.finish()?;
             anyhow::bail!("the store writer stopped");
@@ -66,7 +87,7 @@ impl BackgroundSink {
     }
 }
 
-impl Drop for BackgroundSink {
+impl<J> Drop for BackgroundSink<J> {
     fn drop(&mut self) {
         let _ = self.finish();
     }

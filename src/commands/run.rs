@@ -174,8 +174,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     }
 
     let mut driver = Driver {
-        store: BackgroundSink::spawn(SqliteStore::open(&shared.args.db)?, 2),
-        materializer: Materializer::new(settings, shared.args.retention),
+        store: store_writer(SqliteStore::open(&shared.args.db)?, Materializer::new(settings, shared.args.retention)),
+        first_event: None,
         profiles: shared.initial.clone(),
         placeholders: FxHashSet::default(),
         changes: shared.changes.lock().unwrap().take().unwrap_or_default(),
@@ -226,7 +226,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                 return Ok(());
             }
         }
-        driver.materializer.note_event(event.time);
+        driver.first_event = Some(driver.first_event.map_or(event.time, |t| t.min(event.time)));
         let now = logical(driver.step_start.unwrap());
         if driver.profiles.get(event.user_id).is_none() && driver.placeholders.insert(event.user_id) {
             inputs.profiles.update_at((event.user_id, None), now, 1);
@@ -258,17 +258,18 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         }
         let mut state = super::batch::state_entries("run", &read, &rejects, driver.applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
-        driver.store.write(WriteBatch { state, ..Default::default() })?;
+        driver.store.write(StoreJob::Batch(WriteBatch { state, ..Default::default() }))?;
         let writer = driver.store.finish()?;
         let t = &driver.timings;
         info!(
-            "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s materializing, {:.1}s waiting for the \
-             store writer; the writer applied {} row changes in {} batches, busy {:.1}s",
+            "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s collecting results, {:.1}s waiting \
+             for the store writer; the writer materialized {} boundaries in {:.1}s and applied {} row changes in {:.1}s",
             t.dataflow.as_secs_f64(),
-            t.materialize.as_secs_f64(),
+            t.collect.as_secs_f64(),
             t.store_wait.as_secs_f64(),
-            writer.rows,
             writer.batches,
+            writer.preparing.as_secs_f64(),
+            writer.rows,
             writer.busy.as_secs_f64()
         );
         Ok(RunSummary {
@@ -286,6 +287,30 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())
+}
+
+/// What worker 0 hands the store writer: a boundary's result changes, which the writer thread
+/// materializes into the boundary's writes, or a batch ready to write.
+enum StoreJob {
+    Boundary { boundary: Timestamp, first_event: Option<Timestamp>, changes: Vec<(Output, Diff)> },
+    Batch(WriteBatch),
+}
+
+/// The store's writer thread: it materializes each boundary (sorting and formatting rows, daily
+/// snapshots, final windows) and writes it with the frontier, off worker 0's critical path.
+fn store_writer(store: SqliteStore, mut materializer: Materializer) -> BackgroundSink<StoreJob> {
+    BackgroundSink::spawn_preparing(store, 2, move |job| match job {
+        StoreJob::Boundary { boundary, first_event, changes } => {
+            if let Some(first) = first_event {
+                materializer.note_event(first);
+            }
+            let mut batch = materializer.advance(boundary, changes);
+            batch.state.push(("frontier".into(), format_rfc3339(boundary)));
+            batch.state.push(("source".into(), "run".into()));
+            batch
+        }
+        StoreJob::Batch(batch) => batch,
+    })
 }
 
 struct Inputs {
@@ -306,9 +331,10 @@ impl Inputs {
 }
 
 struct Driver {
-    /// The store, written by its own thread (the next step is computed meanwhile).
-    store: BackgroundSink,
-    materializer: Materializer,
+    /// The store, materialized and written by its own thread (the next step is computed meanwhile).
+    store: BackgroundSink<StoreJob>,
+    /// The earliest applied event since the last boundary (the materializer's first snapshot).
+    first_event: Option<Timestamp>,
     profiles: Profiles,
     /// Users with events but no profile, who have a `None` profile record.
     placeholders: FxHashSet<u64>,
@@ -328,8 +354,8 @@ struct Driver {
 struct Timings {
     /// Waiting for the dataflow to pass a boundary (worker 0 works on its share meanwhile).
     dataflow: Duration,
-    /// Turning output changes into store writes.
-    materialize: Duration,
+    /// Taking the boundary's output changes from the result buffer.
+    collect: Duration,
     /// Waiting for the store writer to take a batch (it is busy with earlier ones).
     store_wait: Duration,
 }
@@ -379,23 +405,22 @@ impl Driver {
         inputs.advance_all(logical(boundary));
         let waiting = Instant::now();
         while probe.less_than(&logical(boundary)) {
-            worker.step();
+            // Parks when there is nothing to do (waiting for the other workers): spinning would
+            // take a core from them and from the store writer.
+            worker.step_or_park(Some(Duration::from_millis(5)));
         }
         self.timings.dataflow += waiting.elapsed();
-        let materializing = Instant::now();
+        let collecting = Instant::now();
         let changes: Vec<(Output, Diff)> = {
             let mut buffer = outputs.borrow_mut();
             let (done, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < logical(boundary));
             *buffer = pending;
             done.into_iter().map(|(record, _, diff)| (record, diff)).collect()
         };
-        let mut batch = self.materializer.advance(boundary, changes);
-        batch.state.push(("frontier".into(), format_rfc3339(boundary)));
-        batch.state.push(("source".into(), "run".into()));
-        self.timings.materialize += materializing.elapsed();
-        let upserts = batch.upserts.len();
+        self.timings.collect += collecting.elapsed();
+        let result_changes = changes.len();
         let queueing = Instant::now();
-        self.store.write(batch)?;
+        self.store.write(StoreJob::Boundary { boundary, first_event: self.first_event.take(), changes })?;
         self.timings.store_wait += queueing.elapsed();
         self.boundaries += 1;
         self.step_start = Some(boundary);
@@ -403,11 +428,11 @@ impl Driver {
             self.last_log = Instant::now();
             let secs = self.started.elapsed().as_secs_f64();
             info!(
-                "frontier {}: {} events applied ({} events/s), {} rows written at this boundary",
+                "frontier {}: {} events applied ({} events/s), {} result changes at this boundary",
                 format_rfc3339(boundary),
                 human(self.applied as f64),
                 human(self.applied as f64 / secs.max(1e-9)),
-                upserts
+                result_changes
             );
         }
         Ok(())

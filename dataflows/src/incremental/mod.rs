@@ -82,11 +82,11 @@ pub fn build<'s>(
     dates: Coll<'s, chrono::NaiveDate>,
     settings: &Settings,
 ) -> Coll<'s, Output> {
-    let per_user = per_user::dataflow(events.clone(), profiles.clone(), settings);
-    realtime::dataflow(per_user.clone())
-        .concat(funnel::dataflow(per_user.clone()))
-        .concat(recommendations::dataflow(per_user.clone()))
-        .concat(brands::dataflow(per_user))
+    let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings);
+    realtime::dataflow(deltas.realtime)
+        .concat(funnel::dataflow(deltas.funnel))
+        .concat(recommendations::dataflow(deltas.recommendations))
+        .concat(brands::dataflow(deltas.brands))
         .concat(catalog::dataflow(events))
         .concat(catalog::demographics(profiles, dates))
 }

@@ -19,7 +19,9 @@ use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::vec::Partition;
 use timely::dataflow::operators::{Capability, Operator};
 
 use super::operators::Sums;
@@ -89,15 +91,19 @@ enum Visit {
 /// Updates of one time waiting for the frontier, with the capability to answer at that time.
 type Waiting<D> = BTreeMap<Time, (Capability<Time>, Vec<D>)>;
 
-pub fn dataflow<'s>(
-    events: Coll<'s, Event>,
-    profiles: Coll<'s, ProfileRecord>,
-    settings: &Settings,
-) -> Coll<'s, Delta> {
+/// The per-user stage's deltas, one collection per analysis (split, not cloned for each).
+pub struct Deltas<'s> {
+    pub realtime: Coll<'s, Delta>,
+    pub funnel: Coll<'s, Delta>,
+    pub recommendations: Coll<'s, Delta>,
+    pub brands: Coll<'s, Delta>,
+}
+
+pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, settings: &Settings) -> Deltas<'s> {
     let settings = *settings;
     let events_by_user = Exchange::new(|(e, _, _): &(Event, Time, Diff)| e.user_id.hashed());
     let profiles_by_user = Exchange::new(|((user, _), _, _): &(ProfileRecord, Time, Diff)| user.hashed());
-    events
+    let parts = events
         .inner
         .binary_frontier(
             profiles.inner,
@@ -173,7 +179,20 @@ pub fn dataflow<'s>(
                 }
             },
         )
-        .as_collection()
+        .partition(4, |(delta, time, diff)| {
+            let part = match delta {
+                Delta::Window(..) | Delta::MinuteViews(..) | Delta::MinuteBrand(..) => 0,
+                Delta::Funnel(..) => 1,
+                Delta::Score(..) => 2,
+                Delta::Brand(..) => 3,
+            };
+            (part, (delta, time, diff))
+        })
+        .into_iter()
+        .map(|part| part.as_collection());
+    let mut parts = parts.into_iter();
+    let mut next = || parts.next().expect("four parts");
+    Deltas { realtime: next(), funnel: next(), recommendations: next(), brands: next() }
 }
 
 /// One non-removal event of a (user, product) pair, with the user's age group at its date.
@@ -188,13 +207,13 @@ struct PairEvent {
 
 /// A (user, product) pair over the last 24 hours: its events in time order, how many of them
 /// there are per type and per (type, age group) (the recommendation segments it counts in), and
-/// while touched at the current time, its funnel first times before that time.
+/// whether it is touched at the current time.
 #[derive(Default)]
 struct PairState {
     events: VecDeque<PairEvent>,
     per_type: [u32; 3],
     per_type_age: Vec<(u8, AgeGroup, u32)>,
-    funnel_before: Option<Vec<(funnel::Segment, funnel::FirstTimes)>>,
+    touched: bool,
 }
 
 /// One event of a (user, brand) over the last 7 days.
@@ -223,8 +242,9 @@ struct UserStage {
     brand_users: FxHashMap<(u64, Symbol), BrandState>,
     /// Per (user, funnel segment): how many of the user's products reach each funnel bit.
     reach: FxHashMap<(u64, funnel::Segment), [u32; 6]>,
-    /// Pairs touched at the current time, whose funnel first times are re-derived at its end.
-    touched: Vec<(u64, u64)>,
+    /// Pairs touched at the current time with their funnel first times before it: they are
+    /// re-derived at its end.
+    touched: Vec<((u64, u64), FirstTimesBySegment)>,
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
@@ -506,9 +526,9 @@ impl UserStage {
     fn insert_pair(&mut self, event: &Event, age: AgeGroup, region: Symbol) {
         let key = (event.user_id, event.product_id);
         let pair = self.pairs.entry(key).or_default();
-        if pair.funnel_before.is_none() {
-            pair.funnel_before = Some(first_times(&pair.events));
-            self.touched.push(key);
+        if !pair.touched {
+            pair.touched = true;
+            self.touched.push((key, first_times(&pair.events)));
         }
         let e = PairEvent {
             time: event.time,
@@ -540,9 +560,9 @@ impl UserStage {
         if pair.events.front().is_none_or(|e| settings.expiry(e.time, window) > time) {
             return; // an earlier visit at this time took them
         }
-        if pair.funnel_before.is_none() {
-            pair.funnel_before = Some(first_times(&pair.events));
-            self.touched.push((user, product));
+        if !pair.touched {
+            pair.touched = true;
+            self.touched.push(((user, product), first_times(&pair.events)));
         }
         let region = self.profiles.get(&user).map_or(self.unknown_region, |p| p.region);
         while let Some(e) = pair.events.front().copied() {
@@ -597,13 +617,12 @@ impl UserStage {
     /// Re-derives the funnel first times of the pairs touched at this time and turns their change
     /// into segment deltas; pairs left without events leave.
     fn finish_funnel(&mut self) {
-        for key in self.touched.drain(..) {
+        for (key, before) in self.touched.drain(..) {
             let pair = self.pairs.get_mut(&key).expect("touched pairs exist until here");
-            let before = pair.funnel_before.take().expect("touched pairs remember their first times");
+            pair.touched = false;
             let after = first_times(&pair.events);
             if before != after {
-                add_funnel(&mut self.funnel_out, &mut self.reach, key.0, &before, -1);
-                add_funnel(&mut self.funnel_out, &mut self.reach, key.0, &after, 1);
+                change_funnel(&mut self.funnel_out, &mut self.reach, key.0, &before, &after);
             }
             if pair.events.is_empty() {
                 self.pairs.remove(&key);
@@ -706,9 +725,13 @@ fn add_scores(
     }
 }
 
+/// A pair's funnel first times per segment: three segments (all, category, brand) unless its
+/// events disagree on the category or brand, so they fit inline.
+type FirstTimesBySegment = SmallVec<[(funnel::Segment, funnel::FirstTimes); 3]>;
+
 /// The funnel first times of a pair per segment, ordered by segment.
-fn first_times(events: &VecDeque<PairEvent>) -> Vec<(funnel::Segment, funnel::FirstTimes)> {
-    let mut per_segment: Vec<(funnel::Segment, funnel::FirstTimes)> = Vec::with_capacity(3);
+fn first_times(events: &VecDeque<PairEvent>) -> FirstTimesBySegment {
+    let mut per_segment = FirstTimesBySegment::new();
     for e in events {
         for segment in funnel::segments_of_labels(e.category_code, e.brand) {
             let slot = match per_segment.iter().position(|(s, _)| *s == segment) {
@@ -725,48 +748,87 @@ fn first_times(events: &VecDeque<PairEvent>) -> Vec<(funnel::Segment, funnel::Fi
     per_segment
 }
 
-/// Adds (`diff` = 1) or removes (-1) one pair's first times: its gaps, and its reach bits through
-/// the user's per-segment counters (a user counts once per segment and bit).
-fn add_funnel(
+/// Turns one pair's change of first times (both ordered by segment) into segment deltas: its
+/// gaps, and its reach bits through the user's per-segment counters (a user counts once per
+/// segment and bit). Segments whose first times did not change are left alone.
+fn change_funnel(
     out: &mut FxHashMap<funnel::Segment, [i64; 12]>,
     reach: &mut FxHashMap<(u64, funnel::Segment), [u32; 6]>,
     user: u64,
-    firsts: &[(funnel::Segment, funnel::FirstTimes)],
-    diff: i64,
+    before: &[(funnel::Segment, funnel::FirstTimes)],
+    after: &[(funnel::Segment, funnel::FirstTimes)],
+) {
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        let (segment, old, new) = match (b.peek(), a.peek()) {
+            (None, None) => return,
+            (Some((sb, _)), Some((sa, _))) if sb == sa => {
+                let ((segment, old), (_, new)) = (b.next().unwrap(), a.next().unwrap());
+                if old == new {
+                    continue;
+                }
+                (*segment, Some(old), Some(new))
+            }
+            (Some((sb, _)), Some((sa, _))) if sb > sa => {
+                let (segment, new) = a.next().unwrap();
+                (*segment, None, Some(new))
+            }
+            (Some(_), _) => {
+                let (segment, old) = b.next().unwrap();
+                (*segment, Some(old), None)
+            }
+            (None, Some(_)) => {
+                let (segment, new) = a.next().unwrap();
+                (*segment, None, Some(new))
+            }
+        };
+        change_segment(out, reach, user, segment, old, new);
+    }
+}
+
+/// One segment's part of [`change_funnel`].
+fn change_segment(
+    out: &mut FxHashMap<funnel::Segment, [i64; 12]>,
+    reach: &mut FxHashMap<(u64, funnel::Segment), [u32; 6]>,
+    user: u64,
+    segment: funnel::Segment,
+    old: Option<&funnel::FirstTimes>,
+    new: Option<&funnel::FirstTimes>,
 ) {
     use funnel_slots::{GAP_PAIRS, GAP_SUM};
-    for (segment, first) in firsts {
-        let sums = out.entry(*segment).or_default();
-        for (i, gap) in first.transitions().into_iter().enumerate() {
+    let sums = out.entry(segment).or_default();
+    for (first, diff) in [(old, -1), (new, 1)] {
+        for (i, gap) in first.map_or([None; 3], |f| f.transitions()).into_iter().enumerate() {
             if let Some(gap) = gap {
                 sums[GAP_SUM + i] += diff * gap;
                 sums[GAP_PAIRS + i] += diff;
             }
         }
-        let bits = reached(first);
-        if bits == 0 {
-            continue;
-        }
-        let counts = reach.entry((user, *segment)).or_default();
-        for (bit, count) in counts.iter_mut().enumerate() {
-            if bits >> bit & 1 == 0 {
-                continue;
-            }
-            if diff > 0 {
+    }
+    let (was, is) = (old.map_or(0, reached), new.map_or(0, reached));
+    if was == is {
+        return;
+    }
+    let counts = reach.entry((user, segment)).or_default();
+    for (bit, count) in counts.iter_mut().enumerate() {
+        match (was >> bit & 1, is >> bit & 1) {
+            (0, 1) => {
                 *count += 1;
                 if *count == 1 {
                     sums[bit] += 1;
                 }
-            } else {
+            }
+            (1, 0) => {
                 *count -= 1;
                 if *count == 0 {
                     sums[bit] -= 1;
                 }
             }
+            _ => {}
         }
-        if counts.iter().all(|c| *c == 0) {
-            reach.remove(&(user, *segment));
-        }
+    }
+    if counts.iter().all(|c| *c == 0) {
+        reach.remove(&(user, segment));
     }
 }
 
