@@ -27,7 +27,6 @@ use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::schema::{WriteBatch, TABLES};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::AsCollection;
-use rustc_hash::FxHashSet;
 use timely::dataflow::operators::Exchange;
 use tracing::{info, warn};
 
@@ -177,7 +176,6 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         store: store_writer(SqliteStore::open(&shared.args.db)?, Materializer::new(settings, shared.args.retention)),
         first_event: None,
         profiles: shared.initial.clone(),
-        placeholders: FxHashSet::default(),
         changes: shared.changes.lock().unwrap().take().unwrap_or_default(),
         date: None,
         step_start: None,
@@ -189,7 +187,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         timings: Timings::default(),
     };
     for (user, profile) in driver.profiles.iter() {
-        profiles_in.update_at((user, Some(*profile)), 0, 1);
+        profiles_in.update_at((user, *profile), 0, 1);
     }
     let mut inputs = Inputs { events: events_in, profiles: profiles_in, dates: dates_in };
     let mut rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
@@ -228,9 +226,6 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         }
         driver.first_event = Some(driver.first_event.map_or(event.time, |t| t.min(event.time)));
         let now = logical(driver.step_start.unwrap());
-        if driver.profiles.get(event.user_id).is_none() && driver.placeholders.insert(event.user_id) {
-            inputs.profiles.update_at((event.user_id, None), now, 1);
-        }
         inputs.events.update_at(*event, now, 1);
         driver.applied += 1;
         last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
@@ -336,8 +331,6 @@ struct Driver {
     /// The earliest applied event since the last boundary (the materializer's first snapshot).
     first_event: Option<Timestamp>,
     profiles: Profiles,
-    /// Users with events but no profile, who have a `None` profile record.
-    placeholders: FxHashSet<u64>,
     changes: Vec<ProfileChange>,
     date: Option<chrono::NaiveDate>,
     step_start: Option<Timestamp>,
@@ -371,24 +364,17 @@ impl Driver {
         outputs: &ResultBuffer,
     ) -> Result<()> {
         let now = logical(self.step_start.expect("a step is open"));
-        // Profile reloads effective at this boundary: retract what changed, insert the new. A user
-        // who loses their profile gets a placeholder; a placeholder gives way to a new profile.
+        // Profile reloads effective at this boundary: retract what changed, insert the new.
         while self.changes.first().is_some_and(|(at, _)| *at <= boundary) {
             let (_, new) = self.changes.remove(0);
             for (user, old) in self.profiles.iter() {
                 if new.get(user) != Some(old) {
-                    inputs.profiles.update_at((user, Some(*old)), now, -1);
-                    if new.get(user).is_none() && self.placeholders.insert(user) {
-                        inputs.profiles.update_at((user, None), now, 1);
-                    }
+                    inputs.profiles.update_at((user, *old), now, -1);
                 }
             }
             for (user, profile) in new.iter() {
                 if self.profiles.get(user) != Some(profile) {
-                    if self.placeholders.remove(&user) {
-                        inputs.profiles.update_at((user, None), now, -1);
-                    }
-                    inputs.profiles.update_at((user, Some(*profile)), now, 1);
+                    inputs.profiles.update_at((user, *profile), now, 1);
                 }
             }
             self.profiles = new;

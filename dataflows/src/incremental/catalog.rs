@@ -93,10 +93,9 @@ pub fn dataflow<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
 }
 
 /// Profiles per (region, age group), ages at the date of the frontier (`dates` holds one date).
-/// Placeholders of users without a profile are not profiles and do not count.
 pub fn demographics<'s>(profiles: Coll<'s, ProfileRecord>, dates: Coll<'s, chrono::NaiveDate>) -> Coll<'s, Output> {
     let profiles_by_group = profiles
-        .flat_map(|(_user, profile)| profile.map(|profile| ((), profile)))
+        .map(|(_user, profile)| ((), profile))
         .join_map(dates.map(|date| ((), date)), |_, profile, date| {
             (profile.region, age_group(profile.birth_date, *date))
         })

@@ -194,63 +194,6 @@ impl<K: std::hash::Hash + Eq + Clone, S, B> Touched<K, S, B> {
     }
 }
 
-/// One group's current input (sorted by value) and the output derived from it.
-struct Group<V, O> {
-    values: Vec<(V, Diff)>,
-    output: Option<O>,
-}
-
-/// `logic` applied to each key's values (sorted, with positive multiplicities), as `(key, output)`
-/// records that change whenever the output does; keys without values have no record. Like
-/// differential's `reduce` with one output record per key.
-pub fn reduce<'s, K, V, O, L>(collection: Coll<'s, (K, V)>, name: &str, logic: L) -> Coll<'s, (K, O)>
-where
-    K: ExchangeData + Ord + std::hash::Hash,
-    V: ExchangeData + Ord,
-    O: differential_dataflow::Data,
-    L: Fn(&K, &[(V, Diff)]) -> O + 'static,
-{
-    let mut groups: Touched<K, Group<V, O>, Option<O>> = Touched::new();
-    in_time_order(
-        collection,
-        name,
-        |(key, _): &(K, V)| key.hashed(),
-        move |updates, changes| {
-            groups.begin();
-            for ((key, value), diff) in updates {
-                let group = groups.touch(key, || Group { values: Vec::new(), output: None }, |g| g.output.take());
-                add_value(&mut group.values, value, diff);
-            }
-            groups.finish(|key, before, group| {
-                let after = (!group.values.is_empty()).then(|| logic(key, &group.values));
-                if before != after {
-                    if let Some(before) = before {
-                        changes.push(((key.clone(), before), -1));
-                    }
-                    if let Some(after) = &after {
-                        changes.push(((key.clone(), after.clone()), 1));
-                    }
-                }
-                group.output = after;
-                group.output.is_some()
-            });
-        },
-    )
-}
-
-/// Adds one update to a sorted, consolidated list of values.
-fn add_value<V: Ord>(values: &mut Vec<(V, Diff)>, value: V, diff: Diff) {
-    match values.binary_search_by(|(v, _)| v.cmp(&value)) {
-        Ok(i) => {
-            values[i].1 += diff;
-            if values[i].1 == 0 {
-                values.remove(i);
-            }
-        }
-        Err(i) => values.insert(i, (value, diff)),
-    }
-}
-
 /// One group's values in order and its current `k` least.
 struct Ordered<V> {
     values: BTreeMap<V, Diff>,

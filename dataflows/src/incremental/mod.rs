@@ -28,10 +28,9 @@ pub type Time = u64;
 pub type Diff = i64;
 /// A collection of the engine.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
-/// The profile input: one record per user the engine knows of, `Some(profile)`, or `None` for a
-/// user who has events but no profile (the driver adds it when such a user first appears), so that
-/// joining events with profiles needs no outer join.
-pub type ProfileRecord = (u64, Option<Profile>);
+/// The profile input: one record per user with a profile. A user without one (no record) has no
+/// birth date and the region `unknown`.
+pub type ProfileRecord = (u64, Profile);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Step between boundaries in seconds: a whole number of minutes that divides a day, so that

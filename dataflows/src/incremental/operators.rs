@@ -1,17 +1,13 @@
-//! The small pieces the analyses are built from: abelian sums carried in the difference field,
-//! insert-then-retract windows with data-dependent expiry, and hierarchical top-k.
+//! The small pieces the analyses are built from: sums carried as values, and hierarchical top-k.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
-use differential_dataflow::{AsCollection, ExchangeData};
+use differential_dataflow::ExchangeData;
 use rustc_hash::FxHasher;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::{Capability, Operator};
 
 use super::hashed::least_k;
-use super::{Coll, Diff, Time};
+use super::{Coll, Diff};
 
 /// `N` integer sums carried as a record's value: [`sum_by_key`] adds them up per key (times each
 /// record's multiplicity) with no per-group re-evaluation, and retractions subtract (the window
@@ -68,56 +64,6 @@ where
     K: ExchangeData + Ord + Hash,
 {
     super::hashed::accumulate_by_key(updates, "SumByKey")
-}
-
-/// Retractions due at one time, with the capability to send them then.
-type Scheduled<D> = (Capability<Time>, Vec<(D, Time, Diff)>);
-
-/// Insert-then-retract: every update is passed on now and its opposite is scheduled at
-/// `expiry(data)` (or now, if that is earlier), so the collection holds each record from its
-/// insertion until its expiry. The expiry depends on the record's own event time, not on the
-/// logical time it was inserted at: replay can insert a whole step at the step's start while every
-/// record still leaves its window at the exact minute (see dataflows/README.md).
-///
-/// Scheduled retractions wait here, by time, under a capability for that time, and are released
-/// only once the input frontier reaches it. Sent at once instead, they would sit in the batchers of
-/// every downstream arrangement, which re-merge all pending updates at each step: a week of
-/// pending retractions re-sorted at every boundary.
-pub fn expire<'s, D, F>(collection: Coll<'s, D>, expiry: F) -> Coll<'s, D>
-where
-    D: differential_dataflow::Data,
-    F: Fn(&D) -> Time + 'static,
-{
-    collection
-        .inner
-        .unary_frontier(Pipeline, "Expire", move |_, _| {
-            let mut scheduled: BTreeMap<Time, Scheduled<D>> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|capability, containers| {
-                    let Some(&now) = capability.least() else { return };
-                    let mut current = Vec::new();
-                    for container in containers {
-                        for (data, time, diff) in container.drain(..) {
-                            let at = expiry(&data).max(time);
-                            let slot = scheduled.entry(at).or_insert_with(|| (capability.delayed(&at, 0), Vec::new()));
-                            slot.1.push((data.clone(), at, -diff));
-                            current.push((data, time, diff));
-                        }
-                    }
-                    let now = capability.delayed(&now, 0);
-                    output.session(&now).give_container(&mut current);
-                });
-                // Release what is due: no input before its time can arrive any more.
-                while let Some(entry) = scheduled.first_entry() {
-                    if frontier.frontier().iter().any(|t| t < entry.key()) {
-                        break;
-                    }
-                    let (capability, mut updates) = entry.remove();
-                    output.session(&capability).give_container(&mut updates);
-                }
-            }
-        })
-        .as_collection()
 }
 
 pub(super) fn bucket_of(item: &impl Hash, buckets: u64) -> u64 {

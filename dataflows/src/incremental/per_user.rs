@@ -474,7 +474,7 @@ impl UserStage {
         let mut incoming: FxHashMap<u64, Option<Profile>> = FxHashMap::default();
         for ((user, record), diff) in updates {
             if diff > 0 {
-                incoming.insert(user, record);
+                incoming.insert(user, Some(record));
             } else {
                 incoming.entry(user).or_insert(None);
             }
