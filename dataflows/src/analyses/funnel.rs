@@ -3,7 +3,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{mean, ratio};
-use crate::model::profile::UNKNOWN;
+use crate::model::profile::unknown_symbol;
 use crate::model::time::HOUR;
 use crate::model::{Event, EventType, Symbol, Timestamp};
 use crate::schema::{Row, Value};
@@ -37,8 +37,9 @@ pub fn segments_of(event: &Event) -> impl Iterator<Item = Segment> {
 
 /// The segments of an event with this category code and brand.
 pub fn segments_of_labels(category_code: Option<Symbol>, brand: Option<Symbol>) -> impl Iterator<Item = Segment> {
-    let all = (Dimension::All, Symbol::intern("all"));
-    let category = (Dimension::Category, category_code.unwrap_or_else(|| Symbol::intern(UNKNOWN)));
+    static ALL: std::sync::OnceLock<Symbol> = std::sync::OnceLock::new();
+    let all = (Dimension::All, *ALL.get_or_init(|| Symbol::intern("all")));
+    let category = (Dimension::Category, category_code.unwrap_or_else(unknown_symbol));
     let brand = brand.map(|b| (Dimension::Brand, b));
     [Some(all), Some(category), brand].into_iter().flatten()
 }

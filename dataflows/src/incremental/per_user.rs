@@ -28,7 +28,7 @@ use super::operators::Sums;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
 use crate::analyses::{brands, funnel, recommendations as recs};
-use crate::model::profile::{age_group, UNKNOWN};
+use crate::model::profile::{age_group, unknown_symbol};
 use crate::model::time::{floor_to, utc_date};
 use crate::model::{AgeGroup, Cents, Event, EventType, Profile, Symbol, Timestamp};
 
@@ -344,7 +344,7 @@ impl UserStage {
     fn new(settings: Settings) -> Self {
         UserStage {
             settings,
-            unknown_region: Symbol::intern(UNKNOWN),
+            unknown_region: unknown_symbol(),
             profiles: FxHashMap::default(),
             pairs: FxHashMap::default(),
             brand_users: FxHashMap::default(),

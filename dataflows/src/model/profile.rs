@@ -80,6 +80,13 @@ impl Profile {
 /// The label of every missing segment value.
 pub const UNKNOWN: &str = "unknown";
 
+/// [`UNKNOWN`] as a symbol, interned once (interning takes the symbol table's lock, shared by all
+/// threads: too dear per event).
+pub fn unknown_symbol() -> Symbol {
+    static SYMBOL: std::sync::OnceLock<Symbol> = std::sync::OnceLock::new();
+    *SYMBOL.get_or_init(|| Symbol::intern(UNKNOWN))
+}
+
 /// All profiles, one per user (the last row for a user wins, SPEC §6.5).
 #[derive(Clone, Debug, Default)]
 pub struct Profiles {
@@ -114,7 +121,7 @@ impl Profiles {
 
     /// The user's region (`unknown` without a profile).
     pub fn region(&self, user_id: u64) -> Symbol {
-        self.get(user_id).map_or_else(|| Symbol::intern(UNKNOWN), |p| p.region)
+        self.get(user_id).map_or_else(unknown_symbol, |p| p.region)
     }
 }
 
