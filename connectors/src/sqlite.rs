@@ -117,6 +117,9 @@ impl SqliteStore {
         let conn = Connection::open(path).with_context(|| format!("opening SQLite store {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // 64 MiB of page cache (SQLite's default is 2 MiB): the product table alone is tens of MiB,
+        // and every step upserts rows all over it.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         for table in TABLES {
             conn.execute(&create_table_sql(table), []).with_context(|| format!("creating table {}", table.name))?;
         }
