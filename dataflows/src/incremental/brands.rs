@@ -7,15 +7,11 @@ use std::cmp::Reverse;
 use super::operators::{sum_by_key, top_k, Sums};
 use super::output::Output;
 use super::per_user::brand_slots::{BUYERS, CARTS, PURCHASES, REVENUE, USERS, VIEWERS, VIEWS};
-use super::per_user::Delta;
 use super::Coll;
 use crate::analyses::brands::{BrandStats, TOP_BRANDS};
+use crate::model::{AgeGroup, Symbol};
 
-pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
-    let changes = deltas.flat_map(|delta| match delta {
-        Delta::Brand(brand, age, sums) => Some(((brand, age), sums)),
-        _ => None,
-    });
+pub fn dataflow<'s>(changes: Coll<'s, ((Symbol, Option<AgeGroup>), Sums<7>)>) -> Coll<'s, Output> {
     let stats = sum_by_key(changes).map(|(key, Sums(s))| {
         let stats = BrandStats {
             unique_users: s[USERS] as u64,

@@ -5,16 +5,11 @@
 use super::operators::{sum_by_key, Sums};
 use super::output::Output;
 use super::per_user::funnel_slots::{GAP_PAIRS, GAP_SUM, STAGE_USERS, TRANSITION_USERS};
-use super::per_user::Delta;
 use super::Coll;
-use crate::analyses::funnel::FunnelStats;
+use crate::analyses::funnel::{FunnelStats, Segment};
 
-pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
-    let segments = deltas.flat_map(|delta| match delta {
-        Delta::Funnel(segment, sums) => Some((segment, sums)),
-        _ => None,
-    });
-    sum_by_key(segments).map(|(segment, Sums(s))| {
+pub fn dataflow<'s>(deltas: Coll<'s, (Segment, Sums<12>)>) -> Coll<'s, Output> {
+    sum_by_key(deltas).map(|(segment, Sums(s))| {
         let stats = FunnelStats {
             users_viewed: s[STAGE_USERS] as u64,
             users_carted: s[STAGE_USERS + 1] as u64,

@@ -82,9 +82,9 @@ pub fn build<'s>(
     settings: &Settings,
 ) -> Coll<'s, Output> {
     let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings);
-    realtime::dataflow(deltas.realtime)
+    realtime::dataflow(&deltas)
         .concat(funnel::dataflow(deltas.funnel))
-        .concat(recommendations::dataflow(deltas.recommendations))
+        .concat(recommendations::dataflow(deltas.scores))
         .concat(brands::dataflow(deltas.brands))
         .concat(catalog::dataflow(events))
         .concat(catalog::demographics(profiles, dates))

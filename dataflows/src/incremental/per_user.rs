@@ -18,11 +18,12 @@ use std::collections::{BTreeMap, VecDeque};
 use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable};
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::vec::Partition;
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 
 use super::operators::Sums;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
@@ -62,20 +63,22 @@ pub mod window_slots {
     pub const BUYERS: usize = 7;
 }
 
-/// A change of one aggregate, summed over the users of a worker at one time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Delta {
-    Funnel(funnel::Segment, Sums<12>),
-    /// Distinct viewers, carters and buyers of a product in a segment.
-    Score(recs::Segment, u64, Sums<3>),
-    /// A brand at an age group (`None` = `*`), slots as in [`brand_slots`].
-    Brand(Symbol, Option<AgeGroup>, Sums<7>),
+/// What the stage emits at one time, per analysis: changes of aggregates, each summed over the
+/// users of the worker.
+#[derive(Default)]
+struct Emitted {
     /// A realtime window's totals, slots as in [`window_slots`].
-    Window(Timestamp, Sums<8>),
+    windows: Vec<(Timestamp, Sums<8>)>,
     /// A product's views and their price sum in one minute.
-    MinuteViews(Timestamp, u64, Sums<2>),
+    minute_views: Vec<((Timestamp, u64), Sums<2>)>,
     /// A brand's events, views, carts, purchases and revenue in one minute.
-    MinuteBrand(Timestamp, Symbol, Sums<5>),
+    minute_brands: Vec<((Timestamp, Symbol), Sums<5>)>,
+    /// A funnel segment's sums, slots as in [`funnel_slots`].
+    funnel: Vec<(funnel::Segment, Sums<12>)>,
+    /// Distinct viewers, carters and buyers of a product in a segment.
+    scores: Vec<((recs::Segment, u64), Sums<3>)>,
+    /// A brand at an age group (`None` = `*`), slots as in [`brand_slots`].
+    brands: Vec<((Symbol, Option<AgeGroup>), Sums<7>)>,
 }
 
 /// Work a key has at a later time: its oldest events leave their window.
@@ -88,111 +91,143 @@ enum Visit {
     Window(Timestamp),
 }
 
-/// Updates of one time waiting for the frontier, with the capability to answer at that time.
-type Waiting<D> = BTreeMap<Time, (Capability<Time>, Vec<D>)>;
-
-/// The per-user stage's deltas, one collection per analysis (split, not cloned for each).
+/// The per-user stage's output: one collection of deltas per analysis input, each typed and sent
+/// on its own output (records of 24 to 104 bytes, not all of the widest kind).
 pub struct Deltas<'s> {
-    pub realtime: Coll<'s, Delta>,
-    pub funnel: Coll<'s, Delta>,
-    pub recommendations: Coll<'s, Delta>,
-    pub brands: Coll<'s, Delta>,
+    pub windows: Coll<'s, (Timestamp, Sums<8>)>,
+    pub minute_views: Coll<'s, ((Timestamp, u64), Sums<2>)>,
+    pub minute_brands: Coll<'s, ((Timestamp, Symbol), Sums<5>)>,
+    pub funnel: Coll<'s, (funnel::Segment, Sums<12>)>,
+    pub scores: Coll<'s, ((recs::Segment, u64), Sums<3>)>,
+    pub brands: Coll<'s, ((Symbol, Option<AgeGroup>), Sums<7>)>,
 }
+
+/// A capability per output, all at one time.
+type Capabilities = [Capability<Time>; OUTPUTS];
+const OUTPUTS: usize = 6;
+
+/// Updates of one time waiting for the frontier, with the capabilities to answer at that time.
+type Waiting<D> = BTreeMap<Time, (Capabilities, Vec<D>)>;
 
 pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, settings: &Settings) -> Deltas<'s> {
     let settings = *settings;
     let events_by_user = Exchange::new(|(e, _, _): &(Event, Time, Diff)| e.user_id.hashed());
     let profiles_by_user = Exchange::new(|((user, _), _, _): &(ProfileRecord, Time, Diff)| user.hashed());
-    let parts = events
-        .inner
-        .binary_frontier(
-            profiles.inner,
-            events_by_user,
-            profiles_by_user,
-            "Per user: realtime, funnel, recommendations, brands",
-            move |_, _| {
-                let mut stage = UserStage::new(settings);
-                let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
-                let mut waiting_profiles: Waiting<(ProfileRecord, Diff)> = BTreeMap::new();
-                let mut visits: Waiting<Visit> = BTreeMap::new();
-                move |(events, events_frontier), (profiles, profiles_frontier), output| {
-                    events.for_each_stamp(|capability, containers| {
-                        for container in containers {
-                            for (event, time, diff) in container.drain(..) {
-                                let slot = waiting_events
-                                    .entry(time)
-                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
-                                slot.1.push((event, diff));
-                            }
-                        }
-                    });
-                    profiles.for_each_stamp(|capability, containers| {
-                        for container in containers {
-                            for (record, time, diff) in container.drain(..) {
-                                let slot = waiting_profiles
-                                    .entry(time)
-                                    .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
-                                slot.1.push((record, diff));
-                            }
-                        }
-                    });
-                    loop {
-                        let next = [waiting_events.keys().next(), waiting_profiles.keys().next(), visits.keys().next()]
-                            .into_iter()
-                            .flatten()
-                            .min()
-                            .copied();
-                        let Some(time) = next else { break };
-                        if events_frontier.less_equal(&time) || profiles_frontier.less_equal(&time) {
-                            break; // updates at this time may still arrive
-                        }
-                        // Any capability of this time will do to answer at it.
-                        let mut capability = None;
-                        let profile_updates = waiting_profiles.remove(&time).map(|(c, updates)| {
-                            capability.get_or_insert(c);
-                            updates
+    let mut builder =
+        OperatorBuilder::new("Per user: realtime, funnel, recommendations, brands".to_owned(), events.inner.scope());
+    let mut events_in = builder.new_input(events.inner, events_by_user);
+    let mut profiles_in = builder.new_input(profiles.inner, profiles_by_user);
+    let (windows_out, windows) = builder.new_output();
+    let (views_out, minute_views) = builder.new_output();
+    let (brand_activity_out, minute_brands) = builder.new_output();
+    let (funnel_out, funnel) = builder.new_output();
+    let (scores_out, scores) = builder.new_output();
+    let (brands_out, brands) = builder.new_output();
+    let mut windows_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(windows_out);
+    let mut views_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(views_out);
+    let mut brand_activity_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
+        OutputBuilder::from(brand_activity_out);
+    let mut funnel_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(funnel_out);
+    let mut scores_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(scores_out);
+    let mut brands_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(brands_out);
+    builder.build(move |_initial| {
+        let mut stage = UserStage::new(settings);
+        let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
+        let mut waiting_profiles: Waiting<(ProfileRecord, Diff)> = BTreeMap::new();
+        let mut visits: Waiting<Visit> = BTreeMap::new();
+        let mut emitted = Emitted::default();
+        move |frontiers| {
+            let (events_frontier, profiles_frontier) = (&frontiers[0], &frontiers[1]);
+            events_in.for_each_stamp(|capability, containers| {
+                for container in containers {
+                    for (event, time, diff) in container.drain(..) {
+                        let slot = waiting_events.entry(time).or_insert_with(|| {
+                            (std::array::from_fn(|port| capability.delayed(&time, port)), Vec::new())
                         });
-                        let due = visits.remove(&time).map(|(c, due)| {
-                            capability.get_or_insert(c);
-                            due
-                        });
-                        let new_events = waiting_events.remove(&time).map(|(c, events)| {
-                            capability.get_or_insert(c);
-                            events
-                        });
-                        let capability = capability.expect("a time is processed because something waits at it");
-                        stage.apply(
-                            time,
-                            profile_updates.unwrap_or_default(),
-                            due.unwrap_or_default(),
-                            new_events.unwrap_or_default(),
-                        );
-                        for (at, visit) in stage.scheduled.drain(..) {
-                            debug_assert!(at > time, "windows end after their events");
-                            visits.entry(at).or_insert_with(|| (capability.delayed(&at), Vec::new())).1.push(visit);
-                        }
-                        let mut deltas = stage.drain_deltas(time);
-                        if !deltas.is_empty() {
-                            output.session(&capability).give_container(&mut deltas);
-                        }
+                        slot.1.push((event, diff));
                     }
                 }
-            },
-        )
-        .partition(4, |(delta, time, diff)| {
-            let part = match delta {
-                Delta::Window(..) | Delta::MinuteViews(..) | Delta::MinuteBrand(..) => 0,
-                Delta::Funnel(..) => 1,
-                Delta::Score(..) => 2,
-                Delta::Brand(..) => 3,
-            };
-            (part, (delta, time, diff))
-        })
-        .into_iter()
-        .map(|part| part.as_collection());
-    let mut parts = parts.into_iter();
-    let mut next = || parts.next().expect("four parts");
-    Deltas { realtime: next(), funnel: next(), recommendations: next(), brands: next() }
+            });
+            profiles_in.for_each_stamp(|capability, containers| {
+                for container in containers {
+                    for (record, time, diff) in container.drain(..) {
+                        let slot = waiting_profiles.entry(time).or_insert_with(|| {
+                            (std::array::from_fn(|port| capability.delayed(&time, port)), Vec::new())
+                        });
+                        slot.1.push((record, diff));
+                    }
+                }
+            });
+            loop {
+                let next = [waiting_events.keys().next(), waiting_profiles.keys().next(), visits.keys().next()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .copied();
+                let Some(time) = next else { break };
+                if events_frontier.less_equal(&time) || profiles_frontier.less_equal(&time) {
+                    break; // updates at this time may still arrive
+                }
+                // Any capabilities of this time will do to answer at it.
+                let mut capabilities = None;
+                let profile_updates = waiting_profiles.remove(&time).map(|(c, updates)| {
+                    capabilities.get_or_insert(c);
+                    updates
+                });
+                let due = visits.remove(&time).map(|(c, due)| {
+                    capabilities.get_or_insert(c);
+                    due
+                });
+                let new_events = waiting_events.remove(&time).map(|(c, events)| {
+                    capabilities.get_or_insert(c);
+                    events
+                });
+                let caps = capabilities.expect("a time is processed because something waits at it");
+                stage.apply(
+                    time,
+                    profile_updates.unwrap_or_default(),
+                    due.unwrap_or_default(),
+                    new_events.unwrap_or_default(),
+                );
+                for (at, visit) in stage.scheduled.drain(..) {
+                    debug_assert!(at > time, "windows end after their events");
+                    let slot = visits
+                        .entry(at)
+                        .or_insert_with(|| (std::array::from_fn(|port| caps[port].delayed(&at)), Vec::new()));
+                    slot.1.push(visit);
+                }
+                stage.drain(&mut emitted);
+                give(&mut windows_out, &caps[0], &mut emitted.windows, time);
+                give(&mut views_out, &caps[1], &mut emitted.minute_views, time);
+                give(&mut brand_activity_out, &caps[2], &mut emitted.minute_brands, time);
+                give(&mut funnel_out, &caps[3], &mut emitted.funnel, time);
+                give(&mut scores_out, &caps[4], &mut emitted.scores, time);
+                give(&mut brands_out, &caps[5], &mut emitted.brands, time);
+            }
+        }
+    });
+    Deltas {
+        windows: windows.as_collection(),
+        minute_views: minute_views.as_collection(),
+        minute_brands: minute_brands.as_collection(),
+        funnel: funnel.as_collection(),
+        scores: scores.as_collection(),
+        brands: brands.as_collection(),
+    }
+}
+
+/// Sends `records` on `output` at `time`.
+fn give<D: Clone + 'static>(
+    output: &mut OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, Diff)>>>,
+    capability: &Capability<Time>,
+    records: &mut Vec<D>,
+    time: Time,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let mut timed: Vec<(D, Time, Diff)> = records.drain(..).map(|record| (record, time, 1)).collect();
+    output.activate().session(capability).give_container(&mut timed);
 }
 
 /// One non-removal event of a (user, product) pair, with the user's age group at its date.
@@ -248,8 +283,8 @@ struct UserStage {
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
-    /// Deltas ready to emit at the current time.
-    deltas: Vec<Delta>,
+    /// Realtime deltas ready to emit at the current time.
+    realtime_out: Emitted,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
     scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
     brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
@@ -311,15 +346,15 @@ impl Realtime {
 
     /// The window starting at `start` is final: what this worker added to it, and to the views and
     /// brand activity of its first minute, is retracted; users forget that minute.
-    fn drop_window(&mut self, start: Timestamp, deltas: &mut Vec<Delta>) {
+    fn drop_window(&mut self, start: Timestamp, out: &mut Emitted) {
         if let Some(held) = self.windows.remove(&start) {
-            deltas.push(Delta::Window(start, Sums(held.map(|x| -x))));
+            out.windows.push((start, Sums(held.map(|x| -x))));
         }
         for (product, [views, prices]) in self.minute_views.remove(&start).unwrap_or_default() {
-            deltas.push(Delta::MinuteViews(start, product, Sums([-views, -prices])));
+            out.minute_views.push(((start, product), Sums([-views, -prices])));
         }
         for (brand, held) in self.minute_brands.remove(&start).unwrap_or_default() {
-            deltas.push(Delta::MinuteBrand(start, brand, Sums(held.map(|x| -x))));
+            out.minute_brands.push(((start, brand), Sums(held.map(|x| -x))));
         }
         for user in self.minute_users.remove(&start).unwrap_or_default() {
             if let Some(minutes) = self.user_minutes.get_mut(&user) {
@@ -352,7 +387,7 @@ impl UserStage {
             touched: Vec::new(),
             scheduled: Vec::new(),
             realtime: Realtime::default(),
-            deltas: Vec::new(),
+            realtime_out: Emitted::default(),
             funnel_out: FxHashMap::default(),
             scores_out: FxHashMap::default(),
             brands_out: FxHashMap::default(),
@@ -368,7 +403,7 @@ impl UserStage {
             match visit {
                 Visit::Pair(user, product) => self.expire_pair(time, user, product),
                 Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
-                Visit::Window(start) => self.realtime.drop_window(start, &mut self.deltas),
+                Visit::Window(start) => self.realtime.drop_window(start, &mut self.realtime_out),
             }
         }
         for (event, diff) in events {
@@ -451,20 +486,20 @@ impl UserStage {
             for (h, c) in held.iter_mut().zip(change) {
                 *h += c;
             }
-            self.deltas.push(Delta::Window(start, Sums(change)));
+            self.realtime_out.windows.push((start, Sums(change)));
         }
         for ((minute, product), change) in rt.views_out.drain() {
             let held = rt.minute_views.entry(minute).or_default().entry(product).or_default();
             held[0] += change[0];
             held[1] += change[1];
-            self.deltas.push(Delta::MinuteViews(minute, product, Sums(change)));
+            self.realtime_out.minute_views.push(((minute, product), Sums(change)));
         }
         for ((minute, brand), change) in rt.brands_out.drain() {
             let held = rt.minute_brands.entry(minute).or_default().entry(brand).or_default();
             for (h, c) in held.iter_mut().zip(change) {
                 *h += c;
             }
-            self.deltas.push(Delta::MinuteBrand(minute, brand, Sums(change)));
+            self.realtime_out.minute_brands.push(((minute, brand), Sums(change)));
         }
     }
 
@@ -630,34 +665,16 @@ impl UserStage {
         }
     }
 
-    fn drain_deltas(&mut self, time: Time) -> Vec<(Delta, Time, Diff)> {
-        let mut deltas: Vec<(Delta, Time, Diff)> = self
-            .deltas
-            .drain(..)
-            .filter(|delta| match delta {
-                Delta::Window(_, sums) => !sums.is_zero(),
-                Delta::MinuteViews(_, _, sums) => !sums.is_zero(),
-                Delta::MinuteBrand(_, _, sums) => !sums.is_zero(),
-                _ => true,
-            })
-            .map(|delta| (delta, time, 1))
-            .collect();
-        for (segment, sums) in self.funnel_out.drain() {
-            if sums.iter().any(|x| *x != 0) {
-                deltas.push((Delta::Funnel(segment, Sums(sums)), time, 1));
-            }
-        }
-        for ((segment, product), sums) in self.scores_out.drain() {
-            if sums.iter().any(|x| *x != 0) {
-                deltas.push((Delta::Score(segment, product, Sums(sums)), time, 1));
-            }
-        }
-        for ((brand, age), sums) in self.brands_out.drain() {
-            if sums.iter().any(|x| *x != 0) {
-                deltas.push((Delta::Brand(brand, age, Sums(sums)), time, 1));
-            }
-        }
-        deltas
+    /// Moves this time's deltas to `out`, leaving out those that sum to zero.
+    fn drain(&mut self, out: &mut Emitted) {
+        let rt = &mut self.realtime_out;
+        out.windows.extend(rt.windows.drain(..).filter(|(_, sums)| !sums.is_zero()));
+        out.minute_views.extend(rt.minute_views.drain(..).filter(|(_, sums)| !sums.is_zero()));
+        out.minute_brands.extend(rt.minute_brands.drain(..).filter(|(_, sums)| !sums.is_zero()));
+        let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
+        out.funnel.extend(self.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out.scores.extend(self.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out.brands.extend(self.brands_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
     }
 }
 

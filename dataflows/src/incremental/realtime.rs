@@ -10,17 +10,13 @@ use super::hashed::accumulate_least_k;
 use super::operators::{sum_by_key, Sums};
 use super::output::Output;
 use super::per_user::window_slots::{BUYERS, BY_TYPE, EVENTS, REVENUE, USERS};
-use super::per_user::Delta;
+use super::per_user::Deltas;
 use super::Coll;
 use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N};
 use crate::model::Symbol;
 
-pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
-    let totals = deltas.clone().flat_map(|delta| match delta {
-        Delta::Window(start, sums) => Some((start, sums)),
-        _ => None,
-    });
-    let windows = sum_by_key(totals).map(|(start, Sums(s))| {
+pub fn dataflow<'s>(deltas: &Deltas<'s>) -> Coll<'s, Output> {
+    let windows = sum_by_key(deltas.windows.clone()).map(|(start, Sums(s))| {
         let totals = WindowTotals {
             active_users: s[USERS] as u64,
             total_events: s[EVENTS] as u64,
@@ -33,15 +29,10 @@ pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
 
     // Views and brand activity go to their five windows, where each window's items are tallied
     // and its top 10 kept (see `accumulate_least_k`).
-    let window_views = deltas.clone().flat_map(|delta| {
-        let views = match delta {
-            Delta::MinuteViews(minute, product, sums) => Some((minute, product, sums)),
-            _ => None,
-        };
-        views
-            .into_iter()
-            .flat_map(|(minute, product, sums)| window_starts(minute).map(move |start| ((start, product), sums)))
-    });
+    let window_views = deltas
+        .minute_views
+        .clone()
+        .flat_map(|((minute, product), sums)| window_starts(minute).map(move |start| ((start, product), sums)));
     let top_products = accumulate_least_k(
         window_views,
         TOP_N,
@@ -53,15 +44,10 @@ pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
         Output::TopProduct(start, rank, ProductViews { product_id, views, price_sum })
     });
 
-    let window_brands = deltas.flat_map(|delta| {
-        let activity = match delta {
-            Delta::MinuteBrand(minute, brand, sums) => Some((minute, brand, sums)),
-            _ => None,
-        };
-        activity
-            .into_iter()
-            .flat_map(|(minute, brand, sums)| window_starts(minute).map(move |start| ((start, brand), sums)))
-    });
+    let window_brands = deltas
+        .minute_brands
+        .clone()
+        .flat_map(|((minute, brand), sums)| window_starts(minute).map(move |start| ((start, brand), sums)));
     let top_brands =
         accumulate_least_k(window_brands, TOP_N, true, "Realtime: top brands", |brand: &Symbol, s: &Sums<5>| {
             (Reverse(s.0[0] as u64), *brand, *s)

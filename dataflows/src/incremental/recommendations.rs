@@ -7,18 +7,13 @@ use std::cmp::Reverse;
 use super::hashed::{accumulate_least_k, least_k};
 use super::operators::{bucket_of, Sums};
 use super::output::Output;
-use super::per_user::Delta;
 use super::Coll;
-use crate::analyses::recommendations::{ProductScore, TOP_N};
+use crate::analyses::recommendations::{ProductScore, Segment, TOP_N};
 
 /// Hash buckets per segment: the (*, *) segment's products spread over the workers.
 const BUCKETS: u64 = 64;
 
-pub fn dataflow<'s>(deltas: Coll<'s, Delta>) -> Coll<'s, Output> {
-    let changes = deltas.flat_map(|delta| match delta {
-        Delta::Score(segment, product, sums) => Some(((segment, product), sums)),
-        _ => None,
-    });
+pub fn dataflow<'s>(changes: Coll<'s, ((Segment, u64), Sums<3>)>) -> Coll<'s, Output> {
     // Tallied and cut to the top 10 in one step per (segment, hash bucket of the product), then the
     // buckets' winners ranked per segment: the hierarchical top-k of dataflows/README.md.
     let bucketed = changes.map(|((segment, product), sums)| (((segment, bucket_of(&product, BUCKETS)), product), sums));
