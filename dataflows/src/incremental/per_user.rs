@@ -123,13 +123,12 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
     let (funnel_out, funnel) = builder.new_output();
     let (scores_out, scores) = builder.new_output();
     let (brands_out, brands) = builder.new_output();
-    let mut windows_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(windows_out);
-    let mut views_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(views_out);
-    let mut brand_activity_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> =
-        OutputBuilder::from(brand_activity_out);
-    let mut funnel_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(funnel_out);
-    let mut scores_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(scores_out);
-    let mut brands_out: OutputBuilder<_, CapacityContainerBuilder<Vec<_>>> = OutputBuilder::from(brands_out);
+    let mut windows_out: DeltaOutput<_> = OutputBuilder::from(windows_out);
+    let mut views_out: DeltaOutput<_> = OutputBuilder::from(views_out);
+    let mut brand_activity_out: DeltaOutput<_> = OutputBuilder::from(brand_activity_out);
+    let mut funnel_out: DeltaOutput<_> = OutputBuilder::from(funnel_out);
+    let mut scores_out: DeltaOutput<_> = OutputBuilder::from(scores_out);
+    let mut brands_out: DeltaOutput<_> = OutputBuilder::from(brands_out);
     builder.build(move |_initial| {
         let mut stage = UserStage::new(settings);
         let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
@@ -216,9 +215,12 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
     }
 }
 
+/// One of the stage's outputs.
+type DeltaOutput<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, Diff)>>>;
+
 /// Sends `records` on `output` at `time`.
 fn give<D: Clone + 'static>(
-    output: &mut OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, Diff)>>>,
+    output: &mut DeltaOutput<D>,
     capability: &Capability<Time>,
     records: &mut Vec<D>,
     time: Time,
