@@ -13,7 +13,7 @@
 //! frontiers pass their time, then each time is applied whole, in time order: profile changes,
 //! then window expiries, then new events (see dataflows/README.md).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable};
@@ -247,7 +247,7 @@ struct PairEvent {
 /// whether it is touched at the current time.
 #[derive(Default)]
 struct PairState {
-    events: VecDeque<PairEvent>,
+    events: SmallVec<[PairEvent; 2]>,
     per_type: [u32; 3],
     per_type_age: Vec<(u8, AgeGroup, u32)>,
     touched: bool,
@@ -266,7 +266,7 @@ struct BrandEvent {
 /// user count at each (age group, distinct-user slot).
 #[derive(Default)]
 struct BrandState {
-    events: VecDeque<BrandEvent>,
+    events: SmallVec<[BrandEvent; 2]>,
     memberships: Vec<(Option<AgeGroup>, u8, u32)>,
 }
 
@@ -548,14 +548,14 @@ impl UserStage {
                 continue;
             }
             let new = changed[&user].1;
-            let events: Vec<BrandEvent> = state.events.drain(..).collect();
+            let events: Vec<BrandEvent> = std::mem::take(&mut state.events).into_vec();
             for e in &events {
                 brand_event(&mut self.brands_out, state, brand, e, -1);
             }
             for mut e in events {
                 e.age = age(&new, e.time);
                 brand_event(&mut self.brands_out, state, brand, &e, 1);
-                state.events.push_back(e);
+                state.events.push(e);
             }
         }
     }
@@ -594,7 +594,8 @@ impl UserStage {
         let Some(pair) = self.pairs.get_mut(&(user, product)) else { return };
         let window = funnel::WINDOW_LENGTH;
         let settings = self.settings;
-        if pair.events.front().is_none_or(|e| settings.expiry(e.time, window) > time) {
+        let expired = pair.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
+        if expired == 0 {
             return; // an earlier visit at this time took them
         }
         if !pair.touched {
@@ -602,12 +603,7 @@ impl UserStage {
             self.touched.push(((user, product), first_times(&pair.events)));
         }
         let region = self.profiles.get(&user).map_or(self.unknown_region, |p| p.region);
-        while let Some(e) = pair.events.front().copied() {
-            if settings.expiry(e.time, window) > time {
-                self.scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product)));
-                break;
-            }
-            pair.events.pop_front();
+        for e in pair.events.drain(..expired) {
             let slot = score_slot(e.event_type);
             pair.per_type[slot as usize] -= 1;
             if pair.per_type[slot as usize] == 0 {
@@ -618,6 +614,9 @@ impl UserStage {
                     score(&mut self.scores_out, *segment, product, slot, -1);
                 }
             }
+        }
+        if let Some(e) = pair.events.first() {
+            self.scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product)));
         }
     }
 
@@ -635,19 +634,19 @@ impl UserStage {
         let Some(state) = self.brand_users.get_mut(&(user, brand)) else { return };
         let window = brands::WINDOW_LENGTH;
         let settings = self.settings;
-        if state.events.front().is_none_or(|e| settings.expiry(e.time, window) > time) {
+        let expired = state.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
+        if expired == 0 {
             return;
         }
-        while let Some(e) = state.events.front().copied() {
-            if settings.expiry(e.time, window) > time {
-                self.scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand)));
-                break;
-            }
-            state.events.pop_front();
-            brand_event(&mut self.brands_out, state, brand, &e, -1);
+        let gone: SmallVec<[BrandEvent; 2]> = state.events.drain(..expired).collect();
+        for e in &gone {
+            brand_event(&mut self.brands_out, state, brand, e, -1);
         }
-        if state.events.is_empty() {
-            self.brand_users.remove(&(user, brand));
+        match state.events.first() {
+            Some(e) => self.scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand))),
+            None => {
+                self.brand_users.remove(&(user, brand));
+            }
         }
     }
 
@@ -682,7 +681,11 @@ impl UserStage {
 
 /// Inserts `item` keeping `items` ordered by `time` (after equal times), returning its index.
 /// Events nearly always arrive in time order, so the search starts from the back.
-fn insert_in_time_order<T>(items: &mut VecDeque<T>, item: T, time: impl Fn(&T) -> Timestamp) -> usize {
+fn insert_in_time_order<A: smallvec::Array>(
+    items: &mut SmallVec<A>,
+    item: A::Item,
+    time: impl Fn(&A::Item) -> Timestamp,
+) -> usize {
     let t = time(&item);
     let mut at = items.len();
     while at > 0 && time(&items[at - 1]) > t {
@@ -749,7 +752,7 @@ fn add_scores(
 type FirstTimesBySegment = SmallVec<[(funnel::Segment, funnel::FirstTimes); 3]>;
 
 /// The funnel first times of a pair per segment, ordered by segment.
-fn first_times(events: &VecDeque<PairEvent>) -> FirstTimesBySegment {
+fn first_times(events: &[PairEvent]) -> FirstTimesBySegment {
     let mut per_segment = FirstTimesBySegment::new();
     for e in events {
         for segment in funnel::segments_of_labels(e.category_code, e.brand) {
