@@ -1,15 +1,16 @@
 //! The per-user stage: the windowed, per-user state of the realtime windows, the funnel, the
 //! recommendations and brand performance in one operator, which emits only aggregate deltas.
 //!
-//! All three analyses count things per user: first times per (user, product), distinct viewers
-//! per (user, product, type), distinct users per (user, brand). Events and profiles are routed by
-//! user once, so each worker holds whole users: the profile "join" is a local hash lookup, a
-//! window's events are kept once (per (user, product) for 24 hours, per (user, brand) for 7 days)
-//! and leave it by the operator's own schedule, and what leaves the operator is a delta per
-//! aggregate key (segment, (segment, product), (brand, age group)), summed over all users of the
-//! worker at each time. Downstream, `sum_by_key` adds up the workers' deltas.
+//! All four analyses count things per user: distinct users per window, first times per
+//! (user, product), distinct viewers per (user, product, type), distinct users per (user, brand).
+//! Events and profiles are routed by user once, so each worker holds whole users: the profile
+//! "join" is a local hash lookup, a window's events are kept once (per (user, product) for 24 hours,
+//! per (user, brand) for 7 days, per user the active minutes of open realtime windows) and leave it
+//! by the operator's own schedule, and what leaves the operator is a delta per aggregate key, summed
+//! over all users of the worker at each time, on one typed output per analysis input ([`Deltas`]).
+//! Downstream, `sum_by_key` and the top-k tallies add up the workers' deltas.
 //!
-//! Times are handled like [`super::hashed`]: updates wait under their capability until the input
+//! Times are handled like [`super::hashed`]: updates wait under their capabilities until the input
 //! frontiers pass their time, then each time is applied whole, in time order: profile changes,
 //! then window expiries, then new events (see dataflows/README.md).
 
