@@ -135,7 +135,6 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
         let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
         let mut waiting_profiles: Waiting<(ProfileRecord, Diff)> = BTreeMap::new();
         let mut visits: Waiting<Visit> = BTreeMap::new();
-        let mut emitted = Emitted::default();
         move |frontiers| {
             let (events_frontier, profiles_frontier) = (&frontiers[0], &frontiers[1]);
             events_in.for_each_stamp(|capability, containers| {
@@ -196,13 +195,13 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
                         .or_insert_with(|| (std::array::from_fn(|port| caps[port].delayed(&at)), Vec::new()));
                     slot.1.push(visit);
                 }
-                stage.drain(&mut emitted);
-                give(&mut windows_out, &caps[0], &mut emitted.windows, time);
-                give(&mut views_out, &caps[1], &mut emitted.minute_views, time);
-                give(&mut brand_activity_out, &caps[2], &mut emitted.minute_brands, time);
-                give(&mut funnel_out, &caps[3], &mut emitted.funnel, time);
-                give(&mut scores_out, &caps[4], &mut emitted.scores, time);
-                give(&mut brands_out, &caps[5], &mut emitted.brands, time);
+                let out = stage.finish_time();
+                give(&mut windows_out, &caps[0], &mut out.windows, time);
+                give(&mut views_out, &caps[1], &mut out.minute_views, time);
+                give(&mut brand_activity_out, &caps[2], &mut out.minute_brands, time);
+                give(&mut funnel_out, &caps[3], &mut out.funnel, time);
+                give(&mut scores_out, &caps[4], &mut out.scores, time);
+                give(&mut brands_out, &caps[5], &mut out.brands, time);
             }
         }
     });
@@ -244,13 +243,12 @@ struct PairEvent {
 }
 
 /// A (user, product) pair over the last 24 hours: its events in time order, how many of them
-/// there are per type and per (type, age group) (the recommendation segments it counts in), and
-/// whether it is touched at the current time.
+/// there are per (type, age group) (the recommendation segments it counts in), and whether it is
+/// touched at the current time.
 #[derive(Default)]
 struct PairState {
     events: SmallVec<[PairEvent; 2]>,
-    per_type: [u32; 3],
-    per_type_age: Vec<(u8, AgeGroup, u32)>,
+    per_type_age: Vec<((u8, AgeGroup), u32)>,
     touched: bool,
 }
 
@@ -268,12 +266,11 @@ struct BrandEvent {
 #[derive(Default)]
 struct BrandState {
     events: SmallVec<[BrandEvent; 2]>,
-    memberships: Vec<(Option<AgeGroup>, u8, u32)>,
+    memberships: Vec<((Option<AgeGroup>, u8), u32)>,
 }
 
 struct UserStage {
     settings: Settings,
-    unknown_region: Symbol,
     /// The profile of each user of this worker that has one.
     profiles: FxHashMap<u64, Profile>,
     pairs: FxHashMap<(u64, u64), PairState>,
@@ -286,8 +283,9 @@ struct UserStage {
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
-    /// Realtime deltas ready to emit at the current time.
-    realtime_out: Emitted,
+    /// This time's deltas, ready to emit: the realtime ones go here directly, the others are
+    /// summed per key in the maps below first.
+    out: Emitted,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
     scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
     brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
@@ -382,7 +380,6 @@ impl UserStage {
     fn new(settings: Settings) -> Self {
         UserStage {
             settings,
-            unknown_region: unknown_symbol(),
             profiles: FxHashMap::default(),
             pairs: FxHashMap::default(),
             brand_users: FxHashMap::default(),
@@ -390,7 +387,7 @@ impl UserStage {
             touched: Vec::new(),
             scheduled: Vec::new(),
             realtime: Realtime::default(),
-            realtime_out: Emitted::default(),
+            out: Emitted::default(),
             funnel_out: FxHashMap::default(),
             scores_out: FxHashMap::default(),
             brands_out: FxHashMap::default(),
@@ -406,14 +403,14 @@ impl UserStage {
             match visit {
                 Visit::Pair(user, product) => self.expire_pair(time, user, product),
                 Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
-                Visit::Window(start) => self.realtime.drop_window(start, &mut self.realtime_out),
+                Visit::Window(start) => self.realtime.drop_window(start, &mut self.out),
             }
         }
         for (event, diff) in events {
             assert!(diff > 0, "events are only ever inserted");
             let profile = self.profiles.get(&event.user_id).copied();
             let age = age_group(profile.and_then(|p| p.birth_date), utc_date(event.time));
-            let region = profile.map_or(self.unknown_region, |p| p.region);
+            let region = profile.map_or_else(unknown_symbol, |p| p.region);
             for _ in 0..diff {
                 self.realtime_event(&event);
                 if event.event_type != EventType::RemoveFromCart {
@@ -489,20 +486,20 @@ impl UserStage {
             for (h, c) in held.iter_mut().zip(change) {
                 *h += c;
             }
-            self.realtime_out.windows.push((start, Sums(change)));
+            self.out.windows.push((start, Sums(change)));
         }
         for ((minute, product), change) in rt.views_out.drain() {
             let held = rt.minute_views.entry(minute).or_default().entry(product).or_default();
             held[0] += change[0];
             held[1] += change[1];
-            self.realtime_out.minute_views.push(((minute, product), Sums(change)));
+            self.out.minute_views.push(((minute, product), Sums(change)));
         }
         for ((minute, brand), change) in rt.brands_out.drain() {
             let held = rt.minute_brands.entry(minute).or_default().entry(brand).or_default();
             for (h, c) in held.iter_mut().zip(change) {
                 *h += c;
             }
-            self.realtime_out.minute_brands.push(((minute, brand), Sums(change)));
+            self.out.minute_brands.push(((minute, brand), Sums(change)));
         }
     }
 
@@ -531,8 +528,7 @@ impl UserStage {
         if changed.is_empty() || (self.pairs.is_empty() && self.brand_users.is_empty()) {
             return;
         }
-        let unknown = self.unknown_region;
-        let region = |p: &Option<Profile>| p.map_or(unknown, |p| p.region);
+        let region = |p: &Option<Profile>| p.map_or_else(unknown_symbol, |p| p.region);
         let age = |p: &Option<Profile>, t: Timestamp| age_group(p.and_then(|p| p.birth_date), utc_date(t));
         for (&(user, product), pair) in self.pairs.iter_mut() {
             let Some((old, new)) = changed.get(&user) else { continue };
@@ -540,7 +536,7 @@ impl UserStage {
             pair.per_type_age.clear();
             for e in pair.events.iter_mut() {
                 e.age = age(new, e.time);
-                count_type_age(&mut pair.per_type_age, score_slot(e.event_type), e.age, 1);
+                count(&mut pair.per_type_age, (score_slot(e.event_type), e.age), 1);
             }
             add_scores(&mut self.scores_out, pair, product, region(new), 1);
         }
@@ -579,16 +575,7 @@ impl UserStage {
         if at == 0 {
             self.scheduled.push((self.settings.expiry(event.time, funnel::WINDOW_LENGTH), Visit::Pair(key.0, key.1)));
         }
-        let slot = score_slot(event.event_type);
-        pair.per_type[slot as usize] += 1;
-        if pair.per_type[slot as usize] == 1 {
-            score(&mut self.scores_out, recs::Segment { age_group: None, region: None }, event.product_id, slot, 1);
-        }
-        if count_type_age(&mut pair.per_type_age, slot, age, 1) {
-            for segment in &recs::Segment::all_of(age, region)[..2] {
-                score(&mut self.scores_out, *segment, event.product_id, slot, 1);
-            }
-        }
+        count_scores(&mut self.scores_out, &mut pair.per_type_age, event.product_id, e, region, 1);
     }
 
     fn expire_pair(&mut self, time: Time, user: u64, product: u64) {
@@ -603,18 +590,9 @@ impl UserStage {
             pair.touched = true;
             self.touched.push(((user, product), first_times(&pair.events)));
         }
-        let region = self.profiles.get(&user).map_or(self.unknown_region, |p| p.region);
+        let region = self.profiles.get(&user).map_or_else(unknown_symbol, |p| p.region);
         for e in pair.events.drain(..expired) {
-            let slot = score_slot(e.event_type);
-            pair.per_type[slot as usize] -= 1;
-            if pair.per_type[slot as usize] == 0 {
-                score(&mut self.scores_out, recs::Segment { age_group: None, region: None }, product, slot, -1);
-            }
-            if count_type_age(&mut pair.per_type_age, slot, e.age, -1) {
-                for segment in &recs::Segment::all_of(e.age, region)[..2] {
-                    score(&mut self.scores_out, *segment, product, slot, -1);
-                }
-            }
+            count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
         }
         if let Some(e) = pair.events.first() {
             self.scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product)));
@@ -667,16 +645,17 @@ impl UserStage {
         }
     }
 
-    /// Moves this time's deltas to `out`, leaving out those that sum to zero.
-    fn drain(&mut self, out: &mut Emitted) {
-        let rt = &mut self.realtime_out;
-        out.windows.extend(rt.windows.drain(..).filter(|(_, sums)| !sums.is_zero()));
-        out.minute_views.extend(rt.minute_views.drain(..).filter(|(_, sums)| !sums.is_zero()));
-        out.minute_brands.extend(rt.minute_brands.drain(..).filter(|(_, sums)| !sums.is_zero()));
+    /// This time's deltas, without those that sum to zero; the caller empties them.
+    fn finish_time(&mut self) -> &mut Emitted {
+        let out = &mut self.out;
+        out.windows.retain(|(_, sums)| !sums.is_zero());
+        out.minute_views.retain(|(_, sums)| !sums.is_zero());
+        out.minute_brands.retain(|(_, sums)| !sums.is_zero());
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
         out.funnel.extend(self.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out.scores.extend(self.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out.brands.extend(self.brands_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out
     }
 }
 
@@ -696,22 +675,21 @@ fn insert_in_time_order<A: smallvec::Array>(
     at
 }
 
-/// Adds `diff` to the count of `(slot, age)`; true when the count went from or to zero.
-fn count_type_age(counts: &mut Vec<(u8, AgeGroup, u32)>, slot: u8, age: AgeGroup, diff: i32) -> bool {
-    match counts.iter().position(|(s, a, _)| *s == slot && *a == age) {
+/// Adds `diff` to the count of `key`; true when the count went from or to zero (those transitions
+/// are what the stage emits). Lists of counts are short: a few age groups and roles per key.
+fn count<K: PartialEq>(counts: &mut Vec<(K, u32)>, key: K, diff: i64) -> bool {
+    match counts.iter().position(|(k, _)| *k == key) {
         Some(i) => {
-            let count = &mut counts[i].2;
-            *count = count.checked_add_signed(diff).expect("counts stay non-negative");
-            if *count == 0 {
+            let count = counts[i].1.checked_add_signed(diff as i32).expect("counts stay non-negative");
+            counts[i].1 = count;
+            if count == 0 {
                 counts.swap_remove(i);
-                true
-            } else {
-                false
             }
+            count == 0
         }
         None => {
             debug_assert!(diff > 0, "a count that is not there is only added to");
-            counts.push((slot, age, diff as u32));
+            counts.push((key, diff as u32));
             true
         }
     }
@@ -727,8 +705,31 @@ fn score(
     out.entry((segment, product)).or_default()[slot as usize] += diff;
 }
 
-/// Every segment a pair counts in, `diff` times: (age, region) and (age, *) per age group seen
-/// with a type, (*, *) per type seen.
+/// Counts one event of a pair in (`diff` = 1) or out (-1) of the recommendation segments: the
+/// pair counts in (age, region) and (age, *) while it has an event of the type at that age group,
+/// and in (*, *) while it has one of the type at any age group.
+fn count_scores(
+    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    per_type_age: &mut Vec<((u8, AgeGroup), u32)>,
+    product: u64,
+    e: PairEvent,
+    region: Symbol,
+    diff: i64,
+) {
+    let slot = score_slot(e.event_type);
+    if count(per_type_age, (slot, e.age), diff) {
+        for segment in &recs::Segment::all_of(e.age, region)[..2] {
+            score(out, *segment, product, slot, diff);
+        }
+        // (*, *) changes when the type's first age group arrives or its last one leaves.
+        let ages_of_type = per_type_age.iter().filter(|((s, _), _)| *s == slot).count();
+        if ages_of_type == usize::from(diff > 0) {
+            score(out, recs::Segment { age_group: None, region: None }, product, slot, diff);
+        }
+    }
+}
+
+/// Every segment a pair counts in, `diff` times (see [`count_scores`]).
 fn add_scores(
     out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
     pair: &PairState,
@@ -736,12 +737,12 @@ fn add_scores(
     region: Symbol,
     diff: i64,
 ) {
-    for (slot, count) in pair.per_type.iter().enumerate() {
-        if *count > 0 {
-            score(out, recs::Segment { age_group: None, region: None }, product, slot as u8, diff);
+    for slot in 0..3 {
+        if pair.per_type_age.iter().any(|((s, _), _)| *s == slot) {
+            score(out, recs::Segment { age_group: None, region: None }, product, slot, diff);
         }
     }
-    for (slot, age, _) in &pair.per_type_age {
+    for ((slot, age), _) in &pair.per_type_age {
         for segment in &recs::Segment::all_of(*age, region)[..2] {
             score(out, *segment, product, *slot, diff);
         }
@@ -893,21 +894,8 @@ fn brand_event(
             sums[REVENUE] += diff * e.price;
         }
         for slot in [Some(USERS), role].into_iter().flatten() {
-            let slot = slot as u8;
-            match state.memberships.iter().position(|(a, s, _)| *a == age && *s == slot) {
-                Some(i) => {
-                    let count = &mut state.memberships[i].2;
-                    *count = count.checked_add_signed(diff as i32).expect("memberships stay non-negative");
-                    if *count == 0 {
-                        state.memberships.swap_remove(i);
-                        sums[slot as usize] -= 1;
-                    }
-                }
-                None => {
-                    debug_assert!(diff > 0, "a membership that is not there is only added to");
-                    state.memberships.push((age, slot, 1));
-                    sums[slot as usize] += 1;
-                }
+            if count(&mut state.memberships, (age, slot as u8), diff) {
+                sums[slot] += diff;
             }
         }
     }
