@@ -243,11 +243,14 @@ struct Tally<I, R, V> {
     members: Vec<(V, I)>,
     /// A value no non-member ranks before (`None` when there are no non-members).
     bound: Option<V>,
+    /// The `k` best as they were before their first change at the current time; `None` while
+    /// they are unchanged (most changes are to items far from the top).
+    before: Option<Vec<V>>,
 }
 
 impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, V> {
     fn new() -> Self {
-        Tally { items: FxHashMap::default(), members: Vec::new(), bound: None }
+        Tally { items: FxHashMap::default(), members: Vec::new(), bound: None, before: None }
     }
 
     fn non_members(&self) -> usize {
@@ -260,25 +263,41 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
         }
     }
 
-    fn insert_member(&mut self, value: V, item: I) {
+    /// Keeps the `k` best as they are before the members from index `at` on change.
+    fn changing_at(&mut self, at: usize, k: usize) {
+        if at < k && self.before.is_none() {
+            self.before = Some(self.best(k));
+        }
+    }
+
+    fn insert_member(&mut self, value: V, item: I, k: usize) {
         let at = self.members.partition_point(|(v, _)| *v < value);
+        self.changing_at(at, k);
         self.members.insert(at, (value, item));
     }
 
-    fn remove_member(&mut self, item: &I) -> V {
+    fn remove_member(&mut self, item: &I, k: usize) -> V {
         let at = self.members.iter().position(|(_, i)| i == item).expect("members are listed");
+        self.changing_at(at, k);
         self.members.remove(at).0
     }
 
-    /// Adds `delta` to `item`'s total and keeps the members a correct prefix of the ranking.
-    fn add(&mut self, item: I, delta: R, capacity: usize, view: &impl Fn(&I, &R) -> V) {
+    /// Adds `delta` to `item`'s total and keeps the members a correct prefix of the ranking
+    /// (`2k` at most); true when this is the first change of the `k` best at this time.
+    fn add(&mut self, item: I, delta: R, k: usize, view: &impl Fn(&I, &R) -> V) -> bool {
+        let unchanged = self.before.is_none();
+        self.apply(item, delta, k, view);
+        unchanged && self.before.is_some()
+    }
+
+    fn apply(&mut self, item: I, delta: R, k: usize, view: &impl Fn(&I, &R) -> V) {
         let (total, member) = match self.items.entry(item.clone()) {
             Entry::Occupied(mut slot) => {
                 slot.get_mut().0.plus_equals(&delta);
                 if slot.get().0.is_zero() {
                     let (_, member) = slot.remove();
                     if member {
-                        self.remove_member(&item);
+                        self.remove_member(&item, k);
                     }
                     return; // a non-member leaving keeps the bound a lower bound
                 }
@@ -294,10 +313,10 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
         };
         let value = view(&item, &total);
         if member {
-            self.remove_member(&item);
+            self.remove_member(&item, k);
             // Still ahead of every non-member: it stays; otherwise it may have fallen behind one.
             if self.bound.as_ref().is_none_or(|b| value < *b) {
-                self.insert_member(value, item);
+                self.insert_member(value, item, k);
             } else {
                 self.items.get_mut(&item).expect("present").1 = false;
                 self.lower_bound(value);
@@ -306,10 +325,11 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
         }
         let ahead_of_worst = self.members.last().is_some_and(|(worst, _)| value < *worst);
         let only_non_member = self.non_members() == 1;
-        if ahead_of_worst || (only_non_member && self.members.len() < capacity) {
+        if ahead_of_worst || (only_non_member && self.members.len() < 2 * k) {
             self.items.get_mut(&item).expect("present").1 = true;
-            self.insert_member(value, item);
-            if self.members.len() > capacity {
+            self.insert_member(value, item, k);
+            if self.members.len() > 2 * k {
+                // The last of 2k + 1 leaves: the k best stay as they are.
                 let (evicted, evicted_item) = self.members.pop().expect("over capacity");
                 self.items.get_mut(&evicted_item).expect("members are items").1 = false;
                 self.lower_bound(evicted);
@@ -319,11 +339,14 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
         }
     }
 
-    /// Re-ranks from scratch when fewer than `k` members are left while other items exist.
-    fn refill(&mut self, k: usize, capacity: usize, view: &impl Fn(&I, &R) -> V) {
+    /// Re-ranks from scratch when fewer than `k` members are left while other items exist. Only
+    /// a change to the `k` best leaves fewer than `k` members, so `before` holds them already.
+    fn refill(&mut self, k: usize, view: &impl Fn(&I, &R) -> V) {
         if self.members.len() >= k || self.non_members() == 0 {
             return;
         }
+        debug_assert!(self.before.is_some(), "fewer than k members only after a change to the k best");
+        let capacity = 2 * k;
         let mut all: Vec<(V, I)> =
             self.items.iter().map(|(item, (total, _))| (view(item, total), item.clone())).collect();
         let keep = capacity.min(all.len());
@@ -368,24 +391,29 @@ where
     R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
     V: ExchangeData + Ord,
 {
-    let capacity = 2 * k;
-    let mut groups: Touched<G, Tally<I, R, V>, Vec<V>> = Touched::new();
+    let mut groups: FxHashMap<G, Tally<I, R, V>> = FxHashMap::default();
+    // Groups whose k best changed at the current time: only they are looked at again.
+    let mut changed: Vec<G> = Vec::new();
     in_time_order(
         collection,
         name,
         |((group, _), _): &((G, I), R)| group.hashed(),
         move |updates, changes| {
-            groups.begin();
             for (((group, item), value), diff) in updates {
-                let tally = groups.touch(group, Tally::new, |t| t.best(k));
-                tally.add(item, value.multiply(&diff), capacity, &view);
+                let tally = groups.entry(group.clone()).or_insert_with(Tally::new);
+                if tally.add(item, value.multiply(&diff), k, &view) {
+                    changed.push(group);
+                }
             }
-            groups.finish(|group, before, tally| {
-                tally.refill(k, capacity, &view);
-                let after = tally.best(k);
-                emit_ranked_changes(group, &before, &after, ranked, changes);
-                !tally.items.is_empty()
-            });
+            for group in changed.drain(..) {
+                let tally = groups.get_mut(&group).expect("changed groups exist until here");
+                tally.refill(k, &view);
+                let before = tally.before.take().expect("a changed group kept its k best");
+                emit_ranked_changes(&group, &before, &tally.best(k), ranked, changes);
+                if tally.items.is_empty() {
+                    groups.remove(&group);
+                }
+            }
         },
     )
 }
@@ -424,7 +452,8 @@ mod tests {
     use super::Tally;
 
     /// The lazily kept ranking equals a full sort after every batch of random changes, including
-    /// scores that fall (members leaving for the bound, re-ranking when too few are left).
+    /// scores that fall (members leaving for the bound, re-ranking when too few are left), and
+    /// a batch that changed the k best reports it once, with the k best from before the batch.
     #[test]
     fn lazy_tally_ranks_like_a_full_sort() {
         let view = |item: &u32, total: &Sums<1>| (Reverse(total.0[0]), *item);
@@ -438,7 +467,9 @@ mod tests {
         for k in [1, 3, 10] {
             let mut tally: Tally<u32, Sums<1>, (Reverse<i64>, u32)> = Tally::new();
             let mut totals = std::collections::BTreeMap::<u32, i64>::new();
+            let mut previous = Vec::new();
             for _batch in 0..2_000 {
+                let mut reported = 0;
                 for _ in 0..next(12) + 1 {
                     let item = next(100) as u32;
                     // Rises and falls alike: members fall behind others, items empty and come back.
@@ -448,13 +479,19 @@ mod tests {
                     if *total == 0 {
                         totals.remove(&item);
                     }
-                    tally.add(item, Sums([delta]), 2 * k, &view);
+                    reported += usize::from(tally.add(item, Sums([delta]), k, &view));
                 }
-                tally.refill(k, 2 * k, &view);
+                tally.refill(k, &view);
                 let mut expected: Vec<_> = totals.iter().map(|(item, total)| view(item, &Sums([*total]))).collect();
                 expected.sort_unstable();
                 expected.truncate(k);
                 assert_eq!(tally.best(k), expected);
+                assert!(reported <= 1, "a change of the k best is reported once per batch");
+                match tally.before.take() {
+                    Some(before) => assert_eq!(before, previous, "the k best before the batch are kept"),
+                    None => assert_eq!(expected, previous, "no change reported: the k best are unchanged"),
+                }
+                previous = expected;
             }
         }
     }
