@@ -269,14 +269,30 @@ struct BrandState {
     memberships: Vec<((Option<AgeGroup>, u8), u32)>,
 }
 
+/// What the stage keeps per user of this worker, in one entry so that an event or a pair's
+/// funnel change costs one probe for all of it. A user without profile, open minutes or reach
+/// has no entry.
+#[derive(Default)]
+struct UserState {
+    profile: Option<Profile>,
+    /// The minutes with events (and whether one was a purchase), until their windows are final.
+    minutes: Vec<(Timestamp, bool)>,
+    /// Per funnel segment, ordered by segment: how many of the user's products reach each funnel
+    /// bit (see [`reached`]).
+    reach: Vec<(funnel::Segment, [u32; 6])>,
+}
+
+impl UserState {
+    fn is_idle(&self) -> bool {
+        self.profile.is_none() && self.minutes.is_empty() && self.reach.is_empty()
+    }
+}
+
 struct UserStage {
     settings: Settings,
-    /// The profile of each user of this worker that has one.
-    profiles: FxHashMap<u64, Profile>,
+    users: FxHashMap<u64, UserState>,
     pairs: FxHashMap<(u64, u64), PairState>,
     brand_users: FxHashMap<(u64, Symbol), BrandState>,
-    /// Per (user, funnel segment): how many of the user's products reach each funnel bit.
-    reach: FxHashMap<(u64, funnel::Segment), [u32; 6]>,
     /// Pairs touched at the current time with their funnel first times before it: they are
     /// re-derived at its end.
     touched: Vec<((u64, u64), FirstTimesBySegment)>,
@@ -292,17 +308,14 @@ struct UserStage {
 }
 
 /// The realtime windows' share of this worker: what it has added to each open window and minute
-/// (retracted when the window is final, so the downstream totals return to zero), and each user's
-/// active minutes (a user counts once per window).
+/// (retracted when the window is final, so the downstream totals return to zero), and which users
+/// were active in each minute (a user counts once per window; its minutes are in [`UserState`]).
 #[derive(Default)]
 struct Realtime {
     windows: FxHashMap<Timestamp, [i64; 8]>,
     minute_views: FxHashMap<Timestamp, FxHashMap<u64, [i64; 2]>>,
     minute_brands: FxHashMap<Timestamp, FxHashMap<Symbol, [i64; 5]>>,
-    /// Per user, the minutes with events (and whether one was a purchase), until their windows
-    /// are final.
-    user_minutes: FxHashMap<u64, Vec<(Timestamp, bool)>>,
-    /// Per minute, the users holding it in `user_minutes`.
+    /// Per minute, the users holding it in their `minutes`.
     minute_users: FxHashMap<Timestamp, Vec<u64>>,
     /// Changes at the current time: totals per minute (fanned out to windows at the end), distinct
     /// users and buyers per window, views and brand activity per minute.
@@ -315,8 +328,7 @@ struct Realtime {
 impl Realtime {
     /// A user active at `minute` (buying if `purchase`): counts once more in each window
     /// containing the minute where the user had no other active (buying) minute.
-    fn activity(&mut self, user: u64, minute: Timestamp, purchase: bool) {
-        let minutes = self.user_minutes.entry(user).or_default();
+    fn activity(&mut self, user: u64, minutes: &mut Vec<(Timestamp, bool)>, minute: Timestamp, purchase: bool) {
         let (known, bought) = match minutes.iter().position(|(m, _)| *m == minute) {
             Some(i) => (true, minutes[i].1),
             None => (false, false),
@@ -347,7 +359,7 @@ impl Realtime {
 
     /// The window starting at `start` is final: what this worker added to it, and to the views and
     /// brand activity of its first minute, is retracted; users forget that minute.
-    fn drop_window(&mut self, start: Timestamp, out: &mut Emitted) {
+    fn drop_window(&mut self, start: Timestamp, users: &mut FxHashMap<u64, UserState>, out: &mut Emitted) {
         if let Some(held) = self.windows.remove(&start) {
             out.windows.push((start, Sums(held.map(|x| -x))));
         }
@@ -358,10 +370,10 @@ impl Realtime {
             out.minute_brands.push(((start, brand), Sums(held.map(|x| -x))));
         }
         for user in self.minute_users.remove(&start).unwrap_or_default() {
-            if let Some(minutes) = self.user_minutes.get_mut(&user) {
-                minutes.retain(|(m, _)| *m != start);
-                if minutes.is_empty() {
-                    self.user_minutes.remove(&user);
+            if let Some(state) = users.get_mut(&user) {
+                state.minutes.retain(|(m, _)| *m != start);
+                if state.is_idle() {
+                    users.remove(&user);
                 }
             }
         }
@@ -380,10 +392,9 @@ impl UserStage {
     fn new(settings: Settings) -> Self {
         UserStage {
             settings,
-            profiles: FxHashMap::default(),
+            users: FxHashMap::default(),
             pairs: FxHashMap::default(),
             brand_users: FxHashMap::default(),
-            reach: FxHashMap::default(),
             touched: Vec::new(),
             scheduled: Vec::new(),
             realtime: Realtime::default(),
@@ -403,16 +414,19 @@ impl UserStage {
             match visit {
                 Visit::Pair(user, product) => self.expire_pair(time, user, product),
                 Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
-                Visit::Window(start) => self.realtime.drop_window(start, &mut self.out),
+                Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
         }
         for (event, diff) in events {
             assert!(diff > 0, "events are only ever inserted");
-            let profile = self.profiles.get(&event.user_id).copied();
+            let user = self.users.entry(event.user_id).or_default();
+            let profile = user.profile;
             let age = age_group(profile.and_then(|p| p.birth_date), utc_date(event.time));
             let region = profile.map_or_else(unknown_symbol, |p| p.region);
             for _ in 0..diff {
-                self.realtime_event(&event);
+                Self::realtime_event(&mut self.realtime, &mut user.minutes, &event);
+            }
+            for _ in 0..diff {
                 if event.event_type != EventType::RemoveFromCart {
                     self.insert_pair(&event, age, region);
                 }
@@ -425,11 +439,10 @@ impl UserStage {
         self.finish_realtime();
     }
 
-    /// One event's share of the realtime windows.
-    fn realtime_event(&mut self, event: &Event) {
+    /// One event's share of the realtime windows (`minutes`: its user's).
+    fn realtime_event(rt: &mut Realtime, minutes: &mut Vec<(Timestamp, bool)>, event: &Event) {
         use window_slots::{BY_TYPE, EVENTS, REVENUE};
         let minute = floor_to(event.time, SLIDE);
-        let rt = &mut self.realtime;
         let totals = rt.minute_totals_out.entry(minute).or_default();
         totals[EVENTS] += 1;
         totals[BY_TYPE + event.event_type.index()] += 1;
@@ -437,7 +450,7 @@ impl UserStage {
         if purchase {
             totals[REVENUE] += event.price;
         }
-        rt.activity(event.user_id, minute, purchase);
+        rt.activity(event.user_id, minutes, minute, purchase);
         if event.event_type == EventType::View {
             let views = rt.views_out.entry((minute, event.product_id)).or_default();
             views[0] += 1;
@@ -516,12 +529,13 @@ impl UserStage {
         }
         let mut changed: FxHashMap<u64, (Option<Profile>, Option<Profile>)> = FxHashMap::default();
         for (user, new) in incoming {
-            let old = self.profiles.get(&user).copied();
+            let old = self.users.get(&user).and_then(|u| u.profile);
             if old != new {
-                match new {
-                    Some(profile) => self.profiles.insert(user, profile),
-                    None => self.profiles.remove(&user),
-                };
+                let state = self.users.entry(user).or_default();
+                state.profile = new;
+                if state.is_idle() {
+                    self.users.remove(&user);
+                }
                 changed.insert(user, (old, new));
             }
         }
@@ -590,7 +604,7 @@ impl UserStage {
             pair.touched = true;
             self.touched.push(((user, product), first_times(&pair.events)));
         }
-        let region = self.profiles.get(&user).map_or_else(unknown_symbol, |p| p.region);
+        let region = self.users.get(&user).and_then(|u| u.profile).map_or_else(unknown_symbol, |p| p.region);
         for e in pair.events.drain(..expired) {
             count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
         }
@@ -637,7 +651,11 @@ impl UserStage {
             pair.touched = false;
             let after = first_times(&pair.events);
             if before != after {
-                change_funnel(&mut self.funnel_out, &mut self.reach, key.0, &before, &after);
+                let user = self.users.entry(key.0).or_default();
+                change_funnel(&mut self.funnel_out, &mut user.reach, &before, &after);
+                if user.is_idle() {
+                    self.users.remove(&key.0);
+                }
             }
             if pair.events.is_empty() {
                 self.pairs.remove(&key);
@@ -777,8 +795,7 @@ fn first_times(events: &[PairEvent]) -> FirstTimesBySegment {
 /// segment and bit). Segments whose first times did not change are left alone.
 fn change_funnel(
     out: &mut FxHashMap<funnel::Segment, [i64; 12]>,
-    reach: &mut FxHashMap<(u64, funnel::Segment), [u32; 6]>,
-    user: u64,
+    reach: &mut Vec<(funnel::Segment, [u32; 6])>,
     before: &[(funnel::Segment, funnel::FirstTimes)],
     after: &[(funnel::Segment, funnel::FirstTimes)],
 ) {
@@ -806,15 +823,14 @@ fn change_funnel(
                 (*segment, None, Some(new))
             }
         };
-        change_segment(out, reach, user, segment, old, new);
+        change_segment(out, reach, segment, old, new);
     }
 }
 
 /// One segment's part of [`change_funnel`].
 fn change_segment(
     out: &mut FxHashMap<funnel::Segment, [i64; 12]>,
-    reach: &mut FxHashMap<(u64, funnel::Segment), [u32; 6]>,
-    user: u64,
+    reach: &mut Vec<(funnel::Segment, [u32; 6])>,
     segment: funnel::Segment,
     old: Option<&funnel::FirstTimes>,
     new: Option<&funnel::FirstTimes>,
@@ -833,7 +849,14 @@ fn change_segment(
     if was == is {
         return;
     }
-    let counts = reach.entry((user, segment)).or_default();
+    let at = match reach.binary_search_by_key(&segment, |(s, _)| *s) {
+        Ok(at) => at,
+        Err(at) => {
+            reach.insert(at, (segment, [0; 6]));
+            at
+        }
+    };
+    let counts = &mut reach[at].1;
     for (bit, count) in counts.iter_mut().enumerate() {
         match (was >> bit & 1, is >> bit & 1) {
             (0, 1) => {
@@ -852,7 +875,7 @@ fn change_segment(
         }
     }
     if counts.iter().all(|c| *c == 0) {
-        reach.remove(&(user, segment));
+        reach.remove(at);
     }
 }
 
