@@ -1,12 +1,14 @@
 //! `cartflow run`: the incremental engine over a bounded input.
 //!
 //! Worker 0 reads the input in event-time order and feeds it step by step: the events of a step
-//! are inserted at the step's start; at each boundary the inputs advance, the workers run until the
-//! probe passes the boundary, and the materializer's writes for that boundary go to the store in
-//! one transaction together with the frontier. Every worker runs a share of the dataflow; all
-//! results are routed to worker 0, the store's single writer.
+//! are inserted at the step's start; at each boundary the inputs advance, and once the probe passes
+//! the boundary the materializer's writes for it go to the store in one transaction together with
+//! the frontier. One step is in flight while the next is read: worker 0 interleaves reading with
+//! its share of the dataflow, so the other workers compute while it parses. Every worker runs a
+//! share of the dataflow; all results are routed to worker 0, the store's single writer.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,6 +176,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
 
     let mut driver = Driver {
         store: store_writer(SqliteStore::open(&shared.args.db)?, Materializer::new(settings, shared.args.retention)),
+        in_flight: VecDeque::new(),
         first_event: None,
         profiles: shared.initial.clone(),
         changes: shared.changes.lock().unwrap().take().unwrap_or_default(),
@@ -229,9 +232,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         inputs.events.update_at(*event, now, 1);
         driver.applied += 1;
         last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
-        if driver.applied % 65_536 == 0 {
+        if driver.applied % 4_096 == 0 {
+            // Worker 0's share of the step in flight, between reads; a finished step is written.
             inputs.events.flush();
             worker.step();
+            if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
+                failure = Some(e);
+            }
         }
         Ok(())
     });
@@ -250,6 +257,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                 driver.close(boundary, worker, &mut inputs, &probe, &outputs)?;
             }
             driver.close(frontier, worker, &mut inputs, &probe, &outputs)?;
+            driver.settle(0, worker, &probe, &outputs)?;
         }
         let mut state = super::batch::state_entries("run", &read, &rejects, driver.applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
@@ -325,9 +333,15 @@ impl Inputs {
     }
 }
 
+/// Steps closed but not yet complete in the dataflow while worker 0 reads on.
+const PIPELINED_STEPS: usize = 1;
+
 struct Driver {
     /// The store, materialized and written by its own thread (the next step is computed meanwhile).
     store: BackgroundSink<StoreJob>,
+    /// Closed boundaries waiting for the dataflow, oldest first, with the earliest event of their
+    /// step.
+    in_flight: VecDeque<(Timestamp, Option<Timestamp>)>,
     /// The earliest applied event since the last boundary (the materializer's first snapshot).
     first_event: Option<Timestamp>,
     profiles: Profiles,
@@ -389,37 +403,58 @@ impl Driver {
             inputs.dates.update_at(date, now, 1);
         }
         inputs.advance_all(logical(boundary));
-        let waiting = Instant::now();
-        while probe.less_than(&logical(boundary)) {
-            // Parks when there is nothing to do (waiting for the other workers): spinning would
-            // take a core from them and from the store writer.
-            worker.step_or_park(Some(Duration::from_millis(5)));
-        }
-        self.timings.dataflow += waiting.elapsed();
-        let collecting = Instant::now();
-        let changes: Vec<(Output, Diff)> = {
-            let mut buffer = outputs.borrow_mut();
-            let (done, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < logical(boundary));
-            *buffer = pending;
-            done.into_iter().map(|(record, _, diff)| (record, diff)).collect()
-        };
-        self.timings.collect += collecting.elapsed();
-        let result_changes = changes.len();
-        let queueing = Instant::now();
-        self.store.write(StoreJob::Boundary { boundary, first_event: self.first_event.take(), changes })?;
-        self.timings.store_wait += queueing.elapsed();
+        self.in_flight.push_back((boundary, self.first_event.take()));
         self.boundaries += 1;
         self.step_start = Some(boundary);
-        if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
-            self.last_log = Instant::now();
-            let secs = self.started.elapsed().as_secs_f64();
-            info!(
-                "frontier {}: {} events applied ({} events/s), {} result changes at this boundary",
-                format_rfc3339(boundary),
-                human(self.applied as f64),
-                human(self.applied as f64 / secs.max(1e-9)),
-                result_changes
-            );
+        self.settle(PIPELINED_STEPS, worker, probe, outputs)
+    }
+
+    /// Writes every closed boundary the dataflow has passed, waiting (and working) until at most
+    /// `keep` are left in flight.
+    fn settle(
+        &mut self,
+        keep: usize,
+        worker: &mut timely::worker::Worker,
+        probe: &timely::dataflow::ProbeHandle<Time>,
+        outputs: &ResultBuffer,
+    ) -> Result<()> {
+        while let Some(&(boundary, first_event)) = self.in_flight.front() {
+            if probe.less_than(&logical(boundary)) {
+                if self.in_flight.len() <= keep {
+                    return Ok(());
+                }
+                let waiting = Instant::now();
+                while probe.less_than(&logical(boundary)) {
+                    // Parks when there is nothing to do (waiting for the other workers): spinning
+                    // would take a core from them and from the store writer.
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                }
+                self.timings.dataflow += waiting.elapsed();
+            }
+            self.in_flight.pop_front();
+            let collecting = Instant::now();
+            let changes: Vec<(Output, Diff)> = {
+                let mut buffer = outputs.borrow_mut();
+                let (done, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < logical(boundary));
+                *buffer = pending;
+                done.into_iter().map(|(record, _, diff)| (record, diff)).collect()
+            };
+            self.timings.collect += collecting.elapsed();
+            let result_changes = changes.len();
+            let queueing = Instant::now();
+            self.store.write(StoreJob::Boundary { boundary, first_event, changes })?;
+            self.timings.store_wait += queueing.elapsed();
+            if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
+                self.last_log = Instant::now();
+                let secs = self.started.elapsed().as_secs_f64();
+                info!(
+                    "frontier {}: {} events applied ({} events/s), {} result changes at this boundary",
+                    format_rfc3339(boundary),
+                    human(self.applied as f64),
+                    human(self.applied as f64 / secs.max(1e-9)),
+                    result_changes
+                );
+            }
         }
         Ok(())
     }
