@@ -21,8 +21,38 @@ use timely::dataflow::operators::{Capability, Operator};
 
 use super::{Coll, Diff, Time};
 
+/// Updates as they arrived: whole containers (see [`file_by_time`]).
+pub type Updates<D> = Vec<Vec<(D, Time, Diff)>>;
+
 /// The updates waiting for one time, with the capability to answer at that time.
-type Pending<D> = (Capability<Time>, Vec<(D, Diff)>);
+type Pending<D> = (Capability<Time>, Updates<D>);
+
+/// Files a received container under its time in `pending`, whole when all its updates share one
+/// time (nearly always: operators send one time per container), else split by time; a time seen
+/// first gets `capability(time)`. Keeping containers whole spares copying every update once more.
+pub fn file_by_time<D, C>(
+    pending: &mut BTreeMap<Time, (C, Updates<D>)>,
+    container: &mut Vec<(D, Time, Diff)>,
+    capability: impl Fn(&Time) -> C,
+) {
+    let Some(time) = container.first().map(|(_, t, _)| *t) else { return };
+    if container.iter().all(|(_, t, _)| *t == time) {
+        pending.entry(time).or_insert_with(|| (capability(&time), Vec::new())).1.push(std::mem::take(container));
+        return;
+    }
+    let mut parts: BTreeMap<Time, Vec<(D, Time, Diff)>> = BTreeMap::new();
+    for update in container.drain(..) {
+        parts.entry(update.1).or_default().push(update);
+    }
+    for (time, part) in parts {
+        pending.entry(time).or_insert_with(|| (capability(&time), Vec::new())).1.push(part);
+    }
+}
+
+/// The `(data, diff)` of updates filed by [`file_by_time`].
+pub fn updates<D>(updates: Updates<D>) -> impl Iterator<Item = (D, Diff)> {
+    updates.into_iter().flatten().map(|(data, _, diff)| (data, diff))
+}
 
 /// Routes `collection` by `route`, and hands `logic` the updates of each time (not consolidated) in
 /// time order, once no more updates at that time can arrive; `logic` pushes the output's changes.
@@ -35,7 +65,7 @@ fn in_time_order<'s, D, O, L>(
 where
     D: ExchangeData,
     O: differential_dataflow::Data,
-    L: FnMut(Vec<(D, Diff)>, &mut Vec<(O, Diff)>) + 'static,
+    L: FnMut(Updates<D>, &mut Vec<(O, Diff)>) + 'static,
 {
     let pact = Exchange::new(move |(data, _, _): &(D, Time, Diff)| route(data));
     collection
@@ -46,11 +76,7 @@ where
             move |(input, frontier), output| {
                 input.for_each_stamp(|capability, containers| {
                     for container in containers {
-                        for (data, time, diff) in container.drain(..) {
-                            let slot =
-                                pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
-                            slot.1.push((data, diff));
-                        }
+                        file_by_time(&mut pending, container, |time| capability.delayed(time, 0));
                     }
                 });
                 while let Some(entry) = pending.first_entry() {
@@ -82,7 +108,7 @@ where
         name,
         |key: &K| key.hashed(),
         move |updates, changes| {
-            for (key, diff) in updates {
+            for (key, diff) in self::updates(updates) {
                 *delta.entry(key).or_insert(0) += diff;
             }
             for (key, diff) in delta.drain() {
@@ -119,7 +145,7 @@ where
         name,
         |(key, _): &(K, R)| key.hashed(),
         move |updates, changes| {
-            for ((key, value), diff) in updates {
+            for ((key, value), diff) in self::updates(updates) {
                 let value = value.multiply(&diff);
                 match deltas.entry(key) {
                     Entry::Occupied(mut sum) => sum.get_mut().plus_equals(&value),
@@ -216,7 +242,7 @@ where
         |(key, _): &(K, V)| key.hashed(),
         move |updates, changes| {
             groups.begin();
-            for ((key, value), diff) in updates {
+            for ((key, value), diff) in self::updates(updates) {
                 let new = || Ordered { values: BTreeMap::new(), least: Vec::new() };
                 let group = groups.touch(key, new, |g| std::mem::take(&mut g.least));
                 let count = group.values.entry(value.clone()).or_insert(0);
@@ -399,7 +425,7 @@ where
         name,
         |((group, _), _): &((G, I), R)| group.hashed(),
         move |updates, changes| {
-            for (((group, item), value), diff) in updates {
+            for (((group, item), value), diff) in self::updates(updates) {
                 let tally = groups.entry(group.clone()).or_insert_with(Tally::new);
                 if tally.add(item, value.multiply(&diff), k, &view) {
                     changed.push(group);

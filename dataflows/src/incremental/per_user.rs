@@ -26,6 +26,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 
+use super::hashed::{file_by_time, updates, Updates};
 use super::operators::Sums;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
@@ -107,8 +108,8 @@ pub struct Deltas<'s> {
 type Capabilities = [Capability<Time>; OUTPUTS];
 const OUTPUTS: usize = 6;
 
-/// Updates of one time waiting for the frontier, with the capabilities to answer at that time.
-type Waiting<D> = BTreeMap<Time, (Capabilities, Vec<D>)>;
+/// What waits for the frontier per time, with the capabilities to answer at that time.
+type Waiting<W> = BTreeMap<Time, (Capabilities, W)>;
 
 pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, settings: &Settings) -> Deltas<'s> {
     let settings = *settings;
@@ -132,29 +133,23 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
     let mut brands_out: DeltaOutput<_> = OutputBuilder::from(brands_out);
     builder.build(move |_initial| {
         let mut stage = UserStage::new(settings);
-        let mut waiting_events: Waiting<(Event, Diff)> = BTreeMap::new();
-        let mut waiting_profiles: Waiting<(ProfileRecord, Diff)> = BTreeMap::new();
-        let mut visits: Waiting<Visit> = BTreeMap::new();
+        let mut waiting_events: Waiting<Updates<Event>> = BTreeMap::new();
+        let mut waiting_profiles: Waiting<Updates<ProfileRecord>> = BTreeMap::new();
+        let mut visits: Waiting<Vec<Visit>> = BTreeMap::new();
         move |frontiers| {
             let (events_frontier, profiles_frontier) = (&frontiers[0], &frontiers[1]);
             events_in.for_each_stamp(|capability, containers| {
                 for container in containers {
-                    for (event, time, diff) in container.drain(..) {
-                        let slot = waiting_events.entry(time).or_insert_with(|| {
-                            (std::array::from_fn(|port| capability.delayed(&time, port)), Vec::new())
-                        });
-                        slot.1.push((event, diff));
-                    }
+                    file_by_time(&mut waiting_events, container, |time| {
+                        std::array::from_fn(|port| capability.delayed(time, port))
+                    });
                 }
             });
             profiles_in.for_each_stamp(|capability, containers| {
                 for container in containers {
-                    for (record, time, diff) in container.drain(..) {
-                        let slot = waiting_profiles.entry(time).or_insert_with(|| {
-                            (std::array::from_fn(|port| capability.delayed(&time, port)), Vec::new())
-                        });
-                        slot.1.push((record, diff));
-                    }
+                    file_by_time(&mut waiting_profiles, container, |time| {
+                        std::array::from_fn(|port| capability.delayed(time, port))
+                    });
                 }
             });
             loop {
@@ -277,8 +272,8 @@ struct UserState {
     profile: Option<Profile>,
     /// The minutes with events (and whether one was a purchase), until their windows are final.
     minutes: Vec<(Timestamp, bool)>,
-    /// Per funnel segment, ordered by segment: how many of the user's products reach each funnel
-    /// bit (see [`reached`]).
+    /// Per funnel segment (in no order): how many of the user's products reach each funnel bit
+    /// (see [`reached`]).
     reach: Vec<(funnel::Segment, [u32; 6])>,
 }
 
@@ -406,7 +401,7 @@ impl UserStage {
     }
 
     /// Applies everything of one time: profile changes, then the visits due, then new events.
-    fn apply(&mut self, time: Time, profiles: Vec<(ProfileRecord, Diff)>, due: Vec<Visit>, events: Vec<(Event, Diff)>) {
+    fn apply(&mut self, time: Time, profiles: Updates<ProfileRecord>, due: Vec<Visit>, events: Updates<Event>) {
         if !profiles.is_empty() {
             self.change_profiles(profiles);
         }
@@ -417,7 +412,7 @@ impl UserStage {
                 Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
         }
-        for (event, diff) in events {
+        for (event, diff) in updates(events) {
             assert!(diff > 0, "events are only ever inserted");
             let user = self.users.entry(event.user_id).or_default();
             let profile = user.profile;
@@ -518,9 +513,9 @@ impl UserStage {
 
     /// New profile records: a user's profile is the record inserted at this time, if any, else
     /// none; users whose profile changed have every age- or region-dependent count re-derived.
-    fn change_profiles(&mut self, updates: Vec<(ProfileRecord, Diff)>) {
+    fn change_profiles(&mut self, changes: Updates<ProfileRecord>) {
         let mut incoming: FxHashMap<u64, Option<Profile>> = FxHashMap::default();
-        for ((user, record), diff) in updates {
+        for ((user, record), diff) in updates(changes) {
             if diff > 0 {
                 incoming.insert(user, Some(record));
             } else {
@@ -849,11 +844,12 @@ fn change_segment(
     if was == is {
         return;
     }
-    let at = match reach.binary_search_by_key(&segment, |(s, _)| *s) {
-        Ok(at) => at,
-        Err(at) => {
-            reach.insert(at, (segment, [0; 6]));
-            at
+    // A scan comparing interned symbols by address: cheaper than ordering them by their text.
+    let at = match reach.iter().position(|(s, _)| *s == segment) {
+        Some(at) => at,
+        None => {
+            reach.push((segment, [0; 6]));
+            reach.len() - 1
         }
     };
     let counts = &mut reach[at].1;
@@ -875,7 +871,7 @@ fn change_segment(
         }
     }
     if counts.iter().all(|c| *c == 0) {
-        reach.remove(at);
+        reach.swap_remove(at);
     }
 }
 
