@@ -65,7 +65,7 @@ fn in_time_order<'s, D, O, L>(
 where
     D: ExchangeData,
     O: differential_dataflow::Data,
-    L: FnMut(Updates<D>, &mut Vec<(O, Diff)>) + 'static,
+    L: FnMut(Time, Updates<D>, &mut Vec<(O, Diff)>) + 'static,
 {
     let pact = Exchange::new(move |(data, _, _): &(D, Time, Diff)| route(data));
     collection
@@ -84,7 +84,7 @@ where
                         break; // updates at this time may still arrive
                     }
                     let (time, (capability, updates)) = entry.remove_entry();
-                    logic(updates, &mut changes);
+                    logic(time, updates, &mut changes);
                     let mut timed: Vec<(O, Time, Diff)> = changes.drain(..).map(|(o, diff)| (o, time, diff)).collect();
                     if !timed.is_empty() {
                         output.session(&capability).give_container(&mut timed);
@@ -107,7 +107,7 @@ where
         collection,
         name,
         |key: &K| key.hashed(),
-        move |updates, changes| {
+        move |_, updates, changes| {
             for (key, diff) in self::updates(updates) {
                 *delta.entry(key).or_insert(0) += diff;
             }
@@ -144,7 +144,7 @@ where
         collection,
         name,
         |(key, _): &(K, R)| key.hashed(),
-        move |updates, changes| {
+        move |_, updates, changes| {
             for ((key, value), diff) in self::updates(updates) {
                 let value = value.multiply(&diff);
                 match deltas.entry(key) {
@@ -240,7 +240,7 @@ where
         collection,
         name,
         |(key, _): &(K, V)| key.hashed(),
-        move |updates, changes| {
+        move |_, updates, changes| {
             groups.begin();
             for ((key, value), diff) in self::updates(updates) {
                 let new = || Ordered { values: BTreeMap::new(), least: Vec::new() };
@@ -404,12 +404,16 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
 /// lower bound on all others. A change to an item outside them costs a hash update and a
 /// comparison; an item inside that falls behind the bound leaves them; only when fewer than `k`
 /// are left is the group re-ranked by a scan of its items.
+///
+/// `forget_at(group)`, if some, is a time from which the group is dropped without retracting its
+/// output: for windows that are final, whose later changes nobody reads (the caller sends none).
 pub fn accumulate_least_k<'s, G, I, R, V>(
     collection: Coll<'s, ((G, I), R)>,
     k: usize,
     ranked: bool,
     name: &str,
     view: impl Fn(&I, &R) -> V + 'static,
+    forget_at: impl Fn(&G) -> Option<Time> + 'static,
 ) -> Coll<'s, (G, (u32, V))>
 where
     G: ExchangeData + Ord + std::hash::Hash,
@@ -420,13 +424,24 @@ where
     let mut groups: FxHashMap<G, Tally<I, R, V>> = FxHashMap::default();
     // Groups whose k best changed at the current time: only they are looked at again.
     let mut changed: Vec<G> = Vec::new();
+    let mut forgetting: BTreeMap<Time, Vec<G>> = BTreeMap::new();
     in_time_order(
         collection,
         name,
         |((group, _), _): &((G, I), R)| group.hashed(),
-        move |updates, changes| {
+        move |time, updates, changes| {
+            while let Some(entry) = forgetting.first_entry().filter(|e| *e.key() <= time) {
+                for group in entry.remove() {
+                    groups.remove(&group);
+                }
+            }
             for (((group, item), value), diff) in self::updates(updates) {
-                let tally = groups.entry(group.clone()).or_insert_with(Tally::new);
+                let tally = groups.entry(group.clone()).or_insert_with(|| {
+                    if let Some(at) = forget_at(&group) {
+                        forgetting.entry(at).or_default().push(group.clone());
+                    }
+                    Tally::new()
+                });
                 if tally.add(item, value.multiply(&diff), k, &view) {
                     changed.push(group);
                 }

@@ -82,7 +82,7 @@ pub fn build<'s>(
     settings: &Settings,
 ) -> Coll<'s, Output> {
     let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings);
-    realtime::dataflow(&deltas)
+    realtime::dataflow(&deltas, settings)
         .concat(funnel::dataflow(deltas.funnel))
         .concat(recommendations::dataflow(deltas.scores))
         .concat(brands::dataflow(deltas.brands))

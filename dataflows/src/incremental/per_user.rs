@@ -302,14 +302,14 @@ struct UserStage {
     brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
 }
 
-/// The realtime windows' share of this worker: what it has added to each open window and minute
-/// (retracted when the window is final, so the downstream totals return to zero), and which users
+/// The realtime windows' share of this worker: what it has added to each open window's totals
+/// (retracted when the window is final, so the downstream sums return to zero), and which users
 /// were active in each minute (a user counts once per window; its minutes are in [`UserState`]).
+/// Views and brand activity per minute are sent once and never retracted: the tops forget a
+/// window's tally themselves once it is final (see `realtime.rs`).
 #[derive(Default)]
 struct Realtime {
     windows: FxHashMap<Timestamp, [i64; 8]>,
-    minute_views: FxHashMap<Timestamp, FxHashMap<u64, [i64; 2]>>,
-    minute_brands: FxHashMap<Timestamp, FxHashMap<Symbol, [i64; 5]>>,
     /// Per minute, the users holding it in their `minutes`.
     minute_users: FxHashMap<Timestamp, Vec<u64>>,
     /// Changes at the current time: totals per minute (fanned out to windows at the end), distinct
@@ -352,21 +352,19 @@ impl Realtime {
         }
     }
 
-    /// The window starting at `start` is final: what this worker added to it, and to the views and
-    /// brand activity of its first minute, is retracted; users forget that minute.
+    /// The window starting at `start` is final: what this worker added to its totals is retracted;
+    /// users forget its first minute.
     fn drop_window(&mut self, start: Timestamp, users: &mut FxHashMap<u64, UserState>, out: &mut Emitted) {
         if let Some(held) = self.windows.remove(&start) {
             out.windows.push((start, Sums(held.map(|x| -x))));
         }
-        for (product, [views, prices]) in self.minute_views.remove(&start).unwrap_or_default() {
-            out.minute_views.push(((start, product), Sums([-views, -prices])));
-        }
-        for (brand, held) in self.minute_brands.remove(&start).unwrap_or_default() {
-            out.minute_brands.push(((start, brand), Sums(held.map(|x| -x))));
-        }
         for user in self.minute_users.remove(&start).unwrap_or_default() {
             if let Some(state) = users.get_mut(&user) {
                 state.minutes.retain(|(m, _)| *m != start);
+                if state.minutes.is_empty() {
+                    // Users with a profile stay: an idle one must not keep its lists' memory.
+                    state.minutes = Vec::new();
+                }
                 if state.is_idle() {
                     users.remove(&user);
                 }
@@ -496,19 +494,8 @@ impl UserStage {
             }
             self.out.windows.push((start, Sums(change)));
         }
-        for ((minute, product), change) in rt.views_out.drain() {
-            let held = rt.minute_views.entry(minute).or_default().entry(product).or_default();
-            held[0] += change[0];
-            held[1] += change[1];
-            self.out.minute_views.push(((minute, product), Sums(change)));
-        }
-        for ((minute, brand), change) in rt.brands_out.drain() {
-            let held = rt.minute_brands.entry(minute).or_default().entry(brand).or_default();
-            for (h, c) in held.iter_mut().zip(change) {
-                *h += c;
-            }
-            self.out.minute_brands.push(((minute, brand), Sums(change)));
-        }
+        self.out.minute_views.extend(rt.views_out.drain().map(|(key, change)| (key, Sums(change))));
+        self.out.minute_brands.extend(rt.brands_out.drain().map(|(key, change)| (key, Sums(change))));
     }
 
     /// New profile records: a user's profile is the record inserted at this time, if any, else
@@ -872,6 +859,9 @@ fn change_segment(
     }
     if counts.iter().all(|c| *c == 0) {
         reach.swap_remove(at);
+        if reach.is_empty() {
+            *reach = Vec::new(); // see `drop_window`
+        }
     }
 }
 

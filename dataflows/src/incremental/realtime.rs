@@ -1,8 +1,10 @@
 //! SPEC §3.1 incrementally: the per-user stage sends each worker's share of every window's totals
 //! (distinct users counted per user) and the views and brand activity per minute; here the totals
 //! are added up per window, and views and brand activity fanned out to the five windows that
-//! contain each minute and ranked per window. Everything a worker sent for a window is retracted
-//! at the first boundary where the window is final; the materializer has frozen it by then.
+//! contain each minute and ranked per window. A window's totals are retracted by the workers at the
+//! first boundary where the window is final; its tallies are dropped there by the ranking operator
+//! itself, without retractions (the materializer has frozen the window by then and ignores any
+//! later change of it), which halves the tops' work.
 
 use std::cmp::Reverse;
 
@@ -11,11 +13,14 @@ use super::operators::{sum_by_key, Sums};
 use super::output::Output;
 use super::per_user::window_slots::{BUYERS, BY_TYPE, EVENTS, REVENUE, USERS};
 use super::per_user::Deltas;
-use super::Coll;
-use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N};
-use crate::model::Symbol;
+use super::{Coll, Settings};
+use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
+use crate::model::{Symbol, Timestamp};
 
-pub fn dataflow<'s>(deltas: &Deltas<'s>) -> Coll<'s, Output> {
+pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output> {
+    let settings = *settings;
+    let final_at =
+        move |start: &Timestamp| Some(settings.boundary_at_or_after(start + WINDOW_LENGTH + settings.lateness));
     let windows = sum_by_key(deltas.windows.clone()).map(|(start, Sums(s))| {
         let totals = WindowTotals {
             active_users: s[USERS] as u64,
@@ -39,6 +44,7 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>) -> Coll<'s, Output> {
         true,
         "Realtime: top products",
         |product_id: &u64, Sums([views, price_sum]): &Sums<2>| (Reverse(*views as u64), *product_id, *price_sum),
+        final_at,
     )
     .map(|(start, (rank, (Reverse(views), product_id, price_sum)))| {
         Output::TopProduct(start, rank, ProductViews { product_id, views, price_sum })
@@ -48,21 +54,25 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>) -> Coll<'s, Output> {
         .minute_brands
         .clone()
         .flat_map(|((minute, brand), sums)| window_starts(minute).map(move |start| ((start, brand), sums)));
-    let top_brands =
-        accumulate_least_k(window_brands, TOP_N, true, "Realtime: top brands", |brand: &Symbol, s: &Sums<5>| {
-            (Reverse(s.0[0] as u64), *brand, *s)
-        })
-        .map(|(start, (rank, (_, brand, Sums(s))))| {
-            let activity = BrandActivity {
-                brand,
-                events: s[0] as u64,
-                views: s[1] as u64,
-                carts: s[2] as u64,
-                purchases: s[3] as u64,
-                revenue: s[4],
-            };
-            Output::TopBrand(start, rank, activity)
-        });
+    let top_brands = accumulate_least_k(
+        window_brands,
+        TOP_N,
+        true,
+        "Realtime: top brands",
+        |brand: &Symbol, s: &Sums<5>| (Reverse(s.0[0] as u64), *brand, *s),
+        final_at,
+    )
+    .map(|(start, (rank, (_, brand, Sums(s))))| {
+        let activity = BrandActivity {
+            brand,
+            events: s[0] as u64,
+            views: s[1] as u64,
+            carts: s[2] as u64,
+            purchases: s[3] as u64,
+            revenue: s[4],
+        };
+        Output::TopBrand(start, rank, activity)
+    });
 
     windows.concat(top_products).concat(top_brands)
 }

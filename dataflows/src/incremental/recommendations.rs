@@ -17,8 +17,12 @@ pub fn dataflow<'s>(changes: Coll<'s, ((Segment, u64), Sums<3>)>) -> Coll<'s, Ou
     // Tallied and cut to the top 10 in one step per (segment, hash bucket of the product), then the
     // buckets' winners ranked per segment: the hierarchical top-k of dataflows/README.md.
     let bucketed = changes.map(|((segment, product), sums)| (((segment, bucket_of(&product, BUCKETS)), product), sums));
-    let winners =
-        accumulate_least_k(bucketed, TOP_N, false, "Recommendations: tally and bucket top", |product, sums| {
+    let winners = accumulate_least_k(
+        bucketed,
+        TOP_N,
+        false,
+        "Recommendations: tally and bucket top",
+        |product, sums| {
             let Sums([viewers, carters, buyers]) = *sums;
             let score = ProductScore {
                 product_id: *product,
@@ -27,7 +31,9 @@ pub fn dataflow<'s>(changes: Coll<'s, ((Segment, u64), Sums<3>)>) -> Coll<'s, Ou
                 buyers: buyers as u64,
             };
             (Reverse(score.score()), *product, score)
-        });
+        },
+        |_| None,
+    );
     least_k(winners.map(|((segment, _bucket), (_, value))| (segment, value)), TOP_N, true, "Recommendations: rank")
         .map(|(segment, (rank, (_, _, score)))| Output::Recommendation(segment, rank, score))
 }
