@@ -448,7 +448,7 @@ impl Driver {
                 self.last_log = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64();
                 info!(
-                    "frontier {}: {} events applied ({} events/s), {} result changes at this boundary",
+                    "frontier {}: {} events read ({} events/s), {} result changes at this boundary",
                     format_rfc3339(boundary),
                     human(self.applied as f64),
                     human(self.applied as f64 / secs.max(1e-9)),

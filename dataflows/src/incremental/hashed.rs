@@ -405,8 +405,9 @@ impl<I: Clone + Eq + std::hash::Hash, R: Semigroup, V: Ord + Clone> Tally<I, R, 
 /// comparison; an item inside that falls behind the bound leaves them; only when fewer than `k`
 /// are left is the group re-ranked by a scan of its items.
 ///
-/// `forget_at(group)`, if some, is a time from which the group is dropped without retracting its
-/// output: for windows that are final, whose later changes nobody reads (the caller sends none).
+/// `forget_at(group)`, if some: at the first time at or after it that has updates here, the group
+/// is dropped without retracting its output. For windows that are final, whose later changes
+/// nobody reads and to which the caller sends nothing more.
 pub fn accumulate_least_k<'s, G, I, R, V>(
     collection: Coll<'s, ((G, I), R)>,
     k: usize,

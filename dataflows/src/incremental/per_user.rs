@@ -464,8 +464,8 @@ impl UserStage {
         }
     }
 
-    /// Turns the realtime changes of this time into window and minute deltas, remembering them for
-    /// the retraction when each window is final.
+    /// Turns the realtime changes of this time into window and minute deltas, remembering the
+    /// window totals for their retraction when each window is final.
     fn finish_realtime(&mut self) {
         use window_slots::{BUYERS, USERS};
         let rt = &mut self.realtime;
@@ -649,8 +649,7 @@ impl UserStage {
     fn finish_time(&mut self) -> &mut Emitted {
         let out = &mut self.out;
         out.windows.retain(|(_, sums)| !sums.is_zero());
-        out.minute_views.retain(|(_, sums)| !sums.is_zero());
-        out.minute_brands.retain(|(_, sums)| !sums.is_zero());
+        // Views and brand activity are only ever added to: never zero.
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
         out.funnel.extend(self.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out.scores.extend(self.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));

@@ -7,20 +7,21 @@
 //! later change of it), which halves the tops' work.
 
 use std::cmp::Reverse;
+use std::hash::Hash;
+
+use differential_dataflow::difference::{Multiply, Semigroup};
+use differential_dataflow::ExchangeData;
 
 use super::hashed::accumulate_least_k;
 use super::operators::{sum_by_key, Sums};
 use super::output::Output;
 use super::per_user::window_slots::{BUYERS, BY_TYPE, EVENTS, REVENUE, USERS};
 use super::per_user::Deltas;
-use super::{Coll, Settings};
+use super::{Coll, Diff, Settings};
 use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
 use crate::model::{Symbol, Timestamp};
 
 pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output> {
-    let settings = *settings;
-    let final_at =
-        move |start: &Timestamp| Some(settings.boundary_at_or_after(start + WINDOW_LENGTH + settings.lateness));
     let windows = sum_by_key(deltas.windows.clone()).map(|(start, Sums(s))| {
         let totals = WindowTotals {
             active_users: s[USERS] as u64,
@@ -32,35 +33,21 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output
         Output::Window(start, totals)
     });
 
-    // Views and brand activity go to their five windows, where each window's items are tallied
-    // and its top 10 kept (see `accumulate_least_k`).
-    let window_views = deltas
-        .minute_views
-        .clone()
-        .flat_map(|((minute, product), sums)| window_starts(minute).map(move |start| ((start, product), sums)));
-    let top_products = accumulate_least_k(
-        window_views,
-        TOP_N,
-        true,
+    let top_products = top_per_window(
+        deltas.minute_views.clone(),
         "Realtime: top products",
+        settings,
         |product_id: &u64, Sums([views, price_sum]): &Sums<2>| (Reverse(*views as u64), *product_id, *price_sum),
-        final_at,
     )
     .map(|(start, (rank, (Reverse(views), product_id, price_sum)))| {
         Output::TopProduct(start, rank, ProductViews { product_id, views, price_sum })
     });
 
-    let window_brands = deltas
-        .minute_brands
-        .clone()
-        .flat_map(|((minute, brand), sums)| window_starts(minute).map(move |start| ((start, brand), sums)));
-    let top_brands = accumulate_least_k(
-        window_brands,
-        TOP_N,
-        true,
+    let top_brands = top_per_window(
+        deltas.minute_brands.clone(),
         "Realtime: top brands",
+        settings,
         |brand: &Symbol, s: &Sums<5>| (Reverse(s.0[0] as u64), *brand, *s),
-        final_at,
     )
     .map(|(start, (rank, (_, brand, Sums(s))))| {
         let activity = BrandActivity {
@@ -75,4 +62,27 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output
     });
 
     windows.concat(top_products).concat(top_brands)
+}
+
+/// Per-minute deltas of items fanned out to the five windows containing each minute, where each
+/// window's items are tallied and its top 10 kept (see `accumulate_least_k`); a window's tally is
+/// dropped at the first boundary where the window is final.
+fn top_per_window<'s, I, R, V>(
+    per_minute: Coll<'s, ((Timestamp, I), R)>,
+    name: &str,
+    settings: &Settings,
+    view: impl Fn(&I, &R) -> V + 'static,
+) -> Coll<'s, (Timestamp, (u32, V))>
+where
+    I: ExchangeData + Ord + Hash,
+    R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
+    V: ExchangeData + Ord,
+{
+    let settings = *settings;
+    let per_window = per_minute.flat_map(|((minute, item), sums)| {
+        window_starts(minute).map(move |start| ((start, item.clone()), sums.clone()))
+    });
+    let final_at =
+        move |start: &Timestamp| Some(settings.boundary_at_or_after(start + WINDOW_LENGTH + settings.lateness));
+    accumulate_least_k(per_window, TOP_N, true, name, view, final_at)
 }
