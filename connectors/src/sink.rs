@@ -27,6 +27,8 @@ pub struct WriterStats {
     pub preparing: std::time::Duration,
     /// Time spent writing batches.
     pub busy: std::time::Duration,
+    /// CPU time of the writer thread (see [`crate::progress::thread_cpu_time`]).
+    pub cpu: Option<std::time::Duration>,
 }
 
 impl BackgroundSink<WriteBatch> {
@@ -58,6 +60,7 @@ impl<J: Send + 'static> BackgroundSink<J> {
                     stats.batches += 1;
                     stats.rows += (batch.upserts.len() + batch.deletes.len()) as u64;
                 }
+                stats.cpu = crate::progress::thread_cpu_time();
                 Ok(stats)
             })
             .expect("spawning the store writer");

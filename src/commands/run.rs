@@ -170,6 +170,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
         operator_profile.report(worker.index());
+        log_worker_cpu(worker.index());
         worker.drop_dataflow(dataflow);
         return Ok(());
     }
@@ -266,14 +267,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         let t = &driver.timings;
         info!(
             "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s collecting results, {:.1}s waiting \
-             for the store writer; the writer materialized {} boundaries in {:.1}s and applied {} row changes in {:.1}s",
+             for the store writer; the writer materialized {} boundaries in {:.1}s and applied {} row changes in {:.1}s \
+             ({:.1}s of CPU)",
             t.dataflow.as_secs_f64(),
             t.collect.as_secs_f64(),
             t.store_wait.as_secs_f64(),
             writer.batches,
             writer.preparing.as_secs_f64(),
             writer.rows,
-            writer.busy.as_secs_f64()
+            writer.busy.as_secs_f64(),
+            writer.cpu.unwrap_or_default().as_secs_f64()
         );
         Ok(RunSummary {
             read,
@@ -287,9 +290,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     });
     shared.done.store(true, Ordering::SeqCst);
     operator_profile.report(worker.index());
+    log_worker_cpu(worker.index());
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())
+}
+
+fn log_worker_cpu(index: usize) {
+    if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
+        info!("worker {index} used {:.1}s of CPU", cpu.as_secs_f64());
+    }
 }
 
 /// What worker 0 hands the store writer: a boundary's result changes, which the writer thread

@@ -8,15 +8,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
-use super::output::Output;
+use super::output::{Output, StoreKey};
 use super::{Diff, Settings};
 use crate::analyses::realtime::{is_final, WindowTotals, TOP_N};
 use crate::analyses::CURRENT;
 use crate::model::time::{format_date, format_rfc3339, utc_date, DAY};
 use crate::model::Timestamp;
 use crate::schema::{Row, TableId, Value, WriteBatch};
+
+/// The changes of the records of one store key between two boundaries (usually one or two).
+type RecordChanges = SmallVec<[(Output, Diff); 2]>;
 
 pub struct Materializer {
     settings: Settings,
@@ -49,55 +53,69 @@ impl Materializer {
 
     /// The writes that take the store from the previous boundary to `boundary`, given every output
     /// change at logical times before `boundary` since the previous call.
-    pub fn advance(&mut self, boundary: Timestamp, mut changes: Vec<(Output, Diff)>) -> WriteBatch {
+    pub fn advance(&mut self, boundary: Timestamp, changes: Vec<(Output, Diff)>) -> WriteBatch {
         let mut batch = WriteBatch::default();
-        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        changes.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0;
-            if same {
-                earlier.1 += later.1;
-            }
-            same
-        });
-        let lateness = self.settings.lateness;
+        // The changes grouped by row: a result may change several times between boundaries, and a
+        // changed result is a retraction and an insertion under one key. Grouping by the key (cheap
+        // to hash, unlike a whole record) nets both out without building a row per change.
+        let mut index: FxHashMap<StoreKey, u32> =
+            FxHashMap::with_capacity_and_hasher(changes.len(), Default::default());
+        let mut rows: Vec<(StoreKey, RecordChanges)> = Vec::with_capacity(changes.len() / 2 + 1);
         for (record, diff) in changes {
-            if diff == 0 {
-                continue;
-            }
-            debug_assert!(diff == 1 || diff == -1, "results are sets: {record:?} {diff}");
-            if let Some(start) = record.window_start() {
-                if self.frozen.contains(&start) {
-                    continue;
-                }
-                if let Output::Window(_, totals) = &record {
-                    if diff > 0 {
-                        self.open_windows.insert(start, totals.clone());
-                    } else if self.open_windows.get(&start) == Some(totals) {
-                        self.open_windows.remove(&start);
-                    }
-                }
-            }
-            if record.has_snapshots() {
-                if diff > 0 {
-                    self.snapshot_records.insert(record.clone());
-                } else {
-                    self.snapshot_records.remove(&record);
-                }
-            }
-            let row = record.row(CURRENT, record.window_start().is_some_and(|s| is_final(s, boundary, lateness)));
-            if diff > 0 {
-                batch.upserts.push((record.table(), row));
-            } else {
-                batch.deletes.push((record.table(), key_of(record.table(), row)));
+            let key = record.store_key();
+            let at = *index.entry(key).or_insert_with(|| {
+                rows.push((key, SmallVec::new()));
+                (rows.len() - 1) as u32
+            });
+            let records = &mut rows[at as usize].1;
+            match records.iter_mut().find(|(r, _)| *r == record) {
+                Some((_, total)) => *total += diff,
+                None => records.push((record, diff)),
             }
         }
+        drop(index);
+        // In key order: the store's B-trees are updated page by page.
+        rows.sort_unstable_by_key(|(key, _)| *key);
 
-        // A changed result is a retraction and an insertion under the same key: the store applies
-        // deletes before upserts, so the delete is redundant (about half of all row changes).
-        if !batch.deletes.is_empty() && !batch.upserts.is_empty() {
-            let upserted: FxHashSet<(TableId, RowKey)> =
-                batch.upserts.iter().map(|(table, row)| (*table, RowKey(&row[..table.table().key_len]))).collect();
-            batch.deletes.retain(|(table, key)| !upserted.contains(&(*table, RowKey(key))));
+        let lateness = self.settings.lateness;
+        for (_, records) in rows {
+            let mut upsert = None;
+            let mut delete = None;
+            for (record, diff) in records {
+                if diff == 0 || record.window_start().is_some_and(|start| self.frozen.contains(&start)) {
+                    continue;
+                }
+                debug_assert!(diff == 1 || diff == -1, "results are sets: {record:?} {diff}");
+                if let Output::Window(start, totals) = &record {
+                    if diff > 0 {
+                        self.open_windows.insert(*start, totals.clone());
+                    } else if self.open_windows.get(start) == Some(totals) {
+                        self.open_windows.remove(start);
+                    }
+                }
+                if record.has_snapshots() {
+                    if diff > 0 {
+                        self.snapshot_records.insert(record.clone());
+                    } else {
+                        self.snapshot_records.remove(&record);
+                    }
+                }
+                if diff > 0 {
+                    debug_assert!(upsert.is_none(), "one current record per key: {record:?}");
+                    upsert = Some(record);
+                } else {
+                    delete = Some(record);
+                }
+            }
+            // The upsert replaces the row: a delete only for a key that lost its record.
+            let row = |record: &Output| {
+                record.row(CURRENT, record.window_start().is_some_and(|s| is_final(s, boundary, lateness)))
+            };
+            match (upsert, delete) {
+                (Some(record), _) => batch.upserts.push((record.table(), row(&record))),
+                (None, Some(record)) => batch.deletes.push((record.table(), key_of(record.table(), row(&record)))),
+                (None, None) => {}
+            }
         }
 
         // Windows that became final: written once more with final = 1, then frozen.
@@ -130,44 +148,6 @@ impl Materializer {
             }
         }
         batch
-    }
-}
-
-/// A row's primary key, hashable: `Value` is not `Hash` because cells may hold floats, which are
-/// compared here by their bits (key cells are ids, texts, times and ranks anyway).
-#[derive(Clone, Copy)]
-struct RowKey<'a>(&'a [Value]);
-
-impl RowKey<'_> {
-    fn cells(&self) -> impl Iterator<Item = CellKey<'_>> {
-        self.0.iter().map(|value| match value {
-            Value::Null => CellKey::Null,
-            Value::Int(i) => CellKey::Int(*i),
-            Value::Real(r) => CellKey::Real(r.to_bits()),
-            Value::Text(t) => CellKey::Text(t),
-        })
-    }
-}
-
-#[derive(PartialEq, Eq, Hash)]
-enum CellKey<'a> {
-    Null,
-    Int(i64),
-    Real(u64),
-    Text(&'a str),
-}
-
-impl PartialEq for RowKey<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cells().eq(other.cells())
-    }
-}
-impl Eq for RowKey<'_> {}
-impl std::hash::Hash for RowKey<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for cell in self.cells() {
-            cell.hash(state);
-        }
     }
 }
 

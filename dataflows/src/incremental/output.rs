@@ -27,6 +27,21 @@ pub enum Output {
     Demographics(Symbol, AgeGroup, u64),
 }
 
+/// The primary key of an [`Output`]'s row (see [`Output::store_key`]), ordered by table first and,
+/// within the product table, by product id like the store's own index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoreKey {
+    Window(Timestamp),
+    TopProduct(Timestamp, u32),
+    TopBrand(Timestamp, u32),
+    Funnel(funnel::Segment),
+    Recommendation(recommendations::Segment, u32),
+    Brand(Symbol, Option<AgeGroup>),
+    Product(u64),
+    Category(u64),
+    Demographics(Symbol, AgeGroup),
+}
+
 impl Output {
     pub fn table(&self) -> TableId {
         match self {
@@ -53,6 +68,22 @@ impl Output {
     /// Whether the record has a row per snapshot (funnel, recommendation, brand_performance).
     pub fn has_snapshots(&self) -> bool {
         matches!(self, Output::Funnel(..) | Output::Recommendation(..) | Output::Brand(..))
+    }
+
+    /// The record's primary key in its table's `current` rows, without building the row: two
+    /// records of one table write the same row exactly when their keys are equal.
+    pub fn store_key(&self) -> StoreKey {
+        match self {
+            Output::Window(start, _) => StoreKey::Window(*start),
+            Output::TopProduct(start, rank, _) => StoreKey::TopProduct(*start, *rank),
+            Output::TopBrand(start, rank, _) => StoreKey::TopBrand(*start, *rank),
+            Output::Funnel(segment, _) => StoreKey::Funnel(*segment),
+            Output::Recommendation(segment, rank, _) => StoreKey::Recommendation(*segment, *rank),
+            Output::Brand(brand, age, _, _) => StoreKey::Brand(*brand, *age),
+            Output::Product(id, _) => StoreKey::Product(*id),
+            Output::Category(id, ..) => StoreKey::Category(*id),
+            Output::Demographics(region, age, _) => StoreKey::Demographics(*region, *age),
+        }
     }
 
     /// The store row. `snapshot` names the snapshot of snapshot tables; `is_final` is the
