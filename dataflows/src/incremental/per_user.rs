@@ -14,6 +14,7 @@
 //! frontiers pass their time, then each time is applied whole, in time order: profile changes,
 //! then window expiries, then new events (see dataflows/README.md).
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use differential_dataflow::difference::IsZero;
@@ -237,14 +238,12 @@ struct PairEvent {
     brand: Option<Symbol>,
 }
 
-/// A (user, product) pair over the last 24 hours: its events in time order, how many of them
-/// there are per (type, age group) (the recommendation segments it counts in), and whether it is
-/// touched at the current time.
+/// A (user, product) pair over the last 24 hours: its events in time order, and how many of them
+/// there are per (type, age group) (the recommendation segments it counts in).
 #[derive(Default)]
 struct PairState {
     events: SmallVec<[PairEvent; 2]>,
     per_type_age: Vec<((u8, AgeGroup), u32)>,
-    touched: bool,
 }
 
 /// One event of a (user, brand) over the last 7 days.
@@ -286,19 +285,14 @@ impl UserState {
 struct UserStage {
     settings: Settings,
     users: FxHashMap<u64, UserState>,
-    pairs: FxHashMap<(u64, u64), PairState>,
+    pairs: Pairs,
     brand_users: FxHashMap<(u64, Symbol), BrandState>,
-    /// Pairs touched at the current time with their funnel first times before it: they are
-    /// re-derived at its end.
-    touched: Vec<((u64, u64), FirstTimesBySegment)>,
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
     /// This time's deltas, ready to emit: the realtime ones go here directly, the others are
     /// summed per key in the maps below first.
     out: Emitted,
-    funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
-    scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
     brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
 }
 
@@ -386,14 +380,16 @@ impl UserStage {
         UserStage {
             settings,
             users: FxHashMap::default(),
-            pairs: FxHashMap::default(),
+            pairs: Pairs {
+                states: FxHashMap::default(),
+                settings,
+                funnel_out: FxHashMap::default(),
+                scores_out: FxHashMap::default(),
+            },
             brand_users: FxHashMap::default(),
-            touched: Vec::new(),
             scheduled: Vec::new(),
             realtime: Realtime::default(),
             out: Emitted::default(),
-            funnel_out: FxHashMap::default(),
-            scores_out: FxHashMap::default(),
             brands_out: FxHashMap::default(),
         }
     }
@@ -405,7 +401,9 @@ impl UserStage {
         }
         for visit in due {
             match visit {
-                Visit::Pair(user, product) => self.expire_pair(time, user, product),
+                Visit::Pair(user, product) => {
+                    self.pairs.expire(&mut self.scheduled, &mut self.users, time, user, product)
+                }
                 Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
                 Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
@@ -418,17 +416,30 @@ impl UserStage {
             let region = profile.map_or_else(unknown_symbol, |p| p.region);
             for _ in 0..diff {
                 Self::realtime_event(&mut self.realtime, &mut user.minutes, &event);
+                if event.event_type != EventType::RemoveFromCart {
+                    let pair = PairEvent {
+                        time: event.time,
+                        event_type: event.event_type,
+                        age,
+                        category_code: event.category_code,
+                        brand: event.brand,
+                    };
+                    self.pairs.insert(
+                        &mut self.scheduled,
+                        event.user_id,
+                        event.product_id,
+                        pair,
+                        region,
+                        &mut user.reach,
+                    );
+                }
             }
             for _ in 0..diff {
-                if event.event_type != EventType::RemoveFromCart {
-                    self.insert_pair(&event, age, region);
-                }
                 if let Some(brand) = event.brand {
                     self.insert_brand(&event, brand, age);
                 }
             }
         }
-        self.finish_funnel();
         self.finish_realtime();
     }
 
@@ -521,20 +532,20 @@ impl UserStage {
                 changed.insert(user, (old, new));
             }
         }
-        if changed.is_empty() || (self.pairs.is_empty() && self.brand_users.is_empty()) {
+        if changed.is_empty() || (self.pairs.states.is_empty() && self.brand_users.is_empty()) {
             return;
         }
         let region = |p: &Option<Profile>| p.map_or_else(unknown_symbol, |p| p.region);
         let age = |p: &Option<Profile>, t: Timestamp| age_group(p.and_then(|p| p.birth_date), utc_date(t));
-        for (&(user, product), pair) in self.pairs.iter_mut() {
+        for (&(user, product), pair) in self.pairs.states.iter_mut() {
             let Some((old, new)) = changed.get(&user) else { continue };
-            add_scores(&mut self.scores_out, pair, product, region(old), -1);
+            add_scores(&mut self.pairs.scores_out, pair, product, region(old), -1);
             pair.per_type_age.clear();
             for e in pair.events.iter_mut() {
                 e.age = age(new, e.time);
                 count(&mut pair.per_type_age, (score_slot(e.event_type), e.age), 1);
             }
-            add_scores(&mut self.scores_out, pair, product, region(new), 1);
+            add_scores(&mut self.pairs.scores_out, pair, product, region(new), 1);
         }
         for (&(user, brand), state) in self.brand_users.iter_mut() {
             if !changed.contains_key(&user) {
@@ -550,48 +561,6 @@ impl UserStage {
                 brand_event(&mut self.brands_out, state, brand, &e, 1);
                 state.events.push(e);
             }
-        }
-    }
-
-    fn insert_pair(&mut self, event: &Event, age: AgeGroup, region: Symbol) {
-        let key = (event.user_id, event.product_id);
-        let pair = self.pairs.entry(key).or_default();
-        if !pair.touched {
-            pair.touched = true;
-            self.touched.push((key, first_times(&pair.events)));
-        }
-        let e = PairEvent {
-            time: event.time,
-            event_type: event.event_type,
-            age,
-            category_code: event.category_code,
-            brand: event.brand,
-        };
-        let at = insert_in_time_order(&mut pair.events, e, |e| e.time);
-        if at == 0 {
-            self.scheduled.push((self.settings.expiry(event.time, funnel::WINDOW_LENGTH), Visit::Pair(key.0, key.1)));
-        }
-        count_scores(&mut self.scores_out, &mut pair.per_type_age, event.product_id, e, region, 1);
-    }
-
-    fn expire_pair(&mut self, time: Time, user: u64, product: u64) {
-        let Some(pair) = self.pairs.get_mut(&(user, product)) else { return };
-        let window = funnel::WINDOW_LENGTH;
-        let settings = self.settings;
-        let expired = pair.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
-        if expired == 0 {
-            return; // an earlier visit at this time took them
-        }
-        if !pair.touched {
-            pair.touched = true;
-            self.touched.push(((user, product), first_times(&pair.events)));
-        }
-        let region = self.users.get(&user).and_then(|u| u.profile).map_or_else(unknown_symbol, |p| p.region);
-        for e in pair.events.drain(..expired) {
-            count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
-        }
-        if let Some(e) = pair.events.first() {
-            self.scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product)));
         }
     }
 
@@ -625,36 +594,95 @@ impl UserStage {
         }
     }
 
-    /// Re-derives the funnel first times of the pairs touched at this time and turns their change
-    /// into segment deltas; pairs left without events leave.
-    fn finish_funnel(&mut self) {
-        for (key, before) in self.touched.drain(..) {
-            let pair = self.pairs.get_mut(&key).expect("touched pairs exist until here");
-            pair.touched = false;
-            let after = first_times(&pair.events);
-            if before != after {
-                let user = self.users.entry(key.0).or_default();
-                change_funnel(&mut self.funnel_out, &mut user.reach, &before, &after);
-                if user.is_idle() {
-                    self.users.remove(&key.0);
-                }
-            }
-            if pair.events.is_empty() {
-                self.pairs.remove(&key);
-            }
-        }
-    }
-
     /// This time's deltas, without those that sum to zero; the caller empties them.
     fn finish_time(&mut self) -> &mut Emitted {
         let out = &mut self.out;
         out.windows.retain(|(_, sums)| !sums.is_zero());
         // Views and brand activity are only ever added to: never zero.
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
-        out.funnel.extend(self.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
-        out.scores.extend(self.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out.funnel.extend(self.pairs.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out.scores.extend(self.pairs.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out.brands.extend(self.brands_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out
+    }
+}
+
+/// The (user, product) pairs of this worker's users over the last 24 hours (funnel and
+/// recommendations), and their changes at the current time.
+struct Pairs {
+    states: FxHashMap<(u64, u64), PairState>,
+    settings: Settings,
+    funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
+    scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
+}
+
+impl Pairs {
+    /// A new event of the pair `(user, product)` (of a user with `reach`): its recommendation
+    /// counts, and its funnel change, right away (the funnel sums of a time add up the changes).
+    fn insert(
+        &mut self,
+        scheduled: &mut Vec<(Time, Visit)>,
+        user: u64,
+        product: u64,
+        e: PairEvent,
+        region: Symbol,
+        reach: &mut Vec<(funnel::Segment, [u32; 6])>,
+    ) {
+        let pair = self.states.entry((user, product)).or_default();
+        // An event after one of the same type and labels moves no first time: no funnel change
+        // (a quarter of all events).
+        let same_first_times = pair.events.iter().any(|x| {
+            x.event_type == e.event_type && x.time <= e.time && x.category_code == e.category_code && x.brand == e.brand
+        });
+        let before = if same_first_times { None } else { Some(first_times(&pair.events)) };
+        let at = insert_in_time_order(&mut pair.events, e, |e| e.time);
+        if at == 0 {
+            scheduled.push((self.settings.expiry(e.time, funnel::WINDOW_LENGTH), Visit::Pair(user, product)));
+        }
+        if let Some(before) = before {
+            change_funnel(&mut self.funnel_out, reach, &before, &first_times(&pair.events));
+        }
+        count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, 1);
+    }
+
+    /// The pair's events that leave the window at `time`.
+    fn expire(
+        &mut self,
+        scheduled: &mut Vec<(Time, Visit)>,
+        users: &mut FxHashMap<u64, UserState>,
+        time: Time,
+        user: u64,
+        product: u64,
+    ) {
+        let Entry::Occupied(mut slot) = self.states.entry((user, product)) else { return };
+        let pair = slot.get_mut();
+        let window = funnel::WINDOW_LENGTH;
+        let settings = self.settings;
+        let expired = pair.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
+        if expired == 0 {
+            return; // an earlier visit at this time took them
+        }
+        let before = first_times(&pair.events);
+        let state = users.get_mut(&user);
+        let region = state.as_ref().and_then(|u| u.profile).map_or_else(unknown_symbol, |p| p.region);
+        for e in pair.events.drain(..expired) {
+            count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
+        }
+        let after = first_times(&pair.events);
+        match pair.events.first() {
+            Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product))),
+            None => {
+                slot.remove();
+            }
+        }
+        if before != after {
+            // The pair's events counted for the user: it has an entry with reach counters.
+            let state = state.expect("a user with funnel reach has an entry");
+            change_funnel(&mut self.funnel_out, &mut state.reach, &before, &after);
+            if state.is_idle() {
+                users.remove(&user);
+            }
+        }
     }
 }
 
