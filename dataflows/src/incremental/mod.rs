@@ -62,6 +62,13 @@ impl Settings {
         logical(-floor_to(-t, self.step))
     }
 
+    /// The first step boundary after logical time `t` on the step grid. The driver closes steps
+    /// on this grid; only its very last boundary (the end of the input or `--until`) may be off it.
+    pub fn boundary_after(&self, t: Time) -> Time {
+        let t = Timestamp::try_from(t).expect("logical times fit event times");
+        logical(floor_to(t, self.step) + self.step)
+    }
+
     /// When an event at `t` leaves a window of `length`: it is in the results as of `T` while
     /// `T - length <= t < T`, so it must be gone at every whole-minute boundary after `t + length`.
     pub fn expiry(&self, t: Timestamp, length: i64) -> Time {

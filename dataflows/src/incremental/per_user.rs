@@ -169,27 +169,55 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
                     capabilities.get_or_insert(c);
                     updates
                 });
-                let due = visits.remove(&time).map(|(c, due)| {
+                let mut due: Vec<(Time, Visit)> = Vec::new();
+                if let Some((c, visits_now)) = visits.remove(&time) {
                     capabilities.get_or_insert(c);
-                    due
-                });
+                    due.extend(visits_now.into_iter().map(|visit| (time, visit)));
+                }
                 let new_events = waiting_events.remove(&time).map(|(c, events)| {
                     capabilities.get_or_insert(c);
                     events
                 });
                 let caps = capabilities.expect("a time is processed because something waits at it");
-                stage.apply(
-                    time,
-                    profile_updates.unwrap_or_default(),
-                    due.unwrap_or_default(),
-                    new_events.unwrap_or_default(),
-                );
-                for (at, visit) in stage.scheduled.drain(..) {
-                    debug_assert!(at > time, "windows end after their events");
-                    let slot = visits
-                        .entry(at)
-                        .or_insert_with(|| (std::array::from_fn(|port| caps[port].delayed(&at)), Vec::new()));
-                    slot.1.push(visit);
+                // Visits due before the next step boundary join this time: results are observed at
+                // boundaries only, and the first one after `time` sees them either way. Their
+                // deltas then add up with the step's new events (one change per aggregate and step
+                // instead of one per minute). Never past the frontier (the last boundary may be
+                // off the step grid) or a later time with input, which must come first.
+                let limit = [
+                    Some(settings.boundary_after(time)),
+                    events_frontier.frontier().iter().min().copied(),
+                    profiles_frontier.frontier().iter().min().copied(),
+                    waiting_events.keys().next().copied(),
+                    waiting_profiles.keys().next().copied(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("the step grid gives a limit");
+                while let Some(entry) = visits.first_entry().filter(|e| *e.key() < limit) {
+                    let (at, (_, visits_then)) = entry.remove_entry();
+                    due.extend(visits_then.into_iter().map(|visit| (at, visit)));
+                }
+                stage.apply(time, profile_updates.unwrap_or_default(), due, new_events.unwrap_or_default());
+                loop {
+                    // Visits scheduled by those just applied may be due before the limit, too.
+                    let mut due_now = Vec::new();
+                    for (at, visit) in stage.scheduled.drain(..) {
+                        debug_assert!(at > time, "windows end after their events");
+                        if at < limit {
+                            due_now.push((at, visit));
+                            continue;
+                        }
+                        let slot = visits
+                            .entry(at)
+                            .or_insert_with(|| (std::array::from_fn(|port| caps[port].delayed(&at)), Vec::new()));
+                        slot.1.push(visit);
+                    }
+                    if due_now.is_empty() {
+                        break;
+                    }
+                    stage.apply(time, Vec::new(), due_now, Vec::new());
                 }
                 let out = stage.finish_time();
                 give(&mut windows_out, &caps[0], &mut out.windows, time);
@@ -394,17 +422,19 @@ impl UserStage {
         }
     }
 
-    /// Applies everything of one time: profile changes, then the visits due, then new events.
-    fn apply(&mut self, time: Time, profiles: Updates<ProfileRecord>, due: Vec<Visit>, events: Updates<Event>) {
+    /// Applies everything of one time: profile changes, then the visits due (each with the time
+    /// it is due at, which may be later), then new events.
+    fn apply(&mut self, time: Time, profiles: Updates<ProfileRecord>, due: Vec<(Time, Visit)>, events: Updates<Event>) {
         if !profiles.is_empty() {
             self.change_profiles(profiles);
         }
-        for visit in due {
+        for (at, visit) in due {
+            debug_assert!(at >= time);
             match visit {
                 Visit::Pair(user, product) => {
-                    self.pairs.expire(&mut self.scheduled, &mut self.users, time, user, product)
+                    self.pairs.expire(&mut self.scheduled, &mut self.users, at, user, product)
                 }
-                Visit::Brand(user, brand) => self.expire_brand(time, user, brand),
+                Visit::Brand(user, brand) => self.expire_brand(at, user, brand),
                 Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
         }
