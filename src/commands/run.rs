@@ -28,8 +28,9 @@ use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339, utc_da
 use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::schema::{WriteBatch, TABLES};
 use differential_dataflow::input::InputSession;
-use differential_dataflow::AsCollection;
-use timely::dataflow::operators::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Exchange, Operator, Probe};
 use tracing::{info, warn};
 
 use crate::cli::RunArgs;
@@ -154,12 +155,24 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             &settings,
         );
         // Every result goes to worker 0, the store's single writer.
-        let (probe, _) = results
-            .inner
-            .exchange(|_| 0)
-            .as_collection()
-            .inspect_batch(move |_, updates| sink.borrow_mut().extend_from_slice(updates))
-            .probe();
+        // The collecting operator moves each received container into the buffer (no copy) and
+        // emits nothing; its output's frontier tells the driver when a boundary's results are in.
+        let collected =
+            results.inner.exchange(|_| 0).unary::<CapacityContainerBuilder<Vec<(Output, Time, Diff)>>, _, _, _>(
+                Pipeline,
+                "Collect results",
+                move |_, _| {
+                    move |input, _output| {
+                        input.for_each_stamp(|_, containers| {
+                            let mut buffer = sink.borrow_mut();
+                            for container in containers {
+                                buffer.append(container);
+                            }
+                        });
+                    }
+                },
+            );
+        let (probe, _) = collected.probe();
         probe
     });
 
