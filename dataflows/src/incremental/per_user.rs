@@ -12,7 +12,9 @@
 //!
 //! Times are handled like [`super::hashed`]: updates wait under their capabilities until the input
 //! frontiers pass their time, then each time is applied whole, in time order: profile changes,
-//! then window expiries, then new events (see dataflows/README.md).
+//! then window expiries, then new events. Expiries due before the next step boundary join the
+//! time being applied, since nothing observes results between boundaries ("Visits join the step"
+//! in dataflows/README.md).
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
@@ -185,16 +187,14 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
                 // instead of one per minute). Never past the frontier (the last boundary may be
                 // off the step grid) or a later time with input, which must come first.
                 let limit = [
-                    Some(settings.boundary_after(time)),
-                    events_frontier.frontier().iter().min().copied(),
-                    profiles_frontier.frontier().iter().min().copied(),
-                    waiting_events.keys().next().copied(),
-                    waiting_profiles.keys().next().copied(),
+                    events_frontier.frontier().iter().min(),
+                    profiles_frontier.frontier().iter().min(),
+                    waiting_events.keys().next(),
+                    waiting_profiles.keys().next(),
                 ]
                 .into_iter()
                 .flatten()
-                .min()
-                .expect("the step grid gives a limit");
+                .fold(settings.boundary_after(time), |limit, t| limit.min(*t));
                 while let Some(entry) = visits.first_entry().filter(|e| *e.key() < limit) {
                     let (at, (_, visits_then)) = entry.remove_entry();
                     due.extend(visits_then.into_iter().map(|visit| (at, visit)));
