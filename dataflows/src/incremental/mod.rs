@@ -15,6 +15,7 @@ pub mod output;
 pub mod per_user;
 pub mod realtime;
 pub mod recommendations;
+mod user_keyed;
 
 use differential_dataflow::VecCollection;
 

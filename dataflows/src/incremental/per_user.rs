@@ -16,7 +16,6 @@
 //! time being applied, since nothing observes results between boundaries ("Visits join the step"
 //! in dataflows/README.md).
 
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use differential_dataflow::difference::IsZero;
@@ -31,6 +30,7 @@ use timely::dataflow::operators::Capability;
 
 use super::hashed::{file_by_time, updates, Updates};
 use super::operators::Sums;
+use super::user_keyed::UserKeyed;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
 use crate::analyses::{brands, funnel, recommendations as recs};
@@ -291,9 +291,9 @@ struct BrandState {
     memberships: Vec<((Option<AgeGroup>, u8), u32)>,
 }
 
-/// What the stage keeps per user of this worker, in one entry so that an event or a pair's
-/// funnel change costs one probe for all of it. A user without profile, open minutes or reach
-/// has no entry.
+/// What the stage keeps per user of this worker, in one entry so that an event, a visit or a
+/// pair's funnel change costs one probe for all of it. A user without profile, open minutes,
+/// reach, products or brands has no entry.
 #[derive(Default)]
 struct UserState {
     profile: Option<Profile>,
@@ -302,11 +302,19 @@ struct UserState {
     /// Per funnel segment (in no order): how many of the user's products reach each funnel bit
     /// (see [`reached`]).
     reach: Vec<(funnel::Segment, [u32; 6])>,
+    /// The user's products with events in the last 24 hours.
+    pairs: UserKeyed<u64, PairState>,
+    /// The user's brands with events in the last 7 days.
+    brands: UserKeyed<Symbol, BrandState>,
 }
 
 impl UserState {
     fn is_idle(&self) -> bool {
-        self.profile.is_none() && self.minutes.is_empty() && self.reach.is_empty()
+        self.profile.is_none()
+            && self.minutes.is_empty()
+            && self.reach.is_empty()
+            && self.pairs.is_empty()
+            && self.brands.is_empty()
     }
 }
 
@@ -314,7 +322,6 @@ struct UserStage {
     settings: Settings,
     users: FxHashMap<u64, UserState>,
     pairs: Pairs,
-    brand_users: FxHashMap<(u64, Symbol), BrandState>,
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
@@ -408,13 +415,7 @@ impl UserStage {
         UserStage {
             settings,
             users: FxHashMap::default(),
-            pairs: Pairs {
-                states: FxHashMap::default(),
-                settings,
-                funnel_out: FxHashMap::default(),
-                scores_out: FxHashMap::default(),
-            },
-            brand_users: FxHashMap::default(),
+            pairs: Pairs { settings, funnel_out: FxHashMap::default(), scores_out: FxHashMap::default() },
             scheduled: Vec::new(),
             realtime: Realtime::default(),
             out: Emitted::default(),
@@ -434,7 +435,15 @@ impl UserStage {
                 Visit::Pair(user, product) => {
                     self.pairs.expire(&mut self.scheduled, &mut self.users, at, user, product)
                 }
-                Visit::Brand(user, brand) => self.expire_brand(at, user, brand),
+                Visit::Brand(user, brand) => expire_brand(
+                    &mut self.brands_out,
+                    &mut self.scheduled,
+                    &mut self.users,
+                    self.settings,
+                    at,
+                    user,
+                    brand,
+                ),
                 Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
         }
@@ -454,19 +463,21 @@ impl UserStage {
                         category_code: event.category_code,
                         brand: event.brand,
                     };
-                    self.pairs.insert(
-                        &mut self.scheduled,
-                        event.user_id,
-                        event.product_id,
-                        pair,
-                        region,
-                        &mut user.reach,
-                    );
+                    self.pairs.insert(&mut self.scheduled, user, event.user_id, event.product_id, pair, region);
                 }
             }
             for _ in 0..diff {
                 if let Some(brand) = event.brand {
-                    self.insert_brand(&event, brand, age);
+                    let e = BrandEvent { time: event.time, event_type: event.event_type, age, price: event.price };
+                    insert_brand(
+                        &mut self.brands_out,
+                        &mut self.scheduled,
+                        self.settings,
+                        user,
+                        event.user_id,
+                        brand,
+                        e,
+                    );
                 }
             }
         }
@@ -562,65 +573,33 @@ impl UserStage {
                 changed.insert(user, (old, new));
             }
         }
-        if changed.is_empty() || (self.pairs.states.is_empty() && self.brand_users.is_empty()) {
-            return;
-        }
         let region = |p: &Option<Profile>| p.map_or_else(unknown_symbol, |p| p.region);
         let age = |p: &Option<Profile>, t: Timestamp| age_group(p.and_then(|p| p.birth_date), utc_date(t));
-        for (&(user, product), pair) in self.pairs.states.iter_mut() {
-            let Some((old, new)) = changed.get(&user) else { continue };
-            add_scores(&mut self.pairs.scores_out, pair, product, region(old), -1);
-            pair.per_type_age.clear();
-            for e in pair.events.iter_mut() {
-                e.age = age(new, e.time);
-                count(&mut pair.per_type_age, (score_slot(e.event_type), e.age), 1);
-            }
-            add_scores(&mut self.pairs.scores_out, pair, product, region(new), 1);
-        }
-        for (&(user, brand), state) in self.brand_users.iter_mut() {
-            if !changed.contains_key(&user) {
-                continue;
-            }
-            let new = changed[&user].1;
-            let events: Vec<BrandEvent> = std::mem::take(&mut state.events).into_vec();
-            for e in &events {
-                brand_event(&mut self.brands_out, state, brand, e, -1);
-            }
-            for mut e in events {
-                e.age = age(&new, e.time);
-                brand_event(&mut self.brands_out, state, brand, &e, 1);
-                state.events.push(e);
-            }
-        }
-    }
-
-    fn insert_brand(&mut self, event: &Event, brand: Symbol, age: AgeGroup) {
-        let key = (event.user_id, brand);
-        let state = self.brand_users.entry(key).or_default();
-        let e = BrandEvent { time: event.time, event_type: event.event_type, age, price: event.price };
-        brand_event(&mut self.brands_out, state, brand, &e, 1);
-        if insert_in_time_order(&mut state.events, e, |e| e.time) == 0 {
-            self.scheduled.push((self.settings.expiry(event.time, brands::WINDOW_LENGTH), Visit::Brand(key.0, key.1)));
-        }
-    }
-
-    fn expire_brand(&mut self, time: Time, user: u64, brand: Symbol) {
-        let Some(state) = self.brand_users.get_mut(&(user, brand)) else { return };
-        let window = brands::WINDOW_LENGTH;
-        let settings = self.settings;
-        let expired = state.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
-        if expired == 0 {
-            return;
-        }
-        let gone: SmallVec<[BrandEvent; 2]> = state.events.drain(..expired).collect();
-        for e in &gone {
-            brand_event(&mut self.brands_out, state, brand, e, -1);
-        }
-        match state.events.first() {
-            Some(e) => self.scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand))),
-            None => {
-                self.brand_users.remove(&(user, brand));
-            }
+        for (user, (old, new)) in changed {
+            // A user without an entry has no products or brands to re-derive.
+            let Some(state) = self.users.get_mut(&user) else { continue };
+            let scores_out = &mut self.pairs.scores_out;
+            state.pairs.for_each_mut(|product, pair| {
+                add_scores(scores_out, pair, product, region(&old), -1);
+                pair.per_type_age.clear();
+                for e in pair.events.iter_mut() {
+                    e.age = age(&new, e.time);
+                    count(&mut pair.per_type_age, (score_slot(e.event_type), e.age), 1);
+                }
+                add_scores(scores_out, pair, product, region(&new), 1);
+            });
+            let brands_out = &mut self.brands_out;
+            state.brands.for_each_mut(|brand, brand_state| {
+                let events: Vec<BrandEvent> = std::mem::take(&mut brand_state.events).into_vec();
+                for e in &events {
+                    brand_event(brands_out, brand_state, brand, e, -1);
+                }
+                for mut e in events {
+                    e.age = age(&new, e.time);
+                    brand_event(brands_out, brand_state, brand, &e, 1);
+                    brand_state.events.push(e);
+                }
+            });
         }
     }
 
@@ -637,28 +616,28 @@ impl UserStage {
     }
 }
 
-/// The (user, product) pairs of this worker's users over the last 24 hours (funnel and
-/// recommendations), and their changes at the current time.
+/// The funnel's and the recommendations' changes at the current time from the (user, product)
+/// pairs of this worker's users over the last 24 hours (kept in [`UserState::pairs`]).
 struct Pairs {
-    states: FxHashMap<(u64, u64), PairState>,
     settings: Settings,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
     scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
 }
 
 impl Pairs {
-    /// A new event of the pair `(user, product)` (of a user with `reach`): its recommendation
+    /// A new event of the pair `(user, product)` (of the user `state`): its recommendation
     /// counts, and its funnel change, right away (the funnel sums of a time add up the changes).
     fn insert(
         &mut self,
         scheduled: &mut Vec<(Time, Visit)>,
+        state: &mut UserState,
         user: u64,
         product: u64,
         e: PairEvent,
         region: Symbol,
-        reach: &mut Vec<(funnel::Segment, [u32; 6])>,
     ) {
-        let pair = self.states.entry((user, product)).or_default();
+        let UserState { pairs, reach, .. } = state;
+        let pair = pairs.get_or_default(product);
         // An event after one of the same type and labels moves no first time: no funnel change
         // (a quarter of all events).
         let same_first_times = pair.events.iter().any(|x| {
@@ -684,8 +663,9 @@ impl Pairs {
         user: u64,
         product: u64,
     ) {
-        let Entry::Occupied(mut slot) = self.states.entry((user, product)) else { return };
-        let pair = slot.get_mut();
+        let Some(state) = users.get_mut(&user) else { return };
+        let UserState { profile, reach, pairs, .. } = state;
+        let Some(pair) = pairs.get_mut(&product) else { return };
         let window = funnel::WINDOW_LENGTH;
         let settings = self.settings;
         let expired = pair.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
@@ -693,22 +673,67 @@ impl Pairs {
             return; // an earlier visit at this time took them
         }
         let before = first_times(&pair.events);
-        let state = users.get_mut(&user);
-        let region = state.as_ref().and_then(|u| u.profile).map_or_else(unknown_symbol, |p| p.region);
+        let region = profile.map_or_else(unknown_symbol, |p| p.region);
         for e in pair.events.drain(..expired) {
             count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
         }
         let after = first_times(&pair.events);
         match pair.events.first() {
             Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product))),
-            None => {
-                slot.remove();
-            }
+            None => pairs.remove(&product),
         }
         if before != after {
-            // The pair's events counted for the user: it has an entry with reach counters.
-            let state = state.expect("a user with funnel reach has an entry");
-            change_funnel(&mut self.funnel_out, &mut state.reach, &before, &after);
+            change_funnel(&mut self.funnel_out, reach, &before, &after);
+        }
+        if state.is_idle() {
+            users.remove(&user);
+        }
+    }
+}
+
+/// A new event of the user `state`'s `brand`: its counts, and the brand's visit if it is the
+/// oldest.
+fn insert_brand(
+    out: &mut FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
+    scheduled: &mut Vec<(Time, Visit)>,
+    settings: Settings,
+    state: &mut UserState,
+    user: u64,
+    brand: Symbol,
+    e: BrandEvent,
+) {
+    let brand_state = state.brands.get_or_default(brand);
+    brand_event(out, brand_state, brand, &e, 1);
+    if insert_in_time_order(&mut brand_state.events, e, |e| e.time) == 0 {
+        scheduled.push((settings.expiry(e.time, brands::WINDOW_LENGTH), Visit::Brand(user, brand)));
+    }
+}
+
+/// The events of the user's `brand` that leave the 7-day window at `time`.
+fn expire_brand(
+    out: &mut FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
+    scheduled: &mut Vec<(Time, Visit)>,
+    users: &mut FxHashMap<u64, UserState>,
+    settings: Settings,
+    time: Time,
+    user: u64,
+    brand: Symbol,
+) {
+    let Some(state) = users.get_mut(&user) else { return };
+    let Some(brand_state) = state.brands.get_mut(&brand) else { return };
+    let window = brands::WINDOW_LENGTH;
+    let expired = brand_state.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
+    if expired == 0 {
+        return;
+    }
+    let gone: SmallVec<[BrandEvent; 2]> = brand_state.events.drain(..expired).collect();
+    for e in &gone {
+        brand_event(out, brand_state, brand, e, -1);
+    }
+    match brand_state.events.first() {
+        Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand))),
+        None => {
+            state.brands.remove(&brand);
             if state.is_idle() {
                 users.remove(&user);
             }
