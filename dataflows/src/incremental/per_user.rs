@@ -271,7 +271,7 @@ struct PairEvent {
 #[derive(Default)]
 struct PairState {
     events: SmallVec<[PairEvent; 2]>,
-    per_type_age: Vec<((u8, AgeGroup), u32)>,
+    per_type_age: SmallVec<[((u8, AgeGroup), u32); 2]>,
 }
 
 /// One event of a (user, brand) over the last 7 days.
@@ -288,7 +288,7 @@ struct BrandEvent {
 #[derive(Default)]
 struct BrandState {
     events: SmallVec<[BrandEvent; 2]>,
-    memberships: Vec<((Option<AgeGroup>, u8), u32)>,
+    memberships: SmallVec<[((Option<AgeGroup>, u8), u32); 4]>,
 }
 
 /// What the stage keeps per user of this worker, in one entry so that an event, a visit or a
@@ -759,7 +759,7 @@ fn insert_in_time_order<A: smallvec::Array>(
 
 /// Adds `diff` to the count of `key`; true when the count went from or to zero (those transitions
 /// are what the stage emits). Lists of counts are short: a few age groups and roles per key.
-fn count<K: PartialEq>(counts: &mut Vec<(K, u32)>, key: K, diff: i64) -> bool {
+fn count<K: PartialEq, A: smallvec::Array<Item = (K, u32)>>(counts: &mut SmallVec<A>, key: K, diff: i64) -> bool {
     match counts.iter().position(|(k, _)| *k == key) {
         Some(i) => {
             let count = counts[i].1.checked_add_signed(diff as i32).expect("counts stay non-negative");
@@ -792,7 +792,7 @@ fn score(
 /// and in (*, *) while it has one of the type at any age group.
 fn count_scores(
     out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
-    per_type_age: &mut Vec<((u8, AgeGroup), u32)>,
+    per_type_age: &mut SmallVec<[((u8, AgeGroup), u32); 2]>,
     product: u64,
     e: PairEvent,
     region: Symbol,

@@ -56,6 +56,11 @@ impl<K: Copy + Eq + Hash, V: Default> UserKeyed<K, V> {
         }
         match self {
             UserKeyed::List(list) => {
+                // Grown one entry, then doubling: most users have one or two keys, and a list
+                // starting at Vec's usual four entries of ~100 bytes was a fifth of peak memory.
+                if list.len() == list.capacity() {
+                    list.reserve_exact(list.len().max(1));
+                }
                 list.push((key, V::default()));
                 &mut list.last_mut().expect("just pushed").1
             }
