@@ -207,59 +207,68 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         profiles_in.update_at((user, *profile), 0, 1);
     }
     let mut inputs = Inputs { events: events_in, profiles: profiles_in, dates: dates_in };
-    let mut rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
+    let rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
     let until = shared.args.until;
-    let mut late = 0;
-    let mut after_until = 0;
     let mut last_event: Option<Timestamp> = None;
     let mut failure: Option<anyhow::Error> = None;
 
-    let read = read_events(&shared.files, &mut rejects, !shared.args.quiet, |event, _session| {
-        if failure.is_some() {
-            return Ok(()); // the run has failed: skip the rest quickly, the error is reported below
-        }
-        if until.is_some_and(|u| event.time >= u) {
-            after_until += 1;
-            return Ok(());
-        }
-        if event.time < 0 {
-            return Err(RejectReason::EventTime); // the engine's clock starts in 1970
-        }
-        let step_start = *driver.step_start.get_or_insert_with(|| settings.step_start(event.time));
-        if driver.applied == 0 {
-            inputs.advance_all(logical(step_start));
-        }
-        if event.time < step_start {
-            late += 1;
-            return Err(RejectReason::Late);
-        }
-        // Close every boundary up to the event's step.
-        while event.time >= driver.step_start.unwrap() + settings.step {
-            let boundary = driver.step_start.unwrap() + settings.step;
-            if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
-                failure = Some(e);
-                return Ok(());
+    // A reader thread parses and filters the input; worker 0 only feeds the accepted events in, so
+    // parsing does not hold up worker 0's share of the dataflow.
+    let (batches, reader) = spawn_reader(shared.files.clone(), rejects, settings, until, !shared.args.quiet);
+    let mut batches = Some(batches);
+    'feeding: while let Some(receiver) = &batches {
+        let batch = match receiver.try_recv() {
+            Ok(batch) => batch,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                // Work on the dataflow while the reader catches up.
+                worker.step_or_park(Some(Duration::from_micros(200)));
+                if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+                continue;
             }
-        }
-        driver.first_event = Some(driver.first_event.map_or(event.time, |t| t.min(event.time)));
-        let now = logical(driver.step_start.unwrap());
-        inputs.events.update_at(*event, now, 1);
-        driver.applied += 1;
-        last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
-        if driver.applied % 4_096 == 0 {
-            // Worker 0's share of the step in flight, between reads; a finished step is written.
-            inputs.events.flush();
-            worker.step();
-            if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
-                failure = Some(e);
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                batches = None;
+                continue;
             }
+        };
+        for event in batch {
+            let step_start = *driver.step_start.get_or_insert_with(|| settings.step_start(event.time));
+            if driver.applied == 0 {
+                inputs.advance_all(logical(step_start));
+            }
+            debug_assert!(event.time >= step_start, "the reader rejects late events");
+            // Close every boundary up to the event's step.
+            while event.time >= driver.step_start.unwrap() + settings.step {
+                let boundary = driver.step_start.unwrap() + settings.step;
+                if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+            }
+            driver.first_event = Some(driver.first_event.map_or(event.time, |t| t.min(event.time)));
+            let now = logical(driver.step_start.unwrap());
+            last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
+            inputs.events.update_at(event, now, 1);
+            driver.applied += 1;
         }
-        Ok(())
-    });
-    let result = read.and_then(|read| {
-        if let Some(failure) = failure {
-            return Err(failure);
+        // Worker 0's share of the step in flight, between batches; a finished step is written.
+        inputs.events.flush();
+        worker.step();
+        if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
+            failure = Some(e);
+            break 'feeding;
         }
+    }
+    // On a failure the receiver is dropped here, and the reader stops at its next batch.
+    drop(batches);
+    let read = reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r);
+    let read = match failure {
+        Some(failure) => Err(failure),
+        None => read,
+    };
+    let result = read.and_then(|Reader { stats: read, rejects, late, after_until }| {
         let frontier = until.or(last_event.map(end_frontier_after));
         if let Some(frontier) = frontier {
             let start = *driver.step_start.get_or_insert_with(|| settings.step_start(frontier - 1));
@@ -307,6 +316,72 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())
+}
+
+/// Events accepted by the reader, handed to worker 0 in batches.
+const READ_BATCH: usize = 4_096;
+
+/// What the reader thread found: row counts, rejects (malformed and late rows), and the events
+/// not applied because of `--until`.
+struct Reader {
+    stats: ReadStats,
+    rejects: RejectLog,
+    late: u64,
+    after_until: u64,
+}
+
+/// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
+/// rows, events before 1970 and late events (before the step of a later event: the steps follow
+/// the input, see the driver), and counting those at or after `until`. The accepted events arrive in
+/// batches on the returned channel; dropping it stops the reader.
+fn spawn_reader(
+    files: Vec<PathBuf>,
+    mut rejects: RejectLog,
+    settings: Settings,
+    until: Option<Timestamp>,
+    show_progress: bool,
+) -> (std::sync::mpsc::Receiver<Vec<Event>>, std::thread::JoinHandle<Result<Reader>>) {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Event>>(32);
+    let reader = std::thread::Builder::new()
+        .name("cartflow-reader".into())
+        .spawn(move || {
+            let (mut late, mut after_until) = (0, 0);
+            let mut step_start: Option<Timestamp> = None;
+            let mut batch = Vec::with_capacity(READ_BATCH);
+            let mut stopped = false;
+            let stats = read_events(&files, &mut rejects, show_progress, |event, _session| {
+                if stopped {
+                    return Ok(()); // worker 0 has failed: skip the rest quickly, it reports why
+                }
+                if until.is_some_and(|u| event.time >= u) {
+                    after_until += 1;
+                    return Ok(());
+                }
+                if event.time < 0 {
+                    return Err(RejectReason::EventTime); // the engine's clock starts in 1970
+                }
+                let start = step_start.get_or_insert_with(|| settings.step_start(event.time));
+                if event.time < *start {
+                    late += 1;
+                    return Err(RejectReason::Late);
+                }
+                if event.time >= *start + settings.step {
+                    *start = settings.step_start(event.time);
+                }
+                batch.push(*event);
+                if batch.len() == READ_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                    stopped = sender.send(full).is_err();
+                }
+                Ok(())
+            })?;
+            if !batch.is_empty() {
+                let _ = sender.send(batch);
+            }
+            Ok(Reader { stats, rejects, late, after_until })
+        })
+        .expect("spawning the reader thread");
+    (receiver, reader)
 }
 
 fn log_worker_cpu(index: usize) {
