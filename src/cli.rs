@@ -58,8 +58,8 @@ pub struct BenchArgs {
     #[arg(short = 'w', long, default_value_t = 2, value_name = "N")]
     pub workers: usize,
 
-    /// Step of `run`.
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    /// Step of `run` (its default).
+    #[arg(long, default_value = "4h", value_name = "DURATION")]
     pub step: String,
 
     /// Working directory (kept; its data/ is reused when present). Default: a temporary one.
@@ -165,8 +165,10 @@ pub struct RunArgs {
     pub workers: usize,
 
     /// Event time between two boundaries where results are complete and written: a whole number
-    /// of minutes dividing a day (1m live, 1h or more for fast replay).
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = duration)]
+    /// of minutes dividing a day. `run` replays a bounded input, where large steps are fastest (4h:
+    /// ~20 % faster than 1h for ~15 % more memory; larger steps gain nothing); a live source takes
+    /// small ones (1m). `--until` is exact whatever the step.
+    #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = duration)]
     pub step: i64,
 
     /// Realtime windows whose start is older than the frontier minus this are removed.

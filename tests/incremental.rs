@@ -107,7 +107,7 @@ fn generated_days_with_profiles_equal_batch_at_midnights_and_between() {
     let inputs = [events];
     check(&inputs, Some(&users), None, &[(1, "1h"), (2, "30m"), (3, "1d")]);
     check(&inputs, Some(&users), Some("2019-12-03T00:00:00Z"), &[(2, "1h")]);
-    check(&inputs, Some(&users), Some("2019-12-08T13:37:00Z"), &[(3, "5m"), (1, "1d")]);
+    check(&inputs, Some(&users), Some("2019-12-08T13:37:00Z"), &[(3, "5m"), (2, "4h"), (1, "1d")]);
 }
 
 #[test]

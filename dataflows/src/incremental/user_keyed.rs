@@ -68,7 +68,10 @@ impl<K: Copy + Eq + Hash, V: Default> UserKeyed<K, V> {
         }
     }
 
-    /// Forgets `key`; an emptied map becomes an empty list again (no memory kept for idle users).
+    /// Forgets `key`. Memory follows the number of keys down: a list at a quarter of its capacity
+    /// halves it, an emptied list frees it, a map down to half a list's worth of keys becomes a
+    /// list again. Users with a profile keep their entry for the whole run, so without this every
+    /// user would keep the capacity of its busiest day, and memory would grow all month.
     pub fn remove(&mut self, key: &K) {
         match self {
             UserKeyed::List(list) => {
@@ -76,15 +79,29 @@ impl<K: Copy + Eq + Hash, V: Default> UserKeyed<K, V> {
                     list.swap_remove(at);
                     if list.is_empty() {
                         *list = Vec::new();
+                    } else if list.len() <= list.capacity() / 4 {
+                        list.shrink_to(list.len() * 2);
                     }
                 }
             }
             UserKeyed::Map(map) => {
                 map.remove(key);
-                if map.is_empty() {
-                    *self = UserKeyed::default();
+                if map.len() <= LIST_MAX / 2 {
+                    let mut list = Vec::with_capacity(map.len() * 2);
+                    list.extend(map.drain());
+                    *self = UserKeyed::List(list);
+                } else if map.len() <= map.capacity() / 4 {
+                    map.shrink_to(map.len() * 2);
                 }
             }
+        }
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        match self {
+            UserKeyed::List(list) => list.capacity(),
+            UserKeyed::Map(map) => map.capacity(),
         }
     }
 
@@ -130,6 +147,26 @@ mod tests {
         assert!(keyed.is_empty());
         assert!(matches!(keyed, UserKeyed::List(_)));
         assert_eq!(keyed.get_mut(&3), None);
+    }
+
+    #[test]
+    fn capacity_follows_the_keys_down() {
+        let mut keyed: UserKeyed<u64, u32> = UserKeyed::default();
+        for key in 0..100 {
+            *keyed.get_or_default(key) = 1;
+        }
+        let busiest = keyed.capacity();
+        for key in 0..95 {
+            keyed.remove(&key);
+        }
+        assert!(matches!(keyed, UserKeyed::List(_)), "five keys are a list again");
+        assert!(keyed.capacity() <= 2 * LIST_MAX && keyed.capacity() < busiest);
+        for key in 95..99 {
+            keyed.remove(&key);
+        }
+        assert_eq!(keyed.len(), 1);
+        assert!(keyed.capacity() <= 4, "capacity {} for one key", keyed.capacity());
+        assert_eq!(keyed.get_mut(&99).copied(), Some(1));
     }
 
     #[test]
