@@ -5,12 +5,34 @@ mod common;
 
 use std::io::Write;
 
-use cartflow_connectors::csv_events::{read_events, resolve_inputs};
+use cartflow_connectors::csv_events::{read_events, read_events_while, resolve_inputs};
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use cartflow_dataflows::schema::{TableId, Value};
 use common::*;
 
 const GOOD: &str = "2019-10-01 10:00:00 UTC,view,10,2053013555631882655,a.b,apple,33.20,1,s";
+
+#[test]
+fn reading_stops_before_the_next_row_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = vec![GOOD; 10];
+    let files = [write_events(dir.path(), "a.csv", &lines), write_events(dir.path(), "b.csv", &lines)];
+    let seen = std::cell::Cell::new(0);
+    let stats = read_events_while(
+        &files,
+        &mut RejectLog::new(None),
+        false,
+        || seen.get() < 3,
+        |_, _| {
+            seen.set(seen.get() + 1);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!((seen.get(), stats.rows, stats.valid), (3, 3, 3), "no row after the stop, no second file");
+    let all = read_events_while(&files, &mut RejectLog::new(None), false, || true, |_, _| Ok(())).unwrap();
+    assert_eq!((all.rows, all.valid), (20, 20));
+}
 
 #[test]
 fn every_reject_reason_is_counted_and_written_with_its_line() {

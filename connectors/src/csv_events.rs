@@ -159,6 +159,18 @@ pub fn read_events(
     files: &[PathBuf],
     rejects: &mut RejectLog,
     show_progress: bool,
+    on_event: impl FnMut(&Event, &[u8]) -> Result<(), RejectReason>,
+) -> Result<ReadStats> {
+    read_events_while(files, rejects, show_progress, || true, on_event)
+}
+
+/// [`read_events`] that stops before the next row once `keep_reading` says no (its consumer has
+/// failed): the counts then cover the rows read.
+pub fn read_events_while(
+    files: &[PathBuf],
+    rejects: &mut RejectLog,
+    show_progress: bool,
+    mut keep_reading: impl FnMut() -> bool,
     mut on_event: impl FnMut(&Event, &[u8]) -> Result<(), RejectReason>,
 ) -> Result<ReadStats> {
     let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
@@ -166,7 +178,7 @@ pub fn read_events(
     let mut stats = ReadStats { files: files.len(), ..Default::default() };
     let mut parser = EventParser::default();
     let mut done_bytes = 0;
-    for path in files {
+    'files: for path in files {
         let (reader, counter) = open_maybe_gzip(path)?;
         let source = path.display().to_string();
         let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
@@ -174,6 +186,10 @@ pub fn read_events(
         let mut columns: [usize; 9] = std::array::from_fn(|i| i);
         let mut first = true;
         loop {
+            if !keep_reading() {
+                stats.bytes += counter.get();
+                break 'files;
+            }
             match csv.read_byte_record(&mut record) {
                 Ok(true) => {}
                 Ok(false) => break,

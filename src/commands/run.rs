@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cartflow_connectors::csv_events::{read_events, resolve_inputs, ReadStats};
+use cartflow_connectors::csv_events::{read_events_while, resolve_inputs, ReadStats};
 use cartflow_connectors::profiles::read_profiles;
 use cartflow_connectors::progress::human;
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
@@ -333,7 +333,7 @@ struct Reader {
 /// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
 /// rows, events before 1970 and late events (before the step of a later event: the steps follow
 /// the input, see the driver), and counting those at or after `until`. The accepted events arrive in
-/// batches on the returned channel; dropping it stops the reader.
+/// batches on the returned channel; once it is dropped the reader stops at its next batch.
 fn spawn_reader(
     files: Vec<PathBuf>,
     mut rejects: RejectLog,
@@ -348,11 +348,10 @@ fn spawn_reader(
             let (mut late, mut after_until) = (0, 0);
             let mut step_start: Option<Timestamp> = None;
             let mut batch = Vec::with_capacity(READ_BATCH);
-            let mut stopped = false;
-            let stats = read_events(&files, &mut rejects, show_progress, |event, _session| {
-                if stopped {
-                    return Ok(()); // worker 0 has failed: skip the rest quickly, it reports why
-                }
+            // Set when worker 0 has gone (it failed, and reports why): reading stops.
+            let stopped = std::cell::Cell::new(false);
+            let keep_reading = || !stopped.get();
+            let stats = read_events_while(&files, &mut rejects, show_progress, keep_reading, |event, _session| {
                 if until.is_some_and(|u| event.time >= u) {
                     after_until += 1;
                     return Ok(());
@@ -371,7 +370,7 @@ fn spawn_reader(
                 batch.push(*event);
                 if batch.len() == READ_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                    stopped = sender.send(full).is_err();
+                    stopped.set(sender.send(full).is_err());
                 }
                 Ok(())
             })?;
