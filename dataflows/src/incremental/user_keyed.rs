@@ -69,8 +69,8 @@ impl<K: Copy + Eq + Hash, V: Default> UserKeyed<K, V> {
     }
 
     /// Forgets `key`. Memory follows the number of keys down: a list at a quarter of its capacity
-    /// halves it, an emptied list frees it, a map down to half a list's worth of keys becomes a
-    /// list again. Users with a profile keep their entry for the whole run, so without this every
+    /// shrinks to twice its length, an emptied list frees it, a map down to half a list's worth of
+    /// keys becomes a list again. Users with a profile keep their entry for the whole run, so without this every
     /// user would keep the capacity of its busiest day, and memory would grow all month.
     pub fn remove(&mut self, key: &K) {
         match self {
