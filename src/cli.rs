@@ -166,7 +166,7 @@ pub struct RunArgs {
 
     /// Event time between two boundaries where results are complete and written: a whole number
     /// of minutes dividing a day. `run` replays a bounded input, where large steps are fastest (4h:
-    /// ~20 % faster than 1h for ~15 % more memory; 8h is a few % faster again for +20 %); a live source takes
+    /// ~15–25 % faster than 1h for ~20 % more memory; 8h is a few % faster again for +20 %); a live source takes
     /// small ones (1m). `--until` is exact whatever the step.
     #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = duration)]
     pub step: i64,

@@ -1,11 +1,12 @@
 //! `cartflow run`: the incremental engine over a bounded input.
 //!
-//! Worker 0 reads the input in event-time order and feeds it step by step: the events of a step
-//! are inserted at the step's start; at each boundary the inputs advance, and once the probe passes
+//! A reader thread parses the input in event-time order (rejecting malformed and late rows) and
+//! hands worker 0 batches of events, which it feeds in step by step: the events of a step are
+//! inserted at the step's start; at each boundary the inputs advance, and once the probe passes
 //! the boundary the materializer's writes for it go to the store in one transaction together with
-//! the frontier. One step is in flight while the next is read: worker 0 interleaves reading with
-//! its share of the dataflow, so the other workers compute while it parses. Every worker runs a
-//! share of the dataflow; all results are routed to worker 0, the store's single writer.
+//! the frontier. One step is in flight while the next is fed: worker 0 interleaves feeding with its
+//! share of the dataflow. Every worker runs a share of the dataflow; all results are routed to
+//! worker 0, the store's single writer.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

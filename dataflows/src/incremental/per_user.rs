@@ -326,13 +326,13 @@ struct UserStage {
     settings: Settings,
     users: FxHashMap<u64, UserState>,
     pairs: Pairs,
+    brands: Brands,
     /// Visits to schedule, filled by `apply`.
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
     /// This time's deltas, ready to emit: the realtime ones go here directly, the others are
-    /// summed per key in the maps below first.
+    /// summed per key in `pairs` and `brands` first.
     out: Emitted,
-    brands_out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
 }
 
 /// The realtime windows' share of this worker: what it has added to each open window's totals
@@ -423,7 +423,7 @@ impl UserStage {
             scheduled: Vec::new(),
             realtime: Realtime::default(),
             out: Emitted::default(),
-            brands_out: FxHashMap::default(),
+            brands: Brands { settings, out: FxHashMap::default() },
         }
     }
 
@@ -451,15 +451,7 @@ impl UserStage {
                 Visit::Pair(user, product) => {
                     self.pairs.expire(&mut self.scheduled, &mut self.users, at, user, product)
                 }
-                Visit::Brand(user, brand) => expire_brand(
-                    &mut self.brands_out,
-                    &mut self.scheduled,
-                    &mut self.users,
-                    self.settings,
-                    at,
-                    user,
-                    brand,
-                ),
+                Visit::Brand(user, brand) => self.brands.expire(&mut self.scheduled, &mut self.users, at, user, brand),
                 Visit::Window(start) => self.realtime.drop_window(start, &mut self.users, &mut self.out),
             }
         }
@@ -485,15 +477,7 @@ impl UserStage {
             for _ in 0..diff {
                 if let Some(brand) = event.brand {
                     let e = BrandEvent { time: event.time, event_type: event.event_type, age, price: event.price };
-                    insert_brand(
-                        &mut self.brands_out,
-                        &mut self.scheduled,
-                        self.settings,
-                        user,
-                        event.user_id,
-                        brand,
-                        e,
-                    );
+                    self.brands.insert(&mut self.scheduled, user, event.user_id, brand, e);
                 }
             }
         }
@@ -604,7 +588,7 @@ impl UserStage {
                 }
                 add_scores(scores_out, pair, product, region(&new), 1);
             });
-            let brands_out = &mut self.brands_out;
+            let brands_out = &mut self.brands.out;
             state.brands.for_each_mut(|brand, brand_state| {
                 let events: Vec<BrandEvent> = std::mem::take(&mut brand_state.events).into_vec();
                 for e in &events {
@@ -627,7 +611,7 @@ impl UserStage {
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
         out.funnel.extend(self.pairs.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out.scores.extend(self.pairs.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
-        out.brands.extend(self.brands_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        out.brands.extend(self.brands.out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out
     }
 }
@@ -707,51 +691,60 @@ impl Pairs {
     }
 }
 
-/// A new event of the user `state`'s `brand`: its counts, and the brand's visit if it is the
-/// oldest.
-fn insert_brand(
-    out: &mut FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
-    scheduled: &mut Vec<(Time, Visit)>,
+/// Brand performance's changes at the current time from the (user, brand) pairs of this worker's
+/// users over the last 7 days (kept in [`UserState::brands`]).
+struct Brands {
     settings: Settings,
-    state: &mut UserState,
-    user: u64,
-    brand: Symbol,
-    e: BrandEvent,
-) {
-    let brand_state = state.brands.get_or_default(brand);
-    brand_event(out, brand_state, brand, &e, 1);
-    if insert_in_time_order(&mut brand_state.events, e, |e| e.time) == 0 {
-        scheduled.push((settings.expiry(e.time, brands::WINDOW_LENGTH), Visit::Brand(user, brand)));
-    }
+    /// Per (brand, age group or `*`), slots as in [`brand_slots`].
+    out: FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
 }
 
-/// The events of the user's `brand` that leave the 7-day window at `time`.
-fn expire_brand(
-    out: &mut FxHashMap<(Symbol, Option<AgeGroup>), [i64; 7]>,
-    scheduled: &mut Vec<(Time, Visit)>,
-    users: &mut FxHashMap<u64, UserState>,
-    settings: Settings,
-    time: Time,
-    user: u64,
-    brand: Symbol,
-) {
-    let Some(state) = users.get_mut(&user) else { return };
-    let Some(brand_state) = state.brands.get_mut(&brand) else { return };
-    let window = brands::WINDOW_LENGTH;
-    let expired = brand_state.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
-    if expired == 0 {
-        return;
+impl Brands {
+    /// A new event of the user `state`'s `brand`: its counts, and the brand's visit if it is the
+    /// oldest.
+    fn insert(
+        &mut self,
+        scheduled: &mut Vec<(Time, Visit)>,
+        state: &mut UserState,
+        user: u64,
+        brand: Symbol,
+        e: BrandEvent,
+    ) {
+        let brand_state = state.brands.get_or_default(brand);
+        brand_event(&mut self.out, brand_state, brand, &e, 1);
+        if insert_in_time_order(&mut brand_state.events, e, |e| e.time) == 0 {
+            scheduled.push((self.settings.expiry(e.time, brands::WINDOW_LENGTH), Visit::Brand(user, brand)));
+        }
     }
-    let gone: SmallVec<[BrandEvent; 2]> = brand_state.events.drain(..expired).collect();
-    for e in &gone {
-        brand_event(out, brand_state, brand, e, -1);
-    }
-    match brand_state.events.first() {
-        Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand))),
-        None => {
-            state.brands.remove(&brand);
-            if state.is_idle() {
-                users.remove(&user);
+
+    /// The events of the user's `brand` that leave the 7-day window at `time`.
+    fn expire(
+        &mut self,
+        scheduled: &mut Vec<(Time, Visit)>,
+        users: &mut FxHashMap<u64, UserState>,
+        time: Time,
+        user: u64,
+        brand: Symbol,
+    ) {
+        let Some(state) = users.get_mut(&user) else { return };
+        let Some(brand_state) = state.brands.get_mut(&brand) else { return };
+        let window = brands::WINDOW_LENGTH;
+        let settings = self.settings;
+        let expired = brand_state.events.iter().take_while(|e| settings.expiry(e.time, window) <= time).count();
+        if expired == 0 {
+            return;
+        }
+        let gone: SmallVec<[BrandEvent; 2]> = brand_state.events.drain(..expired).collect();
+        for e in &gone {
+            brand_event(&mut self.out, brand_state, brand, e, -1);
+        }
+        match brand_state.events.first() {
+            Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Brand(user, brand))),
+            None => {
+                state.brands.remove(&brand);
+                if state.is_idle() {
+                    users.remove(&user);
+                }
             }
         }
     }

@@ -69,17 +69,16 @@ impl<K: Copy + Eq + Hash, V: Default> UserKeyed<K, V> {
     }
 
     /// Forgets `key`. Memory follows the number of keys down: a list at a quarter of its capacity
-    /// shrinks to twice its length, an emptied list frees it, a map down to half a list's worth of
-    /// keys becomes a list again. Users with a profile keep their entry for the whole run, so without this every
-    /// user would keep the capacity of its busiest day, and memory would grow all month.
+    /// shrinks to twice its length (an emptied one frees it), a map down to half a list's worth
+    /// of keys becomes a list again. Users with a profile keep their entry for the whole run;
+    /// without this, every user would keep the capacity of its busiest day, and memory would grow
+    /// all month.
     pub fn remove(&mut self, key: &K) {
         match self {
             UserKeyed::List(list) => {
                 if let Some(at) = list.iter().position(|(k, _)| k == key) {
                     list.swap_remove(at);
-                    if list.is_empty() {
-                        *list = Vec::new();
-                    } else if list.len() <= list.capacity() / 4 {
+                    if list.len() <= list.capacity() / 4 {
                         list.shrink_to(list.len() * 2);
                     }
                 }
