@@ -30,10 +30,11 @@ use timely::dataflow::operators::Capability;
 
 use super::hashed::{file_by_time, updates, Updates};
 use super::operators::Sums;
+use super::recommendations as recs;
 use super::user_keyed::UserKeyed;
 use super::{Coll, Diff, ProfileRecord, Settings, Time};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
-use crate::analyses::{brands, funnel, recommendations as recs};
+use crate::analyses::{brands, funnel};
 use crate::model::profile::{age_group, unknown_symbol};
 use crate::model::time::{floor_to, utc_date};
 use crate::model::{AgeGroup, Cents, Event, EventType, Profile, Symbol, Timestamp};
@@ -80,8 +81,9 @@ struct Emitted {
     minute_brands: Vec<((Timestamp, Symbol), Sums<5>)>,
     /// A funnel segment's sums, slots as in [`funnel_slots`].
     funnel: Vec<(funnel::Segment, Sums<12>)>,
-    /// Distinct viewers, carters and buyers of a product in a segment.
-    scores: Vec<((recs::Segment, u64), Sums<3>)>,
+    /// Distinct viewers, carters and buyers of a product in a segment, keyed by
+    /// ((segment, hash bucket of the product), product) as the recommendations' tallies are.
+    scores: Vec<(recs::BucketedKey, Sums<3>)>,
     /// A brand at an age group (`None` = `*`), slots as in [`brand_slots`].
     brands: Vec<((Symbol, Option<AgeGroup>), Sums<7>)>,
 }
@@ -103,7 +105,7 @@ pub struct Deltas<'s> {
     pub minute_views: Coll<'s, ((Timestamp, u64), Sums<2>)>,
     pub minute_brands: Coll<'s, ((Timestamp, Symbol), Sums<5>)>,
     pub funnel: Coll<'s, (funnel::Segment, Sums<12>)>,
-    pub scores: Coll<'s, ((recs::Segment, u64), Sums<3>)>,
+    pub scores: Coll<'s, (recs::BucketedKey, Sums<3>)>,
     pub brands: Coll<'s, ((Symbol, Option<AgeGroup>), Sums<7>)>,
 }
 
@@ -349,8 +351,11 @@ struct Realtime {
     /// users and buyers per window, views and brand activity per minute.
     minute_totals_out: FxHashMap<Timestamp, [i64; 6]>,
     users_out: FxHashMap<Timestamp, [i64; 2]>,
-    views_out: FxHashMap<(Timestamp, u64), [i64; 2]>,
-    brands_out: FxHashMap<(Timestamp, Symbol), [i64; 5]>,
+    /// One change per view and per event with a brand, added up by sorting at the end of the
+    /// time (a step's ~100 k keys: sorting in place beats probing a map of that size, and the
+    /// changes then leave in minute order, so the tops downstream work on a few windows at once).
+    views_out: Vec<((Timestamp, u64), [i64; 2])>,
+    brands_out: Vec<((Timestamp, Symbol), [i64; 5])>,
 }
 
 impl Realtime {
@@ -419,7 +424,12 @@ impl UserStage {
         UserStage {
             settings,
             users: FxHashMap::default(),
-            pairs: Pairs { settings, funnel_out: FxHashMap::default(), scores_out: FxHashMap::default() },
+            pairs: Pairs {
+                settings,
+                funnel_out: FxHashMap::default(),
+                scores_out: FxHashMap::default(),
+                first_times: Default::default(),
+            },
             scheduled: Vec::new(),
             realtime: Realtime::default(),
             out: Emitted::default(),
@@ -433,18 +443,19 @@ impl UserStage {
         if !profiles.is_empty() {
             self.change_profiles(profiles);
         }
-        // Each user's visits, then its events, one after another (stable sorts: a key's visits
-        // stay in time order, a user's events in arrival order): the user's entry and lists are
+        // Each user's visits, then its events, one after another: the user's entry and lists are
         // then in cache after the first, where a user has several visits or events in a step
         // (a session's products, ~7 events per user and 4 h step). Order does not change the
-        // result: the deltas of one time add up.
+        // result (the deltas of one time add up, a pair's events are kept in time order whatever
+        // the order they come in, and a visit finding its events gone does nothing), so the sorts
+        // are unstable ones: in place, no scratch buffer of a step's size to allocate.
         let mut due = due;
-        due.sort_by_key(|(_, visit)| match visit {
-            Visit::Pair(user, _) | Visit::Brand(user, _) => *user,
-            Visit::Window(_) => 0,
+        due.sort_unstable_by_key(|(at, visit)| match visit {
+            Visit::Pair(user, _) | Visit::Brand(user, _) => (*user, *at),
+            Visit::Window(_) => (0, *at),
         });
         let mut events: Vec<(Event, Diff)> = updates(events).collect();
-        events.sort_by_key(|(event, _)| event.user_id);
+        events.sort_unstable_by_key(|(event, _)| event.user_id);
         for (at, visit) in due {
             debug_assert!(at >= time);
             match visit {
@@ -497,22 +508,16 @@ impl UserStage {
         }
         rt.activity(event.user_id, minutes, minute, purchase);
         if event.event_type == EventType::View {
-            let views = rt.views_out.entry((minute, event.product_id)).or_default();
-            views[0] += 1;
-            views[1] += event.price;
+            rt.views_out.push(((minute, event.product_id), [1, event.price]));
         }
         if let Some(brand) = event.brand {
-            let activity = rt.brands_out.entry((minute, brand)).or_default();
-            activity[0] += 1;
-            match event.event_type {
-                EventType::View => activity[1] += 1,
-                EventType::Cart => activity[2] += 1,
-                EventType::Purchase => {
-                    activity[3] += 1;
-                    activity[4] += event.price;
-                }
-                EventType::RemoveFromCart => {}
-            }
+            let activity = match event.event_type {
+                EventType::View => [1, 1, 0, 0, 0],
+                EventType::Cart => [1, 0, 1, 0, 0],
+                EventType::Purchase => [1, 0, 0, 1, event.price],
+                EventType::RemoveFromCart => [1, 0, 0, 0, 0],
+            };
+            rt.brands_out.push(((minute, brand), activity));
         }
     }
 
@@ -546,8 +551,11 @@ impl UserStage {
             }
             self.out.windows.push((start, Sums(change)));
         }
-        self.out.minute_views.extend(rt.views_out.drain().map(|(key, change)| (key, Sums(change))));
-        self.out.minute_brands.extend(rt.brands_out.drain().map(|(key, change)| (key, Sums(change))));
+        rt.views_out.sort_unstable_by_key(|(key, _)| *key);
+        sum_runs(&mut rt.views_out, &mut self.out.minute_views);
+        // Brands by identity within a minute (any order that groups equal keys will do).
+        rt.brands_out.sort_unstable_by_key(|((minute, brand), _)| (*minute, brand.identity()));
+        sum_runs(&mut rt.brands_out, &mut self.out.minute_brands);
     }
 
     /// New profile records: a user's profile is the record inserted at this time, if any, else
@@ -610,7 +618,17 @@ impl UserStage {
         // Views and brand activity are only ever added to: never zero.
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
         out.funnel.extend(self.pairs.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
-        out.scores.extend(self.pairs.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
+        for (product, changes) in self.pairs.scores_out.drain() {
+            let bucket = recs::bucket(product);
+            let changes = changes.into_iter().filter(|(_, s)| non_zero(s));
+            out.scores.extend(changes.map(|(segment, s)| (((segment, bucket), product), Sums(s))));
+        }
+        // Sent grouped by tally (segment and bucket), so that the tallies downstream take one
+        // group after another instead of probing all of them in turn (any grouping order will do;
+        // this one does not read the regions' text).
+        out.scores.sort_unstable_by_key(|(((segment, bucket), product), _)| {
+            (segment.age_group, segment.region.map(Symbol::identity), *bucket, *product)
+        });
         out.brands.extend(self.brands.out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out
     }
@@ -621,7 +639,11 @@ impl UserStage {
 struct Pairs {
     settings: Settings,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
-    scores_out: FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    /// Per product, its changes of distinct viewers, carters and buyers per segment: one probe
+    /// for a pair's two or three segments, which then sit together.
+    scores_out: FxHashMap<u64, ScoreChanges>,
+    /// Buffers for a pair's first times before and after a change.
+    first_times: [FirstTimesBySegment; 2],
 }
 
 impl Pairs {
@@ -643,13 +665,19 @@ impl Pairs {
         let same_first_times = pair.events.iter().any(|x| {
             x.event_type == e.event_type && x.time <= e.time && x.category_code == e.category_code && x.brand == e.brand
         });
-        let before = if same_first_times { None } else { Some(first_times(&pair.events)) };
+        if !same_first_times {
+            // First times only move towards earlier times as events arrive: after = before with
+            // `e` recorded.
+            let [before, after] = &mut self.first_times;
+            first_times(&pair.events, before);
+            after.clone_from(before);
+            record_first_time(after, &e);
+            after.sort_unstable_by_key(|(segment, _)| *segment);
+            change_funnel(&mut self.funnel_out, reach, before, after);
+        }
         let at = insert_in_time_order(&mut pair.events, e, |e| e.time);
         if at == 0 {
             scheduled.push((self.settings.expiry(e.time, funnel::WINDOW_LENGTH), Visit::Pair(user, product)));
-        }
-        if let Some(before) = before {
-            change_funnel(&mut self.funnel_out, reach, &before, &first_times(&pair.events));
         }
         count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, 1);
     }
@@ -672,18 +700,19 @@ impl Pairs {
         if expired == 0 {
             return; // an earlier visit at this time took them
         }
-        let before = first_times(&pair.events);
+        let [before, after] = &mut self.first_times;
+        first_times(&pair.events, before);
         let region = profile.map_or_else(unknown_symbol, |p| p.region);
         for e in pair.events.drain(..expired) {
             count_scores(&mut self.scores_out, &mut pair.per_type_age, product, e, region, -1);
         }
-        let after = first_times(&pair.events);
+        first_times(&pair.events, after);
         match pair.events.first() {
             Some(e) => scheduled.push((settings.expiry(e.time, window), Visit::Pair(user, product))),
             None => pairs.remove(&product),
         }
         if before != after {
-            change_funnel(&mut self.funnel_out, reach, &before, &after);
+            change_funnel(&mut self.funnel_out, reach, before, after);
         }
         if state.is_idle() {
             users.remove(&user);
@@ -750,6 +779,21 @@ impl Brands {
     }
 }
 
+/// Moves `changes` (sorted: equal keys adjacent) to `out`, one record per key with the changes
+/// added up.
+fn sum_runs<K: PartialEq, const N: usize>(changes: &mut Vec<(K, [i64; N])>, out: &mut Vec<(K, Sums<N>)>) {
+    for (key, change) in changes.drain(..) {
+        match out.last_mut() {
+            Some((last, Sums(sums))) if *last == key => {
+                for (sum, c) in sums.iter_mut().zip(change) {
+                    *sum += c;
+                }
+            }
+            _ => out.push((key, Sums(change))),
+        }
+    }
+}
+
 /// Inserts `item` keeping `items` ordered by `time` (after equal times), returning its index.
 /// Events nearly always arrive in time order, so the search starts from the back.
 fn insert_in_time_order<A: smallvec::Array>(
@@ -786,21 +830,26 @@ fn count<K: PartialEq, A: smallvec::Array<Item = (K, u32)>>(counts: &mut SmallVe
     }
 }
 
-fn score(
-    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
-    segment: recs::Segment,
-    product: u64,
-    slot: u8,
-    diff: i64,
-) {
-    out.entry((segment, product)).or_default()[slot as usize] += diff;
+/// A product's changes per recommendation segment at the current time (a handful: the segments of
+/// its users), slots as in [`score_slot`].
+type ScoreChanges = SmallVec<[(recs::Segment, [i64; 3]); 3]>;
+
+fn score(changes: &mut ScoreChanges, segment: recs::Segment, slot: u8, diff: i64) {
+    let at = match changes.iter().position(|(s, _)| *s == segment) {
+        Some(at) => at,
+        None => {
+            changes.push((segment, [0; 3]));
+            changes.len() - 1
+        }
+    };
+    changes[at].1[slot as usize] += diff;
 }
 
 /// Counts one event of a pair in (`diff` = 1) or out (-1) of the recommendation segments: the
 /// pair counts in (age, region) and (age, *) while it has an event of the type at that age group,
 /// and in (*, *) while it has one of the type at any age group.
 fn count_scores(
-    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
+    out: &mut FxHashMap<u64, ScoreChanges>,
     per_type_age: &mut SmallVec<[((u8, AgeGroup), u32); 2]>,
     product: u64,
     e: PairEvent,
@@ -809,33 +858,29 @@ fn count_scores(
 ) {
     let slot = score_slot(e.event_type);
     if count(per_type_age, (slot, e.age), diff) {
+        let changes = out.entry(product).or_default();
         for segment in &recs::Segment::all_of(e.age, region)[..2] {
-            score(out, *segment, product, slot, diff);
+            score(changes, *segment, slot, diff);
         }
         // (*, *) changes when the type's first age group arrives or its last one leaves.
         let ages_of_type = per_type_age.iter().filter(|((s, _), _)| *s == slot).count();
         if ages_of_type == usize::from(diff > 0) {
-            score(out, recs::Segment { age_group: None, region: None }, product, slot, diff);
+            score(changes, recs::Segment { age_group: None, region: None }, slot, diff);
         }
     }
 }
 
 /// Every segment a pair counts in, `diff` times (see [`count_scores`]).
-fn add_scores(
-    out: &mut FxHashMap<(recs::Segment, u64), [i64; 3]>,
-    pair: &PairState,
-    product: u64,
-    region: Symbol,
-    diff: i64,
-) {
+fn add_scores(out: &mut FxHashMap<u64, ScoreChanges>, pair: &PairState, product: u64, region: Symbol, diff: i64) {
+    let changes = out.entry(product).or_default();
     for slot in 0..3 {
         if pair.per_type_age.iter().any(|((s, _), _)| *s == slot) {
-            score(out, recs::Segment { age_group: None, region: None }, product, slot, diff);
+            score(changes, recs::Segment { age_group: None, region: None }, slot, diff);
         }
     }
     for ((slot, age), _) in &pair.per_type_age {
         for segment in &recs::Segment::all_of(*age, region)[..2] {
-            score(out, *segment, product, *slot, diff);
+            score(changes, *segment, *slot, diff);
         }
     }
 }
@@ -844,23 +889,39 @@ fn add_scores(
 /// events disagree on the category or brand, so they fit inline.
 type FirstTimesBySegment = SmallVec<[(funnel::Segment, funnel::FirstTimes); 3]>;
 
-/// The funnel first times of a pair per segment, ordered by segment.
-fn first_times(events: &[PairEvent]) -> FirstTimesBySegment {
-    let mut per_segment = FirstTimesBySegment::new();
-    for e in events {
-        for segment in funnel::segments_of_labels(e.category_code, e.brand) {
-            let slot = match per_segment.iter().position(|(s, _)| *s == segment) {
-                Some(i) => i,
-                None => {
-                    per_segment.push((segment, funnel::FirstTimes::default()));
-                    per_segment.len() - 1
-                }
-            };
-            per_segment[slot].1.record(e.event_type, e.time);
+/// The funnel first times of a pair per segment, ordered by segment, into `per_segment` (filled
+/// in place: the caller's buffers are reused, not ~200-byte values returned per call).
+fn first_times(events: &[PairEvent], per_segment: &mut FirstTimesBySegment) {
+    per_segment.clear();
+    let Some(first) = events.first() else { return };
+    if events.iter().all(|e| e.category_code == first.category_code && e.brand == first.brand) {
+        // Nearly always: one product's events carry one category and brand, so every segment sees
+        // all of them and has the same first times.
+        let mut times = funnel::FirstTimes::default();
+        for e in events {
+            times.record(e.event_type, e.time);
+        }
+        per_segment.extend(funnel::segments_of_labels(first.category_code, first.brand).map(|s| (s, times)));
+    } else {
+        for e in events {
+            record_first_time(per_segment, e);
         }
     }
     per_segment.sort_unstable_by_key(|(segment, _)| *segment);
-    per_segment
+}
+
+/// Records `e` in the first times of each of its segments (unordered).
+fn record_first_time(per_segment: &mut FirstTimesBySegment, e: &PairEvent) {
+    for segment in funnel::segments_of_labels(e.category_code, e.brand) {
+        let slot = match per_segment.iter().position(|(s, _)| *s == segment) {
+            Some(i) => i,
+            None => {
+                per_segment.push((segment, funnel::FirstTimes::default()));
+                per_segment.len() - 1
+            }
+        };
+        per_segment[slot].1.record(e.event_type, e.time);
+    }
 }
 
 /// Turns one pair's change of first times (both ordered by segment) into segment deltas: its
