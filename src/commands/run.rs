@@ -12,8 +12,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -88,13 +90,17 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
     drop(store);
 
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (feeds, reader) =
+        spawn_reader(files, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
     let shared = Arc::new(Shared {
         args: args.clone(),
         settings,
-        files,
         initial,
         changes: Mutex::new(Some(changes)),
-        rejects: Mutex::new(Some(rejects)),
+        feeds: Mutex::new(feeds.into_iter().map(Some).collect()),
+        reader: Mutex::new(Some(reader)),
+        accepted,
         done: AtomicBool::new(false),
         summary: Mutex::new(None),
     });
@@ -131,10 +137,14 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
 struct Shared {
     args: RunArgs,
     settings: Settings,
-    files: Vec<PathBuf>,
     initial: Profiles,
     changes: Mutex<Option<Vec<ProfileChange>>>,
-    rejects: Mutex<Option<RejectLog>>,
+    /// Each worker's feed from the reader thread, taken by the worker.
+    feeds: Mutex<Vec<Option<Receiver<Feed>>>>,
+    /// The reader thread, joined by worker 0 once its feed ends.
+    reader: Mutex<Option<JoinHandle<Result<Reader>>>>,
+    /// Events accepted so far (for worker 0's progress lines).
+    accepted: Arc<AtomicU64>,
     done: AtomicBool,
     summary: Mutex<Option<Result<RunSummary, String>>>,
 }
@@ -177,9 +187,36 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         probe
     });
 
+    let feed = shared.feeds.lock().unwrap()[worker.index()].take().expect("each worker takes its feed once");
     if worker.index() != 0 {
-        // Only worker 0 feeds input; the others work on their share until it is done.
-        drop((events_in, profiles_in, dates_in));
+        // The other workers feed their share of the events; worker 0 also feeds the profiles and
+        // dates, closes the boundaries and writes the store.
+        drop((profiles_in, dates_in));
+        let mut now: Option<Time> = None;
+        while !shared.done.load(Ordering::SeqCst) {
+            match feed.try_recv() {
+                Ok(Feed::Step { start, .. }) => {
+                    now = Some(logical(start));
+                    events_in.advance_to(logical(start));
+                    events_in.flush();
+                }
+                Ok(Feed::Events(batch)) => {
+                    let now = now.expect("a step starts before its events");
+                    for event in batch {
+                        events_in.update_at(event, now, 1);
+                    }
+                    events_in.flush();
+                    worker.step();
+                }
+                Err(TryRecvError::Empty) => {
+                    worker.step_or_park(Some(Duration::from_micros(200)));
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        // The input is read: this worker's events input closes, and it works on until worker 0 is
+        // done.
+        drop((events_in, feed));
         while !shared.done.load(Ordering::SeqCst) {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
@@ -198,7 +235,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         date: None,
         step_start: None,
         boundaries: 0,
-        applied: 0,
+        accepted: shared.accepted.clone(),
         started: Instant::now(),
         last_log: Instant::now(),
         quiet: shared.args.quiet,
@@ -208,72 +245,72 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         profiles_in.update_at((user, *profile), 0, 1);
     }
     let mut inputs = Inputs { events: events_in, profiles: profiles_in, dates: dates_in };
-    let rejects = shared.rejects.lock().unwrap().take().expect("worker 0 takes the rejects log once");
     let until = shared.args.until;
-    let mut last_event: Option<Timestamp> = None;
     let mut failure: Option<anyhow::Error> = None;
 
-    // A reader thread parses and filters the input; worker 0 only feeds the accepted events in, so
-    // parsing does not hold up worker 0's share of the dataflow.
-    let (batches, reader) = spawn_reader(shared.files.clone(), rejects, settings, until, !shared.args.quiet);
-    let mut batches = Some(batches);
-    'feeding: while let Some(receiver) = &batches {
-        let batch = match receiver.try_recv() {
-            Ok(batch) => batch,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
+    // The reader thread parses and filters the input and deals the accepted events out to the
+    // workers in batches, so that parsing holds up no worker and the work before the first
+    // exchange is shared; worker 0 feeds its share and closes the boundaries the reader announces.
+    let mut feed = Some(feed);
+    'feeding: while let Some(receiver) = &feed {
+        match receiver.try_recv() {
+            Ok(Feed::Step { start, earliest }) => {
+                let Some(step_start) = driver.step_start else {
+                    driver.step_start = Some(start);
+                    inputs.advance_all(logical(start));
+                    continue;
+                };
+                // Close every boundary up to the new step (several when the input has a gap).
+                driver.first_event = earliest;
+                let mut boundary = step_start + settings.step;
+                while boundary <= start {
+                    if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
+                        failure = Some(e);
+                        break 'feeding;
+                    }
+                    boundary += settings.step;
+                }
+            }
+            Ok(Feed::Events(batch)) => {
+                let now = logical(driver.step_start.expect("a step starts before its events"));
+                for event in batch {
+                    inputs.events.update_at(event, now, 1);
+                }
+                // Worker 0's share of the step in flight, between batches; a finished step is
+                // written.
+                inputs.events.flush();
+                worker.step();
+                if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+            }
+            Err(TryRecvError::Empty) => {
                 // Work on the dataflow while the reader catches up.
                 worker.step_or_park(Some(Duration::from_micros(200)));
                 if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
                     failure = Some(e);
                     break 'feeding;
                 }
-                continue;
             }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                batches = None;
-                continue;
-            }
-        };
-        for event in batch {
-            let step_start = *driver.step_start.get_or_insert_with(|| settings.step_start(event.time));
-            if driver.applied == 0 {
-                inputs.advance_all(logical(step_start));
-            }
-            debug_assert!(event.time >= step_start, "the reader rejects late events");
-            // Close every boundary up to the event's step.
-            while event.time >= driver.step_start.unwrap() + settings.step {
-                let boundary = driver.step_start.unwrap() + settings.step;
-                if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
-                    failure = Some(e);
-                    break 'feeding;
-                }
-            }
-            driver.first_event = Some(driver.first_event.map_or(event.time, |t| t.min(event.time)));
-            let now = logical(driver.step_start.unwrap());
-            last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
-            inputs.events.update_at(event, now, 1);
-            driver.applied += 1;
-        }
-        // Worker 0's share of the step in flight, between batches; a finished step is written.
-        inputs.events.flush();
-        worker.step();
-        if let Err(e) = driver.settle(PIPELINED_STEPS, worker, &probe, &outputs) {
-            failure = Some(e);
-            break 'feeding;
+            Err(TryRecvError::Disconnected) => feed = None,
         }
     }
-    // On a failure the receiver is dropped here, and the reader stops at its next batch.
-    drop(batches);
+    // On a failure the feed is dropped here, and the reader stops at its next batch.
+    drop(feed);
+    let reader = shared.reader.lock().unwrap().take().expect("worker 0 joins the reader once");
     let read = reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r);
     let read = match failure {
         Some(failure) => Err(failure),
         None => read,
     };
-    let result = read.and_then(|Reader { stats: read, rejects, late, after_until }| {
+    let result = read.and_then(|Reader { stats: read, rejects, late, after_until, applied, earliest, last_event }| {
         let frontier = until.or(last_event.map(end_frontier_after));
         if let Some(frontier) = frontier {
-            let start = *driver.step_start.get_or_insert_with(|| settings.step_start(frontier - 1));
-            if driver.applied == 0 {
+            driver.first_event = earliest;
+            if driver.step_start.is_none() {
+                let start = settings.step_start(frontier - 1);
+                driver.step_start = Some(start);
                 inputs.advance_all(logical(start));
             }
             while driver.step_start.unwrap() + settings.step < frontier {
@@ -283,7 +320,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             driver.close(frontier, worker, &mut inputs, &probe, &outputs)?;
             driver.settle(0, worker, &probe, &outputs)?;
         }
-        let mut state = super::batch::state_entries("run", &read, &rejects, driver.applied, after_until, frontier);
+        let mut state = super::batch::state_entries("run", &read, &rejects, applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
         driver.store.write(StoreJob::Batch(WriteBatch { state, ..Default::default() }))?;
         let writer = driver.store.finish()?;
@@ -303,7 +340,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         );
         Ok(RunSummary {
             read,
-            applied: driver.applied,
+            applied,
             late,
             after_until,
             boundaries: driver.boundaries,
@@ -319,39 +356,64 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     Ok(())
 }
 
-/// Events accepted by the reader, handed to worker 0 in batches.
+/// Events accepted by the reader, handed to the workers in batches of this many.
 const READ_BATCH: usize = 4_096;
 
-/// What the reader thread found: row counts, rejects (malformed and late rows), and the events
-/// not applied because of `--until`.
+/// What the reader thread sends each worker, in event-time order of steps.
+enum Feed {
+    /// A step starts at `start`: events that follow are inserted at this time. `earliest` is the
+    /// earliest event of the step before it (worker 0 hands it to the materializer).
+    Step { start: Timestamp, earliest: Option<Timestamp> },
+    /// Events of the current step.
+    Events(Vec<Event>),
+}
+
+/// What the reader thread found: row counts, rejects (malformed and late rows), the events not
+/// applied because of `--until`, and those applied: how many, the earliest of the last step and
+/// the latest of all.
 struct Reader {
     stats: ReadStats,
     rejects: RejectLog,
     late: u64,
     after_until: u64,
+    applied: u64,
+    earliest: Option<Timestamp>,
+    last_event: Option<Timestamp>,
 }
 
 /// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
 /// rows, events before 1970 and late events (before the step of a later event: the steps follow
-/// the input, see the driver), and counting those at or after `until`. The accepted events arrive in
-/// batches on the returned channel; once it is dropped the reader stops at its next batch.
+/// the input), and counting those at or after `until`. The reader decides the steps: each
+/// worker's feed gets every step start, and the accepted events in batches dealt out in turn, so
+/// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
+/// worker failed) the reader stops at its next batch.
 fn spawn_reader(
     files: Vec<PathBuf>,
     mut rejects: RejectLog,
     settings: Settings,
     until: Option<Timestamp>,
+    workers: usize,
+    accepted: Arc<AtomicU64>,
     show_progress: bool,
-) -> (std::sync::mpsc::Receiver<Vec<Event>>, std::thread::JoinHandle<Result<Reader>>) {
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Event>>(32);
+) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
+    let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
+        (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
     let reader = std::thread::Builder::new()
         .name("cartflow-reader".into())
         .spawn(move || {
-            let (mut late, mut after_until) = (0, 0);
+            let (mut late, mut after_until, mut applied) = (0, 0, 0);
             let mut step_start: Option<Timestamp> = None;
+            let (mut earliest, mut last_event): (Option<Timestamp>, Option<Timestamp>) = (None, None);
             let mut batch = Vec::with_capacity(READ_BATCH);
-            // Set when worker 0 has gone (it failed, and reports why): reading stops.
+            let mut next_worker = 0;
+            // Set when a worker has gone (it failed, and worker 0 reports why): reading stops.
             let stopped = std::cell::Cell::new(false);
             let keep_reading = || !stopped.get();
+            let send_all = |feed: &dyn Fn() -> Feed| {
+                if senders.iter().any(|sender| sender.send(feed()).is_err()) {
+                    stopped.set(true);
+                }
+            };
             let stats = read_events_while(&files, &mut rejects, show_progress, keep_reading, |event, _session| {
                 if until.is_some_and(|u| event.time >= u) {
                     after_until += 1;
@@ -360,28 +422,45 @@ fn spawn_reader(
                 if event.time < 0 {
                     return Err(RejectReason::EventTime); // the engine's clock starts in 1970
                 }
-                let start = step_start.get_or_insert_with(|| settings.step_start(event.time));
-                if event.time < *start {
-                    late += 1;
-                    return Err(RejectReason::Late);
+                match step_start {
+                    Some(start) if event.time < start => {
+                        late += 1;
+                        return Err(RejectReason::Late);
+                    }
+                    Some(start) if event.time < start + settings.step => {}
+                    _ => {
+                        // A new step: what was read of the last one goes first.
+                        if !batch.is_empty() {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                            stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                            next_worker = (next_worker + 1) % senders.len();
+                        }
+                        let start = settings.step_start(event.time);
+                        step_start = Some(start);
+                        let ended = earliest.take();
+                        send_all(&|| Feed::Step { start, earliest: ended });
+                    }
                 }
-                if event.time >= *start + settings.step {
-                    *start = settings.step_start(event.time);
-                }
+                earliest = Some(earliest.map_or(event.time, |t| t.min(event.time)));
+                last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
+                applied += 1;
                 batch.push(*event);
                 if batch.len() == READ_BATCH {
+                    accepted.store(applied, Ordering::Relaxed);
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                    stopped.set(sender.send(full).is_err());
+                    stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                    next_worker = (next_worker + 1) % senders.len();
                 }
                 Ok(())
             })?;
             if !batch.is_empty() {
-                let _ = sender.send(batch);
+                let _ = senders[next_worker].send(Feed::Events(batch));
             }
-            Ok(Reader { stats, rejects, late, after_until })
+            accepted.store(applied, Ordering::Relaxed);
+            Ok(Reader { stats, rejects, late, after_until, applied, earliest, last_event })
         })
         .expect("spawning the reader thread");
-    (receiver, reader)
+    (receivers, reader)
 }
 
 fn log_worker_cpu(index: usize) {
@@ -447,7 +526,8 @@ struct Driver {
     date: Option<chrono::NaiveDate>,
     step_start: Option<Timestamp>,
     boundaries: u64,
-    applied: u64,
+    /// Events the reader has accepted so far.
+    accepted: Arc<AtomicU64>,
     started: Instant,
     last_log: Instant,
     quiet: bool,
@@ -545,11 +625,12 @@ impl Driver {
             if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
                 self.last_log = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64();
+                let accepted = self.accepted.load(Ordering::Relaxed);
                 info!(
                     "frontier {}: {} events read ({} events/s), {} result changes at this boundary",
                     format_rfc3339(boundary),
-                    human(self.applied as f64),
-                    human(self.applied as f64 / secs.max(1e-9)),
+                    human(accepted as f64),
+                    human(accepted as f64 / secs.max(1e-9)),
                     result_changes
                 );
             }
