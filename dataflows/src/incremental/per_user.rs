@@ -618,16 +618,14 @@ impl UserStage {
         // Views and brand activity are only ever added to: never zero.
         let non_zero = |sums: &[i64]| sums.iter().any(|x| *x != 0);
         out.funnel.extend(self.pairs.funnel_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
-        for (product, changes) in self.pairs.scores_out.drain() {
-            let bucket = recs::bucket(product);
-            let changes = changes.into_iter().filter(|(_, s)| non_zero(s));
-            out.scores.extend(changes.map(|(segment, s)| (((segment, bucket), product), Sums(s))));
-        }
+        out.scores.extend(self.pairs.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         // Sent grouped by tally (segment and bucket), so that the tallies downstream take one
-        // group after another instead of probing all of them in turn (any grouping order will do;
-        // this one does not read the regions' text).
-        out.scores.sort_unstable_by_key(|(((segment, bucket), product), _)| {
-            (segment.age_group, segment.region.map(Symbol::identity), *bucket, *product)
+        // group after another instead of probing all of them in turn. Any order that groups them
+        // will do: this one packs bucket, age group and the region's identity into one number.
+        out.scores.sort_unstable_by_key(|(((segment, bucket), _), _)| {
+            let age = segment.age_group.map_or(0, |a| a as u64 + 1);
+            let region = segment.region.map_or(0, |r| r.identity() as u64);
+            (bucket << 58) ^ (age << 52) ^ region
         });
         out.brands.extend(self.brands.out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         out
@@ -639,9 +637,8 @@ impl UserStage {
 struct Pairs {
     settings: Settings,
     funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,
-    /// Per product, its changes of distinct viewers, carters and buyers per segment: one probe
-    /// for a pair's two or three segments, which then sit together.
-    scores_out: FxHashMap<u64, ScoreChanges>,
+    /// Changes of distinct viewers, carters and buyers per (segment, bucket, product).
+    scores_out: FxHashMap<recs::BucketedKey, [i64; 3]>,
     /// Buffers for a pair's first times before and after a change.
     first_times: [FirstTimesBySegment; 2],
 }
@@ -830,26 +827,22 @@ fn count<K: PartialEq, A: smallvec::Array<Item = (K, u32)>>(counts: &mut SmallVe
     }
 }
 
-/// A product's changes per recommendation segment at the current time (a handful: the segments of
-/// its users), slots as in [`score_slot`].
-type ScoreChanges = SmallVec<[(recs::Segment, [i64; 3]); 3]>;
-
-fn score(changes: &mut ScoreChanges, segment: recs::Segment, slot: u8, diff: i64) {
-    let at = match changes.iter().position(|(s, _)| *s == segment) {
-        Some(at) => at,
-        None => {
-            changes.push((segment, [0; 3]));
-            changes.len() - 1
-        }
-    };
-    changes[at].1[slot as usize] += diff;
+fn score(
+    out: &mut FxHashMap<recs::BucketedKey, [i64; 3]>,
+    segment: recs::Segment,
+    bucket: u64,
+    product: u64,
+    slot: u8,
+    diff: i64,
+) {
+    out.entry(((segment, bucket), product)).or_default()[slot as usize] += diff;
 }
 
 /// Counts one event of a pair in (`diff` = 1) or out (-1) of the recommendation segments: the
 /// pair counts in (age, region) and (age, *) while it has an event of the type at that age group,
 /// and in (*, *) while it has one of the type at any age group.
 fn count_scores(
-    out: &mut FxHashMap<u64, ScoreChanges>,
+    out: &mut FxHashMap<recs::BucketedKey, [i64; 3]>,
     per_type_age: &mut SmallVec<[((u8, AgeGroup), u32); 2]>,
     product: u64,
     e: PairEvent,
@@ -858,29 +851,35 @@ fn count_scores(
 ) {
     let slot = score_slot(e.event_type);
     if count(per_type_age, (slot, e.age), diff) {
-        let changes = out.entry(product).or_default();
+        let bucket = recs::bucket(product);
         for segment in &recs::Segment::all_of(e.age, region)[..2] {
-            score(changes, *segment, slot, diff);
+            score(out, *segment, bucket, product, slot, diff);
         }
         // (*, *) changes when the type's first age group arrives or its last one leaves.
         let ages_of_type = per_type_age.iter().filter(|((s, _), _)| *s == slot).count();
         if ages_of_type == usize::from(diff > 0) {
-            score(changes, recs::Segment { age_group: None, region: None }, slot, diff);
+            score(out, recs::Segment { age_group: None, region: None }, bucket, product, slot, diff);
         }
     }
 }
 
 /// Every segment a pair counts in, `diff` times (see [`count_scores`]).
-fn add_scores(out: &mut FxHashMap<u64, ScoreChanges>, pair: &PairState, product: u64, region: Symbol, diff: i64) {
-    let changes = out.entry(product).or_default();
+fn add_scores(
+    out: &mut FxHashMap<recs::BucketedKey, [i64; 3]>,
+    pair: &PairState,
+    product: u64,
+    region: Symbol,
+    diff: i64,
+) {
+    let bucket = recs::bucket(product);
     for slot in 0..3 {
         if pair.per_type_age.iter().any(|((s, _), _)| *s == slot) {
-            score(changes, recs::Segment { age_group: None, region: None }, slot, diff);
+            score(out, recs::Segment { age_group: None, region: None }, bucket, product, slot, diff);
         }
     }
     for ((slot, age), _) in &pair.per_type_age {
         for segment in &recs::Segment::all_of(*age, region)[..2] {
-            score(changes, *segment, *slot, diff);
+            score(out, *segment, bucket, product, *slot, diff);
         }
     }
 }
