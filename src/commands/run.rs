@@ -1,12 +1,12 @@
 //! `cartflow run`: the incremental engine over a bounded input.
 //!
-//! A reader thread parses the input in event-time order (rejecting malformed and late rows) and
-//! hands worker 0 batches of events, which it feeds in step by step: the events of a step are
-//! inserted at the step's start; at each boundary the inputs advance, and once the probe passes
-//! the boundary the materializer's writes for it go to the store in one transaction together with
-//! the frontier. One step is in flight while the next is fed: worker 0 interleaves feeding with its
-//! share of the dataflow. Every worker runs a share of the dataflow; all results are routed to
-//! worker 0, the store's single writer.
+//! A reader thread parses the input in event-time order (rejecting malformed and late rows),
+//! decides the steps and deals batches of events to the workers in turn; each worker inserts its
+//! batches at the current step's start. At each boundary the inputs advance, and once the probe
+//! passes the boundary the materializer's writes for it go to the store in one transaction together
+//! with the frontier. One step is in flight while the next is fed: the workers interleave feeding
+//! with their share of the dataflow. All results are routed to worker 0, which closes the
+//! boundaries and is the store's single writer.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
