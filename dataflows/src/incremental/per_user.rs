@@ -352,8 +352,8 @@ struct Realtime {
     minute_totals_out: FxHashMap<Timestamp, [i64; 6]>,
     users_out: FxHashMap<Timestamp, [i64; 2]>,
     /// One change per view and per event with a brand, added up by sorting at the end of the
-    /// time (a step's ~100 k keys: sorting in place beats probing a map of that size, and the
-    /// changes then leave in minute order, so the tops downstream work on a few windows at once).
+    /// time, so that they leave in minute order and the tops downstream work on a few windows at
+    /// once (for brand activity, a map plus a sort of its output measured the same).
     views_out: Vec<((Timestamp, u64), [i64; 2])>,
     brands_out: Vec<((Timestamp, Symbol), [i64; 5])>,
 }
@@ -621,7 +621,8 @@ impl UserStage {
         out.scores.extend(self.pairs.scores_out.drain().filter(|(_, s)| non_zero(s)).map(|(k, s)| (k, Sums(s))));
         // Sent grouped by tally (segment and bucket), so that the tallies downstream take one
         // group after another instead of probing all of them in turn. Any order that groups them
-        // will do: this one packs bucket, age group and the region's identity into one number.
+        // will do: this one packs bucket, age group and the region's identity into one number
+        // (the map has already added the changes up, so the order only matters for speed).
         out.scores.sort_unstable_by_key(|(((segment, bucket), _), _)| {
             let age = segment.age_group.map_or(0, |a| a as u64 + 1);
             let region = segment.region.map_or(0, |r| r.identity() as u64);
