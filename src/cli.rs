@@ -30,9 +30,13 @@ pub enum Command {
     /// Compute every analysis from scratch with plain collections (the batch reference) and write
     /// the store: current results as of T, daily snapshots, realtime windows, catalog, demographics.
     Batch(BatchArgs),
-    /// Keep every analysis up to date with differential dataflows over a bounded input read in
-    /// event-time order, writing the store at every step boundary (equal to `batch` at each one).
+    /// Keep every analysis up to date with differential dataflows, from files read in event-time
+    /// order or live from Kafka, writing the store at every step boundary (equal to `batch` at each
+    /// one).
     Run(RunArgs),
+    /// Stream REES46 CSV rows into Kafka at their natural pace, faster, or as fast as the brokers
+    /// take them (the click-stream simulator).
+    Simulate(SimulateArgs),
     /// Print rows of a store table, ordered by primary key.
     Query(QueryArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
@@ -130,12 +134,104 @@ fn profiles_at(text: &str) -> Result<ProfilesAt, String> {
     Ok(ProfilesAt { at: parse_instant_arg(at)?, path: PathBuf::from(path) })
 }
 
+fn kafka_setting(text: &str) -> Result<(String, String), String> {
+    cartflow_connectors::kafka::parse_setting(text)
+}
+
+fn speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("'{text}' is not a positive number")),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Events: REES46 CSV files (plain or gzip) or directories of them, sent in this order.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<PathBuf>,
+
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: String,
+
+    /// Topic to write (it must exist). Keys are user ids, partitioned by murmur2.
+    #[arg(long, default_value = "user-events", value_name = "NAME")]
+    pub topic: String,
+
+    /// Shift every event by one constant so that midnight UTC of the first row's day lands on T.
+    /// Default: no shift.
+    #[arg(long, value_name = "T", value_parser = instant)]
+    pub start_at: Option<Timestamp>,
+
+    /// Send at X times the pace of the rows' own times (1 = real time: December 2019 averages 25
+    /// events/s). The schedule starts at the first event sent, so a late start does not burst.
+    #[arg(long, default_value = "1", value_name = "X", value_parser = speed, conflicts_with = "max")]
+    pub speed: f64,
+
+    /// Send as fast as the brokers take the events.
+    #[arg(long)]
+    pub max: bool,
+
+    /// Only events whose (mapped) time is at or after T1.
+    #[arg(long, value_name = "T1", value_parser = instant)]
+    pub from: Option<Timestamp>,
+
+    /// Only events whose (mapped) time is before T2.
+    #[arg(long, value_name = "T2", value_parser = instant)]
+    pub to: Option<Timestamp>,
+
+    /// A librdkafka producer setting, overriding cartflow's (idempotent, murmur2, linger.ms=5).
+    /// Repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]
+    pub settings: Vec<(String, String)>,
+
+    /// Write rejected rows here (they are always counted).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Do not log progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Events: REES46 CSV files (plain or gzip) or directories, read in this order (file names
     /// in a directory); rows must be ordered by time to within a step, older rows are late.
-    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]
     pub input: Vec<PathBuf>,
+
+    /// Read events live from Kafka at these bootstrap servers (host:port,...) instead of files.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+
+    /// Kafka topic of the events.
+    #[arg(long, default_value = "user-events", value_name = "NAME")]
+    pub topic: String,
+
+    /// Kafka consumer group: its committed offsets follow what the store holds (for lag
+    /// monitoring); the run itself reads every partition from its beginning.
+    #[arg(long, default_value = "cartflow", value_name = "NAME")]
+    pub group: String,
+
+    /// A librdkafka consumer setting, overriding cartflow's. Repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]
+    pub settings: Vec<(String, String)>,
+
+    /// Kafka: how far behind the latest event of the slowest partition the frontier stays; events
+    /// older than the frontier on arrival are late (SPEC §2).
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = duration)]
+    pub lateness: i64,
+
+    /// Kafka: a partition without messages for this long does not hold the frontier back.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    pub idle_timeout: i64,
+
+    /// Kafka: stop once every partition has been read to its end (a bounded replay of a topic),
+    /// with results as of the first whole minute after the last event (or `--until`).
+    #[arg(long)]
+    pub exit_at_end: bool,
 
     /// User profiles CSV (user_id, and optionally birth_date, city, region).
     #[arg(long, value_name = "FILE")]
@@ -165,11 +261,11 @@ pub struct RunArgs {
     pub workers: usize,
 
     /// Event time between two boundaries where results are complete and written: a whole number
-    /// of minutes dividing a day. `run` replays a bounded input, where large steps are fastest (4h:
-    /// ~15–25 % faster than 1h for ~20 % more memory; 8h is a few % faster again for +20 %); a live source takes
-    /// small ones (1m). `--until` is exact whatever the step.
-    #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = duration)]
-    pub step: i64,
+    /// of minutes dividing a day. Default: 4h for files, 1m for Kafka. In a replay large steps are
+    /// fastest (4h: ~15–25 % faster than 1h for ~20 % more memory; 8h is a few % faster again for
+    /// +20 %); live, small ones keep the store fresh. `--until` is exact whatever the step.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub step: Option<i64>,
 
     /// Realtime windows whose start is older than the frontier minus this are removed.
     #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]

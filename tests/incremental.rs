@@ -6,48 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use cartflow::cli::{ProfilesAt, RunArgs};
+use cartflow::cli::ProfilesAt;
 use cartflow::commands::run;
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::{parse_duration_arg, parse_instant_arg};
 use cartflow_dataflows::schema::{TableId, TABLES};
 use common::*;
-
-fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>, db: PathBuf) -> RunArgs {
-    RunArgs {
-        input: inputs,
-        profiles,
-        profiles_at: Vec::new(),
-        until: until.map(|t| parse_instant_arg(t).unwrap()),
-        db,
-        rejects: None,
-        workers: 1,
-        step: 3_600,
-        retention: 7 * 86_400,
-        quiet: true,
-    }
-}
-
-/// Every result table of the two stores, compared row by row.
-fn assert_same_results(batch: &Path, incremental: &Path, what: &str) {
-    let a = SqliteStore::open_read_only(batch).unwrap();
-    let b = SqliteStore::open_read_only(incremental).unwrap();
-    for table in TABLES.iter().filter(|t| t.id != TableId::PipelineState) {
-        let (x, y) = (a.read_table(table.id).unwrap(), b.read_table(table.id).unwrap());
-        if x != y {
-            let first = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
-            panic!(
-                "{what}: table {} differs ({} batch rows, {} incremental rows); first difference at row {first}:\n batch: {:?}\n run:   {:?}",
-                table.name,
-                x.len(),
-                y.len(),
-                x.get(first),
-                y.get(first)
-            );
-        }
-    }
-    assert_eq!(a.state("frontier").unwrap(), b.state("frontier").unwrap(), "{what}: frontier");
-}
 
 fn check(inputs: &[PathBuf], profiles: Option<&PathBuf>, until: Option<&str>, configs: &[(usize, &str)]) {
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +21,7 @@ fn check(inputs: &[PathBuf], profiles: Option<&PathBuf>, until: Option<&str>, co
         let db = dir.path().join(format!("run-{workers}-{step}.db"));
         let mut args = run_args(inputs.to_vec(), profiles.cloned(), until, db.clone());
         args.workers = *workers;
-        args.step = parse_duration_arg(step).unwrap();
+        args.step = Some(parse_duration_arg(step).unwrap());
         let summary = run::run(&args).unwrap();
         assert_eq!(summary.late, 0);
         assert_same_results(&batch_db, &db, &format!("until {until:?}, -w {workers}, --step {step}"));
@@ -188,9 +152,9 @@ fn bad_settings_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_events(dir.path(), "e.csv", &["2019-10-01 10:00:00 UTC,view,10,1,,,1.00,1,s"]);
     let mut args = run_args(vec![input.clone()], None, None, dir.path().join("x.db"));
-    args.step = 7 * 60;
+    args.step = Some(7 * 60);
     assert!(format!("{:#}", run::run(&args).unwrap_err()).contains("divides a day"));
     let mut args = run_args(vec![input], None, Some("2019-10-01T10:00:30Z"), dir.path().join("x.db"));
-    args.step = 60;
+    args.step = Some(60);
     assert!(format!("{:#}", run::run(&args).unwrap_err()).contains("whole minute"));
 }

@@ -215,7 +215,7 @@ pub fn read_events_while(
                     rejects.reject(&source, line, reason, &join_fields(&record))?;
                 }
             }
-            if stats.rows % 65_536 == 0 {
+            if stats.rows.is_multiple_of(65_536) {
                 if let Some(p) = &mut progress {
                     p.update(done_bytes + counter.get(), stats.rows, "rows");
                 }

@@ -1,6 +1,7 @@
 //! cartflow's connectors: everything that reads from or writes to the outside world.
 
 pub mod csv_events;
+pub mod kafka;
 pub mod profiles;
 pub mod progress;
 pub mod rejects;

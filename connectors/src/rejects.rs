@@ -27,6 +27,10 @@ pub enum RejectReason {
     ProfileUserId,
     /// An event older than the frontier when it arrived (SPEC §2): not applied.
     Late,
+    /// A Kafka message that is not a JSON object of event fields.
+    Json,
+    /// A Kafka message larger than any event can be.
+    Oversized,
 }
 
 impl RejectReason {
@@ -46,6 +50,8 @@ impl RejectReason {
             RejectReason::Encoding => "bad_utf8",
             RejectReason::ProfileUserId => "bad_profile_user_id",
             RejectReason::Late => "late",
+            RejectReason::Json => "bad_json",
+            RejectReason::Oversized => "oversized",
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod generate;
 pub mod query;
 pub mod run;
+pub mod simulate;
 pub mod stats;
 
 use crate::cli::Command;
@@ -13,6 +14,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Batch(args) => batch::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args).map(|_| ()),
+        Command::Simulate(args) => simulate::run(&args).map(|_| ()),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
         Command::Bench(args) => bench::run(&args),

@@ -431,7 +431,7 @@ pub fn generate(spec: &Spec, dir: &Path, gzip: bool, show_progress: bool) -> Res
             last_time = last_time.max(time);
         }
         if let Some(p) = &mut progress {
-            if sessions % 1024 == 0 {
+            if sessions.is_multiple_of(1024) {
                 p.update(budget_used, writer.rows, "events");
             }
         }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cartflow::cli::BatchArgs;
+use cartflow::cli::{BatchArgs, RunArgs};
 use cartflow::commands::batch::{self, BatchSummary};
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::parse_instant_arg;
-use cartflow_dataflows::schema::{Row, TableId, Value};
+use cartflow_dataflows::schema::{Row, TableId, Value, TABLES};
 
 pub const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
 
@@ -113,4 +113,48 @@ pub fn real(v: &Value) -> f64 {
         Value::Real(x) => *x,
         other => panic!("not a real: {other:?}"),
     }
+}
+
+/// `run` over files, with the CLI's defaults.
+pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>, db: PathBuf) -> RunArgs {
+    RunArgs {
+        input: inputs,
+        brokers: None,
+        topic: "user-events".into(),
+        group: "cartflow".into(),
+        settings: Vec::new(),
+        lateness: 600,
+        idle_timeout: 30,
+        exit_at_end: false,
+        profiles,
+        profiles_at: Vec::new(),
+        until: until.map(|t| parse_instant_arg(t).unwrap()),
+        db,
+        rejects: None,
+        workers: 1,
+        step: Some(3_600),
+        retention: 7 * 86_400,
+        quiet: true,
+    }
+}
+
+/// Every result table of the two stores, compared row by row.
+pub fn assert_same_results(batch: &Path, incremental: &Path, what: &str) {
+    let a = SqliteStore::open_read_only(batch).unwrap();
+    let b = SqliteStore::open_read_only(incremental).unwrap();
+    for table in TABLES.iter().filter(|t| t.id != TableId::PipelineState) {
+        let (x, y) = (a.read_table(table.id).unwrap(), b.read_table(table.id).unwrap());
+        if x != y {
+            let first = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
+            panic!(
+                "{what}: table {} differs ({} batch rows, {} incremental rows); first difference at row {first}:\n batch: {:?}\n run:   {:?}",
+                table.name,
+                x.len(),
+                y.len(),
+                x.get(first),
+                y.get(first)
+            );
+        }
+    }
+    assert_eq!(a.state("frontier").unwrap(), b.state("frontier").unwrap(), "{what}: frontier");
 }

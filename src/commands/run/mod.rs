@@ -10,19 +10,21 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cartflow_connectors::csv_events::{read_events_while, resolve_inputs, ReadStats};
+mod files;
+pub mod kafka;
+
+use cartflow_connectors::csv_events::{resolve_inputs, ReadStats};
+use cartflow_connectors::kafka::KafkaOptions;
 use cartflow_connectors::profiles::read_profiles;
 use cartflow_connectors::progress::human;
-use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_connectors::rejects::RejectLog;
 use cartflow_connectors::sink::{BackgroundSink, Sink};
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::incremental::materialize::Materializer;
@@ -52,11 +54,25 @@ pub struct RunSummary {
 
 type ProfileChange = (Timestamp, Profiles);
 
+/// Waits for the input's reader(s) to end and returns what they read.
+type FinishReading = Box<dyn FnOnce() -> Result<Reader> + Send>;
+
 /// Result updates that reached worker 0 and wait for their boundary.
 type ResultBuffer = Rc<RefCell<Vec<(Output, Time, Diff)>>>;
 
 pub fn run(args: &RunArgs) -> Result<RunSummary> {
-    let settings = Settings { step: args.step, lateness: 0 };
+    let kafka_options = args.brokers.as_ref().map(|brokers| kafka::KafkaSourceOptions {
+        kafka: KafkaOptions { brokers: brokers.clone(), settings: args.settings.clone() },
+        topic: args.topic.clone(),
+        group: args.group.clone(),
+        settings: Settings { step: args.step.unwrap_or(MINUTE), lateness: 0 },
+        lateness: args.lateness,
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
+        until: args.until,
+        exit_at_end: args.exit_at_end,
+    });
+    let default_step = if kafka_options.is_some() { MINUTE } else { 4 * 3_600 };
+    let settings = Settings { step: args.step.unwrap_or(default_step), lateness: 0 };
     settings.validate().map_err(anyhow::Error::msg).context("--step")?;
     if let Some(until) = args.until {
         if until % MINUTE != 0 {
@@ -66,7 +82,9 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     if args.workers == 0 {
         bail!("-w must be at least 1");
     }
-    let files = resolve_inputs(&args.input)?;
+    if args.lateness < 0 || args.lateness % MINUTE != 0 {
+        bail!("--lateness must be a whole number of minutes");
+    }
     let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&args.db));
     let mut rejects = RejectLog::new(Some(rejects_path.clone()));
     let initial = match &args.profiles {
@@ -91,15 +109,29 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     drop(store);
 
     let accepted = Arc::new(AtomicU64::new(0));
-    let (feeds, reader) =
-        spawn_reader(files, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
+    let (feeds, source, finish_reading): (_, _, FinishReading) = match kafka_options {
+        Some(options) => {
+            let (feeds, source, finish) = kafka::spawn_sources(options, rejects, args.workers, accepted.clone())?;
+            (feeds, Some(source), finish)
+        }
+        None => {
+            let files = resolve_inputs(&args.input)?;
+            let (feeds, reader) =
+                files::spawn_reader(files, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
+            let finish: FinishReading = Box::new(move || {
+                reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r)
+            });
+            (feeds, None, finish)
+        }
+    };
     let shared = Arc::new(Shared {
         args: args.clone(),
         settings,
         initial,
         changes: Mutex::new(Some(changes)),
         feeds: Mutex::new(feeds.into_iter().map(Some).collect()),
-        reader: Mutex::new(Some(reader)),
+        reader: Mutex::new(Some(finish_reading)),
+        source,
         accepted,
         done: AtomicBool::new(false),
         summary: Mutex::new(None),
@@ -109,6 +141,9 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         let shared = worker_shared.clone();
         if let Err(error) = run_worker(worker, &shared) {
             shared.done.store(true, Ordering::SeqCst);
+            if let Some(source) = &shared.source {
+                source.stop();
+            }
             *shared.summary.lock().unwrap() = Some(Err(format!("{error:#}")));
         }
     })
@@ -141,8 +176,11 @@ struct Shared {
     changes: Mutex<Option<Vec<ProfileChange>>>,
     /// Each worker's feed from the reader thread, taken by the worker.
     feeds: Mutex<Vec<Option<Receiver<Feed>>>>,
-    /// The reader thread, joined by worker 0 once its feed ends.
-    reader: Mutex<Option<JoinHandle<Result<Reader>>>>,
+    /// Joins the reader thread(s) and sums up what they read: called by worker 0 once its feed
+    /// ends.
+    reader: Mutex<Option<FinishReading>>,
+    /// The Kafka source's shared clock and offsets (none for files).
+    source: Option<Arc<kafka::KafkaSource>>,
     /// Events accepted so far (for worker 0's progress lines).
     accepted: Arc<AtomicU64>,
     done: AtomicBool,
@@ -227,7 +265,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     }
 
     let mut driver = Driver {
-        store: store_writer(SqliteStore::open(&shared.args.db)?, Materializer::new(settings, shared.args.retention)),
+        store: store_writer(
+            SqliteStore::open(&shared.args.db)?,
+            Materializer::new(settings, shared.args.retention),
+            shared.source.clone(),
+        ),
+        source: shared.source.clone(),
         in_flight: VecDeque::new(),
         first_event: None,
         profiles: shared.initial.clone(),
@@ -298,8 +341,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     }
     // On a failure the feed is dropped here, and the reader stops at its next batch.
     drop(feed);
-    let reader = shared.reader.lock().unwrap().take().expect("worker 0 joins the reader once");
-    let read = reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r);
+    if failure.is_some() {
+        if let Some(source) = &shared.source {
+            source.stop();
+        }
+    }
+    let finish_reading = shared.reader.lock().unwrap().take().expect("worker 0 joins the reader once");
+    let read = finish_reading();
     let read = match failure {
         Some(failure) => Err(failure),
         None => read,
@@ -320,10 +368,17 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             driver.close(frontier, worker, &mut inputs, &probe, &outputs)?;
             driver.settle(0, worker, &probe, &outputs)?;
         }
-        let mut state = super::batch::state_entries("run", &read, &rejects, applied, after_until, frontier);
+        let job = if shared.source.is_some() { "run (kafka)" } else { "run" };
+        let mut state = super::batch::state_entries(job, &read, &rejects, applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
+        if let Some(source) = &shared.source {
+            state.extend(source.final_state());
+        }
         driver.store.write(StoreJob::Batch(WriteBatch { state, ..Default::default() }))?;
         let writer = driver.store.finish()?;
+        if let Some(source) = &shared.source {
+            source.commit_final()?;
+        }
         let t = &driver.timings;
         info!(
             "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s collecting results, {:.1}s waiting \
@@ -381,88 +436,6 @@ struct Reader {
     last_event: Option<Timestamp>,
 }
 
-/// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
-/// rows, events before 1970 and late events (before the step of a later event: the steps follow
-/// the input), and counting those at or after `until`. The reader decides the steps: each
-/// worker's feed gets every step start, and the accepted events in batches dealt out in turn, so
-/// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
-/// worker failed) the reader stops at its next batch.
-fn spawn_reader(
-    files: Vec<PathBuf>,
-    mut rejects: RejectLog,
-    settings: Settings,
-    until: Option<Timestamp>,
-    workers: usize,
-    accepted: Arc<AtomicU64>,
-    show_progress: bool,
-) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
-    let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
-        (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
-    let reader = std::thread::Builder::new()
-        .name("cartflow-reader".into())
-        .spawn(move || {
-            let (mut late, mut after_until, mut applied) = (0, 0, 0);
-            let mut step_start: Option<Timestamp> = None;
-            let (mut earliest, mut last_event): (Option<Timestamp>, Option<Timestamp>) = (None, None);
-            let mut batch = Vec::with_capacity(READ_BATCH);
-            let mut next_worker = 0;
-            // Set when a worker has gone (it failed, and worker 0 reports why): reading stops.
-            let stopped = std::cell::Cell::new(false);
-            let keep_reading = || !stopped.get();
-            let send_all = |feed: &dyn Fn() -> Feed| {
-                if senders.iter().any(|sender| sender.send(feed()).is_err()) {
-                    stopped.set(true);
-                }
-            };
-            let stats = read_events_while(&files, &mut rejects, show_progress, keep_reading, |event, _session| {
-                if until.is_some_and(|u| event.time >= u) {
-                    after_until += 1;
-                    return Ok(());
-                }
-                if event.time < 0 {
-                    return Err(RejectReason::EventTime); // the engine's clock starts in 1970
-                }
-                match step_start {
-                    Some(start) if event.time < start => {
-                        late += 1;
-                        return Err(RejectReason::Late);
-                    }
-                    Some(start) if event.time < start + settings.step => {}
-                    _ => {
-                        // A new step: what was read of the last one goes first.
-                        if !batch.is_empty() {
-                            let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                            stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
-                            next_worker = (next_worker + 1) % senders.len();
-                        }
-                        let start = settings.step_start(event.time);
-                        step_start = Some(start);
-                        let ended = earliest.take();
-                        send_all(&|| Feed::Step { start, earliest: ended });
-                    }
-                }
-                earliest = Some(earliest.map_or(event.time, |t| t.min(event.time)));
-                last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
-                applied += 1;
-                batch.push(*event);
-                if batch.len() == READ_BATCH {
-                    accepted.store(applied, Ordering::Relaxed);
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                    stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
-                    next_worker = (next_worker + 1) % senders.len();
-                }
-                Ok(())
-            })?;
-            if !batch.is_empty() {
-                let _ = senders[next_worker].send(Feed::Events(batch));
-            }
-            accepted.store(applied, Ordering::Relaxed);
-            Ok(Reader { stats, rejects, late, after_until, applied, earliest, last_event })
-        })
-        .expect("spawning the reader thread");
-    (receivers, reader)
-}
-
 fn log_worker_cpu(index: usize) {
     if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
         info!("worker {index} used {:.1}s of CPU", cpu.as_secs_f64());
@@ -472,25 +445,54 @@ fn log_worker_cpu(index: usize) {
 /// What worker 0 hands the store writer: a boundary's result changes, which the writer thread
 /// materializes into the boundary's writes, or a batch ready to write.
 enum StoreJob {
-    Boundary { boundary: Timestamp, first_event: Option<Timestamp>, changes: Vec<(Output, Diff)> },
+    Boundary {
+        boundary: Timestamp,
+        first_event: Option<Timestamp>,
+        changes: Vec<(Output, Diff)>,
+        /// Source progress written with the boundary (Kafka offsets).
+        state: Vec<(String, String)>,
+    },
     Batch(WriteBatch),
 }
 
 /// The store's writer thread: it materializes each boundary (sorting and formatting rows, daily
 /// snapshots, final windows) and writes it with the frontier, off worker 0's critical path.
-fn store_writer(store: SqliteStore, mut materializer: Materializer) -> BackgroundSink<StoreJob> {
-    BackgroundSink::spawn_preparing(store, 2, move |job| match job {
-        StoreJob::Boundary { boundary, first_event, changes } => {
+fn store_writer(
+    store: SqliteStore,
+    mut materializer: Materializer,
+    source: Option<Arc<kafka::KafkaSource>>,
+) -> BackgroundSink<StoreJob> {
+    let job_name = if source.is_some() { "run (kafka)" } else { "run" };
+    BackgroundSink::spawn_preparing(TellsTheSource { store, source }, 2, move |job| match job {
+        StoreJob::Boundary { boundary, first_event, changes, state } => {
             if let Some(first) = first_event {
                 materializer.note_event(first);
             }
             let mut batch = materializer.advance(boundary, changes);
             batch.state.push(("frontier".into(), format_rfc3339(boundary)));
-            batch.state.push(("source".into(), "run".into()));
+            batch.state.push(("source".into(), job_name.into()));
+            batch.state.extend(state);
             batch
         }
         StoreJob::Batch(batch) => batch,
     })
+}
+
+/// The store, telling the Kafka source which offsets it holds once a batch is written (so that
+/// they are committed only then).
+struct TellsTheSource {
+    store: SqliteStore,
+    source: Option<Arc<kafka::KafkaSource>>,
+}
+
+impl Sink for TellsTheSource {
+    fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        self.store.write(batch)?;
+        if let Some(source) = &self.source {
+            source.written(&batch.state);
+        }
+        Ok(())
+    }
 }
 
 struct Inputs {
@@ -516,6 +518,8 @@ const PIPELINED_STEPS: usize = 1;
 struct Driver {
     /// The store, materialized and written by its own thread (the next step is computed meanwhile).
     store: BackgroundSink<StoreJob>,
+    /// The Kafka source: the earliest event and the offsets of each boundary come from it.
+    source: Option<Arc<kafka::KafkaSource>>,
     /// Closed boundaries waiting for the dataflow, oldest first, with the earliest event of their
     /// step.
     in_flight: VecDeque<(Timestamp, Option<Timestamp>)>,
@@ -610,6 +614,12 @@ impl Driver {
                 self.timings.dataflow += waiting.elapsed();
             }
             self.in_flight.pop_front();
+            // Every worker's input has passed the boundary, so the Kafka source's earliest event
+            // and offsets cover everything before it.
+            let (first_event, state) = match &self.source {
+                Some(source) => (first_event.into_iter().chain(source.earliest()).min(), source.state_at(boundary)),
+                None => (first_event, Vec::new()),
+            };
             let collecting = Instant::now();
             let changes: Vec<(Output, Diff)> = {
                 let mut buffer = outputs.borrow_mut();
@@ -620,7 +630,7 @@ impl Driver {
             self.timings.collect += collecting.elapsed();
             let result_changes = changes.len();
             let queueing = Instant::now();
-            self.store.write(StoreJob::Boundary { boundary, first_event, changes })?;
+            self.store.write(StoreJob::Boundary { boundary, first_event, changes, state })?;
             self.timings.store_wait += queueing.elapsed();
             if !self.quiet && self.last_log.elapsed() >= Duration::from_secs(5) {
                 self.last_log = Instant::now();

@@ -1,0 +1,146 @@
+//! Kafka: the message format (SPEC §1.3), client configuration and partition ownership.
+//!
+//! Clients are librdkafka's (bundled, through `rdkafka`). Every client takes the brokers and any
+//! number of `-X key=value` librdkafka settings, which override cartflow's defaults.
+
+pub mod message;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+
+pub use message::{decode, encode, Decoded, MAX_MESSAGE_BYTES};
+
+/// How to reach a Kafka cluster.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// librdkafka settings given with `-X key=value`, applied after cartflow's defaults.
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaOptions {
+    /// A client configuration: the brokers, then `defaults`, then the user's settings.
+    pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Parses `key=value` (a `-X` argument).
+pub fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not key=value (a librdkafka setting such as linger.ms=5)")),
+    }
+}
+
+/// The number of partitions of `topic`, asking the cluster through a client (`consumer.client()`,
+/// `producer.client()`) (waits up to `timeout` for it to
+/// answer, and for the topic to exist).
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .with_context(|| format!("asking the brokers about topic '{topic}'"))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        if let Some(found) = found {
+            if found.error().is_none() && !found.partitions().is_empty() {
+                return Ok(found.partitions().len() as i32);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("topic '{topic}' does not exist (or has no partitions); create it first");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The partitions owned by `owner` of `owners` (workers of every process, numbered 0..): every
+/// `owners`-th one, so each partition has exactly one owner.
+pub fn owned_partitions(owner: usize, owners: usize, partitions: i32) -> Vec<i32> {
+    (0..partitions).filter(|p| *p as usize % owners == owner).collect()
+}
+
+/// A producer context that counts deliveries and failures and keeps the first failure's reason.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.first_error.lock().unwrap().get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+/// A producer with cartflow's defaults: idempotent (no duplicates or reordering on retries), keys
+/// hashed by murmur2 as the Java and Python clients do (SPEC §1.3), small batches.
+pub fn producer(options: &KafkaOptions) -> Result<BaseProducer<DeliveryCounter>> {
+    options
+        .config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "5")])
+        .create_with_context(DeliveryCounter::default())
+        .with_context(|| format!("creating a Kafka producer for {}", options.brokers))
+}
+
+/// Sends one record, waiting (serving delivery reports, not spinning) while the producer's queue
+/// is full.
+pub fn send_waiting<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, str, [u8], C::DeliveryOpaque>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((error, _)) => return Err(error).context("producing to Kafka"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_partition_has_one_owner() {
+        let mut all: Vec<i32> = (0..3).flat_map(|w| owned_partitions(w, 3, 8)).collect();
+        all.sort();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        assert_eq!(owned_partitions(2, 4, 2), Vec::<i32>::new());
+        assert_eq!(parse_setting("linger.ms=5"), Ok(("linger.ms".into(), "5".into())));
+        assert!(parse_setting("=5").is_err() && parse_setting("linger.ms").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! The file source of `run`: a reader thread that parses CSV files in order and deals the
+//! accepted events to the workers.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Result;
+use cartflow_connectors::csv_events::read_events_while;
+use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_dataflows::incremental::Settings;
+use cartflow_dataflows::model::Timestamp;
+
+use super::{Feed, Reader, READ_BATCH};
+
+/// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
+/// rows, events before 1970 and late events (before the step of a later event: the steps follow
+/// the input), and counting those at or after `until`. The reader decides the steps: each
+/// worker's feed gets every step start, and the accepted events in batches dealt out in turn, so
+/// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
+/// worker failed) the reader stops at its next batch.
+pub(super) fn spawn_reader(
+    files: Vec<PathBuf>,
+    mut rejects: RejectLog,
+    settings: Settings,
+    until: Option<Timestamp>,
+    workers: usize,
+    accepted: Arc<AtomicU64>,
+    show_progress: bool,
+) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
+    let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
+        (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
+    let reader = std::thread::Builder::new()
+        .name("cartflow-reader".into())
+        .spawn(move || {
+            let (mut late, mut after_until, mut applied) = (0, 0, 0);
+            let mut step_start: Option<Timestamp> = None;
+            let (mut earliest, mut last_event): (Option<Timestamp>, Option<Timestamp>) = (None, None);
+            let mut batch = Vec::with_capacity(READ_BATCH);
+            let mut next_worker = 0;
+            // Set when a worker has gone (it failed, and worker 0 reports why): reading stops.
+            let stopped = std::cell::Cell::new(false);
+            let keep_reading = || !stopped.get();
+            let send_all = |feed: &dyn Fn() -> Feed| {
+                if senders.iter().any(|sender| sender.send(feed()).is_err()) {
+                    stopped.set(true);
+                }
+            };
+            let stats = read_events_while(&files, &mut rejects, show_progress, keep_reading, |event, _session| {
+                if until.is_some_and(|u| event.time >= u) {
+                    after_until += 1;
+                    return Ok(());
+                }
+                if event.time < 0 {
+                    return Err(RejectReason::EventTime); // the engine's clock starts in 1970
+                }
+                match step_start {
+                    Some(start) if event.time < start => {
+                        late += 1;
+                        return Err(RejectReason::Late);
+                    }
+                    Some(start) if event.time < start + settings.step => {}
+                    _ => {
+                        // A new step: what was read of the last one goes first.
+                        if !batch.is_empty() {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                            stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                            next_worker = (next_worker + 1) % senders.len();
+                        }
+                        let start = settings.step_start(event.time);
+                        step_start = Some(start);
+                        let ended = earliest.take();
+                        send_all(&|| Feed::Step { start, earliest: ended });
+                    }
+                }
+                earliest = Some(earliest.map_or(event.time, |t| t.min(event.time)));
+                last_event = Some(last_event.map_or(event.time, |t| t.max(event.time)));
+                applied += 1;
+                batch.push(*event);
+                if batch.len() == READ_BATCH {
+                    accepted.store(applied, Ordering::Relaxed);
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                    stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                    next_worker = (next_worker + 1) % senders.len();
+                }
+                Ok(())
+            })?;
+            if !batch.is_empty() {
+                let _ = senders[next_worker].send(Feed::Events(batch));
+            }
+            accepted.store(applied, Ordering::Relaxed);
+            Ok(Reader { stats, rejects, late, after_until, applied, earliest, last_event })
+        })
+        .expect("spawning the reader thread");
+    (receivers, reader)
+}

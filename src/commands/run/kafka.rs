@@ -1,0 +1,655 @@
+//! The Kafka source of `run`: one consumer thread per worker, each owning every `workers`-th
+//! partition, all sharing one clock.
+//!
+//! Each thread decodes its partitions' messages and feeds its own worker. The frontier (SPEC §2) is
+//! global: `min over active partitions (max event time seen) − lateness`, where a partition is
+//! active until it has been idle for `--idle-timeout` (when every partition is idle, the latest
+//! event seen counts). The step containing the frontier is the *open* step, the same for every
+//! thread. A thread inserts an event at its step's start once that step is open (events of later
+//! steps wait in `pending`), and an event whose step has already been closed by its thread is late
+//! (rejected with reason `late`, never applied). Because all workers close the same step grid and
+//! worker 0 writes a boundary only once every worker's input has passed it, the store at each
+//! boundary holds exactly the events before it.
+//!
+//! Offsets: when a thread opens a step it records, per partition, the offset before which every
+//! message is in the open step or earlier (the oldest event still pending, or the next message).
+//! Worker 0 writes these with the boundary (`pipeline_state`: `kafka_offset/<topic>/<partition>`);
+//! once the store has them, each thread commits them for its consumer group.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cartflow_connectors::csv_events::{EventParser, ReadStats};
+use cartflow_connectors::kafka::{self, owned_partitions, partition_count, KafkaOptions};
+use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_dataflows::incremental::Settings;
+use cartflow_dataflows::model::time::MINUTE;
+use cartflow_dataflows::model::{Event, Timestamp};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{Feed, Reader, READ_BATCH};
+
+/// What the Kafka source is told.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceOptions {
+    pub kafka: KafkaOptions,
+    pub topic: String,
+    pub group: String,
+    pub settings: Settings,
+    pub lateness: i64,
+    pub idle_timeout: Duration,
+    pub until: Option<Timestamp>,
+    pub exit_at_end: bool,
+}
+
+/// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
+pub struct KafkaSource {
+    options: KafkaSourceOptions,
+    threads: Vec<Mutex<ThreadClock>>,
+    /// The open step's start, once the frontier is known; it only moves forward.
+    open: Mutex<Option<Timestamp>>,
+    /// The earliest event applied by any thread (`i64::MAX`: none yet).
+    earliest: AtomicI64,
+    /// The latest event applied by any thread (`i64::MIN`: none yet).
+    latest: AtomicI64,
+    /// Offsets the store holds (written by the store writer), to commit for the consumer group.
+    durable: Mutex<BTreeMap<i32, i64>>,
+    /// Set when the run ends (`--until` reached, every partition read, or a failure).
+    finished: AtomicBool,
+}
+
+/// One thread's view, published for the others.
+#[derive(Default)]
+struct ThreadClock {
+    /// Every owned partition has either seen an event or been idle for the timeout.
+    ready: bool,
+    /// The least "latest event" over the owned partitions that are not idle.
+    active_min: Option<Timestamp>,
+    /// The latest event of any owned partition.
+    latest: Option<Timestamp>,
+    /// The earliest event not yet applied (pending) or applied in the first step.
+    earliest_seen: Option<Timestamp>,
+    /// `--exit-at-end`: every owned partition has been read to its end.
+    at_end: bool,
+    /// Safe offsets per opened step: `(boundary, [(partition, offset)])`, oldest first: every
+    /// message before the offsets is in the store once `boundary` is written.
+    offsets: VecDeque<(Timestamp, Vec<(i32, i64)>)>,
+    /// The offsets safe at the end of the run (every message read is applied, late, rejected or
+    /// after `--until`).
+    final_offsets: Vec<(i32, i64)>,
+}
+
+impl KafkaSource {
+    fn frontier(&self) -> Option<Timestamp> {
+        let (mut any_active, mut active_min, mut latest) = (false, Timestamp::MAX, None::<Timestamp>);
+        for thread in &self.threads {
+            let clock = thread.lock().unwrap();
+            if !clock.ready {
+                return None;
+            }
+            if let Some(t) = clock.active_min {
+                any_active = true;
+                active_min = active_min.min(t);
+            }
+            latest = latest.max(clock.latest);
+        }
+        let raw = if any_active { active_min } else { latest? };
+        Some(raw - self.options.lateness)
+    }
+
+    /// Moves the open step forward to the step containing the frontier, and returns it.
+    fn open_step(&self) -> Option<Timestamp> {
+        let frontier = self.frontier()?;
+        let settings = &self.options.settings;
+        // Never past `--until`: the run's last boundary is there.
+        let cap = |t: Timestamp| self.options.until.map_or(t, |until| t.min(settings.step_start(until - 1)));
+        let mut open = self.open.lock().unwrap();
+        let target = cap(settings.step_start(frontier));
+        let start = match *open {
+            Some(current) => current.max(target),
+            None => {
+                // The first step starts at the earliest event seen, so nothing before the frontier
+                // is late just because the stream began there.
+                let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().earliest_seen).min();
+                cap(settings.step_start(earliest.map_or(frontier, |e| e.min(frontier))))
+            }
+        };
+        *open = Some(start);
+        Some(start)
+    }
+
+    fn all_at_end(&self) -> bool {
+        self.threads.iter().all(|t| t.lock().unwrap().at_end)
+    }
+
+    /// The earliest event applied so far.
+    pub fn earliest(&self) -> Option<Timestamp> {
+        let t = self.earliest.load(Ordering::SeqCst);
+        (t != Timestamp::MAX).then_some(t)
+    }
+
+    /// The `pipeline_state` entries of a boundary every worker has passed: per partition, the
+    /// offset before which every message is applied (or late, or rejected).
+    pub fn state_at(&self, boundary: Timestamp) -> Vec<(String, String)> {
+        let mut entries = Vec::new();
+        for thread in &self.threads {
+            let mut clock = thread.lock().unwrap();
+            while clock.offsets.len() > 1 && clock.offsets[1].0 <= boundary {
+                clock.offsets.pop_front();
+            }
+            if let Some((start, offsets)) = clock.offsets.front() {
+                if *start <= boundary {
+                    for (partition, offset) in offsets {
+                        entries.push((offset_key(&self.options.topic, *partition), offset.to_string()));
+                    }
+                }
+            }
+        }
+        entries.sort();
+        entries
+    }
+
+    /// The `pipeline_state` entries of the run's last boundary, once every source thread has ended.
+    pub fn final_state(&self) -> Vec<(String, String)> {
+        let mut entries: Vec<(String, String)> = self
+            .threads
+            .iter()
+            .flat_map(|t| t.lock().unwrap().final_offsets.clone())
+            .map(|(partition, offset)| (offset_key(&self.options.topic, partition), offset.to_string()))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// Commits the offsets the store holds at the end of the run (the source threads have ended).
+    pub fn commit_final(&self) -> Result<()> {
+        let durable = self.durable.lock().unwrap().clone();
+        if durable.is_empty() {
+            return Ok(());
+        }
+        let consumer: BaseConsumer = self
+            .options
+            .kafka
+            .config(&[("group.id", self.options.group.as_str())])
+            .create()
+            .context("creating a Kafka consumer")?;
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in durable {
+            list.add_partition_offset(&self.options.topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&list, CommitMode::Sync).context("committing the final offsets")?;
+        Ok(())
+    }
+
+    /// Called by the store writer once a batch is written: its offsets may now be committed.
+    pub fn written(&self, state: &[(String, String)]) {
+        let prefix = offset_key(&self.options.topic, 0);
+        let prefix = &prefix[..prefix.len() - 1];
+        let mut durable = self.durable.lock().unwrap();
+        for (key, value) in state {
+            if let (Some(partition), Ok(offset)) = (key.strip_prefix(prefix), value.parse::<i64>()) {
+                if let Ok(partition) = partition.parse::<i32>() {
+                    durable.insert(partition, offset);
+                }
+            }
+        }
+    }
+
+    /// Stops every source thread (a worker failed).
+    pub fn stop(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `pipeline_state` key of a partition's offset.
+pub fn offset_key(topic: &str, partition: i32) -> String {
+    format!("kafka_offset/{topic}/{partition}")
+}
+
+/// Starts one source thread per worker. Returns the workers' feeds, the shared source, and a
+/// function that joins the threads and sums up what they read.
+#[allow(clippy::type_complexity)]
+pub(super) fn spawn_sources(
+    options: KafkaSourceOptions,
+    rejects: RejectLog,
+    workers: usize,
+    accepted: Arc<AtomicU64>,
+) -> Result<(Vec<Receiver<Feed>>, Arc<KafkaSource>, Box<dyn FnOnce() -> Result<Reader> + Send>)> {
+    let probe: BaseConsumer = options.kafka.config(&[]).create().context("creating a Kafka consumer")?;
+    let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30))?;
+    drop(probe);
+    info!(
+        "kafka: topic '{}' has {partitions} partition(s), read by {workers} worker(s); lateness {}s, idle timeout {}s",
+        options.topic,
+        options.lateness,
+        options.idle_timeout.as_secs()
+    );
+    let source = Arc::new(KafkaSource {
+        options: options.clone(),
+        threads: (0..workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
+        open: Mutex::new(None),
+        earliest: AtomicI64::new(Timestamp::MAX),
+        latest: AtomicI64::new(Timestamp::MIN),
+        durable: Mutex::new(BTreeMap::new()),
+        finished: AtomicBool::new(false),
+    });
+    let rejects = Arc::new(Mutex::new(rejects));
+    let mut receivers = Vec::new();
+    let mut handles = Vec::new();
+    for worker in 0..workers {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Feed>(16);
+        receivers.push(receiver);
+        let owned = owned_partitions(worker, workers, partitions);
+        let thread = SourceThread::new(worker, owned, source.clone(), sender, rejects.clone(), accepted.clone())?;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("kafka-source-{worker}"))
+                .spawn(move || thread.run())
+                .expect("spawning a Kafka source thread"),
+        );
+    }
+    let finish_source = source.clone();
+    let finish = Box::new(move || -> Result<Reader> {
+        let mut total = Counts::default();
+        let mut failure = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(counts)) => total.add(&counts),
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(_) => failure = failure.or(Some(anyhow::anyhow!("a Kafka source thread panicked"))),
+            }
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let rejects = Arc::try_unwrap(rejects).ok().expect("the source threads have ended").into_inner().unwrap();
+        let latest = finish_source.latest.load(Ordering::SeqCst);
+        Ok(Reader {
+            stats: ReadStats {
+                files: partitions as usize,
+                rows: total.messages,
+                valid: total.messages - total.rejected,
+                rejected: total.rejected,
+                bytes: total.bytes,
+            },
+            rejects,
+            late: total.late,
+            after_until: total.after_until,
+            applied: total.applied,
+            earliest: finish_source.earliest(),
+            last_event: (latest != Timestamp::MIN).then_some(latest),
+        })
+    });
+    Ok((receivers, source, finish))
+}
+
+/// What one source thread read.
+#[derive(Default)]
+struct Counts {
+    messages: u64,
+    rejected: u64,
+    late: u64,
+    after_until: u64,
+    applied: u64,
+    bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.messages += other.messages;
+        self.rejected += other.rejected;
+        self.late += other.late;
+        self.after_until += other.after_until;
+        self.applied += other.applied;
+        self.bytes += other.bytes;
+    }
+}
+
+struct PartitionClock {
+    partition: i32,
+    /// The latest event time seen.
+    latest: Option<Timestamp>,
+    last_message: Instant,
+    /// The next offset to read.
+    next_offset: i64,
+    /// The first event after `--until` (not applied).
+    first_not_applied: Option<i64>,
+    at_end: bool,
+}
+
+/// Events of a step that is not open yet, with the oldest offset they hold per partition.
+#[derive(Default)]
+struct PendingStep {
+    events: Vec<Event>,
+    oldest: Vec<(i32, i64)>,
+}
+
+struct SourceThread {
+    index: usize,
+    source: Arc<KafkaSource>,
+    consumer: BaseConsumer,
+    partitions: Vec<PartitionClock>,
+    sender: SyncSender<Feed>,
+    rejects: Arc<Mutex<RejectLog>>,
+    accepted: Arc<AtomicU64>,
+    parser: EventParser,
+    pending: BTreeMap<Timestamp, PendingStep>,
+    /// The step this thread's worker inserts at.
+    step: Option<Timestamp>,
+    batch: Vec<Event>,
+    counts: Counts,
+    committed: BTreeMap<i32, i64>,
+}
+
+impl SourceThread {
+    fn new(
+        index: usize,
+        owned: Vec<i32>,
+        source: Arc<KafkaSource>,
+        sender: SyncSender<Feed>,
+        rejects: Arc<Mutex<RejectLog>>,
+        accepted: Arc<AtomicU64>,
+    ) -> Result<SourceThread> {
+        let options = &source.options;
+        let consumer: BaseConsumer = options
+            .kafka
+            .config(&[
+                ("group.id", options.group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+            ])
+            .create()
+            .context("creating a Kafka consumer")?;
+        // The dataflows' state lives in memory, so a run reads its partitions from the beginning
+        // (a bootstrap from the archive starts at the archive's offsets instead).
+        let mut assignment = TopicPartitionList::new();
+        for partition in &owned {
+            assignment.add_partition_offset(&options.topic, *partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment).context("assigning Kafka partitions")?;
+        let now = Instant::now();
+        let partitions = owned
+            .iter()
+            .map(|&partition| PartitionClock {
+                partition,
+                latest: None,
+                last_message: now,
+                next_offset: 0,
+                first_not_applied: None,
+                at_end: false,
+            })
+            .collect();
+        Ok(SourceThread {
+            index,
+            source,
+            consumer,
+            partitions,
+            sender,
+            rejects,
+            accepted,
+            parser: EventParser::default(),
+            pending: BTreeMap::new(),
+            step: None,
+            batch: Vec::with_capacity(READ_BATCH),
+            counts: Counts::default(),
+            committed: BTreeMap::new(),
+        })
+    }
+
+    fn run(mut self) -> Result<Counts> {
+        let result = self.read();
+        if result.is_err() {
+            self.source.stop();
+        }
+        self.commit(CommitMode::Sync);
+        // Leaving the consumer queue before the consumer is dropped (a destroy can otherwise hang
+        // on some brokers).
+        let _ = self.consumer.unassign();
+        result.map(|()| self.counts)
+    }
+
+    fn read(&mut self) -> Result<()> {
+        let mut last_publish = Instant::now();
+        let mut since_publish = 0u32;
+        loop {
+            if self.source.finished.load(Ordering::SeqCst) {
+                return self.release_all();
+            }
+            let exit_at_end = self.source.options.exit_at_end;
+            let reading = !(exit_at_end && self.partitions.iter().all(|p| p.at_end));
+            if reading && !self.partitions.is_empty() {
+                match self.consumer.poll(Duration::from_millis(20)) {
+                    Some(Ok(message)) => {
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        if self.on_message(partition, offset, &payload)? {
+                            // A partition reached a new minute: the frontier may move.
+                            since_publish = u32::MAX;
+                        }
+                        since_publish = since_publish.saturating_add(1);
+                    }
+                    Some(Err(KafkaError::PartitionEOF(partition))) => {
+                        if let Some(p) = self.partitions.iter_mut().find(|p| p.partition == partition) {
+                            p.at_end = true;
+                        }
+                        since_publish = u32::MAX;
+                    }
+                    Some(Err(error)) => {
+                        warn!("kafka source {}: {error}", self.index);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    None => since_publish = u32::MAX,
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+                since_publish = u32::MAX;
+            }
+            if since_publish >= 1024 || last_publish.elapsed() >= Duration::from_millis(20) {
+                since_publish = 0;
+                last_publish = Instant::now();
+                self.publish();
+                if exit_at_end && self.source.all_at_end() {
+                    return self.release_all();
+                }
+                if let Some(open) = self.source.open_step() {
+                    self.advance_to(open)?;
+                }
+                if let (Some(until), Some(frontier)) = (self.source.options.until, self.source.frontier()) {
+                    if frontier >= until {
+                        self.source.finished.store(true, Ordering::SeqCst);
+                    }
+                }
+                self.commit(CommitMode::Async);
+            }
+        }
+    }
+
+    /// Handles one message; true when its partition's latest event reached a new minute.
+    fn on_message(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<bool> {
+        self.counts.messages += 1;
+        self.counts.bytes += payload.len() as u64;
+        let Some(index) = self.partitions.iter().position(|p| p.partition == partition) else {
+            return Ok(false);
+        };
+        let clock = &mut self.partitions[index];
+        clock.next_offset = offset + 1;
+        clock.at_end = false;
+        clock.last_message = Instant::now();
+        let decoded = kafka::decode(payload, &mut self.parser).map(|d| d.event).and_then(|event| {
+            if event.time < 0 {
+                Err(RejectReason::EventTime) // the engine's clock starts in 1970
+            } else {
+                Ok(event)
+            }
+        });
+        let event = match decoded {
+            Ok(event) => event,
+            Err(reason) => return self.reject(partition, offset, reason, payload).map(|()| false),
+        };
+        let minute = |t: Timestamp| t.div_euclid(MINUTE);
+        let moved = clock.latest.is_none_or(|latest| minute(event.time) > minute(latest));
+        clock.latest = Some(clock.latest.map_or(event.time, |t| t.max(event.time)));
+        if self.source.options.until.is_some_and(|until| event.time >= until) {
+            // Never applied by this run: its offset bounds what the store holds.
+            self.counts.after_until += 1;
+            clock.first_not_applied.get_or_insert(offset);
+            return Ok(moved);
+        }
+        let step = self.source.options.settings.step_start(event.time);
+        match self.step {
+            Some(current) if step < current => {
+                self.counts.late += 1;
+                self.reject(partition, offset, RejectReason::Late, payload)?;
+                return Ok(moved);
+            }
+            Some(current) if step == current => self.apply(event)?,
+            _ => {
+                let pending = self.pending.entry(step).or_default();
+                pending.events.push(event);
+                match pending.oldest.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, oldest)) => *oldest = (*oldest).min(offset),
+                    None => pending.oldest.push((partition, offset)),
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn reject(&mut self, partition: i32, offset: i64, reason: RejectReason, payload: &[u8]) -> Result<()> {
+        if reason != RejectReason::Late {
+            self.counts.rejected += 1;
+        }
+        let source = format!("{}[{partition}]", self.source.options.topic);
+        self.rejects.lock().unwrap().reject(&source, offset as u64, reason, payload)
+    }
+
+    /// Hands an event of the current step to the worker.
+    fn apply(&mut self, event: Event) -> Result<()> {
+        self.source.earliest.fetch_min(event.time, Ordering::SeqCst);
+        self.source.latest.fetch_max(event.time, Ordering::SeqCst);
+        self.counts.applied += 1;
+        self.batch.push(event);
+        if self.batch.len() == READ_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(READ_BATCH));
+        self.accepted.fetch_add(full.len() as u64, Ordering::Relaxed);
+        self.send(Feed::Events(full))
+    }
+
+    fn send(&self, feed: Feed) -> Result<()> {
+        if self.sender.send(feed).is_err() {
+            // The worker has gone (it failed, and worker 0 reports why).
+            self.source.stop();
+            anyhow::bail!("worker {} stopped", self.index);
+        }
+        Ok(())
+    }
+
+    fn start_step(&mut self, start: Timestamp) -> Result<()> {
+        self.flush()?;
+        self.step = Some(start);
+        self.send(Feed::Step { start, earliest: None })?;
+        if let Some(pending) = self.pending.remove(&start) {
+            for event in pending.events {
+                self.apply(event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens every step up to `open` in turn (those holding pending events, then `open` itself),
+    /// and records the offsets that are safe once the steps before it are written.
+    fn advance_to(&mut self, open: Timestamp) -> Result<()> {
+        if self.step.is_some_and(|s| s >= open) {
+            return Ok(());
+        }
+        while let Some((&start, _)) = self.pending.first_key_value() {
+            if start >= open {
+                break;
+            }
+            self.start_step(start)?;
+        }
+        self.start_step(open)?;
+        let safe: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let pending = self.pending.values().flat_map(|s| &s.oldest).filter(|(q, _)| *q == p.partition);
+                let bound = p.first_not_applied.map_or(p.next_offset, |o| o.min(p.next_offset));
+                (p.partition, pending.map(|(_, o)| *o).fold(bound, i64::min))
+            })
+            .collect();
+        // Valid once the open step, too, is closed: events still to come for it are after the offsets.
+        let boundary = open + self.source.options.settings.step;
+        self.source.threads[self.index].lock().unwrap().offsets.push_back((boundary, safe));
+        Ok(())
+    }
+
+    /// The end of the input: every pending step is opened and its events applied.
+    fn release_all(&mut self) -> Result<()> {
+        while let Some((&start, _)) = self.pending.first_key_value() {
+            if self.step.is_some_and(|s| start < s) {
+                // Cannot happen: pending steps are after the thread's step.
+                let pending = self.pending.remove(&start).unwrap_or_default();
+                self.counts.late += pending.events.len() as u64;
+                continue;
+            }
+            self.start_step(start)?;
+        }
+        let offsets =
+            self.partitions.iter().map(|p| (p.partition, p.first_not_applied.unwrap_or(p.next_offset))).collect();
+        self.source.threads[self.index].lock().unwrap().final_offsets = offsets;
+        self.flush()
+    }
+
+    /// Publishes this thread's clock for the others.
+    fn publish(&mut self) {
+        let idle_timeout = self.source.options.idle_timeout;
+        let now = Instant::now();
+        let mut clock = self.source.threads[self.index].lock().unwrap();
+        let idle = |p: &PartitionClock| now.duration_since(p.last_message) >= idle_timeout;
+        clock.ready = self.partitions.iter().all(|p| p.latest.is_some() || idle(p));
+        clock.active_min = self.partitions.iter().filter(|p| !idle(p)).filter_map(|p| p.latest).min();
+        clock.latest = self.partitions.iter().filter_map(|p| p.latest).max();
+        clock.earliest_seen = self.pending.keys().next().copied().into_iter().chain(self.step).min();
+        clock.at_end = self.partitions.iter().all(|p| p.at_end);
+    }
+
+    /// Commits, for this thread's partitions, the offsets the store holds.
+    fn commit(&mut self, mode: CommitMode) {
+        let durable = self.source.durable.lock().unwrap().clone();
+        let mut list = TopicPartitionList::new();
+        for p in &self.partitions {
+            if let Some(&offset) = durable.get(&p.partition) {
+                if self.committed.get(&p.partition) != Some(&offset) {
+                    let _ = list.add_partition_offset(&self.source.options.topic, p.partition, Offset::Offset(offset));
+                    self.committed.insert(p.partition, offset);
+                }
+            }
+        }
+        if list.count() > 0 {
+            if let Err(error) = self.consumer.commit(&list, mode) {
+                warn!("kafka source {}: committing offsets: {error}", self.index);
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Kafka end to end against librdkafka's mock cluster (a real Kafka protocol peer, in process):
+//! `simulate` streams real rows into a topic, `run` reads it live and ends with the store equal to
+//! `batch` on the same rows, and records per partition the offsets its results include.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cartflow::cli::{RunArgs, SimulateArgs};
+use cartflow::commands::{run, simulate};
+use cartflow_connectors::sqlite::SqliteStore;
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+const TOPIC: &str = "user-events";
+
+fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
+    SimulateArgs {
+        input: vec![input],
+        brokers: brokers.to_string(),
+        topic: TOPIC.to_string(),
+        start_at: None,
+        speed: 1.0,
+        max: true,
+        from: None,
+        to: None,
+        settings: Vec::new(),
+        rejects: None,
+        quiet: true,
+    }
+}
+
+fn kafka_run_args(brokers: &str, db: PathBuf, workers: usize, step: i64) -> RunArgs {
+    let mut args = run_args(Vec::new(), None, None, db);
+    args.brokers = Some(brokers.to_string());
+    args.step = Some(step);
+    args.workers = workers;
+    args.exit_at_end = true;
+    args
+}
+
+/// The committed offsets of `group`, per partition.
+fn committed(brokers: &str, group: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(TOPIC, p);
+    }
+    let found = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    (0..partitions).map(|p| found.find_partition(TOPIC, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1)).collect()
+}
+
+#[test]
+fn simulate_then_run_from_kafka_equals_batch() {
+    let Some(path) = shared_data("rees46-2019-oct-head.csv") else { return };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+
+    let sent = simulate::run(&simulate_args(path.clone(), &brokers)).unwrap();
+    assert_eq!(sent.sent, 17_434 - sent.rejected);
+    assert_eq!(sent.delivered, sent.sent);
+
+    let dir = tempfile::tempdir().unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![path], None, None, batch_db.clone())).unwrap();
+    for (workers, step) in [(1, 60), (2, 300), (3, 3_600)] {
+        let db = dir.path().join(format!("kafka-{workers}-{step}.db"));
+        let mut args = kafka_run_args(&brokers, db.clone(), workers, step);
+        args.group = format!("cartflow-{workers}");
+        let summary = run::run(&args).unwrap();
+        assert_eq!(summary.late, 0);
+        assert_eq!(summary.applied, sent.sent, "-w {workers}");
+        assert_same_results(&batch_db, &db, &format!("kafka, -w {workers}, --step {step}s"));
+        // The store records, per partition, the offset up to which its results go: here every
+        // message; and the group's committed offsets follow it.
+        let store = SqliteStore::open_read_only(&db).unwrap();
+        let offsets: Vec<i64> = (0..4)
+            .map(|p| store.state(&format!("kafka_offset/{TOPIC}/{p}")).unwrap().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(offsets.iter().sum::<i64>() as u64, sent.sent, "{offsets:?}");
+        assert_eq!(committed(&brokers, &args.group, 4), offsets);
+    }
+}
+
+#[test]
+fn bad_and_late_messages_are_counted_and_written_never_applied() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let event = |time: &str, user: u64| {
+        format!(
+            r#"{{"event_time":"{time}","event_type":"purchase","product_id":1,"category_id":"2","category_code":null,"brand":"acme","price":10.5,"user_id":{user},"user_session":"s"}}"#
+        )
+    };
+    let messages = [
+        event("2019-10-01T00:00:00Z", 1),
+        "{not json".to_string(),
+        event("2019-10-01T00:20:00Z", 2),
+        // The original system's format: the event time is `mapped_time`.
+        r#"{"event_time":"2019-09-01T00:00:00","mapped_time":"2019-10-01T00:21:00","processing_time":"2026-01-01T00:00:00","event_type":"view","product_id":1,"category_id":2,"category_code":"","brand":"acme","price":10.5,"user_id":3,"user_session":"s"}"#.to_string(),
+        // 20 minutes behind the latest event (the lateness is 10 minutes): late.
+        event("2019-10-01T00:01:00Z", 4),
+        event("2019-10-01T00:30:00Z", 5).replace("10.5", "10.555"),
+    ];
+    for value in &messages {
+        producer.send(BaseRecord::<str, str>::to(TOPIC).key("k").payload(value)).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let rejects = dir.path().join("rejects.csv");
+    let mut args = kafka_run_args(&brokers, db.clone(), 1, 60);
+    args.rejects = Some(rejects.clone());
+    let summary = run::run(&args).unwrap();
+    assert_eq!(summary.applied, 3);
+    assert_eq!(summary.late, 1);
+    assert_eq!(summary.read.rejected, 2);
+    let written = std::fs::read_to_string(&rejects).unwrap();
+    assert!(written.contains("user-events[0],1,bad_json"), "{written}");
+    assert!(written.contains("user-events[0],4,late"), "{written}");
+    assert!(written.contains("user-events[0],5,bad_price"), "{written}");
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    assert_eq!(store.state("frontier").unwrap().as_deref(), Some("2019-10-01T00:22:00Z"));
+    assert_eq!(store.state("late").unwrap().as_deref(), Some("1"));
+}
