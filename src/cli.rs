@@ -37,6 +37,11 @@ pub enum Command {
     /// Stream REES46 CSV rows into Kafka at their natural pace, faster, or as fast as the brokers
     /// take them (the click-stream simulator).
     Simulate(SimulateArgs),
+    /// Archive a Kafka topic as Parquet under <root>/raw/events/year=/month=/day=/hour=/ (by
+    /// event hour), continuously and crash-safely.
+    Archive(ArchiveArgs),
+    /// Print the Hive DDL (CREATE EXTERNAL TABLE and one ADD PARTITION per hour) of an archive.
+    HiveDdl(HiveDdlArgs),
     /// Print rows of a store table, ordered by primary key.
     Query(QueryArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
@@ -196,11 +201,71 @@ pub struct SimulateArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct ArchiveArgs {
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: String,
+
+    /// Topic to archive.
+    #[arg(long, default_value = "user-events", value_name = "NAME")]
+    pub topic: String,
+
+    /// The archive's root directory (created if missing).
+    #[arg(long, value_name = "PATH")]
+    pub root: PathBuf,
+
+    /// Flush once this many events are buffered.
+    #[arg(long, default_value_t = 250_000, value_name = "N")]
+    pub batch_events: usize,
+
+    /// Flush at least this often while events are buffered.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration)]
+    pub flush_interval: i64,
+
+    /// Consumer group whose offsets follow the archive (for lag monitoring; the archive itself
+    /// decides where to resume).
+    #[arg(long, default_value = "cartflow-archive", value_name = "NAME")]
+    pub group: String,
+
+    /// A librdkafka consumer setting. Repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]
+    pub settings: Vec<(String, String)>,
+
+    /// Rejected messages go here. Default: <root>/_cartflow/rejects-<start time>.csv.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Stop once every partition has been read to its end.
+    #[arg(long)]
+    pub exit_at_end: bool,
+
+    /// Do not log progress.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HiveDdlArgs {
+    /// The archive's root directory.
+    #[arg(long, value_name = "PATH")]
+    pub root: PathBuf,
+
+    /// Table name.
+    #[arg(long, default_value = "raw_events", value_name = "NAME")]
+    pub table: String,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Events: REES46 CSV files (plain or gzip) or directories, read in this order (file names
-    /// in a directory); rows must be ordered by time to within a step, older rows are late.
+    /// in a directory); rows must be ordered by time to within a step, older rows are late. Or the
+    /// root of a Parquet archive (written by `archive`), replayed in event-time order.
     #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]
     pub input: Vec<PathBuf>,
+
+    /// Replay a Parquet archive from the hour of `--since` on (events before it are skipped).
+    #[arg(long, value_name = "T", value_parser = instant)]
+    pub since: Option<Timestamp>,
 
     /// Read events live from Kafka at these bootstrap servers (host:port,...) instead of files.
     #[arg(long, value_name = "HOST:PORT")]

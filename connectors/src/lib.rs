@@ -1,5 +1,6 @@
 //! cartflow's connectors: everything that reads from or writes to the outside world.
 
+pub mod archive;
 pub mod csv_events;
 pub mod kafka;
 pub mod profiles;

@@ -31,6 +31,10 @@ pub enum RejectReason {
     Json,
     /// A Kafka message larger than any event can be.
     Oversized,
+    /// An id of 2^63 or more, which the archive's BIGINT columns cannot hold.
+    IdBeyondBigint,
+    /// An archive file that is not readable Parquet of the archive's schema: skipped.
+    BadArchiveFile,
 }
 
 impl RejectReason {
@@ -52,6 +56,8 @@ impl RejectReason {
             RejectReason::Late => "late",
             RejectReason::Json => "bad_json",
             RejectReason::Oversized => "oversized",
+            RejectReason::IdBeyondBigint => "id_beyond_bigint",
+            RejectReason::BadArchiveFile => "bad_archive_file",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One module per job of the command line.
 
+pub mod archive;
 pub mod batch;
 pub mod bench;
 pub mod generate;
@@ -15,6 +16,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Batch(args) => batch::run(&args).map(|_| ()),
         Command::Run(args) => run::run(&args).map(|_| ()),
         Command::Simulate(args) => simulate::run(&args).map(|_| ()),
+        Command::Archive(args) => archive::run(&args).map(|_| ()),
+        Command::HiveDdl(args) => archive::hive_ddl(&args, &mut std::io::stdout().lock()),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
         Command::Bench(args) => bench::run(&args),

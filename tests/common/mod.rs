@@ -119,6 +119,7 @@ pub fn real(v: &Value) -> f64 {
 pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>, db: PathBuf) -> RunArgs {
     RunArgs {
         input: inputs,
+        since: None,
         brokers: None,
         topic: "user-events".into(),
         group: "cartflow".into(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 
@@ -75,6 +76,28 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeou
 /// `owners`-th one, so each partition has exactly one owner.
 pub fn owned_partitions(owner: usize, owners: usize, partitions: i32) -> Vec<i32> {
     (0..partitions).filter(|p| *p as usize % owners == owner).collect()
+}
+
+/// The consumers' context: librdkafka's errors are logged, except the end-of-partition events
+/// that `enable.partition.eof` asks for (they also arrive through `poll`, where they are used).
+pub struct ConsumerLog;
+
+impl ClientContext for ConsumerLog {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerLog {}
+
+/// A consumer: the brokers, then `defaults`, then the user's settings.
+pub fn consumer(options: &KafkaOptions, defaults: &[(&str, &str)]) -> Result<BaseConsumer<ConsumerLog>> {
+    options
+        .config(defaults)
+        .create_with_context(ConsumerLog)
+        .with_context(|| format!("creating a Kafka consumer for {}", options.brokers))
 }
 
 /// A producer context that counts deliveries and failures and keeps the first failure's reason.

@@ -1,5 +1,5 @@
-//! The file source of `run`: a reader thread that parses CSV files in order and deals the
-//! accepted events to the workers.
+//! The file source of `run`: a reader thread that parses CSV files in order, or reads a Parquet
+//! archive in event-time order, and deals the accepted events to the workers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,12 +8,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Result;
-use cartflow_connectors::csv_events::read_events_while;
+use cartflow_connectors::archive;
+use cartflow_connectors::csv_events::{read_events_while, ReadStats};
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::Timestamp;
 
 use super::{Feed, Reader, READ_BATCH};
+
+/// What the reader reads.
+pub(super) enum Input {
+    /// CSV files, in this order.
+    Csv(Vec<PathBuf>),
+    /// A Parquet archive from the hour of `since` on.
+    Archive { root: PathBuf, since: Option<Timestamp> },
+}
 
 /// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
 /// rows, events before 1970 and late events (before the step of a later event: the steps follow
@@ -22,7 +31,7 @@ use super::{Feed, Reader, READ_BATCH};
 /// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
 /// worker failed) the reader stops at its next batch.
 pub(super) fn spawn_reader(
-    files: Vec<PathBuf>,
+    input: Input,
     mut rejects: RejectLog,
     settings: Settings,
     until: Option<Timestamp>,
@@ -48,7 +57,7 @@ pub(super) fn spawn_reader(
                     stopped.set(true);
                 }
             };
-            let stats = read_events_while(&files, &mut rejects, show_progress, keep_reading, |event, _session| {
+            let mut accept = |event: &cartflow_dataflows::model::Event| -> Result<(), RejectReason> {
                 if until.is_some_and(|u| event.time >= u) {
                     after_until += 1;
                     return Ok(());
@@ -86,7 +95,48 @@ pub(super) fn spawn_reader(
                     next_worker = (next_worker + 1) % senders.len();
                 }
                 Ok(())
-            })?;
+            };
+            let stats = match &input {
+                Input::Csv(files) => {
+                    read_events_while(files, &mut rejects, show_progress, keep_reading, |event, _session| {
+                        accept(event)
+                    })?
+                }
+                Input::Archive { root, since } => {
+                    let mut stats = ReadStats::default();
+                    let mut bad_files = Vec::new();
+                    archive::read_in_time_order(
+                        root,
+                        *since,
+                        keep_reading,
+                        |path, error| bad_files.push((path.display().to_string(), format!("{error:#}"))),
+                        |archived| {
+                            stats.rows += 1;
+                            match accept(&archived.event) {
+                                Ok(()) => stats.valid += 1,
+                                Err(reason) => {
+                                    stats.rejected += 1;
+                                    let source = format!("archive[{}]", archived.partition);
+                                    rejects.reject(
+                                        &source,
+                                        archived.offset as u64,
+                                        reason,
+                                        archived.session.as_bytes(),
+                                    )?;
+                                }
+                            }
+                            Ok(())
+                        },
+                    )?;
+                    for (path, error) in bad_files {
+                        tracing::warn!("skipped {path}: {error}");
+                        rejects.reject(&path, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
+                    }
+                    stats.files = archive::files(root, *since)?.len();
+                    rejects.flush()?;
+                    stats
+                }
+            };
             if !batch.is_empty() {
                 let _ = senders[next_worker].send(Feed::Events(batch));
             }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cartflow_connectors::csv_events::{EventParser, ReadStats};
-use cartflow_connectors::kafka::{self, owned_partitions, partition_count, KafkaOptions};
+use cartflow_connectors::kafka::{self, owned_partitions, partition_count, ConsumerLog, KafkaOptions};
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::time::MINUTE;
@@ -223,7 +223,7 @@ pub(super) fn spawn_sources(
     workers: usize,
     accepted: Arc<AtomicU64>,
 ) -> Result<(Vec<Receiver<Feed>>, Arc<KafkaSource>, Box<dyn FnOnce() -> Result<Reader> + Send>)> {
-    let probe: BaseConsumer = options.kafka.config(&[]).create().context("creating a Kafka consumer")?;
+    let probe = kafka::consumer(&options.kafka, &[])?;
     let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30))?;
     drop(probe);
     info!(
@@ -335,7 +335,7 @@ struct PendingStep {
 struct SourceThread {
     index: usize,
     source: Arc<KafkaSource>,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ConsumerLog>,
     partitions: Vec<PartitionClock>,
     sender: SyncSender<Feed>,
     rejects: Arc<Mutex<RejectLog>>,
@@ -359,17 +359,16 @@ impl SourceThread {
         accepted: Arc<AtomicU64>,
     ) -> Result<SourceThread> {
         let options = &source.options;
-        let consumer: BaseConsumer = options
-            .kafka
-            .config(&[
+        let consumer = kafka::consumer(
+            &options.kafka,
+            &[
                 ("group.id", options.group.as_str()),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "true"),
                 ("auto.offset.reset", "earliest"),
-            ])
-            .create()
-            .context("creating a Kafka consumer")?;
+            ],
+        )?;
         // The dataflows' state lives in memory, so a run reads its partitions from the beginning
         // (a bootstrap from the archive starts at the archive's offsets instead).
         let mut assignment = TopicPartitionList::new();

@@ -115,9 +115,14 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
             (feeds, Some(source), finish)
         }
         None => {
-            let files = resolve_inputs(&args.input)?;
+            let input = match args.input.as_slice() {
+                [root] if cartflow_connectors::archive::is_archive(root) => {
+                    files::Input::Archive { root: root.clone(), since: args.since }
+                }
+                _ => files::Input::Csv(resolve_inputs(&args.input)?),
+            };
             let (feeds, reader) =
-                files::spawn_reader(files, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
+                files::spawn_reader(input, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
             let finish: FinishReading = Box::new(move || {
                 reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r)
             });

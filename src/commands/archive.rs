@@ -1,0 +1,182 @@
+//! `cartflow archive`: Kafka → Parquet, continuously (SPEC §5), replacing the original system's
+//! hourly archiver. Messages are buffered and flushed every `--batch-events` events or
+//! `--flush-interval`, crash-safely (see `cartflow_connectors::archive`). On start the archive says
+//! where each partition resumes, so a crash or a repeated run neither loses nor duplicates an event.
+//! The consumer group's offsets follow the flushes (for lag monitoring only).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cartflow_connectors::archive::{ArchiveWriter, ArchivedEvent};
+use cartflow_connectors::csv_events::EventParser;
+use cartflow_connectors::kafka::{self, partition_count, ConsumerLog, KafkaOptions};
+use cartflow_connectors::progress::human;
+use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::cli::{ArchiveArgs, HiveDdlArgs};
+
+/// What `archive` did.
+#[derive(Debug, Default, Clone)]
+pub struct ArchiveSummary {
+    pub messages: u64,
+    pub archived: u64,
+    pub rejected: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
+    let started = Instant::now();
+    let (mut writer, next) = ArchiveWriter::open(&args.root)?;
+    let options = KafkaOptions { brokers: args.brokers.clone(), settings: args.settings.clone() };
+    let consumer = kafka::consumer(
+        &options,
+        &[
+            ("group.id", args.group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "true"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )?;
+    let partitions = partition_count(consumer.client(), &args.topic, Duration::from_secs(30))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let offset = next.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        assignment.add_partition_offset(&args.topic, partition, offset)?;
+    }
+    consumer.assign(&assignment).context("assigning Kafka partitions")?;
+    info!(
+        "archive: topic '{}' ({partitions} partitions) into {}; resuming at {}",
+        args.topic,
+        args.root.display(),
+        if next.is_empty() {
+            "the beginning".to_string()
+        } else {
+            next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+        }
+    );
+    let rejects_path = args.rejects.clone().unwrap_or_else(|| {
+        args.root.join("_cartflow").join(format!("rejects-{}.csv", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")))
+    });
+    let mut rejects = RejectLog::new(Some(rejects_path));
+    let mut parser = EventParser::default();
+    let mut summary = ArchiveSummary::default();
+    let mut at_end = vec![false; partitions as usize];
+    // Per partition, the offset after the last message read (to commit once flushed).
+    let mut read_up_to: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_flush = Instant::now();
+    let mut last_log = Instant::now();
+    let flush_interval = Duration::from_secs(args.flush_interval.max(1) as u64);
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let (partition, offset) = (message.partition(), message.offset());
+                let payload = message.payload().unwrap_or_default();
+                summary.messages += 1;
+                if let Some(end) = at_end.get_mut(partition as usize) {
+                    *end = false;
+                }
+                read_up_to.insert(partition, offset + 1);
+                let archived = kafka::decode(payload, &mut parser).and_then(|decoded| {
+                    let archived = ArchivedEvent {
+                        event: decoded.event,
+                        session: decoded.session.into_owned(),
+                        original_time: decoded.original_time,
+                        partition,
+                        offset,
+                    };
+                    writer.push(archived).map_err(|_| RejectReason::IdBeyondBigint)
+                });
+                if let Err(reason) = archived {
+                    summary.rejected += 1;
+                    rejects.reject(&format!("{}[{partition}]", args.topic), offset as u64, reason, payload)?;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(end) = at_end.get_mut(partition as usize) {
+                    *end = true;
+                }
+            }
+            Some(Err(error)) => {
+                warn!("archive: {error}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None => {}
+        }
+        let ended = args.exit_at_end && at_end.iter().all(|e| *e);
+        if writer.buffered() >= args.batch_events
+            || (writer.buffered() > 0 && last_flush.elapsed() >= flush_interval)
+            || ended
+        {
+            let stats = writer.flush()?;
+            rejects.flush()?;
+            last_flush = Instant::now();
+            summary.archived += stats.events;
+            summary.files += stats.files;
+            summary.bytes += stats.bytes;
+            commit(&consumer, &args.topic, &read_up_to);
+        }
+        if ended {
+            break;
+        }
+        if !args.quiet && last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                "archive: {} messages read ({}/s), {} archived in {} files ({} MB), {} buffered, {} rejected",
+                human(summary.messages as f64),
+                human(summary.messages as f64 / secs.max(1e-9)),
+                human(summary.archived as f64),
+                summary.files,
+                summary.bytes / 1_000_000,
+                writer.buffered(),
+                summary.rejected
+            );
+        }
+    }
+    let _ = consumer.unassign();
+    summary.seconds = started.elapsed().as_secs_f64();
+    println!(
+        "archive: {} messages, {} events archived in {} files ({:.1} MB) in {:.1}s ({} events/s), {} rejected{}",
+        summary.messages,
+        summary.archived,
+        summary.files,
+        summary.bytes as f64 / 1e6,
+        summary.seconds,
+        human(summary.archived as f64 / summary.seconds.max(1e-9)),
+        summary.rejected,
+        rejects.path().map(|p| format!(" (see {})", p.display())).unwrap_or_default()
+    );
+    super::bench::report("archive", summary.archived, summary.seconds)?;
+    Ok(summary)
+}
+
+/// Commits the read positions (everything before them is archived or rejected).
+fn commit(consumer: &BaseConsumer<ConsumerLog>, topic: &str, read_up_to: &BTreeMap<i32, i64>) {
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in read_up_to {
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if list.count() > 0 {
+        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+            warn!("archive: committing offsets: {error}");
+        }
+    }
+}
+
+/// `cartflow hive-ddl`: the statements that make the archive a Hive table.
+pub fn hive_ddl(args: &HiveDdlArgs, out: &mut impl std::io::Write) -> Result<()> {
+    if !cartflow_connectors::archive::is_archive(&args.root) {
+        anyhow::bail!("{} is not an archive (it has no raw/events)", args.root.display());
+    }
+    out.write_all(cartflow_connectors::archive::hive_ddl(&args.root, &args.table)?.as_bytes())?;
+    Ok(())
+}
