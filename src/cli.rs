@@ -263,9 +263,16 @@ pub struct RunArgs {
     #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]
     pub input: Vec<PathBuf>,
 
-    /// Replay a Parquet archive from the hour of `--since` on (events before it are skipped).
+    /// Replay a Parquet archive (`--input <root>` or `--bootstrap <root>`) from `--since` on:
+    /// earlier events are skipped.
     #[arg(long, value_name = "T", value_parser = instant)]
     pub since: Option<Timestamp>,
+
+    /// Kafka: first replay this archive (in each partition's offset order, with the live
+    /// frontier rules), then continue each partition from the offset after the archive's highest:
+    /// no gap, no duplicate.
+    #[arg(long, value_name = "ROOT", requires = "brokers")]
+    pub bootstrap: Option<PathBuf>,
 
     /// Read events live from Kafka at these bootstrap servers (host:port,...) instead of files.
     #[arg(long, value_name = "HOST:PORT")]

@@ -120,6 +120,7 @@ pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&
     RunArgs {
         input: inputs,
         since: None,
+        bootstrap: None,
         brokers: None,
         topic: "user-events".into(),
         group: "cartflow".into(),

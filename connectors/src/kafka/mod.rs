@@ -84,7 +84,7 @@ pub struct ConsumerLog;
 
 impl ClientContext for ConsumerLog {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }

@@ -17,12 +17,14 @@
 //! once the store has them, each thread commits them for its consumer group.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cartflow_connectors::archive::{self, ArchiveFile, ArchivedEvent};
 use cartflow_connectors::csv_events::{EventParser, ReadStats};
 use cartflow_connectors::kafka::{self, owned_partitions, partition_count, ConsumerLog, KafkaOptions};
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
@@ -48,6 +50,9 @@ pub struct KafkaSourceOptions {
     pub idle_timeout: Duration,
     pub until: Option<Timestamp>,
     pub exit_at_end: bool,
+    /// Replay this archive first (from the hour of the given time on), then read each partition
+    /// from the offset after the archive's highest.
+    pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
@@ -241,6 +246,24 @@ pub(super) fn spawn_sources(
         durable: Mutex::new(BTreeMap::new()),
         finished: AtomicBool::new(false),
     });
+    // A bootstrap: the archive's files, and where each partition continues on the topic.
+    let (archived, start_offsets) = match &options.bootstrap {
+        Some((root, since)) => {
+            if !archive::is_archive(root) {
+                anyhow::bail!("--bootstrap {}: not an archive (it has no raw/events)", root.display());
+            }
+            let next = archive::next_offsets(root)?;
+            let files = archive::files(root, *since)?;
+            info!(
+                "bootstrap: {} archived file(s) from {}, then the topic from offsets {}",
+                files.len(),
+                root.display(),
+                next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+            );
+            (files, next)
+        }
+        None => (Vec::new(), BTreeMap::new()),
+    };
     let rejects = Arc::new(Mutex::new(rejects));
     let mut receivers = Vec::new();
     let mut handles = Vec::new();
@@ -248,7 +271,17 @@ pub(super) fn spawn_sources(
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Feed>(16);
         receivers.push(receiver);
         let owned = owned_partitions(worker, workers, partitions);
-        let thread = SourceThread::new(worker, owned, source.clone(), sender, rejects.clone(), accepted.clone())?;
+        let replay = Replay::new(archived.iter().filter(|f| owned.contains(&f.partition)).cloned().collect(), &owned);
+        let thread = SourceThread::new(
+            worker,
+            owned,
+            &start_offsets,
+            replay,
+            source.clone(),
+            sender,
+            rejects.clone(),
+            accepted.clone(),
+        )?;
         handles.push(
             std::thread::Builder::new()
                 .name(format!("kafka-source-{worker}"))
@@ -291,10 +324,19 @@ pub(super) fn spawn_sources(
     Ok((receivers, source, finish))
 }
 
+/// A source thread stops reading while this many events wait for their step (it is ahead of the
+/// others), so a catch-up holds bounded memory.
+const MAX_PENDING_EVENTS: usize = 2_000_000;
+
 /// What one source thread read.
 #[derive(Default)]
 struct Counts {
+    /// Messages of the topic, and archived ones at or after `--since`.
     messages: u64,
+    /// Archived messages replayed (a bootstrap).
+    archived: u64,
+    /// Archived messages before `--since`, skipped.
+    before_since: u64,
     rejected: u64,
     late: u64,
     after_until: u64,
@@ -305,6 +347,8 @@ struct Counts {
 impl Counts {
     fn add(&mut self, other: &Counts) {
         self.messages += other.messages;
+        self.archived += other.archived;
+        self.before_since += other.before_since;
         self.rejected += other.rejected;
         self.late += other.late;
         self.after_until += other.after_until;
@@ -325,6 +369,68 @@ struct PartitionClock {
     at_end: bool,
 }
 
+/// A thread's share of the archive, read per partition in offset order (the order the topic gave
+/// them), the partitions interleaved by event time.
+struct Replay {
+    partitions: Vec<(VecDeque<ArchiveFile>, VecDeque<ArchivedEvent>)>,
+    symbols: rustc_hash::FxHashMap<String, cartflow_dataflows::model::Symbol>,
+    bad_files: Vec<(PathBuf, String)>,
+}
+
+impl Replay {
+    fn new(files: Vec<ArchiveFile>, owned: &[i32]) -> Option<Replay> {
+        if files.is_empty() {
+            return None;
+        }
+        let partitions = owned
+            .iter()
+            .map(|p| {
+                let mut mine: Vec<ArchiveFile> = files.iter().filter(|f| f.partition == *p).cloned().collect();
+                mine.sort_by_key(|f| f.first_offset);
+                (VecDeque::from(mine), VecDeque::new())
+            })
+            .collect();
+        Some(Replay { partitions, symbols: Default::default(), bad_files: Vec::new() })
+    }
+
+    /// The next archived event, or `None` once every partition's files are read.
+    fn next(&mut self) -> Option<ArchivedEvent> {
+        for (files, buffer) in &mut self.partitions {
+            if buffer.is_empty() && !files.is_empty() {
+                // Files whose offset ranges overlap (one flush's hours) are merged by offset.
+                let mut group = vec![files.pop_front().expect("not empty")];
+                let mut last = group[0].last_offset;
+                while files.front().is_some_and(|f| f.first_offset <= last) {
+                    let file = files.pop_front().expect("not empty");
+                    last = last.max(file.last_offset);
+                    group.push(file);
+                }
+                let mut events = Vec::new();
+                for file in group {
+                    match archive::read_file(&file.path, &mut self.symbols) {
+                        Ok(mut found) => events.append(&mut found),
+                        Err(error) => self.bad_files.push((file.path, format!("{error:#}"))),
+                    }
+                }
+                events.sort_unstable_by_key(|e| e.offset);
+                buffer.extend(events);
+            }
+        }
+        let (_, buffer) = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, buffer)| !buffer.is_empty())
+            .min_by_key(|(_, buffer)| buffer.front().map(|e| e.event.time))?;
+        buffer.pop_front()
+    }
+}
+
+/// Where a message came from, for the rejects file.
+enum Raw<'a> {
+    Message(&'a [u8]),
+    Archived(&'a ArchivedEvent),
+}
+
 /// Events of a step that is not open yet, with the oldest offset they hold per partition.
 #[derive(Default)]
 struct PendingStep {
@@ -336,12 +442,15 @@ struct SourceThread {
     index: usize,
     source: Arc<KafkaSource>,
     consumer: BaseConsumer<ConsumerLog>,
+    replay: Option<Replay>,
     partitions: Vec<PartitionClock>,
     sender: SyncSender<Feed>,
     rejects: Arc<Mutex<RejectLog>>,
     accepted: Arc<AtomicU64>,
     parser: EventParser,
     pending: BTreeMap<Timestamp, PendingStep>,
+    /// Events in `pending`.
+    pending_events: usize,
     /// The step this thread's worker inserts at.
     step: Option<Timestamp>,
     batch: Vec<Event>,
@@ -350,9 +459,12 @@ struct SourceThread {
 }
 
 impl SourceThread {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         index: usize,
         owned: Vec<i32>,
+        start_offsets: &BTreeMap<i32, i64>,
+        replay: Option<Replay>,
         source: Arc<KafkaSource>,
         sender: SyncSender<Feed>,
         rejects: Arc<Mutex<RejectLog>>,
@@ -369,11 +481,12 @@ impl SourceThread {
                 ("auto.offset.reset", "earliest"),
             ],
         )?;
-        // The dataflows' state lives in memory, so a run reads its partitions from the beginning
-        // (a bootstrap from the archive starts at the archive's offsets instead).
+        // The dataflows' state lives in memory, so a run reads its partitions from the beginning,
+        // or after what a bootstrap replays from the archive.
         let mut assignment = TopicPartitionList::new();
         for partition in &owned {
-            assignment.add_partition_offset(&options.topic, *partition, Offset::Beginning)?;
+            let offset = start_offsets.get(partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment.add_partition_offset(&options.topic, *partition, offset)?;
         }
         consumer.assign(&assignment).context("assigning Kafka partitions")?;
         let now = Instant::now();
@@ -383,7 +496,7 @@ impl SourceThread {
                 partition,
                 latest: None,
                 last_message: now,
-                next_offset: 0,
+                next_offset: start_offsets.get(&partition).copied().unwrap_or(0),
                 first_not_applied: None,
                 at_end: false,
             })
@@ -392,12 +505,14 @@ impl SourceThread {
             index,
             source,
             consumer,
+            replay,
             partitions,
             sender,
             rejects,
             accepted,
             parser: EventParser::default(),
             pending: BTreeMap::new(),
+            pending_events: 0,
             step: None,
             batch: Vec::with_capacity(READ_BATCH),
             counts: Counts::default(),
@@ -426,7 +541,19 @@ impl SourceThread {
             }
             let exit_at_end = self.source.options.exit_at_end;
             let reading = !(exit_at_end && self.partitions.iter().all(|p| p.at_end));
-            if reading && !self.partitions.is_empty() {
+            // Backpressure: a thread far ahead of the others waits for the frontier.
+            let waiting = self.pending_events >= MAX_PENDING_EVENTS;
+            if !waiting && self.replay.is_some() {
+                match self.replay.as_mut().and_then(Replay::next) {
+                    Some(archived) => {
+                        if self.on_archived(&archived)? {
+                            since_publish = u32::MAX;
+                        }
+                        since_publish = since_publish.saturating_add(1);
+                    }
+                    None => self.end_replay()?,
+                }
+            } else if reading && !waiting && !self.partitions.is_empty() {
                 match self.consumer.poll(Duration::from_millis(20)) {
                     Some(Ok(message)) => {
                         let partition = message.partition();
@@ -478,6 +605,52 @@ impl SourceThread {
     fn on_message(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<bool> {
         self.counts.messages += 1;
         self.counts.bytes += payload.len() as u64;
+        let decoded = kafka::decode(payload, &mut self.parser).map(|d| d.event);
+        self.on_event(partition, offset, decoded, Raw::Message(payload))
+    }
+
+    /// Handles one archived message (a bootstrap), as the topic gave it.
+    fn on_archived(&mut self, archived: &ArchivedEvent) -> Result<bool> {
+        self.counts.archived += 1;
+        if let Some((_, Some(since))) = &self.source.options.bootstrap {
+            if archived.event.time < *since {
+                self.counts.before_since += 1;
+                return Ok(false);
+            }
+        }
+        self.counts.messages += 1;
+        self.on_event(archived.partition, archived.offset, Ok(archived.event), Raw::Archived(archived))
+    }
+
+    /// The archive is replayed: the thread goes on with its partitions on the topic.
+    fn end_replay(&mut self) -> Result<()> {
+        if let Some(replay) = self.replay.take() {
+            for (path, error) in replay.bad_files {
+                warn!("bootstrap: skipped {}: {error}", path.display());
+                let source = path.display().to_string();
+                self.rejects.lock().unwrap().reject(&source, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
+            }
+            info!(
+                "kafka source {}: {} archived events replayed; reading the topic from offsets {}",
+                self.index,
+                self.counts.archived,
+                self.partitions
+                    .iter()
+                    .map(|p| format!("{}:{}", p.partition, p.next_offset))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        Ok(())
+    }
+
+    fn on_event(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        decoded: Result<Event, RejectReason>,
+        raw: Raw<'_>,
+    ) -> Result<bool> {
         let Some(index) = self.partitions.iter().position(|p| p.partition == partition) else {
             return Ok(false);
         };
@@ -485,7 +658,7 @@ impl SourceThread {
         clock.next_offset = offset + 1;
         clock.at_end = false;
         clock.last_message = Instant::now();
-        let decoded = kafka::decode(payload, &mut self.parser).map(|d| d.event).and_then(|event| {
+        let decoded = decoded.and_then(|event| {
             if event.time < 0 {
                 Err(RejectReason::EventTime) // the engine's clock starts in 1970
             } else {
@@ -494,7 +667,7 @@ impl SourceThread {
         });
         let event = match decoded {
             Ok(event) => event,
-            Err(reason) => return self.reject(partition, offset, reason, payload).map(|()| false),
+            Err(reason) => return self.reject(partition, offset, reason, raw).map(|()| false),
         };
         let minute = |t: Timestamp| t.div_euclid(MINUTE);
         let moved = clock.latest.is_none_or(|latest| minute(event.time) > minute(latest));
@@ -509,13 +682,14 @@ impl SourceThread {
         match self.step {
             Some(current) if step < current => {
                 self.counts.late += 1;
-                self.reject(partition, offset, RejectReason::Late, payload)?;
+                self.reject(partition, offset, RejectReason::Late, raw)?;
                 return Ok(moved);
             }
             Some(current) if step == current => self.apply(event)?,
             _ => {
                 let pending = self.pending.entry(step).or_default();
                 pending.events.push(event);
+                self.pending_events += 1;
                 match pending.oldest.iter_mut().find(|(p, _)| *p == partition) {
                     Some((_, oldest)) => *oldest = (*oldest).min(offset),
                     None => pending.oldest.push((partition, offset)),
@@ -525,11 +699,19 @@ impl SourceThread {
         Ok(moved)
     }
 
-    fn reject(&mut self, partition: i32, offset: i64, reason: RejectReason, payload: &[u8]) -> Result<()> {
+    fn reject(&mut self, partition: i32, offset: i64, reason: RejectReason, raw: Raw<'_>) -> Result<()> {
         if reason != RejectReason::Late {
             self.counts.rejected += 1;
         }
         let source = format!("{}[{partition}]", self.source.options.topic);
+        let mut encoded = Vec::new();
+        let payload = match raw {
+            Raw::Message(payload) => payload,
+            Raw::Archived(a) => {
+                kafka::encode(&a.event, &a.session, a.original_time.unwrap_or(a.event.time), &mut encoded);
+                &encoded
+            }
+        };
         self.rejects.lock().unwrap().reject(&source, offset as u64, reason, payload)
     }
 
@@ -568,6 +750,7 @@ impl SourceThread {
         self.step = Some(start);
         self.send(Feed::Step { start, earliest: None })?;
         if let Some(pending) = self.pending.remove(&start) {
+            self.pending_events -= pending.events.len();
             for event in pending.events {
                 self.apply(event)?;
             }
@@ -609,6 +792,7 @@ impl SourceThread {
             if self.step.is_some_and(|s| start < s) {
                 // Cannot happen: pending steps are after the thread's step.
                 let pending = self.pending.remove(&start).unwrap_or_default();
+                self.pending_events -= pending.events.len();
                 self.counts.late += pending.events.len() as u64;
                 continue;
             }

@@ -70,6 +70,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
         until: args.until,
         exit_at_end: args.exit_at_end,
+        bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
     });
     let default_step = if kafka_options.is_some() { MINUTE } else { 4 * 3_600 };
     let settings = Settings { step: args.step.unwrap_or(default_step), lateness: 0 };
