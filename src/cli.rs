@@ -178,6 +178,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub max: bool,
 
+    /// Send at a steady N events/s whatever the rows' times (benchmarks).
+    #[arg(long, value_name = "N", value_parser = speed, conflicts_with_all = ["max", "speed"])]
+    pub rate: Option<f64>,
+
     /// Only events whose (mapped) time is at or after T1.
     #[arg(long, value_name = "T1", value_parser = instant)]
     pub from: Option<Timestamp>,
@@ -194,6 +198,11 @@ pub struct SimulateArgs {
     /// Write rejected rows here (they are always counted).
     #[arg(long, value_name = "FILE")]
     pub rejects: Option<PathBuf>,
+
+    /// Write `event_time,sent_unix_ms` of every 100th event sent to FILE (freshness benchmarks:
+    /// see `run --commit-log`).
+    #[arg(long, value_name = "FILE")]
+    pub sent_log: Option<PathBuf>,
 
     /// Do not log progress.
     #[arg(long)]
@@ -300,6 +309,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub idle_timeout: i64,
 
+    /// Kafka: the step while the frontier is more than a step of this length ahead (a backlog, a
+    /// bootstrap from the archive): large steps replay several times faster. A multiple of
+    /// `--step` that divides a day.
+    #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = duration)]
+    pub catch_up_step: i64,
+
     /// Kafka: stop once every partition has been read to its end (a bounded replay of a topic),
     /// with results as of the first whole minute after the last event (or `--until`).
     #[arg(long)]
@@ -342,6 +357,11 @@ pub struct RunArgs {
     /// Realtime windows whose start is older than the frontier minus this are removed.
     #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]
     pub retention: i64,
+
+    /// Write `frontier_unix_s,committed_unix_ms` to FILE each time the store commits a boundary
+    /// (freshness benchmarks: see `simulate --sent-log`).
+    #[arg(long, value_name = "FILE")]
+    pub commit_log: Option<PathBuf>,
 
     /// Do not show progress.
     #[arg(long)]

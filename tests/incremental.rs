@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cartflow::cli::ProfilesAt;
 use cartflow::commands::run;
@@ -43,24 +43,6 @@ fn real_rows_equal_batch_at_many_frontiers() {
     ] {
         check(&inputs, None, Some(until), &[config]);
     }
-}
-
-fn generated(dir: &Path, events: u64, days: u32, seed: u64) -> (PathBuf, PathBuf) {
-    let summary = cartflow::commands::generate::run(&cartflow::cli::GenerateArgs {
-        out: dir.to_path_buf(),
-        events: Some(events),
-        users: Some(3_000),
-        products: Some(2_000),
-        days: Some(days),
-        start: None,
-        seed,
-        gzip: false,
-        with_removes: true,
-        preset: None,
-        quiet: true,
-    })
-    .unwrap();
-    (summary.events_path, summary.users_path)
 }
 
 #[test]

@@ -26,10 +26,12 @@ fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
         start_at: None,
         speed: 1.0,
         max: true,
+        rate: None,
         from: None,
         to: None,
         settings: Vec::new(),
         rejects: None,
+        sent_log: None,
         quiet: true,
     }
 }
@@ -119,6 +121,9 @@ fn bad_and_late_messages_are_counted_and_written_never_applied() {
     let rejects = dir.path().join("rejects.csv");
     let mut args = kafka_run_args(&brokers, db.clone(), 1, 60);
     args.rejects = Some(rejects.clone());
+    // Steps open as the frontier moves, even in the backlog (no waiting for large steps), so the
+    // message 20 minutes behind is late.
+    args.catch_up_step = 60;
     let summary = run::run(&args).unwrap();
     assert_eq!(summary.applied, 3);
     assert_eq!(summary.late, 1);
@@ -216,4 +221,41 @@ fn archive_holds_every_offset_once_across_a_kill_and_bootstraps_and_replays_equa
     let ddl = String::from_utf8(ddl).unwrap();
     assert!(ddl.contains("PARTITIONED BY (year STRING, month STRING, day STRING, hour STRING)"), "{ddl}");
     assert!(ddl.contains("PARTITION (year='2019', month='10', day='01', hour='00')"), "{ddl}");
+}
+
+#[test]
+fn generated_days_from_kafka_with_catch_up_steps_equal_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 4, 17);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let sent = simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    // (workers, step, catch-up step, until): catching up over days in large steps, then the live
+    // steps; every realtime window, snapshot and result as batch has them.
+    for (workers, step, catch_up, until) in [
+        (1, 60, 3_600, None),
+        (2, 60, 4 * 3_600, None),
+        (3, 300, 86_400, None),
+        (2, 60, 4 * 3_600, Some("2019-12-03T05:17:00Z")),
+    ] {
+        let what = format!("-w {workers}, --step {step}s, --catch-up-step {catch_up}s, --until {until:?}");
+        let batch_db = dir.path().join(format!("batch-{workers}-{step}-{catch_up}.db"));
+        cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), until, batch_db.clone()))
+            .unwrap();
+        let db = dir.path().join(format!("kafka-{workers}-{step}-{catch_up}.db"));
+        let mut args = kafka_run_args(&brokers, db.clone(), workers, step);
+        args.profiles = Some(users.clone());
+        args.catch_up_step = catch_up;
+        args.until = until.map(|t| cartflow_dataflows::model::time::parse_instant_arg(t).unwrap());
+        args.group = format!("catch-up-{workers}-{step}-{catch_up}");
+        let summary = run::run(&args).unwrap();
+        assert_eq!(summary.late, 0, "{what}");
+        if until.is_none() {
+            assert_eq!(summary.applied, sent.sent, "{what}");
+            // The backlog went in large steps: fewer than half the boundaries of one per step.
+            assert!(summary.boundaries < 4 * 86_400 / step as u64 / 2, "{what}: {} boundaries", summary.boundaries);
+        }
+        assert_same_results(&batch_db, &db, &what);
+    }
 }

@@ -3,6 +3,7 @@
 //! timestamp), no busy wait (the producer's own poll sleeps until the next event is due), no burst
 //! after a late start (the schedule starts at the first event sent), and one pass over the input.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -39,7 +40,11 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
         "simulate: {} file(s) into topic '{}' ({partitions} partitions) at {}",
         files.len(),
         args.topic,
-        if args.max { "full speed".to_string() } else { format!("{}x the natural pace", args.speed) }
+        match (args.max, args.rate) {
+            (true, _) => "full speed".to_string(),
+            (_, Some(rate)) => format!("a steady {} events/s", human(rate)),
+            _ => format!("{}x the natural pace", args.speed),
+        }
     );
     let mut rejects = RejectLog::new(args.rejects.clone());
     let started = Instant::now();
@@ -50,6 +55,12 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     let (mut sent, mut skipped, mut lag) = (0u64, 0u64, Duration::ZERO);
     let mut last_log = Instant::now();
     let mut value = Vec::with_capacity(512);
+    let mut sent_log = match &args.sent_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
     let mut failure: Option<anyhow::Error> = None;
     let stats = {
         let failed = std::cell::Cell::new(false);
@@ -71,7 +82,11 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
                 }
                 if !args.max {
                     let (wall, time) = *anchor.get_or_insert((Instant::now(), mapped.time));
-                    let offset = (mapped.time - time).max(0) as f64 / args.speed;
+                    let offset = match args.rate {
+                        // A steady rate: the n-th event is due n / rate seconds after the first.
+                        Some(rate) => sent as f64 / rate,
+                        None => (mapped.time - time).max(0) as f64 / args.speed,
+                    };
                     let due = wall + Duration::from_secs_f64(offset);
                     loop {
                         let now = Instant::now();
@@ -96,7 +111,14 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
                     return Ok(());
                 }
                 sent += 1;
-                if sent % 1024 == 0 {
+                if let Some(log) = &mut sent_log {
+                    if sent.is_multiple_of(100) {
+                        let now =
+                            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        let _ = writeln!(log, "{},{}", mapped.time, now.as_millis());
+                    }
+                }
+                if sent.is_multiple_of(1024) {
                     producer.poll(Duration::ZERO);
                     if !args.quiet && last_log.elapsed() >= Duration::from_secs(5) {
                         last_log = Instant::now();
@@ -119,6 +141,9 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
         return Err(failure);
     }
     producer.flush(Duration::from_secs(60)).context("waiting for Kafka to acknowledge every event")?;
+    if let Some(mut log) = sent_log {
+        log.flush()?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     let counter = producer.context();
     let delivered = counter.delivered.load(std::sync::atomic::Ordering::Relaxed);

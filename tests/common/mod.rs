@@ -120,6 +120,7 @@ pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&
     RunArgs {
         input: inputs,
         since: None,
+        commit_log: None,
         bootstrap: None,
         brokers: None,
         topic: "user-events".into(),
@@ -128,6 +129,7 @@ pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&
         lateness: 600,
         idle_timeout: 30,
         exit_at_end: false,
+        catch_up_step: 4 * 3_600,
         profiles,
         profiles_at: Vec::new(),
         until: until.map(|t| parse_instant_arg(t).unwrap()),
@@ -159,4 +161,23 @@ pub fn assert_same_results(batch: &Path, incremental: &Path, what: &str) {
         }
     }
     assert_eq!(a.state("frontier").unwrap(), b.state("frontier").unwrap(), "{what}: frontier");
+}
+
+/// Generated events over `days` days (3 000 users, 2 000 products) and their profiles.
+pub fn generated(dir: &Path, events: u64, days: u32, seed: u64) -> (PathBuf, PathBuf) {
+    let summary = cartflow::commands::generate::run(&cartflow::cli::GenerateArgs {
+        out: dir.to_path_buf(),
+        events: Some(events),
+        users: Some(3_000),
+        products: Some(2_000),
+        days: Some(days),
+        start: None,
+        seed,
+        gzip: false,
+        with_removes: true,
+        preset: None,
+        quiet: true,
+    })
+    .unwrap();
+    (summary.events_path, summary.users_path)
 }

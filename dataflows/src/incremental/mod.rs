@@ -39,6 +39,11 @@ pub struct Settings {
     pub step: i64,
     /// Allowed lateness: realtime windows are final once the frontier passes end + lateness.
     pub lateness: i64,
+    /// The grid on which final realtime windows leave the per-user stage: a multiple of `step`
+    /// that divides a day. The driver closes every boundary on it, so a window is always seen
+    /// final at a closed boundary before it leaves. Steps may be this long when the input is far
+    /// ahead (a Kafka backlog or a bootstrap); live steps are `step` long.
+    pub retire: i64,
 }
 
 impl Settings {
@@ -49,6 +54,9 @@ impl Settings {
         }
         if self.lateness < 0 || self.lateness % MINUTE != 0 {
             return Err("the lateness must be a whole number of minutes".into());
+        }
+        if self.retire < self.step || self.retire % self.step != 0 || day % self.retire != 0 {
+            return Err(format!("a retire grid of {} s is not a multiple of the step that divides a day", self.retire));
         }
         Ok(())
     }
@@ -61,6 +69,11 @@ impl Settings {
     /// The first step boundary at or after `t`.
     pub fn boundary_at_or_after(&self, t: Timestamp) -> Time {
         logical(-floor_to(-t, self.step))
+    }
+
+    /// The first boundary of the retire grid at or after `t`.
+    pub fn retire_at_or_after(&self, t: Timestamp) -> Time {
+        logical(-floor_to(-t, self.retire))
     }
 
     /// The first step boundary after logical time `t` on the step grid. The driver closes steps

@@ -542,7 +542,9 @@ impl UserStage {
         }
         for (start, change) in window_changes {
             let held = rt.windows.entry(start).or_insert_with(|| {
-                let drop_at = self.settings.boundary_at_or_after(start + WINDOW_LENGTH + self.settings.lateness);
+                // On the retire grid, which the driver always closes: the window is seen final
+                // (and frozen by the materializer) before its totals leave.
+                let drop_at = self.settings.retire_at_or_after(start + WINDOW_LENGTH + self.settings.lateness);
                 self.scheduled.push((drop_at, Visit::Window(start)));
                 [0; 8]
             });

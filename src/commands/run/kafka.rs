@@ -29,7 +29,7 @@ use cartflow_connectors::csv_events::{EventParser, ReadStats};
 use cartflow_connectors::kafka::{self, owned_partitions, partition_count, ConsumerLog, KafkaOptions};
 use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use cartflow_dataflows::incremental::Settings;
-use cartflow_dataflows::model::time::MINUTE;
+use cartflow_dataflows::model::time::{floor_to, MINUTE};
 use cartflow_dataflows::model::{Event, Timestamp};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -50,6 +50,9 @@ pub struct KafkaSourceOptions {
     pub idle_timeout: Duration,
     pub until: Option<Timestamp>,
     pub exit_at_end: bool,
+    /// The step length while the frontier is far ahead of the open step (a backlog or a
+    /// bootstrap); a multiple of `settings.step` that divides a day.
+    pub catch_up_step: i64,
     /// Replay this archive first (from the hour of the given time on), then read each partition
     /// from the offset after the archive's highest.
     pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
@@ -59,8 +62,8 @@ pub struct KafkaSourceOptions {
 pub struct KafkaSource {
     options: KafkaSourceOptions,
     threads: Vec<Mutex<ThreadClock>>,
-    /// The open step's start, once the frontier is known; it only moves forward.
-    open: Mutex<Option<Timestamp>>,
+    /// Every step opened so far (start → length): they tile event time from the first one.
+    steps: Mutex<BTreeMap<Timestamp, i64>>,
     /// The earliest event applied by any thread (`i64::MAX`: none yet).
     earliest: AtomicI64,
     /// The latest event applied by any thread (`i64::MIN`: none yet).
@@ -84,6 +87,11 @@ struct ThreadClock {
     earliest_seen: Option<Timestamp>,
     /// `--exit-at-end`: every owned partition has been read to its end.
     at_end: bool,
+    /// Replaying the archive, or a partition has not yet been read to its end once: large steps
+    /// are worth waiting for.
+    behind: bool,
+    /// `pending` is half full: steps must open rather than wait.
+    pressed: bool,
     /// Safe offsets per opened step: `(boundary, [(partition, offset)])`, oldest first: every
     /// message before the offsets is in the store once `boundary` is written.
     offsets: VecDeque<(Timestamp, Vec<(i32, i64)>)>,
@@ -110,25 +118,71 @@ impl KafkaSource {
         Some(raw - self.options.lateness)
     }
 
-    /// Moves the open step forward to the step containing the frontier, and returns it.
-    fn open_step(&self) -> Option<Timestamp> {
+    /// Opens every step the frontier has reached the end of (each step after the last, so the
+    /// steps tile event time), and returns the open one. A step is `--catch-up-step` long when it
+    /// starts on that grid and the frontier is already past its end (replaying a backlog or an
+    /// archive, where large steps are fastest), else `--step` long (live).
+    fn open_step(&self) -> Option<(Timestamp, i64)> {
         let frontier = self.frontier()?;
         let settings = &self.options.settings;
         // Never past `--until`: the run's last boundary is there.
-        let cap = |t: Timestamp| self.options.until.map_or(t, |until| t.min(settings.step_start(until - 1)));
-        let mut open = self.open.lock().unwrap();
-        let target = cap(settings.step_start(frontier));
-        let start = match *open {
-            Some(current) => current.max(target),
-            None => {
-                // The first step starts at the earliest event seen, so nothing before the frontier
-                // is late just because the stream began there.
-                let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().earliest_seen).min();
-                cap(settings.step_start(earliest.map_or(frontier, |e| e.min(frontier))))
+        let last_start = self.options.until.map(|until| settings.step_start(until - 1));
+        let mut steps = self.steps.lock().unwrap();
+        if steps.is_empty() {
+            // The first step starts at the earliest event seen, so nothing before the frontier
+            // is late just because the stream began there; catching up, at the start of its large
+            // step, once the frontier has passed that step's end.
+            let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().earliest_seen).min();
+            let first = earliest.map_or(frontier, |e| e.min(frontier));
+            let coarse = self.options.catch_up_step;
+            let (start, length) = if coarse > settings.step && self.catching_up() {
+                let start = floor_to(first, coarse);
+                if frontier < start + coarse {
+                    return None;
+                }
+                (start, coarse)
+            } else {
+                (settings.step_start(first), settings.step)
+            };
+            match last_start {
+                Some(last) if start > last => steps.insert(settings.step_start(last), settings.step),
+                _ => steps.insert(start, length),
+            };
+        }
+        loop {
+            let (&start, &length) = steps.last_key_value().expect("a step is open");
+            let end = start + length;
+            if frontier < end || last_start.is_some_and(|last| end > last) {
+                return Some((start, length));
             }
-        };
-        *open = Some(start);
-        Some(start)
+            let coarse = self.options.catch_up_step;
+            let next = if end % coarse == 0 && frontier >= end + coarse {
+                coarse
+            } else if end % coarse == 0 && coarse > settings.step && self.catching_up() {
+                // Reading a backlog: wait (reading on) until the frontier is a whole large step
+                // ahead, rather than open a small one.
+                return Some((start, length));
+            } else {
+                settings.step
+            };
+            steps.insert(end, next);
+        }
+    }
+
+    /// The steps opened after `start`, in order.
+    fn steps_after(&self, start: Option<Timestamp>) -> Vec<(Timestamp, i64)> {
+        let steps = self.steps.lock().unwrap();
+        match start {
+            Some(start) => steps.range(start + 1..).map(|(s, l)| (*s, *l)).collect(),
+            None => steps.iter().map(|(s, l)| (*s, *l)).collect(),
+        }
+    }
+
+    /// Some thread is still reading a backlog (or the archive) and none is short of memory.
+    fn catching_up(&self) -> bool {
+        let clocks: Vec<(bool, bool)> =
+            self.threads.iter().map(|t| t.lock().map(|c| (c.behind, c.pressed)).unwrap()).collect();
+        clocks.iter().any(|(behind, _)| *behind) && !clocks.iter().any(|(_, pressed)| *pressed)
     }
 
     fn all_at_end(&self) -> bool {
@@ -240,7 +294,7 @@ pub(super) fn spawn_sources(
     let source = Arc::new(KafkaSource {
         options: options.clone(),
         threads: (0..workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
-        open: Mutex::new(None),
+        steps: Mutex::new(BTreeMap::new()),
         earliest: AtomicI64::new(Timestamp::MAX),
         latest: AtomicI64::new(Timestamp::MIN),
         durable: Mutex::new(BTreeMap::new()),
@@ -364,6 +418,8 @@ struct PartitionClock {
     last_message: Instant,
     /// The next offset to read.
     next_offset: i64,
+    /// The partition has been read to its end once: its backlog is behind us.
+    caught_up: bool,
     /// The first event after `--until` (not applied).
     first_not_applied: Option<i64>,
     at_end: bool,
@@ -451,8 +507,10 @@ struct SourceThread {
     pending: BTreeMap<Timestamp, PendingStep>,
     /// Events in `pending`.
     pending_events: usize,
-    /// The step this thread's worker inserts at.
-    step: Option<Timestamp>,
+    /// Every partition but the slowest is paused (`pending` is full).
+    paused: bool,
+    /// The step this thread's worker inserts at: (start, length).
+    step: Option<(Timestamp, i64)>,
     batch: Vec<Event>,
     counts: Counts,
     committed: BTreeMap<i32, i64>,
@@ -497,6 +555,7 @@ impl SourceThread {
                 latest: None,
                 last_message: now,
                 next_offset: start_offsets.get(&partition).copied().unwrap_or(0),
+                caught_up: false,
                 first_not_applied: None,
                 at_end: false,
             })
@@ -513,6 +572,7 @@ impl SourceThread {
             parser: EventParser::default(),
             pending: BTreeMap::new(),
             pending_events: 0,
+            paused: false,
             step: None,
             batch: Vec::with_capacity(READ_BATCH),
             counts: Counts::default(),
@@ -541,8 +601,10 @@ impl SourceThread {
             }
             let exit_at_end = self.source.options.exit_at_end;
             let reading = !(exit_at_end && self.partitions.iter().all(|p| p.at_end));
-            // Backpressure: a thread far ahead of the others waits for the frontier.
+            // Backpressure: a thread far ahead of the frontier stops replaying, or pauses all its
+            // partitions but the one furthest behind (which may be what holds the frontier).
             let waiting = self.pending_events >= MAX_PENDING_EVENTS;
+            self.pause_fast_partitions()?;
             if !waiting && self.replay.is_some() {
                 match self.replay.as_mut().and_then(Replay::next) {
                     Some(archived) => {
@@ -553,7 +615,7 @@ impl SourceThread {
                     }
                     None => self.end_replay()?,
                 }
-            } else if reading && !waiting && !self.partitions.is_empty() {
+            } else if reading && !self.partitions.is_empty() {
                 match self.consumer.poll(Duration::from_millis(20)) {
                     Some(Ok(message)) => {
                         let partition = message.partition();
@@ -568,6 +630,7 @@ impl SourceThread {
                     Some(Err(KafkaError::PartitionEOF(partition))) => {
                         if let Some(p) = self.partitions.iter_mut().find(|p| p.partition == partition) {
                             p.at_end = true;
+                            p.caught_up = true;
                         }
                         since_publish = u32::MAX;
                     }
@@ -680,12 +743,12 @@ impl SourceThread {
         }
         let step = self.source.options.settings.step_start(event.time);
         match self.step {
-            Some(current) if step < current => {
+            Some((start, _)) if event.time < start => {
                 self.counts.late += 1;
                 self.reject(partition, offset, RejectReason::Late, raw)?;
                 return Ok(moved);
             }
-            Some(current) if step == current => self.apply(event)?,
+            Some((start, length)) if event.time < start + length => self.apply(event)?,
             _ => {
                 let pending = self.pending.entry(step).or_default();
                 pending.events.push(event);
@@ -745,11 +808,14 @@ impl SourceThread {
         Ok(())
     }
 
-    fn start_step(&mut self, start: Timestamp) -> Result<()> {
+    /// Moves the worker to the step (start, length): its pending events are applied at `start`.
+    fn start_step(&mut self, start: Timestamp, length: i64) -> Result<()> {
         self.flush()?;
-        self.step = Some(start);
+        self.step = Some((start, length));
         self.send(Feed::Step { start, earliest: None })?;
-        if let Some(pending) = self.pending.remove(&start) {
+        let keys: Vec<Timestamp> = self.pending.range(start..start + length).map(|(k, _)| *k).collect();
+        for key in keys {
+            let pending = self.pending.remove(&key).expect("listed above");
             self.pending_events -= pending.events.len();
             for event in pending.events {
                 self.apply(event)?;
@@ -758,19 +824,21 @@ impl SourceThread {
         Ok(())
     }
 
-    /// Opens every step up to `open` in turn (those holding pending events, then `open` itself),
-    /// and records the offsets that are safe once the steps before it are written.
-    fn advance_to(&mut self, open: Timestamp) -> Result<()> {
-        if self.step.is_some_and(|s| s >= open) {
+    /// Moves through the steps opened up to `open`: those holding pending events, then `open`
+    /// itself; records the offsets that are safe once `open` is written.
+    fn advance_to(&mut self, open: (Timestamp, i64)) -> Result<()> {
+        if self.step.is_some_and(|(s, _)| s >= open.0) {
             return Ok(());
         }
-        while let Some((&start, _)) = self.pending.first_key_value() {
-            if start >= open {
+        for (start, length) in self.source.steps_after(self.step.map(|(s, _)| s)) {
+            if start >= open.0 {
                 break;
             }
-            self.start_step(start)?;
+            if self.pending.range(start..start + length).next().is_some() {
+                self.start_step(start, length)?;
+            }
         }
-        self.start_step(open)?;
+        self.start_step(open.0, open.1)?;
         let safe: Vec<(i32, i64)> = self
             .partitions
             .iter()
@@ -781,7 +849,7 @@ impl SourceThread {
             })
             .collect();
         // Valid once the open step, too, is closed: events still to come for it are after the offsets.
-        let boundary = open + self.source.options.settings.step;
+        let boundary = open.0 + open.1;
         self.source.threads[self.index].lock().unwrap().offsets.push_back((boundary, safe));
         Ok(())
     }
@@ -789,14 +857,14 @@ impl SourceThread {
     /// The end of the input: every pending step is opened and its events applied.
     fn release_all(&mut self) -> Result<()> {
         while let Some((&start, _)) = self.pending.first_key_value() {
-            if self.step.is_some_and(|s| start < s) {
+            if self.step.is_some_and(|(s, _)| start < s) {
                 // Cannot happen: pending steps are after the thread's step.
                 let pending = self.pending.remove(&start).unwrap_or_default();
                 self.pending_events -= pending.events.len();
                 self.counts.late += pending.events.len() as u64;
                 continue;
             }
-            self.start_step(start)?;
+            self.start_step(start, self.source.options.settings.step)?;
         }
         let offsets =
             self.partitions.iter().map(|p| (p.partition, p.first_not_applied.unwrap_or(p.next_offset))).collect();
@@ -813,8 +881,34 @@ impl SourceThread {
         clock.ready = self.partitions.iter().all(|p| p.latest.is_some() || idle(p));
         clock.active_min = self.partitions.iter().filter(|p| !idle(p)).filter_map(|p| p.latest).min();
         clock.latest = self.partitions.iter().filter_map(|p| p.latest).max();
-        clock.earliest_seen = self.pending.keys().next().copied().into_iter().chain(self.step).min();
+        clock.earliest_seen = self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min();
         clock.at_end = self.partitions.iter().all(|p| p.at_end);
+        clock.behind = self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up);
+        clock.pressed = self.pending_events >= MAX_PENDING_EVENTS / 2;
+    }
+
+    /// Pauses every partition but the one furthest behind while `pending` is full, and resumes
+    /// them once it has drained to half.
+    fn pause_fast_partitions(&mut self) -> Result<()> {
+        let full = self.pending_events >= MAX_PENDING_EVENTS;
+        if full == self.paused || self.replay.is_some() || self.partitions.len() < 2 {
+            return Ok(());
+        }
+        if !full && self.pending_events >= MAX_PENDING_EVENTS / 2 {
+            return Ok(());
+        }
+        let slowest = self.partitions.iter().min_by_key(|p| p.latest).map(|p| p.partition);
+        let mut list = TopicPartitionList::new();
+        for p in self.partitions.iter().filter(|p| Some(p.partition) != slowest) {
+            list.add_partition(&self.source.options.topic, p.partition);
+        }
+        if full {
+            self.consumer.pause(&list).context("pausing Kafka partitions")?;
+        } else {
+            self.consumer.resume(&list).context("resuming Kafka partitions")?;
+        }
+        self.paused = full;
+        Ok(())
     }
 
     /// Commits, for this thread's partitions, the offsets the store holds.

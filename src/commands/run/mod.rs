@@ -65,16 +65,20 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         kafka: KafkaOptions { brokers: brokers.clone(), settings: args.settings.clone() },
         topic: args.topic.clone(),
         group: args.group.clone(),
-        settings: Settings { step: args.step.unwrap_or(MINUTE), lateness: 0 },
+        settings: Settings { step: args.step.unwrap_or(MINUTE), lateness: 0, retire: args.catch_up_step },
         lateness: args.lateness,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
         until: args.until,
         exit_at_end: args.exit_at_end,
+        catch_up_step: args.catch_up_step,
         bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
     });
     let default_step = if kafka_options.is_some() { MINUTE } else { 4 * 3_600 };
-    let settings = Settings { step: args.step.unwrap_or(default_step), lateness: 0 };
-    settings.validate().map_err(anyhow::Error::msg).context("--step")?;
+    let step = args.step.unwrap_or(default_step);
+    // Kafka steps are `--catch-up-step` long while catching up; file steps always `--step`.
+    let retire = if kafka_options.is_some() { args.catch_up_step } else { step };
+    let settings = Settings { step, lateness: 0, retire };
+    settings.validate().map_err(anyhow::Error::msg).context("--step and --catch-up-step")?;
     if let Some(until) = args.until {
         if until % MINUTE != 0 {
             bail!("--until must be a whole minute for `run` (results are kept at minute granularity)");
@@ -275,7 +279,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             SqliteStore::open(&shared.args.db)?,
             Materializer::new(settings, shared.args.retention),
             shared.source.clone(),
-        ),
+            shared.args.commit_log.as_deref(),
+        )?,
         source: shared.source.clone(),
         in_flight: VecDeque::new(),
         first_event: None,
@@ -309,15 +314,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                     inputs.advance_all(logical(start));
                     continue;
                 };
-                // Close every boundary up to the new step (several when the input has a gap).
+                // Close the boundary at the new step, and every midnight before it (several when the
+                // input has a gap: each midnight makes a daily snapshot).
                 driver.first_event = earliest;
-                let mut boundary = step_start + settings.step;
-                while boundary <= start {
+                for boundary in boundaries_up_to(step_start, start, settings.retire) {
                     if let Err(e) = driver.close(boundary, worker, &mut inputs, &probe, &outputs) {
                         failure = Some(e);
                         break 'feeding;
                     }
-                    boundary += settings.step;
                 }
             }
             Ok(Feed::Events(batch)) => {
@@ -367,11 +371,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                 driver.step_start = Some(start);
                 inputs.advance_all(logical(start));
             }
-            while driver.step_start.unwrap() + settings.step < frontier {
-                let boundary = driver.step_start.unwrap() + settings.step;
+            for boundary in boundaries_up_to(driver.step_start.unwrap(), frontier, settings.retire) {
                 driver.close(boundary, worker, &mut inputs, &probe, &outputs)?;
             }
-            driver.close(frontier, worker, &mut inputs, &probe, &outputs)?;
             driver.settle(0, worker, &probe, &outputs)?;
         }
         let job = if shared.source.is_some() { "run (kafka)" } else { "run" };
@@ -442,6 +444,17 @@ struct Reader {
     last_event: Option<Timestamp>,
 }
 
+/// The boundaries to close after `from` up to `to`: every boundary of the retire grid in between
+/// (final realtime windows leave the dataflow there, and each midnight is a daily snapshot), then
+/// `to`.
+fn boundaries_up_to(from: Timestamp, to: Timestamp, retire: i64) -> Vec<Timestamp> {
+    let mut boundaries: Vec<Timestamp> = (from / retire + 1..).map(|d| d * retire).take_while(|m| *m < to).collect();
+    if to > from {
+        boundaries.push(to);
+    }
+    boundaries
+}
+
 fn log_worker_cpu(index: usize) {
     if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
         info!("worker {index} used {:.1}s of CPU", cpu.as_secs_f64());
@@ -467,9 +480,17 @@ fn store_writer(
     store: SqliteStore,
     mut materializer: Materializer,
     source: Option<Arc<kafka::KafkaSource>>,
-) -> BackgroundSink<StoreJob> {
+    commit_log: Option<&std::path::Path>,
+) -> Result<BackgroundSink<StoreJob>> {
     let job_name = if source.is_some() { "run (kafka)" } else { "run" };
-    BackgroundSink::spawn_preparing(TellsTheSource { store, source }, 2, move |job| match job {
+    let commit_log = match commit_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let sink = TellsTheSource { store, source, commit_log };
+    Ok(BackgroundSink::spawn_preparing(sink, 2, move |job| match job {
         StoreJob::Boundary { boundary, first_event, changes, state } => {
             if let Some(first) = first_event {
                 materializer.note_event(first);
@@ -481,7 +502,7 @@ fn store_writer(
             batch
         }
         StoreJob::Batch(batch) => batch,
-    })
+    }))
 }
 
 /// The store, telling the Kafka source which offsets it holds once a batch is written (so that
@@ -489,13 +510,26 @@ fn store_writer(
 struct TellsTheSource {
     store: SqliteStore,
     source: Option<Arc<kafka::KafkaSource>>,
+    /// `--commit-log`: when each boundary was committed.
+    commit_log: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Sink for TellsTheSource {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        use std::io::Write as _;
         self.store.write(batch)?;
         if let Some(source) = &self.source {
             source.written(&batch.state);
+        }
+        if let Some(log) = &mut self.commit_log {
+            let frontier = batch.state.iter().find(|(k, _)| k == "frontier").map(|(_, v)| v.as_str());
+            if let Some(frontier) =
+                frontier.and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()))
+            {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                writeln!(log, "{frontier},{}", now.as_millis())?;
+                log.flush()?;
+            }
         }
         Ok(())
     }
