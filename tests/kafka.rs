@@ -27,6 +27,7 @@ fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
         speed: 1.0,
         max: true,
         rate: None,
+        stamp_now: false,
         from: None,
         to: None,
         settings: Vec::new(),

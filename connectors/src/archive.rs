@@ -321,6 +321,8 @@ pub struct ArchiveWriter {
     root: PathBuf,
     buffers: BTreeMap<(Timestamp, i32), Vec<ArchivedEvent>>,
     buffered: usize,
+    /// Per partition, the offset after the highest archived one.
+    next: BTreeMap<i32, i64>,
 }
 
 impl ArchiveWriter {
@@ -356,7 +358,9 @@ impl ArchiveWriter {
             tracing::info!("archive: removed {removed} temporary file(s) of a flush a crash interrupted (their messages are read again)");
         }
         let next = next_offsets(root)?;
-        Ok((ArchiveWriter { root: root.to_path_buf(), buffers: BTreeMap::new(), buffered: 0 }, next))
+        let writer =
+            ArchiveWriter { root: root.to_path_buf(), buffers: BTreeMap::new(), buffered: 0, next: next.clone() };
+        Ok((writer, next))
     }
 
     pub fn buffered(&self) -> usize {
@@ -386,6 +390,8 @@ impl ArchiveWriter {
             let first = events.iter().map(|e| e.offset).min().expect("a buffer is never empty");
             let last = events.iter().map(|e| e.offset).max().expect("a buffer is never empty");
             let name = file_name(partition, first, last);
+            let next = self.next.entry(partition).or_insert(0);
+            *next = (*next).max(last + 1);
             let temporary = dir.join(format!(".tmp-{name}"));
             let bytes = write_file(&temporary, &events)?;
             stats.files += 1;
@@ -407,6 +413,14 @@ impl ArchiveWriter {
         }
         std::fs::remove_file(&manifest_path)?;
         self.buffered = 0;
+        // For people and tools: per partition, where a bootstrap from this archive hands over to
+        // the topic (the file names say the same, and are what cartflow reads).
+        let next: BTreeMap<String, i64> = self.next.iter().map(|(p, o)| (p.to_string(), *o)).collect();
+        let highest: BTreeMap<String, i64> = self.next.iter().map(|(p, o)| (p.to_string(), *o - 1)).collect();
+        let offsets = serde_json::json!({ "highest_offset": highest, "next_offset": next });
+        let temporary = state_dir(&self.root).join(".offsets.json.tmp");
+        std::fs::write(&temporary, serde_json::to_vec_pretty(&offsets)?)?;
+        std::fs::rename(&temporary, state_dir(&self.root).join("offsets.json"))?;
         Ok(stats)
     }
 }
@@ -550,6 +564,8 @@ mod tests {
         assert_eq!((stats.files, stats.events), (3, 3));
         let (_, next) = ArchiveWriter::open(dir.path()).unwrap();
         assert_eq!(next, BTreeMap::from([(0, 7), (1, 4)]));
+        let recorded = std::fs::read_to_string(dir.path().join("_cartflow/offsets.json")).unwrap();
+        assert!(recorded.contains("\"0\": 7") && recorded.contains("\"1\": 4"), "{recorded}");
         let mut read = Vec::new();
         read_in_time_order(
             dir.path(),

@@ -98,6 +98,11 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
                         producer.poll(due - now);
                     }
                 }
+                if args.stamp_now {
+                    // A live tracker: the event happens when it is sent.
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    mapped.time = now.as_secs() as Timestamp;
+                }
                 let session = String::from_utf8_lossy(session);
                 kafka::encode(&mapped, &session, event.time, &mut value);
                 let key = itoa::Buffer::new().format(mapped.user_id).to_string();
