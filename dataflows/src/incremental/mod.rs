@@ -95,14 +95,20 @@ pub fn logical(t: Timestamp) -> Time {
     u64::try_from(t).expect("event times are after 1970")
 }
 
+/// Where the driver's steps end when they are not all `Settings::step` long (a Kafka source
+/// catching up in large steps): the end of the step opened at or before a logical time, if known.
+/// No boundary is closed inside a step, so work due inside it may join its start.
+pub type StepEnds = std::sync::Arc<dyn Fn(Time) -> Option<Time> + Send + Sync>;
+
 /// Builds every analysis over the shared inputs and returns all result records.
 pub fn build<'s>(
     events: Coll<'s, Event>,
     profiles: Coll<'s, ProfileRecord>,
     dates: Coll<'s, chrono::NaiveDate>,
     settings: &Settings,
+    step_ends: Option<StepEnds>,
 ) -> Coll<'s, Output> {
-    let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings);
+    let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings, step_ends);
     realtime::dataflow(&deltas, settings)
         .concat(funnel::dataflow(deltas.funnel))
         .concat(recommendations::dataflow(deltas.scores))

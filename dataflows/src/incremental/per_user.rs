@@ -32,7 +32,7 @@ use super::hashed::{file_by_time, updates, Updates};
 use super::operators::Sums;
 use super::recommendations as recs;
 use super::user_keyed::UserKeyed;
-use super::{Coll, Diff, ProfileRecord, Settings, Time};
+use super::{Coll, Diff, ProfileRecord, Settings, StepEnds, Time};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
 use crate::analyses::{brands, funnel};
 use crate::model::profile::{age_group, unknown_symbol};
@@ -116,7 +116,12 @@ const OUTPUTS: usize = 6;
 /// What waits for the frontier per time, with the capabilities to answer at that time.
 type Waiting<W> = BTreeMap<Time, (Capabilities, W)>;
 
-pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, settings: &Settings) -> Deltas<'s> {
+pub fn dataflow<'s>(
+    events: Coll<'s, Event>,
+    profiles: Coll<'s, ProfileRecord>,
+    settings: &Settings,
+    step_ends: Option<StepEnds>,
+) -> Deltas<'s> {
     let settings = *settings;
     let events_by_user = Exchange::new(|(e, _, _): &(Event, Time, Diff)| e.user_id.hashed());
     let profiles_by_user = Exchange::new(|((user, _), _, _): &(ProfileRecord, Time, Diff)| user.hashed());
@@ -196,7 +201,12 @@ pub fn dataflow<'s>(events: Coll<'s, Event>, profiles: Coll<'s, ProfileRecord>, 
                 ]
                 .into_iter()
                 .flatten()
-                .fold(settings.boundary_after(time), |limit, t| limit.min(*t));
+                .fold(
+                    // The end of the driver's step when steps vary (a Kafka backlog in large
+                    // steps), else the next boundary of the step grid.
+                    step_ends.as_ref().and_then(|ends| ends(time)).unwrap_or_else(|| settings.boundary_after(time)),
+                    |limit, t| limit.min(*t),
+                );
                 while let Some(entry) = visits.first_entry().filter(|e| *e.key() < limit) {
                     let (at, (_, visits_then)) = entry.remove_entry();
                     due.extend(visits_then.into_iter().map(|visit| (at, visit)));

@@ -169,6 +169,18 @@ impl KafkaSource {
         }
     }
 
+    /// The end of the step containing a logical time, for the dataflow (see
+    /// [`cartflow_dataflows::incremental::StepEnds`]).
+    pub fn step_ends(self: &Arc<Self>) -> cartflow_dataflows::incremental::StepEnds {
+        let source = self.clone();
+        Arc::new(move |time| {
+            let time = Timestamp::try_from(time).ok()?;
+            let steps = source.steps.lock().unwrap();
+            let (start, length) = steps.range(..=time).next_back()?;
+            Some((start + length) as u64).filter(|end| *end > time as u64)
+        })
+    }
+
     /// The steps opened after `start`, in order.
     fn steps_after(&self, start: Option<Timestamp>) -> Vec<(Timestamp, i64)> {
         let steps = self.steps.lock().unwrap();

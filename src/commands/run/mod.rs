@@ -212,6 +212,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             profiles_in.to_collection(scope),
             dates_in.to_collection(scope),
             &settings,
+            shared.source.as_ref().map(|source| source.step_ends()),
         );
         // Every result goes to worker 0, the store's single writer.
         // The collecting operator moves each received container into the buffer (no copy) and
