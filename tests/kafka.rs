@@ -260,3 +260,34 @@ fn generated_days_from_kafka_with_catch_up_steps_equal_batch() {
         assert_same_results(&batch_db, &db, &what);
     }
 }
+
+#[test]
+fn an_idle_partition_does_not_hold_the_frontier_back() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    // Every event in partition 0; partition 1 stays empty.
+    for (i, minute) in [0, 5, 10, 20, 30].iter().enumerate() {
+        let value = format!(
+            r#"{{"event_time":"2019-10-01T00:{minute:02}:00Z","event_type":"view","product_id":1,"category_id":"2","price":1.5,"user_id":{i},"user_session":"s"}}"#
+        );
+        producer.send(BaseRecord::<str, str>::to(TOPIC).partition(0).key("k").payload(&value)).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("idle.db");
+    let mut args = kafka_run_args(&brokers, db.clone(), 2, 60);
+    // Live (no end of input): the run ends once the frontier (the latest event of partition 0,
+    // 00:30, less 10 minutes of lateness) passes --until, which needs partition 1 to count as idle.
+    args.exit_at_end = false;
+    args.idle_timeout = 1;
+    args.until = Some(cartflow_dataflows::model::time::parse_instant_arg("2019-10-01T00:15:00Z").unwrap());
+    let summary = run::run(&args).unwrap();
+    assert_eq!((summary.applied, summary.after_until, summary.late), (3, 2, 0));
+    let store = SqliteStore::open_read_only(&db).unwrap();
+    assert_eq!(store.state("frontier").unwrap().as_deref(), Some("2019-10-01T00:15:00Z"));
+    // The offsets the store holds stop before the first event it does not hold (after --until).
+    assert_eq!(store.state(&format!("kafka_offset/{TOPIC}/0")).unwrap().as_deref(), Some("3"));
+}
