@@ -320,6 +320,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "4h", value_name = "DURATION", value_parser = duration)]
     pub catch_up_step: i64,
 
+    /// Kafka: also produce late and malformed messages, as they were read, to this topic (headers
+    /// `reason` and `source`); they are always counted and written to the rejects file.
+    #[arg(long, value_name = "NAME", requires = "brokers")]
+    pub dead_letter_topic: Option<String>,
+
     /// Kafka: stop once every partition has been read to its end (a bounded replay of a topic),
     /// with results as of the first whole minute after the last event (or `--until`).
     #[arg(long)]

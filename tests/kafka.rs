@@ -12,6 +12,7 @@ use cartflow::commands::{run, simulate};
 use cartflow_connectors::sqlite::SqliteStore;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -125,10 +126,31 @@ fn bad_and_late_messages_are_counted_and_written_never_applied() {
     // Steps open as the frontier moves, even in the backlog (no waiting for large steps), so the
     // message 20 minutes behind is late.
     args.catch_up_step = 60;
+    args.dead_letter_topic = Some("user-events-rejected".into());
+    cluster.create_topic("user-events-rejected", 1, 1).unwrap();
     let summary = run::run(&args).unwrap();
     assert_eq!(summary.applied, 3);
     assert_eq!(summary.late, 1);
     assert_eq!(summary.read.rejected, 2);
+    // The dead-letter topic has the three messages as they were read, with their reasons.
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "check").create().unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset("user-events-rejected", 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&list).unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < 3 {
+        if let Some(message) = consumer.poll(Duration::from_secs(10)) {
+            let message = message.unwrap();
+            let headers = message.headers().unwrap();
+            let reason = String::from_utf8(headers.get(0).value.unwrap().to_vec()).unwrap();
+            let source = String::from_utf8(headers.get(1).value.unwrap().to_vec()).unwrap();
+            dead.push((source, reason, message.payload().unwrap().to_vec()));
+        }
+    }
+    assert_eq!(dead[0], ("user-events[0]@1".to_string(), "bad_json".to_string(), messages[1].as_bytes().to_vec()));
+    assert_eq!((dead[1].0.as_str(), dead[1].1.as_str()), ("user-events[0]@4", "late"));
+    assert_eq!((dead[2].0.as_str(), dead[2].1.as_str()), ("user-events[0]@5", "bad_price"));
     let written = std::fs::read_to_string(&rejects).unwrap();
     assert!(written.contains("user-events[0],1,bad_json"), "{written}");
     assert!(written.contains("user-events[0],4,late"), "{written}");

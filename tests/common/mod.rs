@@ -129,6 +129,7 @@ pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&
         lateness: 600,
         idle_timeout: 30,
         exit_at_end: false,
+        dead_letter_topic: None,
         catch_up_step: 4 * 3_600,
         profiles,
         profiles_at: Vec::new(),

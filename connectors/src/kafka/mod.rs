@@ -14,7 +14,8 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 
 pub use message::{decode, encode, Decoded, MAX_MESSAGE_BYTES};
 
@@ -133,6 +134,53 @@ pub fn producer(options: &KafkaOptions) -> Result<BaseProducer<DeliveryCounter>>
         .config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "5")])
         .create_with_context(DeliveryCounter::default())
         .with_context(|| format!("creating a Kafka producer for {}", options.brokers))
+}
+
+/// A dead-letter producer: rejected messages, as they were read, with `reason` and `source`
+/// headers. It serves its delivery reports on a thread of its own.
+pub struct DeadLetters {
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(options: &KafkaOptions, topic: &str) -> Result<DeadLetters> {
+        let producer = options
+            .config(&[("enable.idempotence", "true"), ("linger.ms", "50")])
+            .create_with_context(DeliveryCounter::default())
+            .with_context(|| format!("creating the dead-letter producer for {}", options.brokers))?;
+        Ok(DeadLetters { producer, topic: topic.to_string() })
+    }
+
+    /// Queues one rejected message (waits while the producer's queue is full).
+    pub fn send(&self, source: &str, reason: &str, payload: &[u8]) -> Result<()> {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "reason", value: Some(reason) })
+            .insert(Header { key: "source", value: Some(source) });
+        let mut record = BaseRecord::to(&self.topic).key(source).payload(payload).headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((error, _)) => return Err(error).context("producing to the dead-letter topic"),
+            }
+        }
+    }
+
+    /// Waits for every queued message; fails when any was not delivered.
+    pub fn finish(&self) -> Result<u64> {
+        self.producer.flush(Duration::from_secs(60)).context("flushing the dead-letter topic")?;
+        let counter = self.producer.context();
+        let failed = counter.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let reason = counter.first_error.lock().unwrap().clone().unwrap_or_default();
+            bail!("{failed} rejected message(s) did not reach the dead-letter topic '{}' ({reason})", self.topic);
+        }
+        Ok(counter.delivered.load(Ordering::Relaxed))
+    }
 }
 
 /// Sends one record, waiting (serving delivery reports, not spinning) while the producer's queue

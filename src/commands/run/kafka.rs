@@ -53,6 +53,8 @@ pub struct KafkaSourceOptions {
     /// The step length while the frontier is far ahead of the open step (a backlog or a
     /// bootstrap); a multiple of `settings.step` that divides a day.
     pub catch_up_step: i64,
+    /// Also produce late and malformed messages to this topic.
+    pub dead_letter_topic: Option<String>,
     /// Replay this archive first (from the hour of the given time on), then read each partition
     /// from the offset after the archive's highest.
     pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
@@ -72,6 +74,8 @@ pub struct KafkaSource {
     durable: Mutex<BTreeMap<i32, i64>>,
     /// Set when the run ends (`--until` reached, every partition read, or a failure).
     finished: AtomicBool,
+    /// `--dead-letter-topic`.
+    dead_letters: Option<kafka::DeadLetters>,
 }
 
 /// One thread's view, published for the others.
@@ -311,6 +315,10 @@ pub(super) fn spawn_sources(
         latest: AtomicI64::new(Timestamp::MIN),
         durable: Mutex::new(BTreeMap::new()),
         finished: AtomicBool::new(false),
+        dead_letters: match &options.dead_letter_topic {
+            Some(topic) => Some(kafka::DeadLetters::new(&options.kafka, topic)?),
+            None => None,
+        },
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
     let (archived, start_offsets) = match &options.bootstrap {
@@ -368,6 +376,10 @@ pub(super) fn spawn_sources(
         }
         if let Some(failure) = failure {
             return Err(failure);
+        }
+        if let Some(dead_letters) = &finish_source.dead_letters {
+            let delivered = dead_letters.finish()?;
+            info!("{delivered} rejected message(s) went to the dead-letter topic");
         }
         let rejects = Arc::try_unwrap(rejects).ok().expect("the source threads have ended").into_inner().unwrap();
         let latest = finish_source.latest.load(Ordering::SeqCst);
@@ -787,6 +799,9 @@ impl SourceThread {
                 &encoded
             }
         };
+        if let Some(dead_letters) = &self.source.dead_letters {
+            dead_letters.send(&format!("{source}@{offset}"), reason.label(), payload)?;
+        }
         self.rejects.lock().unwrap().reject(&source, offset as u64, reason, payload)
     }
 

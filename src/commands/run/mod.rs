@@ -71,6 +71,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         until: args.until,
         exit_at_end: args.exit_at_end,
         catch_up_step: args.catch_up_step,
+        dead_letter_topic: args.dead_letter_topic.clone(),
         bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
     });
     let default_step = if kafka_options.is_some() { MINUTE } else { 4 * 3_600 };
