@@ -1,19 +1,22 @@
 //! The Kafka source of `run`: one consumer thread per worker, each owning every `workers`-th
 //! partition, all sharing one clock.
 //!
-//! Each thread decodes its partitions' messages and feeds its own worker. The frontier (SPEC §2) is
-//! global: `min over active partitions (max event time seen) − lateness`, where a partition is
-//! active until it has been idle for `--idle-timeout` (when every partition is idle, the latest
-//! event seen counts). The step containing the frontier is the *open* step, the same for every
-//! thread. A thread inserts an event at its step's start once that step is open (events of later
-//! steps wait in `pending`), and an event whose step has already been closed by its thread is late
-//! (rejected with reason `late`, never applied). Because all workers close the same step grid and
-//! worker 0 writes a boundary only once every worker's input has passed it, the store at each
-//! boundary holds exactly the events before it.
+//! Each thread decodes its partitions' messages (after replaying their archived ones, for a
+//! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: `min over active
+//! partitions (latest event) − lateness`, where a partition is active until it has been idle for
+//! `--idle-timeout` (when every partition is idle, the latest event counts). Steps are opened in one
+//! shared log that tiles event time: `--catch-up-step` long while a backlog is read (a partition not
+//! yet read to its end, or the archive), `--step` long live. A thread moves its worker through the
+//! steps of the log; it inserts an event at the start of the step containing it once that step is
+//! open (events of later steps wait in `pending`), and an event whose step it has already left is
+//! late (rejected with reason `late`, never applied). Worker 0 writes a boundary only once every
+//! worker's input has passed it, so the store at each boundary holds exactly the events before it.
+//! The dataflow reads the same log (`KafkaSource::step_ends`) to let work due inside a step join
+//! its start.
 //!
 //! Offsets: when a thread opens a step it records, per partition, the offset before which every
-//! message is in the open step or earlier (the oldest event still pending, or the next message).
-//! Worker 0 writes these with the boundary (`pipeline_state`: `kafka_offset/<topic>/<partition>`);
+//! message is in that step or earlier (the oldest event still pending, or the next message). Worker
+//! 0 writes these with the step's end boundary (`pipeline_state`: `kafka_offset/<topic>/<partition>`);
 //! once the store has them, each thread commits them for its consumer group.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -183,6 +186,24 @@ impl KafkaSource {
             let (start, length) = steps.range(..=time).next_back()?;
             Some((start + length) as u64).filter(|end| *end > time as u64)
         })
+    }
+
+    /// Extends the log of steps in `--step` steps until one contains `last` (the end of the input:
+    /// every pending event gets its step); an empty log starts at the step of `first`.
+    fn extend_steps_to(&self, first: Timestamp, last: Timestamp) {
+        let step = self.options.settings.step;
+        let time = last;
+        let mut steps = self.steps.lock().unwrap();
+        if steps.is_empty() {
+            steps.insert(self.options.settings.step_start(first), step);
+        }
+        loop {
+            let (&start, &length) = steps.last_key_value().expect("not empty");
+            if time < start + length {
+                return;
+            }
+            steps.insert(start + length, step);
+        }
     }
 
     /// The steps opened after `start`, in order.
@@ -865,7 +886,13 @@ impl SourceThread {
         if self.step.is_some_and(|(s, _)| s >= open.0) {
             return Ok(());
         }
-        for (start, length) in self.source.steps_after(self.step.map(|(s, _)| s)) {
+        let steps = self.source.steps_after(self.step.map(|(s, _)| s));
+        if self.step.is_none() {
+            if let Some(&(first, _)) = steps.first() {
+                self.reject_pending_before(first)?;
+            }
+        }
+        for (start, length) in steps {
             if start >= open.0 {
                 break;
             }
@@ -889,17 +916,48 @@ impl SourceThread {
         Ok(())
     }
 
-    /// The end of the input: every pending step is opened and its events applied.
-    fn release_all(&mut self) -> Result<()> {
-        while let Some((&start, _)) = self.pending.first_key_value() {
-            if self.step.is_some_and(|(s, _)| start < s) {
-                // Cannot happen: pending steps are after the thread's step.
-                let pending = self.pending.remove(&start).unwrap_or_default();
-                self.pending_events -= pending.events.len();
-                self.counts.late += pending.events.len() as u64;
-                continue;
+    /// Events that arrived before this thread's first step, older than the first step of the log
+    /// (another thread opened it first): late. Their offsets are not kept, so the rejects file
+    /// gets the event, re-encoded, under offset 0.
+    fn reject_pending_before(&mut self, first_step: Timestamp) -> Result<()> {
+        let early: Vec<Timestamp> = self.pending.range(..first_step).map(|(k, _)| *k).collect();
+        for key in early {
+            let pending = self.pending.remove(&key).expect("listed above");
+            self.pending_events -= pending.events.len();
+            let partition = pending.oldest.first().map_or(-1, |(p, _)| *p);
+            for event in pending.events {
+                self.counts.late += 1;
+                let mut payload = Vec::new();
+                kafka::encode(&event, "", event.time, &mut payload);
+                self.reject(partition, 0, RejectReason::Late, Raw::Message(&payload))?;
             }
-            self.start_step(start, self.source.options.settings.step)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the input: the log of steps is extended over every pending event (in `--step`
+    /// steps), and the thread moves through it, applying them.
+    fn release_all(&mut self) -> Result<()> {
+        if let (Some((&first, _)), Some((&last, _))) = (self.pending.first_key_value(), self.pending.last_key_value()) {
+            anyhow::ensure!(
+                self.step.is_none_or(|(s, _)| first >= s),
+                "internal error: events pending before their thread's step"
+            );
+            self.source.extend_steps_to(first, last);
+            if self.step.is_none() {
+                if let Some(&(first_step, _)) = self.source.steps_after(None).first() {
+                    self.reject_pending_before(first_step)?;
+                }
+            }
+            for (start, length) in self.source.steps_after(self.step.map(|(s, _)| s)) {
+                if self.pending.is_empty() {
+                    break;
+                }
+                if self.pending.range(start..start + length).next().is_some() {
+                    self.start_step(start, length)?;
+                }
+            }
+            anyhow::ensure!(self.pending.is_empty(), "internal error: pending events outside the log of steps");
         }
         let offsets =
             self.partitions.iter().map(|p| (p.partition, p.first_not_applied.unwrap_or(p.next_offset))).collect();
