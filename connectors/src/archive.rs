@@ -22,7 +22,7 @@ use arrow_array::{
     Array, ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use cartflow_dataflows::model::time::{floor_to, format_rfc3339};
+use cartflow_dataflows::model::time::floor_to;
 use cartflow_dataflows::model::{Event, EventType, Symbol, Timestamp};
 use chrono::{DateTime, Datelike, Timelike};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -516,11 +516,6 @@ pub fn read_in_time_order(
         }
     }
     Ok(())
-}
-
-/// A human description of an hour, for logs.
-pub fn describe_hour(start: Timestamp) -> String {
-    format_rfc3339(start)
 }
 
 #[cfg(test)]
