@@ -28,7 +28,7 @@ say "archive (Kafka → Parquet)"
 timed "$BIN" --log warn archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --quiet
 du -sh "$WORK/archive/raw/events" | awk '{print "   archive size " $1}'
 
-say "run -w 2 from Kafka (1 min steps, the live default)"
+say "run -w 2 from Kafka (the backlog in 4 h catch-up steps, its tail in 1 min steps)"
 timed "$BIN" --log warn run --brokers "$BROKERS" --exit-at-end -w 2 --profiles "$WORK/data/users.csv" \
     --db "$WORK/kafka.db" --quiet
 python3 - "$WORK/kafka.db" <<'PY'

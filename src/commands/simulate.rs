@@ -105,11 +105,10 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
                 }
                 let session = String::from_utf8_lossy(session);
                 kafka::encode(&mapped, &session, event.time, &mut value);
-                let key = itoa::Buffer::new().format(mapped.user_id).to_string();
-                let record = BaseRecord::to(&args.topic)
-                    .key(key.as_str())
-                    .payload(value.as_slice())
-                    .timestamp(mapped.time * 1000);
+                let mut key = itoa::Buffer::new();
+                let key = key.format(mapped.user_id);
+                let record =
+                    BaseRecord::to(&args.topic).key(key).payload(value.as_slice()).timestamp(mapped.time * 1000);
                 if let Err(error) = kafka::send_waiting(&producer, record) {
                     failure = Some(error);
                     failed.set(true);

@@ -48,14 +48,12 @@ pub struct KafkaSourceOptions {
     pub kafka: KafkaOptions,
     pub topic: String,
     pub group: String,
+    /// The run's settings: live steps are `step` long, catch-up steps `retire` long.
     pub settings: Settings,
     pub lateness: i64,
     pub idle_timeout: Duration,
     pub until: Option<Timestamp>,
     pub exit_at_end: bool,
-    /// The step length while the frontier is far ahead of the open step (a backlog or a
-    /// bootstrap); a multiple of `settings.step` that divides a day.
-    pub catch_up_step: i64,
     /// Also produce late and malformed messages to this topic.
     pub dead_letter_topic: Option<String>,
     /// Replay this archive first (from the hour of the given time on), then read each partition
@@ -90,7 +88,8 @@ struct ThreadClock {
     active_min: Option<Timestamp>,
     /// The latest event of any owned partition.
     latest: Option<Timestamp>,
-    /// The earliest event not yet applied (pending) or applied in the first step.
+    /// The start of this thread's first step, or of its earliest pending step (where the
+    /// first step of the log may start).
     earliest_seen: Option<Timestamp>,
     /// `--exit-at-end`: every owned partition has been read to its end.
     at_end: bool,
@@ -141,7 +140,7 @@ impl KafkaSource {
             // step, once the frontier has passed that step's end.
             let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().earliest_seen).min();
             let first = earliest.map_or(frontier, |e| e.min(frontier));
-            let coarse = self.options.catch_up_step;
+            let coarse = settings.retire;
             let (start, length) = if coarse > settings.step && self.catching_up() {
                 let start = floor_to(first, coarse);
                 if frontier < start + coarse {
@@ -162,7 +161,7 @@ impl KafkaSource {
             if frontier < end || last_start.is_some_and(|last| end > last) {
                 return Some((start, length));
             }
-            let coarse = self.options.catch_up_step;
+            let coarse = settings.retire;
             let next = if end % coarse == 0 && frontier >= end + coarse {
                 coarse
             } else if end % coarse == 0 && coarse > settings.step && self.catching_up() {
@@ -561,6 +560,10 @@ struct SourceThread {
     committed: BTreeMap<i32, i64>,
     /// The time of the last publish, for the partitions' last message.
     now: Instant,
+    /// The message being handled (reused).
+    payload: Vec<u8>,
+    /// The earliest and latest event applied since the last batch was sent.
+    applied_range: Option<(Timestamp, Timestamp)>,
 }
 
 impl SourceThread {
@@ -625,6 +628,8 @@ impl SourceThread {
             counts: Counts::default(),
             committed: BTreeMap::new(),
             now,
+            payload: Vec::new(),
+            applied_range: None,
         })
     }
 
@@ -668,8 +673,15 @@ impl SourceThread {
                     Some(Ok(message)) => {
                         let partition = message.partition();
                         let offset = message.offset();
-                        let payload = message.payload().unwrap_or_default().to_vec();
-                        if self.on_message(partition, offset, &payload)? {
+                        // Copied into a reused buffer: the message borrows the consumer, which is
+                        // part of `self`.
+                        let mut payload = std::mem::take(&mut self.payload);
+                        payload.clear();
+                        payload.extend_from_slice(message.payload().unwrap_or_default());
+                        drop(message);
+                        let moved = self.on_message(partition, offset, &payload);
+                        self.payload = payload;
+                        if moved? {
                             // A partition reached a new minute: the frontier may move.
                             since_publish = u32::MAX;
                         }
@@ -836,8 +848,9 @@ impl SourceThread {
 
     /// Hands an event of the current step to the worker.
     fn apply(&mut self, event: Event) -> Result<()> {
-        self.source.earliest.fetch_min(event.time, Ordering::SeqCst);
-        self.source.latest.fetch_max(event.time, Ordering::SeqCst);
+        let (earliest, latest) = self.applied_range.get_or_insert((event.time, event.time));
+        *earliest = (*earliest).min(event.time);
+        *latest = (*latest).max(event.time);
         self.counts.applied += 1;
         self.batch.push(event);
         if self.batch.len() == READ_BATCH {
@@ -846,7 +859,14 @@ impl SourceThread {
         Ok(())
     }
 
+    /// Sends the batch. The shared earliest and latest event are updated here, once per batch
+    /// rather than per event, and always before a batch or a step reaches the worker: worker 0
+    /// reads them only after every worker's input has passed a boundary.
     fn flush(&mut self) -> Result<()> {
+        if let Some((earliest, latest)) = self.applied_range.take() {
+            self.source.earliest.fetch_min(earliest, Ordering::SeqCst);
+            self.source.latest.fetch_max(latest, Ordering::SeqCst);
+        }
         if self.batch.is_empty() {
             return Ok(());
         }

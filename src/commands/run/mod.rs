@@ -61,25 +61,24 @@ type FinishReading = Box<dyn FnOnce() -> Result<Reader> + Send>;
 type ResultBuffer = Rc<RefCell<Vec<(Output, Time, Diff)>>>;
 
 pub fn run(args: &RunArgs) -> Result<RunSummary> {
+    let live = args.brokers.is_some();
+    let step = args.step.unwrap_or(if live { MINUTE } else { 4 * 3_600 });
+    // Kafka steps are `--catch-up-step` long while catching up; file steps always `--step`.
+    let retire = if live { args.catch_up_step } else { step };
+    let settings = Settings { step, lateness: 0, retire };
+    settings.validate().map_err(anyhow::Error::msg).context("--step and --catch-up-step")?;
     let kafka_options = args.brokers.as_ref().map(|brokers| kafka::KafkaSourceOptions {
         kafka: KafkaOptions { brokers: brokers.clone(), settings: args.settings.clone() },
         topic: args.topic.clone(),
         group: args.group.clone(),
-        settings: Settings { step: args.step.unwrap_or(MINUTE), lateness: 0, retire: args.catch_up_step },
+        settings,
         lateness: args.lateness,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
         until: args.until,
         exit_at_end: args.exit_at_end,
-        catch_up_step: args.catch_up_step,
         dead_letter_topic: args.dead_letter_topic.clone(),
         bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
     });
-    let default_step = if kafka_options.is_some() { MINUTE } else { 4 * 3_600 };
-    let step = args.step.unwrap_or(default_step);
-    // Kafka steps are `--catch-up-step` long while catching up; file steps always `--step`.
-    let retire = if kafka_options.is_some() { args.catch_up_step } else { step };
-    let settings = Settings { step, lateness: 0, retire };
-    settings.validate().map_err(anyhow::Error::msg).context("--step and --catch-up-step")?;
     if let Some(until) = args.until {
         if until % MINUTE != 0 {
             bail!("--until must be a whole minute for `run` (results are kept at minute granularity)");
