@@ -44,6 +44,12 @@ pub enum Command {
     HiveDdl(HiveDdlArgs),
     /// Print rows of a store table, ordered by primary key.
     Query(QueryArgs),
+    /// Create the HBase tables of the store where missing (one per store table, column family
+    /// `d`; SPEC §4). HBase needs a namespace to exist first: `create_namespace 'NS'` in the shell.
+    HbaseInit(HbaseInitArgs),
+    /// Serve an in-memory stand-in for HBase's Thrift1 server on the real Thrift wire protocol,
+    /// for trials and tests where no HBase runs. It is not HBase: nothing is persisted.
+    HbaseStandIn(HbaseStandInArgs),
     /// Write realistic REES46-format events and user profiles, deterministically from a seed.
     Generate(GenerateArgs),
     /// Benchmark: generate data, run `batch` and `run` on it, print events/s and peak RSS of each.
@@ -74,6 +80,48 @@ pub struct BenchArgs {
     /// Working directory (kept; its data/ is reused when present). Default: a temporary one.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct HbaseInitArgs {
+    /// The HBase store: hbase://HOST:PORT[?namespace=NS&transport=buffered|framed&protocol=binary|compact].
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HbaseStandInArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// Thrift transport, as HBase's `hbase.regionserver.thrift.framed` sets it.
+    #[arg(long, value_enum, default_value_t = ThriftTransport::Buffered)]
+    pub transport: ThriftTransport,
+
+    /// Thrift protocol, as HBase's `hbase.regionserver.thrift.compact` sets it.
+    #[arg(long, value_enum, default_value_t = ThriftProtocol::Binary)]
+    pub protocol: ThriftProtocol,
+
+    /// Also create the store's tables in this namespace (or none) at start, as `hbase-init` would.
+    #[arg(long)]
+    pub init: bool,
+
+    /// Namespace of the tables `--init` creates.
+    #[arg(long, value_name = "NS", requires = "init")]
+    pub namespace: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThriftTransport {
+    Buffered,
+    Framed,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThriftProtocol {
+    Binary,
+    Compact,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +161,12 @@ pub struct BatchArgs {
     /// The SQLite store to write (created if missing; the result tables are replaced).
     #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
     pub db: PathBuf,
+
+    /// Write to this store instead of `--db`: `hbase://HOST:PORT[?namespace=NS&transport=buffered|framed&protocol=binary|compact]`
+    /// (HBase's Thrift1 server; create the tables first with `cartflow hbase-init`) or a SQLite
+    /// path.
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub store: Option<String>,
 
     /// Where rejected rows go. Default: <db name>.rejects.csv beside the store.
     #[arg(long, value_name = "FILE")]
@@ -348,6 +402,12 @@ pub struct RunArgs {
     /// The SQLite store to write (created if missing; result tables start empty).
     #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
     pub db: PathBuf,
+
+    /// Write to this store instead of `--db`: `hbase://HOST:PORT[?namespace=NS&transport=buffered|framed&protocol=binary|compact]`
+    /// (HBase's Thrift1 server; create the tables first with `cartflow hbase-init`) or a SQLite
+    /// path.
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub store: Option<String>,
 
     /// Where rejected and late rows go. Default: <db name>.rejects.csv beside the store.
     #[arg(long, value_name = "FILE")]

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod csv_events;
+pub mod hbase;
 pub mod kafka;
 pub mod profiles;
 pub mod progress;

@@ -7,8 +7,8 @@ use cartflow_connectors::csv_events::{read_events, resolve_inputs, ReadStats};
 use cartflow_connectors::profiles::read_profiles;
 use cartflow_connectors::progress::human;
 use cartflow_connectors::rejects::RejectLog;
+use cartflow_connectors::sink::StoreTarget;
 use cartflow_connectors::sink::{Sink, WriteBatch};
-use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339};
 use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::reference::{self, Settings};
@@ -30,7 +30,9 @@ pub struct BatchSummary {
 pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
     let started = Instant::now();
     let files = resolve_inputs(&args.input)?;
-    let mut rejects = RejectLog::new(Some(args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&args.db))));
+    let target = StoreTarget::choose(args.store.as_deref(), &args.db)?;
+    let mut rejects =
+        RejectLog::new(Some(args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&target.local_path()))));
 
     // The reference keeps every applied event in memory in compact form (64 bytes each), sorts
     // them by time and computes each analysis over time slices: simple, and still fine for the
@@ -92,14 +94,14 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
     info!("computed {} rows in {:.1}s", tables.total_rows(), compute_started.elapsed().as_secs_f64());
 
     let write_started = Instant::now();
-    let mut store = SqliteStore::open(&args.db)?;
+    let mut store = target.open()?;
     let batch =
         full_replacement(&tables, state_entries("batch", &read, &rejects, events.len() as u64, after_until, frontier));
     store.write(&batch)?;
     info!(
         "wrote {} rows to {} in {:.1}s; total {:.1}s",
         tables.total_rows(),
-        args.db.display(),
+        target,
         write_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );

@@ -4,6 +4,7 @@ pub mod archive;
 pub mod batch;
 pub mod bench;
 pub mod generate;
+pub mod hbase;
 pub mod query;
 pub mod run;
 pub mod simulate;
@@ -18,6 +19,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(&args).map(|_| ()),
         Command::Archive(args) => archive::run(&args).map(|_| ()),
         Command::HiveDdl(args) => archive::hive_ddl(&args, &mut std::io::stdout().lock()),
+        Command::HbaseInit(args) => hbase::init(&args),
+        Command::HbaseStandIn(args) => hbase::stand_in(&args),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
         Command::Bench(args) => bench::run(&args),

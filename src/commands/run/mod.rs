@@ -25,8 +25,7 @@ use cartflow_connectors::kafka::KafkaOptions;
 use cartflow_connectors::profiles::read_profiles;
 use cartflow_connectors::progress::human;
 use cartflow_connectors::rejects::RejectLog;
-use cartflow_connectors::sink::{BackgroundSink, Sink};
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::sink::{BackgroundSink, Sink, StoreTarget};
 use cartflow_dataflows::incremental::materialize::Materializer;
 use cartflow_dataflows::incremental::{self, logical, Diff, Output, ProfileRecord, Settings, Time};
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339, utc_date, MINUTE};
@@ -90,7 +89,8 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     if args.lateness < 0 || args.lateness % MINUTE != 0 {
         bail!("--lateness must be a whole number of minutes");
     }
-    let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&args.db));
+    let target = StoreTarget::choose(args.store.as_deref(), &args.db)?;
+    let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&target.local_path()));
     let mut rejects = RejectLog::new(Some(rejects_path.clone()));
     let initial = match &args.profiles {
         Some(path) => {
@@ -109,7 +109,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     changes.sort_by_key(|(at, _)| *at);
 
     // Starts with empty tables (results and pipeline_state), as a replay from the beginning.
-    let mut store = SqliteStore::open(&args.db)?;
+    let mut store = target.open()?;
     store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
     drop(store);
 
@@ -136,6 +136,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     };
     let shared = Arc::new(Shared {
         args: args.clone(),
+        store: target,
         settings,
         initial,
         changes: Mutex::new(Some(changes)),
@@ -181,6 +182,8 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
 /// What the workers share: the configuration, and worker 0's inputs and report.
 struct Shared {
     args: RunArgs,
+    /// Where results go (`--db` or `--store`).
+    store: StoreTarget,
     settings: Settings,
     initial: Profiles,
     changes: Mutex<Option<Vec<ProfileChange>>>,
@@ -277,7 +280,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
 
     let mut driver = Driver {
         store: store_writer(
-            SqliteStore::open(&shared.args.db)?,
+            shared.store.open()?,
             Materializer::new(settings, shared.args.retention),
             shared.source.clone(),
             shared.args.commit_log.as_deref(),
@@ -478,7 +481,7 @@ enum StoreJob {
 /// The store's writer thread: it materializes each boundary (sorting and formatting rows, daily
 /// snapshots, final windows) and writes it with the frontier, off worker 0's critical path.
 fn store_writer(
-    store: SqliteStore,
+    store: Box<dyn Sink + Send>,
     mut materializer: Materializer,
     source: Option<Arc<kafka::KafkaSource>>,
     commit_log: Option<&std::path::Path>,
@@ -509,7 +512,7 @@ fn store_writer(
 /// The store, telling the Kafka source which offsets it holds once a batch is written (so that
 /// they are committed only then).
 struct TellsTheSource {
-    store: SqliteStore,
+    store: Box<dyn Sink + Send>,
     source: Option<Arc<kafka::KafkaSource>>,
     /// `--commit-log`: when each boundary was committed.
     commit_log: Option<std::io::BufWriter<std::fs::File>>,

@@ -1,0 +1,780 @@
+//! The HBase store (SPEC §4) over HBase's Thrift1 API, with the `hbase-thrift` crate's client.
+//!
+//! One HBase table per store table (in an optional namespace), one column family `d`, one
+//! qualifier per column holding its value as UTF-8 text (a NULL is an absent cell). The row key is
+//! the primary-key columns joined with `|`: integers zero-padded to 20 digits (the width of
+//! 2^64 − 1) so that byte order is numeric order, `%` and `|` inside strings percent-encoded.
+//! The key columns are stored as cells too, so a row reads whole from the HBase shell.
+//!
+//! HBase has no multi-row transaction, so a [`WriteBatch`] is applied in an order that keeps a
+//! reader safe: emptied tables and deleted rows first, then the upserts, and `pipeline_state`
+//! (the frontier, the source offsets) last. Every batch carries explicit cell timestamps that
+//! grow from batch to batch, deletes one below the batch's upserts: a row deleted and written
+//! again in the same millisecond is not hidden by its own tombstone (HBase's delete markers mask
+//! every cell at or below their timestamp). A failed batch is retried whole with the same
+//! timestamps after reconnecting, with backoff, for as long as HBase stays unreachable; that is
+//! idempotent, so nothing is lost or applied out of order.
+
+pub mod stand_in;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cartflow_dataflows::schema::{cmp_keys, Kind, Row, Table, TableId, Value, TABLES};
+use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TInputProtocol,
+    TOutputProtocol,
+};
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport, TIoChannel,
+    TTcpChannel,
+};
+use tracing::{info, warn};
+
+use crate::sink::{Sink, WriteBatch};
+
+/// The column family of every table.
+pub const FAMILY: &str = "d";
+
+/// Rows per `mutateRows` call: large enough to amortise the round trip, small enough that one
+/// call stays well under HBase's default 2 MiB RPC warning size for our rows.
+const ROWS_PER_CALL: usize = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Buffered,
+    Framed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Binary,
+    Compact,
+}
+
+/// `hbase://host:port[?namespace=NS&transport=buffered|framed&protocol=binary|compact]`: where
+/// HBase's Thrift1 server listens and how it is configured (`hbase.regionserver.thrift.framed`,
+/// `hbase.regionserver.thrift.compact`). Defaults: port 9090, no namespace, buffered, binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HbaseUrl {
+    pub address: String,
+    pub namespace: Option<String>,
+    pub transport: Transport,
+    pub protocol: Protocol,
+}
+
+impl FromStr for HbaseUrl {
+    type Err = anyhow::Error;
+
+    fn from_str(url: &str) -> Result<HbaseUrl> {
+        let Some(rest) = url.strip_prefix("hbase://") else {
+            bail!("'{url}' is not an hbase:// URL (hbase://host:port?namespace=..&transport=..&protocol=..)");
+        };
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.trim_end_matches('/');
+        if authority.is_empty() {
+            bail!("'{url}' names no host (hbase://host:port)");
+        }
+        let address = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+            authority.to_string()
+        } else if authority.contains(':') && !authority.ends_with(']') {
+            bail!("'{url}': the port must be a number from 1 to 65535");
+        } else {
+            format!("{authority}:9090")
+        };
+        let mut parsed =
+            HbaseUrl { address, namespace: None, transport: Transport::Buffered, protocol: Protocol::Binary };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match (name, value) {
+                ("namespace", ns) if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    parsed.namespace = Some(ns.to_string())
+                }
+                ("namespace", ns) => bail!("'{url}': namespace '{ns}' is not a valid HBase namespace ([A-Za-z0-9_]+)"),
+                ("transport", "buffered") => parsed.transport = Transport::Buffered,
+                ("transport", "framed") => parsed.transport = Transport::Framed,
+                ("transport", other) => bail!("'{url}': transport '{other}' is neither 'buffered' nor 'framed'"),
+                ("protocol", "binary") => parsed.protocol = Protocol::Binary,
+                ("protocol", "compact") => parsed.protocol = Protocol::Compact,
+                ("protocol", other) => bail!("'{url}': protocol '{other}' is neither 'binary' nor 'compact'"),
+                (other, _) => bail!("'{url}': unknown parameter '{other}' (namespace, transport, protocol)"),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+impl fmt::Display for HbaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "hbase://{}", self.address)?;
+        let transport = match self.transport {
+            Transport::Buffered => "buffered",
+            Transport::Framed => "framed",
+        };
+        let protocol = match self.protocol {
+            Protocol::Binary => "binary",
+            Protocol::Compact => "compact",
+        };
+        write!(f, "?transport={transport}&protocol={protocol}")?;
+        if let Some(ns) = &self.namespace {
+            write!(f, "&namespace={ns}")?;
+        }
+        Ok(())
+    }
+}
+
+impl HbaseUrl {
+    /// The HBase name of a store table: `namespace:table` or `table`.
+    pub fn table_name(&self, table: &Table) -> Vec<u8> {
+        match &self.namespace {
+            Some(ns) => format!("{ns}:{}", table.name).into_bytes(),
+            None => table.name.as_bytes().to_vec(),
+        }
+    }
+}
+
+pub type InputProtocol = Box<dyn TInputProtocol + Send>;
+pub type OutputProtocol = Box<dyn TOutputProtocol + Send>;
+pub type Client = HbaseSyncClient<InputProtocol, OutputProtocol>;
+
+/// How long a connection attempt and a call may take before the server counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Thrift connection's protocols over a TCP stream, as `transport` and `protocol` say.
+pub fn protocols(
+    stream: TcpStream,
+    transport: Transport,
+    protocol: Protocol,
+) -> thrift::Result<(InputProtocol, OutputProtocol)> {
+    let (read, write) = TTcpChannel::with_stream(stream).split()?;
+    Ok(match (transport, protocol) {
+        (Transport::Buffered, Protocol::Binary) => (
+            Box::new(TBinaryInputProtocol::new(TBufferedReadTransport::new(read), true)),
+            Box::new(TBinaryOutputProtocol::new(TBufferedWriteTransport::new(write), true)),
+        ),
+        (Transport::Framed, Protocol::Binary) => (
+            Box::new(TBinaryInputProtocol::new(TFramedReadTransport::new(read), true)),
+            Box::new(TBinaryOutputProtocol::new(TFramedWriteTransport::new(write), true)),
+        ),
+        (Transport::Buffered, Protocol::Compact) => (
+            Box::new(TCompactInputProtocol::new(TBufferedReadTransport::new(read))),
+            Box::new(TCompactOutputProtocol::new(TBufferedWriteTransport::new(write))),
+        ),
+        (Transport::Framed, Protocol::Compact) => (
+            Box::new(TCompactInputProtocol::new(TFramedReadTransport::new(read))),
+            Box::new(TCompactOutputProtocol::new(TFramedWriteTransport::new(write))),
+        ),
+    })
+}
+
+/// Opens a client connection to the Thrift server of `url`.
+pub fn connect(url: &HbaseUrl) -> thrift::Result<Client> {
+    let mut last_error = None;
+    for address in url.address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+                stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+                let (input, output) = protocols(stream, url.transport, url.protocol)?;
+                return Ok(HbaseSyncClient::new(input, output));
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.map_or_else(
+        || thrift::Error::from(std::io::Error::other(format!("{} resolves to no address", url.address))),
+        thrift::Error::from,
+    ))
+}
+
+/// A zero-padded integer key part: 20 digits hold every u64, so byte order is numeric order.
+fn push_key_int(digits: &str, out: &mut Vec<u8>) {
+    out.extend(std::iter::repeat_n(b'0', 20usize.saturating_sub(digits.len())));
+    out.extend_from_slice(digits.as_bytes());
+}
+
+/// The row key of a row (or of a primary key): its key columns joined with `|` (SPEC §4).
+pub fn row_key(table: &Table, row: &[Value]) -> Result<Vec<u8>> {
+    let mut key = Vec::with_capacity(16 * table.key_len);
+    for (i, (column, value)) in table.key_columns().iter().zip(row).enumerate() {
+        if i > 0 {
+            key.push(b'|');
+        }
+        match (column.kind, value) {
+            (Kind::Int, Value::Int(n)) if *n >= 0 => push_key_int(itoa::Buffer::new().format(*n), &mut key),
+            // Ids of 2^63 or more are text in a Value (see `Value::id`).
+            (Kind::Int, Value::Text(digits)) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                push_key_int(digits, &mut key)
+            }
+            (_, Value::Text(text)) => {
+                for byte in text.bytes() {
+                    match byte {
+                        b'%' => key.extend_from_slice(b"%25"),
+                        b'|' => key.extend_from_slice(b"%7C"),
+                        other => key.push(other),
+                    }
+                }
+            }
+            (_, other) => bail!("{}: key column {} cannot hold {other:?} in an HBase row key", table.name, column.name),
+        }
+    }
+    Ok(key)
+}
+
+/// A cell's text (SPEC §4: UTF-8); `None` for NULL. Reals print their shortest exact form.
+pub fn cell_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Int(n) => Some(n.to_string()),
+        Value::Real(x) => Some(x.to_string()),
+        Value::Text(s) => Some(s.clone()),
+    }
+}
+
+/// A cell read back, typed by its column.
+pub fn parse_cell(kind: Kind, bytes: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(bytes);
+    match kind {
+        Kind::Int => text.parse::<i64>().map_or_else(|_| Value::Text(text.into_owned()), Value::Int),
+        Kind::Real => text.parse::<f64>().map_or_else(|_| Value::Text(text.into_owned()), Value::Real),
+        Kind::Text => Value::Text(text.into_owned()),
+    }
+}
+
+fn qualifier(column: &str) -> Vec<u8> {
+    format!("{FAMILY}:{column}").into_bytes()
+}
+
+/// The mutations that make a stored row equal `row`: a put per value, a column delete per NULL.
+fn row_mutations(table: &Table, row: &Row) -> Vec<Mutation> {
+    table
+        .columns
+        .iter()
+        .zip(row)
+        .map(|(column, value)| match cell_text(value) {
+            Some(text) => Mutation::new(false, qualifier(column.name), text.into_bytes(), true),
+            None => Mutation::new(true, qualifier(column.name), None, true),
+        })
+        .collect()
+}
+
+/// Deletes a whole row: a delete of the family `d` (HBase's Thrift handler turns a column name
+/// without qualifier into a family delete).
+fn row_delete() -> Vec<Mutation> {
+    vec![Mutation::new(true, FAMILY.as_bytes().to_vec(), None, true)]
+}
+
+/// Is a failure worth retrying (HBase or the network unavailable), or a mistake to report?
+fn retriable(error: &thrift::Error) -> bool {
+    match error {
+        thrift::Error::Transport(_) | thrift::Error::Protocol(_) => true,
+        thrift::Error::User(inner) => inner.downcast_ref::<hbase_thrift::hbase::IOError>().is_some(),
+        thrift::Error::Application(_) => false,
+    }
+}
+
+/// How a failed write is retried.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// Give up after this long without a successful write (`None`: never, the default of `run`).
+    pub give_up_after: Option<Duration>,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { first_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5), give_up_after: None }
+    }
+}
+
+/// What the store has been through, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HbaseStats {
+    pub batches: u64,
+    pub calls: u64,
+    /// Failed attempts (each followed by a reconnect and a retry).
+    pub failed_attempts: u64,
+    /// Periods during which HBase could not be written.
+    pub outages: u64,
+}
+
+/// The HBase store: a [`Sink`] like SQLite, plus reads for tests and tools.
+pub struct HbaseStore {
+    url: HbaseUrl,
+    client: Option<Client>,
+    /// The timestamp of the last batch's upserts; the next batch's deletes use a later one.
+    last_timestamp: i64,
+    retry: Retry,
+    stats: HbaseStats,
+    names: Vec<Vec<u8>>,
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl HbaseStore {
+    /// Connects and checks that every table exists (`cartflow hbase-init` creates them).
+    pub fn open(url: &HbaseUrl) -> Result<HbaseStore> {
+        let mut client = connect(url).with_context(|| format!("connecting to HBase's Thrift server at {url}"))?;
+        let existing = client.get_table_names().with_context(|| format!("listing the tables of {url}"))?;
+        let names: Vec<Vec<u8>> = TABLES.iter().map(|t| url.table_name(t)).collect();
+        let missing: Vec<String> =
+            names.iter().filter(|n| !existing.contains(n)).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        if !missing.is_empty() {
+            bail!(
+                "HBase at {url} lacks the table(s) {}; create them with `cartflow hbase-init --store {url}`",
+                missing.join(", ")
+            );
+        }
+        Ok(HbaseStore {
+            url: url.clone(),
+            client: Some(client),
+            last_timestamp: 0,
+            retry: Retry::default(),
+            stats: HbaseStats::default(),
+            names,
+        })
+    }
+
+    pub fn with_retry(mut self, retry: Retry) -> HbaseStore {
+        self.retry = retry;
+        self
+    }
+
+    pub fn stats(&self) -> HbaseStats {
+        self.stats
+    }
+
+    pub fn url(&self) -> &HbaseUrl {
+        &self.url
+    }
+
+    fn name(&self, table: TableId) -> &[u8] {
+        &self.names[table as usize]
+    }
+
+    /// Creates the tables that do not exist yet (family `d`, one version); returns their names.
+    pub fn init(url: &HbaseUrl) -> Result<Vec<String>> {
+        let mut client = connect(url).with_context(|| format!("connecting to HBase's Thrift server at {url}"))?;
+        let existing = client.get_table_names().with_context(|| format!("listing the tables of {url}"))?;
+        let mut created = Vec::new();
+        for table in TABLES {
+            let name = url.table_name(table);
+            if existing.contains(&name) {
+                continue;
+            }
+            let family = ColumnDescriptor {
+                name: Some(format!("{FAMILY}:").into_bytes()),
+                max_versions: Some(1),
+                ..Default::default()
+            };
+            client
+                .create_table(name.clone(), vec![family])
+                .with_context(|| format!("creating table {}", String::from_utf8_lossy(&name)))?;
+            created.push(String::from_utf8_lossy(&name).into_owned());
+        }
+        Ok(created)
+    }
+
+    /// Runs `call` on a connected client, reconnecting and retrying with backoff while HBase is
+    /// unreachable. `call` must be idempotent: it may have been partly applied when it failed.
+    fn with_retries<T>(
+        &mut self,
+        what: &str,
+        mut call: impl FnMut(&mut Client, &[Vec<u8>]) -> thrift::Result<T>,
+    ) -> Result<T> {
+        let mut delay = self.retry.first_delay;
+        let mut failing_since: Option<Instant> = None;
+        let mut last_warning = Instant::now();
+        let mut attempts = 0u64;
+        loop {
+            let client = match self.client.take() {
+                Some(client) => Ok(client),
+                None => connect(&self.url),
+            };
+            let outcome = client.and_then(|mut client| {
+                let result = call(&mut client, &self.names);
+                if result.is_ok() {
+                    self.client = Some(client);
+                }
+                result
+            });
+            match outcome {
+                Ok(value) => {
+                    if let Some(since) = failing_since {
+                        info!(
+                            "HBase at {}: {what} succeeded after {attempts} failed attempt(s) over {:.1}s; nothing was lost",
+                            self.url,
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(error) if retriable(&error) => {
+                    attempts += 1;
+                    self.stats.failed_attempts += 1;
+                    let since = *failing_since.get_or_insert_with(|| {
+                        self.stats.outages += 1;
+                        warn!("HBase at {}: {what} failed ({error}); retrying with backoff until it is back", self.url);
+                        Instant::now()
+                    });
+                    if last_warning.elapsed() >= Duration::from_secs(10) {
+                        warn!(
+                            "HBase at {} still unreachable after {:.0}s ({attempts} attempts): {error}",
+                            self.url,
+                            since.elapsed().as_secs_f64()
+                        );
+                        last_warning = Instant::now();
+                    }
+                    if self.retry.give_up_after.is_some_and(|limit| since.elapsed() >= limit) {
+                        bail!(
+                            "HBase at {}: {what} failed for {:.1}s, giving up: {error}",
+                            self.url,
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.retry.max_delay);
+                }
+                Err(error) => return Err(anyhow::Error::new(error).context(format!("HBase at {}: {what}", self.url))),
+            }
+        }
+    }
+
+    /// Every row of a table, typed by the schema, ordered by primary key as SQLite orders them
+    /// (for tests and tools). HBase's own row-key order differs where one string key is a prefix
+    /// of another: `aerocool|…` sorts before `aero|…`, since `|` is above the letters.
+    pub fn read_table(&mut self, id: TableId) -> Result<Vec<Row>> {
+        let table = id.table();
+        let name = self.name(id).to_vec();
+        let cells = self.with_retries("reading a table", |client, _| scan_all(client, &name))?;
+        let mut rows: Vec<Row> = cells
+            .into_iter()
+            .map(|cells| {
+                table
+                    .columns
+                    .iter()
+                    .map(|c| cells.get(c.name.as_bytes()).map_or(Value::Null, |v| parse_cell(c.kind, v)))
+                    .collect()
+            })
+            .collect();
+        rows.sort_by(|a, b| cmp_keys(a, b, table.key_len));
+        Ok(rows)
+    }
+
+    /// A `pipeline_state` value.
+    pub fn state(&mut self, key: &str) -> Result<Option<String>> {
+        let name = self.name(TableId::PipelineState).to_vec();
+        let cells = self.with_retries("reading pipeline_state", |client, _| {
+            client.get_row(name.clone(), key.as_bytes().to_vec(), BTreeMap::new())
+        })?;
+        let value = cells
+            .into_iter()
+            .filter_map(|r| r.columns)
+            .find_map(|mut columns| columns.remove(&qualifier("value")))
+            .and_then(|cell| cell.value);
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+}
+
+/// Every row of table `name` as (qualifier without family → value), in row-key order.
+fn scan_all(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<BTreeMap<Vec<u8>, Vec<u8>>>> {
+    let scan =
+        TScan { columns: Some(vec![format!("{FAMILY}:").into_bytes()]), caching: Some(1_000), ..Default::default() };
+    let scanner = client.scanner_open_with_scan(name.to_vec(), scan, BTreeMap::new())?;
+    let mut rows = Vec::new();
+    let outcome = loop {
+        match client.scanner_get_list(scanner, 1_000) {
+            Ok(batch) if batch.is_empty() => break Ok(()),
+            Ok(batch) => {
+                for result in batch {
+                    let mut cells = BTreeMap::new();
+                    for (column, cell) in result.columns.unwrap_or_default() {
+                        let qualifier =
+                            column.strip_prefix(format!("{FAMILY}:").as_bytes()).unwrap_or(&column).to_vec();
+                        cells.insert(qualifier, cell.value.unwrap_or_default());
+                    }
+                    rows.push(cells);
+                }
+            }
+            Err(error) => break Err(error),
+        }
+    };
+    let _ = client.scanner_close(scanner);
+    outcome.map(|()| rows)
+}
+
+/// The row keys of every row of table `name`.
+fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
+    let scan = TScan { caching: Some(1_000), ..Default::default() };
+    let scanner = client.scanner_open_with_scan(name.to_vec(), scan, BTreeMap::new())?;
+    let mut keys = Vec::new();
+    let outcome = loop {
+        match client.scanner_get_list(scanner, 1_000) {
+            Ok(batch) if batch.is_empty() => break Ok(()),
+            Ok(batch) => keys.extend(batch.into_iter().filter_map(|r| r.row)),
+            Err(error) => break Err(error),
+        }
+    };
+    let _ = client.scanner_close(scanner);
+    outcome.map(|()| keys)
+}
+
+/// The `mutateRows` calls of one phase of a batch, per table in chunks.
+type Calls = Vec<(TableId, Vec<BatchMutation>)>;
+
+fn push_call(calls: &mut Calls, table: TableId, mutation: BatchMutation) {
+    match calls.last_mut() {
+        Some((last, rows)) if *last == table && rows.len() < ROWS_PER_CALL => rows.push(mutation),
+        _ => calls.push((table, vec![mutation])),
+    }
+}
+
+impl Sink for HbaseStore {
+    fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        // Deletes at `timestamp`, upserts at `timestamp + 1` (see the module doc).
+        let timestamp = now_millis().max(self.last_timestamp + 1);
+        self.last_timestamp = timestamp + 1;
+        let upserted: std::collections::HashSet<(TableId, Vec<u8>)> =
+            batch.upserts.iter().map(|(id, row)| Ok((*id, row_key(id.table(), row)?))).collect::<Result<_>>()?;
+        let mut deletes: Calls = Vec::new();
+        for (id, key) in &batch.deletes {
+            let key = row_key(id.table(), key)?;
+            if !upserted.contains(&(*id, key.clone())) {
+                push_call(&mut deletes, *id, BatchMutation::new(key, row_delete()));
+            }
+        }
+        let mut upserts: Calls = Vec::new();
+        for (id, row) in &batch.upserts {
+            let table = id.table();
+            if row.len() != table.columns.len() {
+                bail!("a {} row has {} values, the table has {} columns", table.name, row.len(), table.columns.len());
+            }
+            push_call(&mut upserts, *id, BatchMutation::new(row_key(table, row)?, row_mutations(table, row)));
+        }
+        // pipeline_state last: a reader that sees the frontier sees the results it covers.
+        for (key, value) in &batch.state {
+            let row = vec![Value::text(key.clone()), Value::text(value.clone())];
+            let table = TableId::PipelineState.table();
+            push_call(
+                &mut upserts,
+                TableId::PipelineState,
+                BatchMutation::new(row_key(table, &row)?, row_mutations(table, &row)),
+            );
+        }
+        let replace = batch.replace.clone();
+        let mut calls = 0u64;
+        self.with_retries("writing a batch", |client, names| {
+            calls = 0;
+            for id in &replace {
+                let name = &names[*id as usize];
+                for keys in scan_keys(client, name)?.chunks(ROWS_PER_CALL) {
+                    let rows = keys.iter().map(|k| BatchMutation::new(k.clone(), row_delete())).collect();
+                    client.mutate_rows_ts(name.clone(), rows, timestamp, BTreeMap::new())?;
+                    calls += 1;
+                }
+            }
+            for (phase, at) in [(&deletes, timestamp), (&upserts, timestamp + 1)] {
+                for (id, rows) in phase {
+                    client.mutate_rows_ts(names[*id as usize].clone(), rows.clone(), at, BTreeMap::new())?;
+                    calls += 1;
+                }
+            }
+            Ok(())
+        })?;
+        self.stats.batches += 1;
+        self.stats.calls += calls;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_defaults_and_reject_mistakes() {
+        let url: HbaseUrl = "hbase://hbase1".parse().unwrap();
+        assert_eq!(url.address, "hbase1:9090");
+        assert_eq!(
+            (url.transport, url.protocol, url.namespace.as_deref()),
+            (Transport::Buffered, Protocol::Binary, None)
+        );
+        let url: HbaseUrl = "hbase://127.0.0.1:9091?namespace=shop&transport=framed&protocol=compact".parse().unwrap();
+        assert_eq!(url.address, "127.0.0.1:9091");
+        assert_eq!(
+            (url.transport, url.protocol, url.namespace.as_deref()),
+            (Transport::Framed, Protocol::Compact, Some("shop"))
+        );
+        assert_eq!(url.table_name(TableId::Funnel.table()), b"shop:funnel");
+        for bad in [
+            "http://x",
+            "hbase://",
+            "hbase://h:99999",
+            "hbase://h?transport=zip",
+            "hbase://h?protocol=json",
+            "hbase://h?x=1",
+            "hbase://h?namespace=a-b",
+        ] {
+            assert!(bad.parse::<HbaseUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn row_keys_sort_like_the_keys_and_escape_separators() {
+        let table = TableId::RealtimeTopProduct.table();
+        let key = |rank: i64| row_key(table, &[Value::text("2019-12-01T00:05:00Z"), Value::Int(rank)]).unwrap();
+        assert_eq!(key(7), b"2019-12-01T00:05:00Z|00000000000000000007".to_vec());
+        assert!(key(9) < key(10), "numeric order is byte order");
+        let product = TableId::Product.table();
+        let big = row_key(product, &[Value::id(u64::MAX)]).unwrap();
+        let small = row_key(product, &[Value::id(i64::MAX as u64)]).unwrap();
+        assert_eq!(big, b"18446744073709551615".to_vec());
+        assert!(small < big);
+        let brands = TableId::BrandPerformance.table();
+        let escaped = row_key(brands, &[Value::text("current"), Value::text("a|b%c"), Value::text("*")]).unwrap();
+        assert_eq!(escaped, b"current|a%7Cb%25c|*".to_vec());
+        assert!(row_key(product, &[Value::Int(-1)]).is_err());
+    }
+
+    #[test]
+    fn cells_round_trip_through_text() {
+        for (kind, value) in [
+            (Kind::Int, Value::Int(-42)),
+            (Kind::Int, Value::id(u64::MAX)),
+            (Kind::Real, Value::Real(0.1 + 0.2)),
+            (Kind::Real, Value::Real(1e-300)),
+            (Kind::Text, Value::text("żółw|%")),
+        ] {
+            let text = cell_text(&value).unwrap();
+            assert_eq!(parse_cell(kind, text.as_bytes()), value, "{text}");
+        }
+        assert_eq!(cell_text(&Value::Null), None);
+    }
+
+    use stand_in::StandIn;
+
+    fn demographics(region: &str, users: i64) -> Row {
+        vec![Value::text(region), Value::text("25-34"), Value::Int(users)]
+    }
+
+    fn upserts(rows: Vec<Row>) -> WriteBatch {
+        WriteBatch { upserts: rows.into_iter().map(|r| (TableId::Demographics, r)).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn writes_read_back_through_the_thrift_wire_with_every_transport_and_protocol() {
+        for (transport, protocol) in [
+            (Transport::Buffered, Protocol::Binary),
+            (Transport::Framed, Protocol::Binary),
+            (Transport::Buffered, Protocol::Compact),
+            (Transport::Framed, Protocol::Compact),
+        ] {
+            let server = StandIn::start("127.0.0.1:0", transport, protocol).unwrap();
+            let url = server.url(Some("shop"));
+            let error = HbaseStore::open(&url).err().expect("no tables yet").to_string();
+            assert!(error.contains("hbase-init"), "{error}");
+            assert_eq!(HbaseStore::init(&url).unwrap().len(), TABLES.len());
+            assert!(HbaseStore::init(&url).unwrap().is_empty(), "init is idempotent");
+            assert!(server.table_names().contains("shop:pipeline_state"));
+            let mut store = HbaseStore::open(&url).unwrap();
+
+            let mut first = upserts(vec![demographics("a|b", 1), demographics("mazowieckie", 2)]);
+            first.state.push(("frontier".into(), "2019-12-01T00:01:00Z".into()));
+            store.write(&first).unwrap();
+            assert_eq!(
+                store.read_table(TableId::Demographics).unwrap(),
+                vec![demographics("a|b", 1), demographics("mazowieckie", 2)]
+            );
+            assert_eq!(store.state("frontier").unwrap().as_deref(), Some("2019-12-01T00:01:00Z"));
+
+            // Deleted and written again in the same batch, and in the very next one: a tombstone
+            // must never hide the newer row.
+            let key = vec![Value::text("a|b"), Value::text("25-34")];
+            let mut second = upserts(vec![demographics("a|b", 3)]);
+            second.deletes.push((TableId::Demographics, key.clone()));
+            store.write(&second).unwrap();
+            store.write(&WriteBatch { deletes: vec![(TableId::Demographics, key)], ..Default::default() }).unwrap();
+            store.write(&upserts(vec![demographics("a|b", 4)])).unwrap();
+            assert_eq!(
+                store.read_table(TableId::Demographics).unwrap(),
+                vec![demographics("a|b", 4), demographics("mazowieckie", 2)]
+            );
+
+            // A value that becomes NULL is gone from HBase, not left behind.
+            let window = |avg: Value| {
+                let mut row: Row = vec![Value::text("2019-12-01T00:00:00Z"), Value::text("2019-12-01T00:05:00Z")];
+                row.extend((0..7).map(Value::Int));
+                row.extend([avg, Value::Int(0), Value::Int(0)]);
+                row
+            };
+            let windows = |row: Row| WriteBatch { upserts: vec![(TableId::RealtimeWindow, row)], ..Default::default() };
+            store.write(&windows(window(Value::Real(12.5)))).unwrap();
+            store.write(&windows(window(Value::Null))).unwrap();
+            assert_eq!(store.read_table(TableId::RealtimeWindow).unwrap(), vec![window(Value::Null)]);
+
+            // A replaced table is emptied before the batch's rows go in.
+            let replace = WriteBatch { replace: vec![TableId::Demographics], ..upserts(vec![demographics("b", 9)]) };
+            store.write(&replace).unwrap();
+            assert_eq!(store.read_table(TableId::Demographics).unwrap(), vec![demographics("b", 9)]);
+        }
+    }
+
+    #[test]
+    fn an_outage_delays_writes_but_loses_and_reorders_nothing() {
+        let mut server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+        let url = server.url(None);
+        HbaseStore::init(&url).unwrap();
+        let store = HbaseStore::open(&url).unwrap().with_retry(Retry {
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            give_up_after: Some(Duration::from_secs(60)),
+        });
+        let writer = std::thread::spawn(move || {
+            let mut store = store;
+            for i in 0..60 {
+                let mut batch = upserts(vec![demographics(&format!("r{}", i % 7), i)]);
+                batch.state.push(("frontier".into(), i.to_string()));
+                store.write(&batch).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            store
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        server.stop();
+        std::thread::sleep(Duration::from_millis(600));
+        server.resume().unwrap();
+        let mut store = writer.join().unwrap();
+        assert!(store.stats().outages >= 1 && store.stats().failed_attempts >= 1, "{:?}", store.stats());
+        assert_eq!(store.stats().batches, 60);
+        assert_eq!(store.state("frontier").unwrap().as_deref(), Some("59"));
+        // Each region keeps its last value: the batches were applied in order.
+        let mut expected: Vec<Row> = (53..60).map(|i| demographics(&format!("r{}", i % 7), i)).collect();
+        expected.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        assert_eq!(store.read_table(TableId::Demographics).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_server_that_stays_down_is_reported_once_retries_run_out() {
+        let mut server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+        let url = server.url(None);
+        HbaseStore::init(&url).unwrap();
+        let mut store = HbaseStore::open(&url).unwrap().with_retry(Retry {
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+            give_up_after: Some(Duration::from_millis(200)),
+        });
+        server.stop();
+        let error = format!("{:#}", store.write(&upserts(vec![demographics("x", 1)])).unwrap_err());
+        assert!(error.contains("giving up"), "{error}");
+    }
+}

@@ -1,0 +1,139 @@
+//! The HBase store end to end: `hbase-init`, `batch --store hbase://…` and `run --store hbase://…`
+//! through the real Thrift1 wire protocol against the in-process stand-in (no HBase server can be
+//! installed here; see connectors/src/hbase/stand_in.rs), including an outage in the middle of a
+//! run. HBase must end up holding exactly what the SQLite store of `batch` holds.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cartflow_connectors::hbase::stand_in::StandIn;
+use cartflow_connectors::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
+use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_dataflows::schema::{TableId, TABLES};
+use common::{batch_args, generated, shared_data};
+
+fn cartflow() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
+    command.args(["--log", "info"]);
+    command
+}
+
+/// Every result table and the frontier of the HBase store equal those of the SQLite store.
+fn assert_hbase_equals(sqlite: &Path, url: &HbaseUrl, what: &str) {
+    let expected = SqliteStore::open_read_only(sqlite).unwrap();
+    let mut hbase = HbaseStore::open(url).unwrap();
+    let mut rows = 0;
+    for table in TABLES.iter().filter(|t| t.id != TableId::PipelineState) {
+        let (want, got) = (expected.read_table(table.id).unwrap(), hbase.read_table(table.id).unwrap());
+        if want != got {
+            let first = want.iter().zip(&got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+            panic!(
+                "{what}: table {} differs ({} SQLite rows, {} HBase rows); first difference at row {first}:\n sqlite: {:?}\n hbase:  {:?}",
+                table.name,
+                want.len(),
+                got.len(),
+                want.get(first),
+                got.get(first)
+            );
+        }
+        rows += want.len();
+    }
+    assert!(rows > 1_000, "{what}: only {rows} rows compared");
+    for key in ["frontier", "events_applied", "rejected"] {
+        assert_eq!(expected.state(key).unwrap(), hbase.state(key).unwrap(), "{what}: pipeline_state {key}");
+    }
+}
+
+#[test]
+fn run_into_hbase_survives_an_outage_and_equals_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 2, 11);
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
+        .unwrap();
+
+    let mut server = StandIn::start("127.0.0.1:0", Transport::Framed, Protocol::Compact).unwrap();
+    let url = server.url(Some("shop"));
+    let store = url.to_string();
+
+    // Without tables, `run` says what to do.
+    let output = cartflow().args(["run", "--quiet", "--store", &store, "--input"]).arg(&events).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("hbase-init"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(cartflow().args(["hbase-init", "--store", &store]).status().unwrap().success());
+    assert_eq!(server.table_names().len(), TABLES.len());
+
+    // One-minute steps: ~2 900 boundaries, each a batch of HBase writes. HBase goes away for two
+    // seconds once the first boundaries are in.
+    let log = dir.path().join("run.log");
+    let mut child = cartflow()
+        .args(["run", "--quiet", "-w", "2", "--step", "1m", "--store", &store, "--input"])
+        .arg(&events)
+        .arg("--profiles")
+        .arg(&users)
+        .arg("--rejects")
+        .arg(dir.path().join("rejects.csv"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.served().mutate_rows_calls.load(Ordering::Relaxed) < 50 {
+        assert!(Instant::now() < deadline, "the run wrote nothing to HBase");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.stop();
+    let calls_at_stop = server.served().mutate_rows_calls.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    server.resume().unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("retrying with backoff"), "the outage is logged:\n{stderr}");
+    assert!(stderr.contains("succeeded after"), "the recovery is logged:\n{stderr}");
+    assert!(
+        server.served().mutate_rows_calls.load(Ordering::Relaxed) > calls_at_stop + 100,
+        "the run went on writing after the outage"
+    );
+    assert_hbase_equals(&batch_db, &url, "run -w 2 --step 1m with an outage");
+
+    // `batch --store` replaces what `run` wrote, with the same result.
+    let output = cartflow()
+        .args(["batch", "--quiet", "--store", &store, "--input"])
+        .arg(&events)
+        .arg("--profiles")
+        .arg(&users)
+        .arg("--rejects")
+        .arg(dir.path().join("rejects-batch.csv"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_hbase_equals(&batch_db, &url, "batch --store hbase");
+}
+
+#[test]
+fn real_rows_in_hbase_equal_sqlite() {
+    let Some(path) = shared_data("rees46-2019-oct-head.csv") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![path.clone()], None, None, batch_db.clone())).unwrap();
+    let server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+    let url = server.url(None);
+    HbaseStore::init(&url).unwrap();
+    let mut args = common::run_args(vec![path], None, None, dir.path().join("unused.db"));
+    args.store = Some(url.to_string());
+    args.step = Some(300);
+    args.workers = 3;
+    cartflow::commands::run::run(&args).unwrap();
+    assert_hbase_equals(&batch_db, &url, "real rows, run -w 3 --step 5m");
+    assert!(!dir.path().join("unused.db").exists(), "--store replaces --db");
+}
