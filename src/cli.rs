@@ -33,7 +33,7 @@ pub enum Command {
     /// Keep every analysis up to date with differential dataflows, from files read in event-time
     /// order or live from Kafka, writing the store at every step boundary (equal to `batch` at each
     /// one).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Stream REES46 CSV rows into Kafka at their natural pace, faster, or as fast as the brokers
     /// take them (the click-stream simulator).
     Simulate(SimulateArgs),
@@ -44,6 +44,12 @@ pub enum Command {
     HiveDdl(HiveDdlArgs),
     /// Print rows of a store table, ordered by primary key.
     Query(QueryArgs),
+    /// The one-command demo: generate a small dataset, replay it through `run` at an accelerated
+    /// pace into an embedded SQLite store, and serve the live dashboard (no Kafka, no HBase).
+    Demo(DemoArgs),
+    /// Serve the dashboard (/), JSON endpoints for every table (/api), /health and Prometheus
+    /// /metrics from a SQLite store, while `run` writes it or after.
+    Serve(ServeArgs),
     /// Create the HBase tables of the store where missing (one per store table, column family
     /// `d`; SPEC §4). HBase needs a namespace to exist first: `create_namespace 'NS'` in the shell.
     HbaseInit(HbaseInitArgs),
@@ -80,6 +86,53 @@ pub struct BenchArgs {
     /// Working directory (kept; its data/ is reused when present). Default: a temporary one.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory: the generated data, the store and its rejects (kept; data/ is reused).
+    #[arg(long, default_value = "cartflow-demo", value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Where the dashboard listens.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Replay at X times the events' own pace (600: ten minutes of shop traffic per second).
+    #[arg(long, default_value_t = 600.0, value_name = "X", value_parser = positive_speed)]
+    pub pace: f64,
+
+    /// Events to generate.
+    #[arg(long, default_value_t = 300_000, value_name = "N")]
+    pub events: u64,
+
+    /// Days the events span.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub days: u32,
+
+    /// Worker threads of `run`.
+    #[arg(short = 'w', long, default_value_t = 2, value_name = "N")]
+    pub workers: usize,
+
+    /// Stop once the replay is over instead of serving on until Ctrl-C (tests).
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The SQLite store to read.
+    #[arg(long, default_value = "cartflow.db", value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Require `Authorization: Bearer TOKEN` on /api and /metrics (the dashboard takes it as
+    /// `/#token=TOKEN`). Set it whenever the address is reachable beyond this machine.
+    #[arg(long, env = "CARTFLOW_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +190,13 @@ pub struct StatsArgs {
 
 fn instant(text: &str) -> Result<Timestamp, String> {
     parse_instant_arg(text)
+}
+
+fn positive_speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("'{text}' is not a positive number")),
+    }
 }
 
 fn duration(text: &str) -> Result<i64, String> {
@@ -331,6 +391,11 @@ pub struct RunArgs {
     #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]
     pub input: Vec<PathBuf>,
 
+    /// Files: release each step once its events' time has passed at X times their own pace (as if
+    /// they arrived live; `demo` uses it so that the windows move). Default: as fast as possible.
+    #[arg(long, value_name = "X", value_parser = positive_speed, conflicts_with = "brokers")]
+    pub pace: Option<f64>,
+
     /// Replay a Parquet archive (`--input <root>` or `--bootstrap <root>`) from `--since` on:
     /// earlier events are skipped.
     #[arg(long, value_name = "T", value_parser = instant)]
@@ -428,6 +493,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = duration)]
     pub retention: i64,
 
+    /// Also serve the dashboard, the API, /health and /metrics (live counters of this run) on
+    /// this address while running, as `cartflow serve` does (SQLite stores only).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "store")]
+    pub serve: Option<std::net::SocketAddr>,
+
+    /// With `--serve`: require `Authorization: Bearer TOKEN` on /api and /metrics.
+    #[arg(long, env = "CARTFLOW_TOKEN", value_name = "TOKEN", hide_env_values = true, requires = "serve")]
+    pub token: Option<String>,
+
     /// Write `frontier_unix_s,committed_unix_ms` to FILE each time the store commits a boundary
     /// (freshness benchmarks: see `simulate --sent-log`).
     #[arg(long, value_name = "FILE")]
@@ -436,6 +510,20 @@ pub struct RunArgs {
     /// Do not show progress.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl RunArgs {
+    /// `run`'s command-line defaults, with no input (for commands and tests that drive `run`).
+    pub fn defaults() -> RunArgs {
+        let cli = Cli::try_parse_from(["cartflow", "run", "--input", "-"]).expect("run's defaults parse");
+        match cli.command {
+            Command::Run(mut args) => {
+                args.input.clear();
+                *args
+            }
+            _ => unreachable!("parsed as run"),
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

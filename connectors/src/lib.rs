@@ -3,7 +3,9 @@
 pub mod archive;
 pub mod csv_events;
 pub mod hbase;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod profiles;
 pub mod progress;
 pub mod rejects;

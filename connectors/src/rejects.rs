@@ -83,6 +83,7 @@ impl RejectLog {
 
     pub fn reject(&mut self, source: &str, line: u64, reason: RejectReason, raw: &[u8]) -> Result<()> {
         *self.counts.entry(reason).or_default() += 1;
+        crate::metrics::METRICS.rejected(reason);
         let Some(path) = &self.path else { return Ok(()) };
         if self.writer.is_none() {
             let file = File::create(path).with_context(|| format!("creating rejects file {}", path.display()))?;

@@ -105,7 +105,19 @@ pub struct Query {
     pub table: &'static Table,
     /// `(column, value)`: equality on the column, the value compared with SQLite's column affinity.
     pub equals: Vec<(String, String)>,
+    /// `(column, from, to)`: `from <= column < to` (either bound optional), for text columns such
+    /// as times and snapshot days, which order as text.
+    pub ranges: Vec<(String, Option<String>, Option<String>)>,
+    /// Newest key first.
+    pub descending: bool,
     pub limit: Option<u64>,
+}
+
+impl Query {
+    /// Every row of `table`, ordered by primary key.
+    pub fn all(table: &'static Table) -> Query {
+        Query { table, equals: Vec::new(), ranges: Vec::new(), descending: false, limit: None }
+    }
 }
 
 impl SqliteStore {
@@ -148,17 +160,34 @@ impl SqliteStore {
             quoted(table.name)
         );
         let mut values = Vec::new();
-        for (i, (column, value)) in query.equals.iter().enumerate() {
+        let column_kind = |column: &str| -> Result<Kind> {
             let Some(index) = table.column_index(column) else {
                 let names: Vec<_> = table.columns.iter().map(|c| c.name).collect();
                 bail!("table {} has no column '{column}' (columns: {})", table.name, names.join(", "));
             };
-            let kind = table.columns[index].kind;
+            Ok(table.columns[index].kind)
+        };
+        let mut conditions = Vec::new();
+        for (column, value) in &query.equals {
+            let kind = column_kind(column)?;
             values.push((kind, filter_value(kind, value)));
-            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
-            sql.push_str(&format!("{} = ?{}", quoted(column), i + 1));
+            conditions.push(format!("{} = ?{}", quoted(column), values.len()));
         }
-        let key: Vec<String> = table.key_columns().iter().map(|c| quoted(c.name)).collect();
+        for (column, from, to) in &query.ranges {
+            let kind = column_kind(column)?;
+            for (bound, operator) in [(from, ">="), (to, "<")] {
+                if let Some(bound) = bound {
+                    values.push((kind, filter_value(kind, bound)));
+                    conditions.push(format!("{} {operator} ?{}", quoted(column), values.len()));
+                }
+            }
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        let direction = if query.descending { " DESC" } else { "" };
+        let key: Vec<String> = table.key_columns().iter().map(|c| format!("{}{direction}", quoted(c.name))).collect();
         sql.push_str(&format!(" ORDER BY {}", key.join(", ")));
         if let Some(limit) = query.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
@@ -172,7 +201,25 @@ impl SqliteStore {
 
     /// Every row of a table, ordered by primary key.
     pub fn read_table(&self, table: TableId) -> Result<Vec<Row>> {
-        self.query(&Query { table: table.table(), equals: Vec::new(), limit: None })
+        self.query(&Query::all(table.table()))
+    }
+
+    /// The distinct snapshots of a snapshot table: `current` first, then the days, newest first.
+    pub fn snapshots(&self, table: TableId) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT DISTINCT snapshot FROM {} ORDER BY snapshot = 'current' DESC, snapshot DESC",
+            quoted(table.table().name)
+        );
+        let mut statement = self.conn.prepare(&sql)?;
+        let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Every `pipeline_state` entry.
+    pub fn state_entries(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut statement = self.conn.prepare("SELECT key, value FROM pipeline_state")?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn state(&self, key: &str) -> Result<Option<String>> {

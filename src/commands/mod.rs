@@ -3,10 +3,12 @@
 pub mod archive;
 pub mod batch;
 pub mod bench;
+pub mod demo;
 pub mod generate;
 pub mod hbase;
 pub mod query;
 pub mod run;
+pub mod serve;
 pub mod simulate;
 pub mod stats;
 
@@ -21,6 +23,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::HiveDdl(args) => archive::hive_ddl(&args, &mut std::io::stdout().lock()),
         Command::HbaseInit(args) => hbase::init(&args),
         Command::HbaseStandIn(args) => hbase::stand_in(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Query(args) => query::run(&args, &mut std::io::stdout().lock()),
         Command::Generate(args) => generate::run(&args).map(|_| ()),
         Command::Bench(args) => bench::run(&args),

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
+use cartflow_connectors::http::row_json;
 use cartflow_connectors::sqlite::{Query, SqliteStore};
 use cartflow_dataflows::schema::{table_named, Row, Table, Value, TABLES};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
@@ -27,7 +28,7 @@ pub fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<()> {
         equals.push((column.to_string(), value.to_string()));
     }
     let store = SqliteStore::open_read_only(&args.db)?;
-    let rows = store.query(&Query { table, equals, limit: args.limit })?;
+    let rows = store.query(&Query { equals, limit: args.limit, ..Query::all(table) })?;
     match args.format {
         OutputFormat::Table => write_table(table, &rows, out),
         OutputFormat::Csv => write_csv(table, &rows, out),
@@ -61,25 +62,6 @@ fn write_csv(table: &Table, rows: &[Row], out: &mut dyn Write) -> Result<()> {
     }
     writer.flush()?;
     Ok(())
-}
-
-/// JSON array of objects keyed by column name; integers and reals are numbers, NULL is null.
-pub fn row_json(table: &Table, row: &Row) -> serde_json::Value {
-    let object = table
-        .columns
-        .iter()
-        .zip(row)
-        .map(|(column, value)| {
-            let json = match value {
-                Value::Null => serde_json::Value::Null,
-                Value::Int(i) => (*i).into(),
-                Value::Real(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
-                Value::Text(s) => s.clone().into(),
-            };
-            (column.name.to_string(), json)
-        })
-        .collect();
-    serde_json::Value::Object(object)
 }
 
 fn write_json(table: &Table, rows: &[Row], out: &mut dyn Write) -> Result<()> {

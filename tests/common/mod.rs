@@ -120,28 +120,12 @@ pub fn real(v: &Value) -> f64 {
 pub fn run_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option<&str>, db: PathBuf) -> RunArgs {
     RunArgs {
         input: inputs,
-        since: None,
-        commit_log: None,
-        bootstrap: None,
-        brokers: None,
-        topic: "user-events".into(),
-        group: "cartflow".into(),
-        settings: Vec::new(),
-        lateness: 600,
-        idle_timeout: 30,
-        exit_at_end: false,
-        dead_letter_topic: None,
-        catch_up_step: 4 * 3_600,
         profiles,
-        profiles_at: Vec::new(),
         until: until.map(|t| parse_instant_arg(t).unwrap()),
         db,
-        store: None,
-        rejects: None,
-        workers: 1,
         step: Some(3_600),
-        retention: 7 * 86_400,
         quiet: true,
+        ..RunArgs::defaults()
     }
 }
 

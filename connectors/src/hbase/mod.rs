@@ -422,6 +422,7 @@ impl HbaseStore {
                 Err(error) if retriable(&error) => {
                     attempts += 1;
                     self.stats.failed_attempts += 1;
+                    crate::metrics::METRICS.store_failed_attempt(failing_since.is_none());
                     let since = *failing_since.get_or_insert_with(|| {
                         self.stats.outages += 1;
                         warn!("HBase at {}: {what} failed ({error}); retrying with backoff until it is back", self.url);

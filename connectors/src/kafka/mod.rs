@@ -89,9 +89,31 @@ impl ClientContext for ConsumerLog {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        ConsumerLog::report_lag(&statistics);
+    }
 }
 
 impl ConsumerContext for ConsumerLog {}
+
+impl ConsumerLog {
+    /// Each owned partition's lag behind its high watermark, from librdkafka's statistics
+    /// (`statistics.interval.ms`): from the committed offset, which cartflow commits once the
+    /// store holds the results, else from the position.
+    fn report_lag(statistics: &rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (id, partition) in &topic.partitions {
+                let base = [partition.committed_offset, partition.app_offset].into_iter().find(|o| *o >= 0);
+                if *id >= 0 && partition.hi_offset >= 0 {
+                    if let Some(base) = base {
+                        crate::metrics::METRICS.consumer_lag(name, *id, (partition.hi_offset - base).max(0));
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// A consumer: the brokers, then `defaults`, then the user's settings.
 pub fn consumer(options: &KafkaOptions, defaults: &[(&str, &str)]) -> Result<BaseConsumer<ConsumerLog>> {

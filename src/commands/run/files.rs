@@ -24,6 +24,17 @@ pub(super) enum Input {
     Archive { root: PathBuf, since: Option<Timestamp> },
 }
 
+/// How the reader reads.
+pub(super) struct ReaderOptions {
+    pub settings: Settings,
+    /// Events at or after this are counted, not applied.
+    pub until: Option<Timestamp>,
+    pub workers: usize,
+    pub show_progress: bool,
+    /// `--pace`: release steps at this multiple of the events' own pace.
+    pub pace: Option<f64>,
+}
+
 /// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
 /// rows, events before 1970 and late events (before the step of a later event: the steps follow
 /// the input), and counting those at or after `until`. The reader decides the steps: each
@@ -33,12 +44,10 @@ pub(super) enum Input {
 pub(super) fn spawn_reader(
     input: Input,
     mut rejects: RejectLog,
-    settings: Settings,
-    until: Option<Timestamp>,
-    workers: usize,
+    options: ReaderOptions,
     accepted: Arc<AtomicU64>,
-    show_progress: bool,
 ) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
+    let ReaderOptions { settings, until, workers, show_progress, pace } = options;
     let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
         (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
     let reader = std::thread::Builder::new()
@@ -49,6 +58,8 @@ pub(super) fn spawn_reader(
             let (mut earliest, mut last_event): (Option<Timestamp>, Option<Timestamp>) = (None, None);
             let mut batch = Vec::with_capacity(READ_BATCH);
             let mut next_worker = 0;
+            // `--pace`: the wall-clock moment and event time of the first step.
+            let mut paced_from: Option<(std::time::Instant, Timestamp)> = None;
             // Set when a worker has gone (it failed, and worker 0 reports why): reading stops.
             let stopped = std::cell::Cell::new(false);
             let keep_reading = || !stopped.get();
@@ -72,14 +83,23 @@ pub(super) fn spawn_reader(
                     }
                     Some(start) if event.time < start + settings.step => {}
                     _ => {
+                        let start = settings.step_start(event.time);
+                        // `--pace`: a step closes once its events' time has passed at that pace.
+                        if let Some(speed) = pace {
+                            let (wall, first) = *paced_from.get_or_insert((std::time::Instant::now(), start));
+                            let due = wall + std::time::Duration::from_secs_f64((start - first) as f64 / speed);
+                            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
                         // A new step: what was read of the last one goes first.
                         if !batch.is_empty() {
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
                             stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
                             next_worker = (next_worker + 1) % senders.len();
                         }
-                        let start = settings.step_start(event.time);
                         step_start = Some(start);
+                        accepted.store(applied, Ordering::Relaxed);
                         let ended = earliest.take();
                         send_all(&|| Feed::Step { start, earliest: ended });
                     }

@@ -587,6 +587,8 @@ impl SourceThread {
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "true"),
                 ("auto.offset.reset", "earliest"),
+                // Consumer lag per partition for /metrics.
+                ("statistics.interval.ms", "5000"),
             ],
         )?;
         // The dataflows' state lives in memory, so a run reads its partitions from the beginning,

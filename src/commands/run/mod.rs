@@ -112,8 +112,21 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     let mut store = target.open()?;
     store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
     drop(store);
+    // `--serve`: the dashboard and API follow the store as the run writes it (stopped at the end).
+    let server = match (args.serve, &target) {
+        (Some(listen), StoreTarget::Sqlite(db)) => {
+            Some(cartflow_connectors::http::HttpServer::start(cartflow_connectors::http::ServeOptions {
+                listen,
+                db: db.clone(),
+                token: args.token.clone(),
+            })?)
+        }
+        (Some(_), StoreTarget::Hbase(_)) => bail!("--serve reads the SQLite store; with --store hbase://… read HBase"),
+        (None, _) => None,
+    };
 
     let accepted = Arc::new(AtomicU64::new(0));
+    cartflow_connectors::metrics::METRICS.job_started(accepted.clone());
     let (feeds, source, finish_reading): (_, _, FinishReading) = match kafka_options {
         Some(options) => {
             let (feeds, source, finish) = kafka::spawn_sources(options, rejects, args.workers, accepted.clone())?;
@@ -126,8 +139,18 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
                 }
                 _ => files::Input::Csv(resolve_inputs(&args.input)?),
             };
-            let (feeds, reader) =
-                files::spawn_reader(input, rejects, settings, args.until, args.workers, accepted.clone(), !args.quiet);
+            let (feeds, reader) = files::spawn_reader(
+                input,
+                rejects,
+                files::ReaderOptions {
+                    settings,
+                    until: args.until,
+                    workers: args.workers,
+                    show_progress: !args.quiet,
+                    pace: args.pace,
+                },
+                accepted.clone(),
+            );
             let finish: FinishReading = Box::new(move || {
                 reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r)
             });
@@ -175,6 +198,9 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     super::bench::report("run", summary.applied, summary.elapsed.as_secs_f64())?;
     if summary.late > 0 {
         warn!("{} late event(s) were not applied (see {})", summary.late, rejects_path.display());
+    }
+    if let Some(server) = server {
+        server.stop()?;
     }
     Ok(summary)
 }
@@ -383,6 +409,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         let job = if shared.source.is_some() { "run (kafka)" } else { "run" };
         let mut state = super::batch::state_entries(job, &read, &rejects, applied, after_until, frontier);
         state.push(("late".to_string(), late.to_string()));
+        state.push(("events_accepted".to_string(), applied.to_string()));
         if let Some(source) = &shared.source {
             state.extend(source.final_state());
         }
@@ -521,15 +548,16 @@ struct TellsTheSource {
 impl Sink for TellsTheSource {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         use std::io::Write as _;
+        let started = Instant::now();
         self.store.write(batch)?;
+        let frontier = batch.state.iter().find(|(k, _)| k == "frontier").map(|(_, v)| v.as_str());
+        let frontier_time = frontier.and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
+        cartflow_connectors::metrics::METRICS.boundary_written(frontier_time, started.elapsed().as_secs_f64());
         if let Some(source) = &self.source {
             source.written(&batch.state);
         }
         if let Some(log) = &mut self.commit_log {
-            let frontier = batch.state.iter().find(|(k, _)| k == "frontier").map(|(_, v)| v.as_str());
-            if let Some(frontier) =
-                frontier.and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()))
-            {
+            if let Some(frontier) = frontier_time {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 writeln!(log, "{frontier},{}", now.as_millis())?;
                 log.flush()?;
@@ -660,10 +688,13 @@ impl Driver {
             self.in_flight.pop_front();
             // Every worker's input has passed the boundary, so the Kafka source's earliest event
             // and offsets cover everything before it.
-            let (first_event, state) = match &self.source {
+            let (first_event, mut state) = match &self.source {
                 Some(source) => (first_event.into_iter().chain(source.earliest()).min(), source.state_at(boundary)),
                 None => (first_event, Vec::new()),
             };
+            // A live count for the dashboard (events read so far, some beyond this boundary);
+            // the end of the run sets it to the events applied.
+            state.push(("events_accepted".into(), self.accepted.load(Ordering::Relaxed).to_string()));
             let collecting = Instant::now();
             let changes: Vec<(Output, Diff)> = {
                 let mut buffer = outputs.borrow_mut();

@@ -1,0 +1,467 @@
+//! The HTTP side: JSON endpoints for every store table, `/health`, Prometheus `/metrics` and the
+//! dashboard at `/`, served with axum from the SQLite store (`cartflow serve`, `run --serve`).
+//!
+//! Every request opens the store read-only (SQLite's WAL lets it read while `run` writes) on
+//! tokio's blocking pool. Bound to loopback by default; with a token, everything but `/` (a page
+//! without data) and `/health` needs `Authorization: Bearer <token>`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cartflow_dataflows::model::time::{format_rfc3339, parse_instant_arg};
+use cartflow_dataflows::schema::{table_named, Kind, Row, Table, TableId, Value, TABLES};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::metrics::{Snapshot, METRICS};
+use crate::sqlite::{Query as StoreQuery, SqliteStore};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Rows a table request returns unless `limit` says otherwise, and the most it may ask for.
+const DEFAULT_LIMIT: u64 = 1_000;
+const MAX_LIMIT: u64 = 100_000;
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// The SQLite store to read.
+    pub db: PathBuf,
+    /// Bearer token required by the API and `/metrics`.
+    pub token: Option<String>,
+}
+
+struct AppState {
+    db: PathBuf,
+    token: Option<String>,
+    started: Instant,
+}
+
+/// A running server; [`HttpServer::stop`] ends it gracefully.
+pub struct HttpServer {
+    address: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl HttpServer {
+    /// Binds and serves on a thread of its own (a small tokio runtime).
+    pub fn start(options: ServeOptions) -> Result<HttpServer> {
+        let listener = std::net::TcpListener::bind(options.listen)
+            .with_context(|| format!("binding the HTTP server to {}", options.listen))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        if !address.ip().is_loopback() && options.token.is_none() {
+            warn!("serving on {address}, beyond loopback, without a token: anyone who reaches it can read the results (set --token)");
+        }
+        let state =
+            Arc::new(AppState { db: options.db.clone(), token: options.token.clone(), started: Instant::now() });
+        let router = router(state);
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("http".into()).spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(4)
+                .thread_name("http-worker")
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await?;
+                Ok(())
+            })
+        })?;
+        info!(
+            "serving the dashboard at http://{address}/ and the API at http://{address}/api (store {})",
+            options.db.display()
+        );
+        Ok(HttpServer { address, shutdown: Some(shutdown), thread: Some(thread) })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting, finishes the requests in flight, and returns.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    /// Serves until the process ends (or the server fails).
+    pub fn wait(mut self) -> Result<()> {
+        // The shutdown sender stays in `self` meanwhile: dropping it would stop the server.
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the HTTP server panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the HTTP server panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api", get(api_index))
+        .route("/api/tables", get(api_index))
+        .route("/api/tables/{table}", get(table_rows))
+        .route("/api/state", get(pipeline_state))
+        .route("/api/snapshots", get(snapshots))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// An error answered as `{"error": "..."}` with its status.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> ApiError {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the store could not be read: {error:#}"))
+    }
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let open = matches!(request.uri().path(), "/" | "/health");
+    if let (Some(token), false) = (&state.token, open) {
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            let mut response =
+                ApiError(StatusCode::UNAUTHORIZED, "this server needs 'Authorization: Bearer <token>'".into())
+                    .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("a valid header"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Runs a store read on the blocking pool.
+async fn read_store<T: Send + 'static>(
+    state: &Arc<AppState>,
+    read: impl FnOnce(&SqliteStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let db = state.db.clone();
+    tokio::task::spawn_blocking(move || read(&SqliteStore::open_read_only(&db)?))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the read failed: {e}")))?
+}
+
+async fn dashboard() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api for the list".into())
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let uptime = state.started.elapsed().as_secs();
+    match read_store(&state, |store| Ok(store.state_entries()?)).await {
+        Ok(entries) => {
+            let frontier = entries.get("frontier").filter(|f| !f.is_empty()).cloned();
+            let lag = frontier
+                .as_deref()
+                .and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()))
+                .map(|f| now_seconds() - f);
+            let status = if frontier.is_some() { "ok" } else { "starting" };
+            Json(json!({
+                "status": status,
+                "frontier": frontier,
+                "frontier_lag_seconds": lag,
+                "source": entries.get("source"),
+                "uptime_seconds": uptime,
+            }))
+            .into_response()
+        }
+        Err(ApiError(_, error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "error": error, "uptime_seconds": uptime })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snapshot = if METRICS.is_live() {
+        METRICS.snapshot()
+    } else {
+        read_store(&state, |store| Ok(Snapshot::from_state(&store.state_entries()?))).await?
+    };
+    let text = snapshot.encode(now_seconds());
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Int => "integer",
+        Kind::Real => "real",
+        Kind::Text => "text",
+    }
+}
+
+async fn api_index() -> Json<serde_json::Value> {
+    let tables: Vec<_> = TABLES
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "url": format!("/api/tables/{}", t.name),
+                "key": t.key_columns().iter().map(|c| c.name).collect::<Vec<_>>(),
+                "columns": t.columns.iter().map(|c| json!({"name": c.name, "type": kind_name(c.kind)})).collect::<Vec<_>>(),
+                "parameters": parameters(t),
+            })
+        })
+        .collect();
+    Json(json!({
+        "tables": tables,
+        "endpoints": ["/health", "/metrics", "/api/tables/{table}", "/api/state", "/api/snapshots"],
+        "parameters": {
+            "<column>": "rows whose column equals the value",
+            "snapshot": "current, latest (the newest day) or YYYY-MM-DD (funnel, recommendation, brand_performance)",
+            "segment": "funnel: the segment (with dimension=all|category|brand); recommendation: AGE_GROUP/REGION; brand_performance: the age group",
+            "from, to": "from <= time < to, RFC 3339 or a date: window_start of the realtime tables, the snapshot day of the snapshot tables",
+            "order": "asc (default) or desc, by primary key",
+            "limit": format!("at most this many rows (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
+        },
+    }))
+}
+
+/// The parameters a table takes besides its columns.
+fn parameters(table: &Table) -> Vec<&'static str> {
+    let mut names = vec!["limit", "order"];
+    if table.has_snapshots() {
+        names.push("snapshot");
+        names.extend(["from", "to"]);
+    }
+    if matches!(table.id, TableId::Funnel | TableId::Recommendation | TableId::BrandPerformance) {
+        names.push("segment");
+    }
+    if matches!(table.id, TableId::RealtimeWindow | TableId::RealtimeTopProduct | TableId::RealtimeTopBrand) {
+        names.extend(["from", "to"]);
+    }
+    names
+}
+
+/// JSON object of a row keyed by column name; integers and reals are numbers, NULL is null.
+pub fn row_json(table: &Table, row: &Row) -> serde_json::Value {
+    let object = table
+        .columns
+        .iter()
+        .zip(row)
+        .map(|(column, value)| {
+            let json = match value {
+                Value::Null => serde_json::Value::Null,
+                Value::Int(i) => (*i).into(),
+                Value::Real(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
+                Value::Text(s) => s.clone().into(),
+            };
+            (column.name.to_string(), json)
+        })
+        .collect();
+    serde_json::Value::Object(object)
+}
+
+/// A table request's parameters, checked; `latest_snapshot` is resolved against the store.
+struct TableRequest {
+    query: StoreQuery,
+    latest_snapshot: bool,
+}
+
+fn day(name: &str, text: &str) -> Result<String, ApiError> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.format("%Y-%m-%d").to_string());
+    }
+    let instant = parse_instant_arg(text).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+    Ok(cartflow_dataflows::model::time::utc_date(instant).format("%Y-%m-%d").to_string())
+}
+
+fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result<TableRequest, ApiError> {
+    let mut query = StoreQuery { limit: Some(DEFAULT_LIMIT), ..StoreQuery::all(table) };
+    let mut latest_snapshot = false;
+    let (mut from, mut to) = (None, None);
+    let allowed = parameters(table);
+    for (name, value) in params {
+        let name = name.as_str();
+        if !allowed.contains(&name) && table.column_index(name).is_none() {
+            let columns: Vec<_> = table.columns.iter().map(|c| c.name).collect();
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter '{name}' for table {}: it takes {} and its columns {}",
+                table.name,
+                allowed.join(", "),
+                columns.join(", ")
+            )));
+        }
+        match name {
+            "limit" => match value.parse::<u64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => query.limit = Some(n),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}, not '{value}'"
+                    )))
+                }
+            },
+            "order" => match value.as_str() {
+                "asc" => query.descending = false,
+                "desc" => query.descending = true,
+                other => return Err(ApiError::bad_request(format!("order must be asc or desc, not '{other}'"))),
+            },
+            "snapshot" => match value.as_str() {
+                "latest" => latest_snapshot = true,
+                "current" => query.equals.push(("snapshot".into(), value)),
+                other => {
+                    chrono::NaiveDate::parse_from_str(other, "%Y-%m-%d").map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "snapshot must be current, latest or a day YYYY-MM-DD, not '{other}'"
+                        ))
+                    })?;
+                    query.equals.push(("snapshot".into(), value));
+                }
+            },
+            "segment" => match table.id {
+                TableId::Funnel => query.equals.push(("segment".into(), value)),
+                TableId::BrandPerformance => query.equals.push(("age_group".into(), value)),
+                _ => {
+                    let Some((age_group, region)) = value.split_once('/') else {
+                        return Err(ApiError::bad_request(format!(
+                            "a recommendation segment is AGE_GROUP/REGION (such as 25-34/mazowieckie or */*), not '{value}'"
+                        )));
+                    };
+                    query.equals.push(("age_group".into(), age_group.to_string()));
+                    query.equals.push(("region".into(), region.to_string()));
+                }
+            },
+            "from" | "to" => {
+                let bound = if table.has_snapshots() {
+                    day(name, &value)?
+                } else {
+                    format_rfc3339(
+                        parse_instant_arg(&value).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?,
+                    )
+                };
+                if name == "from" {
+                    from = Some(bound);
+                } else {
+                    to = Some(bound);
+                }
+            }
+            column => {
+                let kind = table.columns[table.column_index(column).expect("checked above")].kind;
+                let valid = match kind {
+                    Kind::Int => value.parse::<u64>().is_ok() || value.parse::<i64>().is_ok(),
+                    Kind::Real => value.parse::<f64>().is_ok(),
+                    Kind::Text => true,
+                };
+                if !valid {
+                    return Err(ApiError::bad_request(format!(
+                        "{column} is an {} column; '{value}' is not one",
+                        kind_name(kind)
+                    )));
+                }
+                query.equals.push((column.to_string(), value));
+            }
+        }
+    }
+    if from.is_some() || to.is_some() {
+        let column = if table.has_snapshots() { "snapshot" } else { "window_start" };
+        if table.has_snapshots() && to.is_none() {
+            // Day snapshots sort before `current` as text; a range means days only.
+            to = Some("9999-12-31".into());
+        }
+        query.ranges.push((column.into(), from, to));
+    }
+    Ok(TableRequest { query, latest_snapshot })
+}
+
+async fn table_rows(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(table) = table_named(&name) else {
+        let names: Vec<_> = TABLES.iter().map(|t| t.name).collect();
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no table '{name}' (tables: {})", names.join(", "))));
+    };
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
+    let TableRequest { mut query, latest_snapshot } = table_request(table, params)?;
+    read_store(&state, move |store| {
+        let mut snapshot = None;
+        if latest_snapshot {
+            snapshot = store.snapshots(table.id)?.into_iter().find(|s| s != "current");
+            query.equals.push(("snapshot".into(), snapshot.clone().unwrap_or_else(|| "none".into())));
+        }
+        let rows = store.query(&query)?;
+        let frontier = store.state("frontier")?;
+        Ok(Json(json!({
+            "table": table.name,
+            "frontier": frontier,
+            "snapshot": snapshot,
+            "count": rows.len(),
+            "rows": rows.iter().map(|r| row_json(table, r)).collect::<Vec<_>>(),
+        })))
+    })
+    .await
+}
+
+async fn pipeline_state(State(state): State<Arc<AppState>>) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    read_store(&state, |store| Ok(Json(store.state_entries()?))).await
+}
+
+async fn snapshots(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    read_store(&state, |store| {
+        let mut object = serde_json::Map::new();
+        for table in TABLES.iter().filter(|t| t.has_snapshots()) {
+            object.insert(table.name.into(), json!(store.snapshots(table.id)?));
+        }
+        Ok(Json(serde_json::Value::Object(object)))
+    })
+    .await
+}

@@ -1,0 +1,297 @@
+//! What `/metrics` reports, in Prometheus' text format (with the `prometheus-client` crate).
+//!
+//! A running job updates the process-wide [`METRICS`] (events in, rejects per reason, the frontier,
+//! boundaries, store write latency and outages, Kafka consumer lag per partition). A scrape takes a
+//! [`Snapshot`] of them (or, for `cartflow serve` without a run in the process, of the store's
+//! `pipeline_state`) and encodes it; nothing is computed on the hot path but atomic adds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::rejects::RejectReason;
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+pub struct Metrics {
+    /// Counters of events accepted by the running job's readers (summed at scrape time).
+    events_in: Mutex<Vec<Arc<AtomicU64>>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// The frontier of the last boundary written (`i64::MIN`: none yet).
+    frontier: AtomicI64,
+    boundaries: AtomicU64,
+    store_write: Histogram,
+    store_failed_attempts: AtomicU64,
+    store_outages: AtomicU64,
+    /// (topic, partition) → messages behind the partition's high watermark.
+    consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Whether a job in this process reports (else `serve` mirrors the store).
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            events_in: Mutex::default(),
+            rejected: Mutex::default(),
+            frontier: AtomicI64::new(i64::MIN),
+            boundaries: AtomicU64::new(0),
+            // 1 ms … ~16 s.
+            store_write: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
+            store_failed_attempts: AtomicU64::new(0),
+            store_outages: AtomicU64::new(0),
+            consumer_lag: Mutex::default(),
+            live: Default::default(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Metrics {
+    /// A job starts reporting: its accepted-events counter is summed into `events_in`.
+    pub fn job_started(&self, events_in: Arc<AtomicU64>) {
+        self.live.store(true, Ordering::SeqCst);
+        lock(&self.events_in).push(events_in);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        *lock(&self.rejected).entry(reason.label()).or_default() += 1;
+    }
+
+    /// A boundary is in the store: its frontier and how long the write took.
+    pub fn boundary_written(&self, frontier: Option<i64>, write_seconds: f64) {
+        if let Some(frontier) = frontier {
+            self.frontier.store(frontier, Ordering::SeqCst);
+            self.boundaries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.store_write.observe(write_seconds);
+    }
+
+    pub fn store_failed_attempt(&self, new_outage: bool) {
+        self.store_failed_attempts.fetch_add(1, Ordering::Relaxed);
+        if new_outage {
+            self.store_outages.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        lock(&self.consumer_lag).insert((topic.to_string(), partition), lag);
+    }
+
+    /// The live values.
+    pub fn snapshot(&self) -> Snapshot {
+        let frontier = self.frontier.load(Ordering::SeqCst);
+        Snapshot {
+            events_in: lock(&self.events_in).iter().map(|c| c.load(Ordering::Relaxed)).sum(),
+            rejected: lock(&self.rejected).iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            frontier: (frontier != i64::MIN).then_some(frontier),
+            boundaries: Some(self.boundaries.load(Ordering::Relaxed)),
+            store_failed_attempts: Some(self.store_failed_attempts.load(Ordering::Relaxed)),
+            store_outages: Some(self.store_outages.load(Ordering::Relaxed)),
+            consumer_lag: lock(&self.consumer_lag).clone(),
+            store_write: Some(self.store_write.clone()),
+        }
+    }
+}
+
+/// The values one scrape reports.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub events_in: u64,
+    /// Reason label → count (`late` among them).
+    pub rejected: BTreeMap<String, u64>,
+    pub frontier: Option<i64>,
+    pub boundaries: Option<u64>,
+    pub store_failed_attempts: Option<u64>,
+    pub store_outages: Option<u64>,
+    pub consumer_lag: BTreeMap<(String, i32), i64>,
+    pub store_write: Option<Histogram>,
+}
+
+impl Snapshot {
+    /// What a store's `pipeline_state` says (for `serve` with no job in the process).
+    pub fn from_state(state: &BTreeMap<String, String>) -> Snapshot {
+        let number = |key: &str| state.get(key).and_then(|v| v.parse::<u64>().ok());
+        let frontier =
+            state.get("frontier").and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
+        let mut rejected: BTreeMap<String, u64> = state
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("rejected.")?.to_string(), v.parse().ok()?)))
+            .collect();
+        if let Some(late) = number("late") {
+            rejected.insert("late".into(), late);
+        }
+        Snapshot {
+            events_in: number("events_applied").or(number("events_accepted")).unwrap_or(0),
+            rejected,
+            frontier,
+            ..Snapshot::default()
+        }
+    }
+
+    /// The Prometheus text exposition of this snapshot, with the frontier lag measured `now`.
+    pub fn encode(self, now: i64) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Collector { snapshot: self, now }));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String");
+        text
+    }
+}
+
+#[derive(Debug)]
+struct Collector {
+    snapshot: Snapshot,
+    now: i64,
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        counter(&mut encoder, "cartflow_events_in", "Valid events accepted from the input.", s.events_in)?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "cartflow_rejected",
+                "Rejected input per reason (late events under reason=\"late\").",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in &s.rejected {
+                ConstCounter::new(*n).encode(metric.encode_family(&[("reason", reason.as_str())])?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "cartflow_late_events",
+            "Events older than the frontier on arrival, not applied.",
+            s.rejected.get("late").copied().unwrap_or(0),
+        )?;
+        if let Some(frontier) = s.frontier {
+            gauge(
+                &mut encoder,
+                "cartflow_frontier_timestamp",
+                "The frontier of the results in the store (Unix time).",
+                Some(&Unit::Seconds),
+                frontier,
+            )?;
+            gauge(
+                &mut encoder,
+                "cartflow_frontier_lag",
+                "Wall-clock time minus the frontier.",
+                Some(&Unit::Seconds),
+                self.now - frontier,
+            )?;
+        }
+        if let Some(boundaries) = s.boundaries {
+            counter(&mut encoder, "cartflow_boundaries", "Step boundaries written to the store.", boundaries)?;
+        }
+        if let Some(histogram) = &s.store_write {
+            histogram.encode(encoder.encode_descriptor(
+                "cartflow_store_write",
+                "Time to write one boundary's batch to the store (retries included).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?)?;
+        }
+        if let Some(n) = s.store_failed_attempts {
+            counter(&mut encoder, "cartflow_store_failed_attempts", "Store writes that failed and were retried.", n)?;
+        }
+        if let Some(n) = s.store_outages {
+            counter(&mut encoder, "cartflow_store_outages", "Periods during which the store could not be written.", n)?;
+        }
+        if !s.consumer_lag.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "cartflow_kafka_consumer_lag",
+                "Messages between the consumer's position and the partition's high watermark.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for ((topic, partition), lag) in &s.consumer_lag {
+                let partition = partition.to_string();
+                ConstGauge::new(*lag)
+                    .encode(metric.encode_family(&[("topic", topic.as_str()), ("partition", partition.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_encodes_as_prometheus_text() {
+        let metrics = Metrics::default();
+        let events = Arc::new(AtomicU64::new(41));
+        metrics.job_started(events.clone());
+        events.fetch_add(1, Ordering::Relaxed);
+        metrics.rejected(RejectReason::Late);
+        metrics.rejected(RejectReason::Price);
+        metrics.rejected(RejectReason::Price);
+        metrics.boundary_written(Some(1_575_158_460), 0.004);
+        metrics.store_failed_attempt(true);
+        metrics.consumer_lag("user-events", 3, 17);
+        let text = metrics.snapshot().encode(1_575_158_520);
+        for line in [
+            "cartflow_events_in_total 42",
+            "cartflow_rejected_total{reason=\"bad_price\"} 2",
+            "cartflow_late_events_total 1",
+            "cartflow_frontier_lag_seconds 60",
+            "cartflow_boundaries_total 1",
+            "cartflow_store_write_seconds_count 1",
+            "cartflow_store_outages_total 1",
+            "cartflow_kafka_consumer_lag{topic=\"user-events\",partition=\"3\"} 17",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line '{line}' in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_store_state_is_mirrored_when_no_job_runs_here() {
+        let state: BTreeMap<String, String> = [
+            ("frontier", "2019-12-01T00:01:00Z"),
+            ("events_applied", "1000"),
+            ("rejected.bad_price", "3"),
+            ("late", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let text = Snapshot::from_state(&state).encode(1_575_158_460 + 30);
+        assert!(text.contains("cartflow_events_in_total 1000\n"), "{text}");
+        assert!(text.contains("cartflow_rejected_total{reason=\"late\"} 2\n"), "{text}");
+        assert!(text.contains("cartflow_frontier_lag_seconds 30\n"), "{text}");
+        assert!(!text.contains("cartflow_store_write"), "no live histogram: {text}");
+    }
+}

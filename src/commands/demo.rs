@@ -1,0 +1,68 @@
+//! `cartflow demo`: the pipeline on a fresh machine with one command. It generates a small shop's
+//! events and profiles, replays them through `run` at an accelerated pace (one-minute steps, so
+//! the five-minute windows move while you watch) into an embedded SQLite store, and serves the
+//! dashboard on it.
+
+use anyhow::{Context, Result};
+use cartflow_connectors::http::{HttpServer, ServeOptions};
+use cartflow_connectors::sqlite::SqliteStore;
+use tracing::info;
+
+use crate::cli::{DemoArgs, GenerateArgs, RunArgs};
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let data = args.dir.join("data");
+    let (events, users) = (data.join("events.csv"), data.join("users.csv"));
+    if events.exists() && users.exists() {
+        info!("reusing the events and profiles in {}", data.display());
+    } else {
+        super::generate::run(&GenerateArgs {
+            out: data.clone(),
+            events: Some(args.events),
+            users: Some((args.events / 15).max(100)),
+            products: Some((args.events / 60).max(100)),
+            days: Some(args.days),
+            start: None,
+            seed: 1,
+            gzip: false,
+            with_removes: true,
+            preset: None,
+            quiet: true,
+        })
+        .context("generating the demo's data")?;
+    }
+    let db = args.dir.join("cartflow.db");
+    // The store exists (with its tables) before the dashboard asks for it.
+    drop(SqliteStore::open(&db)?);
+    let server = HttpServer::start(ServeOptions { listen: args.listen, db: db.clone(), token: None })?;
+    let url = format!("http://{}/", server.address());
+    println!("cartflow demo: the dashboard is at {url}");
+    println!(
+        "replaying {} generated events over {} day(s) at {}x their pace into {} (Ctrl-C stops)",
+        args.events,
+        args.days,
+        args.pace,
+        db.display()
+    );
+    let run_args = RunArgs {
+        input: vec![events],
+        profiles: Some(users),
+        pace: Some(args.pace),
+        step: Some(60),
+        workers: args.workers,
+        db: db.clone(),
+        quiet: true,
+        ..RunArgs::defaults()
+    };
+    let summary = super::run::run(&run_args)?;
+    println!(
+        "the replay is over: {} events applied, frontier {}",
+        summary.applied,
+        summary.frontier.map(cartflow_dataflows::model::time::format_rfc3339).unwrap_or_default()
+    );
+    if args.exit_when_done {
+        return server.stop();
+    }
+    println!("still serving {url} (Ctrl-C stops)");
+    server.wait()
+}
