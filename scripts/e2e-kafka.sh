@@ -36,10 +36,20 @@ say "the rest streams live (--speed 400) while run reads the topic; run is SIGKI
 "$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --speed 400 --from "$MID" --quiet &
 simulate_pid=$!
 pids+=("$simulate_pid")
-"$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$PROFILES" --db "$WORK/live.db" --idle-timeout 5s &
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$PROFILES" --db "$WORK/live.db" --idle-timeout 5s \
+    --serve "127.0.0.1:$port" &
 run_pid=$!
 pids+=("$run_pid")
 sleep 8
+# The live run's /metrics: events in, and the consumer lag of each of the topic's 4 partitions
+# (from librdkafka's statistics, every 5 s).
+metrics=$(curl -sf "http://127.0.0.1:$port/metrics")
+echo "$metrics" | grep -E '^cartflow_(events_in_total|frontier_lag_seconds|kafka_consumer_lag)'
+lags=$(echo "$metrics" | grep -c '^cartflow_kafka_consumer_lag{topic="user-events",partition="[0-3]"}' || true)
+[ "$lags" = 4 ] || { echo "expected the consumer lag of 4 partitions in /metrics, got $lags"; exit 1; }
+echo "$metrics" | grep -qE '^cartflow_events_in_total [1-9]' || { echo "no events in /metrics"; exit 1; }
+curl -sf "http://127.0.0.1:$port/health" | grep -q '"status":"ok"' || { echo "/health is not ok"; exit 1; }
 frontier=$(python3 -c "
 import sqlite3; c = sqlite3.connect('file:$WORK/live.db?mode=ro', uri=True)
 print(c.execute(\"SELECT value FROM pipeline_state WHERE key = 'frontier'\").fetchone()[0])" 2>/dev/null || echo none)

@@ -494,8 +494,9 @@ pub struct RunArgs {
     pub retention: i64,
 
     /// Also serve the dashboard, the API, /health and /metrics (live counters of this run) on
-    /// this address while running, as `cartflow serve` does (SQLite stores only).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "store")]
+    /// this address while running, as `cartflow serve` does. With `--store hbase://…` only
+    /// /health and /metrics answer.
+    #[arg(long, value_name = "HOST:PORT")]
     pub serve: Option<std::net::SocketAddr>,
 
     /// With `--serve`: require `Authorization: Bearer TOKEN` on /api and /metrics.

@@ -51,7 +51,7 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
     let token = Some("s3cret");
     let server = HttpServer::start(ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
-        db: db.clone(),
+        db: Some(db.clone()),
         token: token.map(Into::into),
     })
     .unwrap();
@@ -230,9 +230,12 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let db = batch_store(dir.path());
     let token = "dashboard-token";
-    let server =
-        HttpServer::start(ServeOptions { listen: "127.0.0.1:0".parse().unwrap(), db, token: Some(token.into()) })
-            .unwrap();
+    let server = HttpServer::start(ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        db: Some(db),
+        token: Some(token.into()),
+    })
+    .unwrap();
     let address = server.address();
     // The page takes the token from its fragment and sends it with every API call.
     let url = format!("http://{address}/#token={token}");

@@ -22,6 +22,23 @@ fn cartflow() -> Command {
     command
 }
 
+/// The body of a GET on a local server.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// A sample's value in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    let line =
+        text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Every result table and the frontier of the HBase store equal those of the SQLite store.
 fn assert_hbase_equals(sqlite: &Path, url: &HbaseUrl, what: &str) {
     let expected = SqliteStore::open_read_only(sqlite).unwrap();
@@ -74,8 +91,10 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     // One-minute steps: ~2 900 boundaries, each a batch of HBase writes. HBase goes away for two
     // seconds once the first boundaries are in.
     let log = dir.path().join("run.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serve = format!("127.0.0.1:{port}");
     let mut child = cartflow()
-        .args(["run", "--quiet", "-w", "2", "--step", "1m", "--store", &store, "--input"])
+        .args(["run", "--quiet", "-w", "2", "--step", "1m", "--store", &store, "--serve", &serve, "--input"])
         .arg(&events)
         .arg("--profiles")
         .arg(&users)
@@ -93,7 +112,17 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     }
     server.stop();
     let calls_at_stop = server.served().mutate_rows_calls.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
+    // The run's /metrics says what is happening (it serves /health and /metrics only: the tables
+    // are in HBase).
+    let metrics = http_get(&serve, "/metrics");
+    assert!(metrics.contains("cartflow_store_outages_total 1\n"), "{metrics}");
+    let attempts = metric(&metrics, "cartflow_store_failed_attempts_total");
+    assert!(attempts >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "cartflow_store_write_seconds_count") >= 1.0, "{metrics}");
+    assert!(http_get(&serve, "/health").contains("\"status\":\"ok\""));
+    assert!(http_get(&serve, "/api/tables/funnel").contains("read the tables from HBase"));
+    std::thread::sleep(Duration::from_secs(1));
     server.resume().unwrap();
     let status = child.wait().unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();

@@ -7,7 +7,7 @@ use crate::cli::ServeArgs;
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let server =
-        HttpServer::start(ServeOptions { listen: args.listen, db: args.db.clone(), token: args.token.clone() })?;
+        HttpServer::start(ServeOptions { listen: args.listen, db: Some(args.db.clone()), token: args.token.clone() })?;
     println!("dashboard: http://{}/", server.address());
     server.wait()
 }

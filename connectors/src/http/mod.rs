@@ -36,14 +36,15 @@ const MAX_LIMIT: u64 = 100_000;
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// The SQLite store to read.
-    pub db: PathBuf,
+    /// The SQLite store to read; `None` for a run that writes HBase: then only `/health` and
+    /// `/metrics` answer, from the run's live metrics.
+    pub db: Option<PathBuf>,
     /// Bearer token required by the API and `/metrics`.
     pub token: Option<String>,
 }
 
 struct AppState {
-    db: PathBuf,
+    db: Option<PathBuf>,
     token: Option<String>,
     started: Instant,
 }
@@ -86,10 +87,13 @@ impl HttpServer {
                 Ok(())
             })
         })?;
-        info!(
-            "serving the dashboard at http://{address}/ and the API at http://{address}/api (store {})",
-            options.db.display()
-        );
+        match &options.db {
+            Some(db) => info!(
+                "serving the dashboard at http://{address}/ and the API at http://{address}/api (store {})",
+                db.display()
+            ),
+            None => info!("serving /health and /metrics at http://{address}/ (the tables are in HBase)"),
+        }
         Ok(HttpServer { address, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
@@ -185,7 +189,12 @@ async fn read_store<T: Send + 'static>(
     state: &Arc<AppState>,
     read: impl FnOnce(&SqliteStore) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let db = state.db.clone();
+    let Some(db) = state.db.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "this server has no SQLite store (the run writes HBase): read the tables from HBase; /health and /metrics answer here".into(),
+        ));
+    };
     tokio::task::spawn_blocking(move || read(&SqliteStore::open_read_only(&db)?))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the read failed: {e}")))?
@@ -205,7 +214,14 @@ fn now_seconds() -> i64 {
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let uptime = state.started.elapsed().as_secs();
-    match read_store(&state, |store| Ok(store.state_entries()?)).await {
+    let entries = match state.db {
+        Some(_) => read_store(&state, |store| Ok(store.state_entries()?)).await,
+        // A run into HBase: its own frontier.
+        None => {
+            Ok(METRICS.snapshot().frontier.map(|f| ("frontier".to_string(), format_rfc3339(f))).into_iter().collect())
+        }
+    };
+    match entries {
         Ok(entries) => {
             let frontier = entries.get("frontier").filter(|f| !f.is_empty()).cloned();
             let lag = frontier
@@ -231,7 +247,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let snapshot = if METRICS.is_live() {
+    let snapshot = if METRICS.is_live() || state.db.is_none() {
         METRICS.snapshot()
     } else {
         read_store(&state, |store| Ok(Snapshot::from_state(&store.state_entries()?))).await?
