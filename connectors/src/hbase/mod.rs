@@ -232,7 +232,7 @@ pub fn row_key(table: &Table, row: &[Value]) -> Result<Vec<u8>> {
 pub fn cell_text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
-        Value::Int(n) => Some(n.to_string()),
+        Value::Int(n) => Some(itoa::Buffer::new().format(*n).to_string()),
         Value::Real(x) => Some(x.to_string()),
         Value::Text(s) => Some(s.clone()),
     }
@@ -252,15 +252,23 @@ fn qualifier(column: &str) -> Vec<u8> {
     format!("{FAMILY}:{column}").into_bytes()
 }
 
+/// `d:<column>` of every column of every table, by `TableId as usize`, built once.
+static QUALIFIERS: std::sync::LazyLock<Vec<Vec<Vec<u8>>>> = std::sync::LazyLock::new(|| {
+    let mut all = vec![Vec::new(); TABLES.len()];
+    for table in TABLES {
+        all[table.id as usize] = table.columns.iter().map(|c| qualifier(c.name)).collect();
+    }
+    all
+});
+
 /// The mutations that make a stored row equal `row`: a put per value, a column delete per NULL.
 fn row_mutations(table: &Table, row: &Row) -> Vec<Mutation> {
-    table
-        .columns
+    QUALIFIERS[table.id as usize]
         .iter()
         .zip(row)
-        .map(|(column, value)| match cell_text(value) {
-            Some(text) => Mutation::new(false, qualifier(column.name), text.into_bytes(), true),
-            None => Mutation::new(true, qualifier(column.name), None, true),
+        .map(|(qualifier, value)| match cell_text(value) {
+            Some(text) => Mutation::new(false, qualifier.clone(), text.into_bytes(), true),
+            None => Mutation::new(true, qualifier.clone(), None, true),
         })
         .collect()
 }
@@ -530,70 +538,96 @@ fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
     outcome.map(|()| keys)
 }
 
-/// The `mutateRows` calls of one phase of a batch, per table in chunks.
-type Calls = Vec<(TableId, Vec<BatchMutation>)>;
-
-fn push_call(calls: &mut Calls, table: TableId, mutation: BatchMutation) {
-    match calls.last_mut() {
-        Some((last, rows)) if *last == table && rows.len() < ROWS_PER_CALL => rows.push(mutation),
-        _ => calls.push((table, vec![mutation])),
-    }
-}
-
 impl Sink for HbaseStore {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         // Deletes at `timestamp`, upserts at `timestamp + 1` (see the module doc).
         let timestamp = now_millis().max(self.last_timestamp + 1);
         self.last_timestamp = timestamp + 1;
-        let upserted: std::collections::HashSet<(TableId, Vec<u8>)> =
-            batch.upserts.iter().map(|(id, row)| Ok((*id, row_key(id.table(), row)?))).collect::<Result<_>>()?;
-        let mut deletes: Calls = Vec::new();
-        for (id, key) in &batch.deletes {
-            let key = row_key(id.table(), key)?;
-            if !upserted.contains(&(*id, key.clone())) {
-                push_call(&mut deletes, *id, BatchMutation::new(key, row_delete()));
-            }
-        }
-        let mut upserts: Calls = Vec::new();
+        // Keys and widths are checked before the first call: a mistake is not retried.
+        let mut upsert_keys = Vec::with_capacity(batch.upserts.len());
         for (id, row) in &batch.upserts {
             let table = id.table();
             if row.len() != table.columns.len() {
                 bail!("a {} row has {} values, the table has {} columns", table.name, row.len(), table.columns.len());
             }
-            push_call(&mut upserts, *id, BatchMutation::new(row_key(table, row)?, row_mutations(table, row)));
+            upsert_keys.push(row_key(table, row)?);
+        }
+        // A row deleted and upserted in one batch is only upserted (as SQLite's delete-then-insert).
+        let mut delete_keys = Vec::with_capacity(batch.deletes.len());
+        if !batch.deletes.is_empty() {
+            let upserted: std::collections::HashSet<(TableId, &[u8])> =
+                batch.upserts.iter().zip(&upsert_keys).map(|((id, _), key)| (*id, key.as_slice())).collect();
+            for (id, key) in &batch.deletes {
+                let key = row_key(id.table(), key)?;
+                if !upserted.contains(&(*id, key.as_slice())) {
+                    delete_keys.push((*id, key));
+                }
+            }
         }
         // pipeline_state last: a reader that sees the frontier sees the results it covers.
-        for (key, value) in &batch.state {
-            let row = vec![Value::text(key.clone()), Value::text(value.clone())];
-            let table = TableId::PipelineState.table();
-            push_call(
-                &mut upserts,
-                TableId::PipelineState,
-                BatchMutation::new(row_key(table, &row)?, row_mutations(table, &row)),
-            );
-        }
-        let replace = batch.replace.clone();
+        let state_rows: Vec<Row> =
+            batch.state.iter().map(|(key, value)| vec![Value::text(key.clone()), Value::text(value.clone())]).collect();
+        let state_keys =
+            state_rows.iter().map(|row| row_key(TableId::PipelineState.table(), row)).collect::<Result<Vec<_>>>()?;
         let mut calls = 0u64;
+        // The mutations are built anew by each attempt: no copy of the batch is kept for retries.
         self.with_retries("writing a batch", |client, names| {
             calls = 0;
-            for id in &replace {
-                let name = &names[*id as usize];
-                for keys in scan_keys(client, name)?.chunks(ROWS_PER_CALL) {
-                    let rows = keys.iter().map(|k| BatchMutation::new(k.clone(), row_delete())).collect();
-                    client.mutate_rows_ts(name.clone(), rows, timestamp, BTreeMap::new())?;
-                    calls += 1;
+            let mut send = Sender { client, names, calls: &mut calls, at: timestamp, table: None, rows: Vec::new() };
+            for id in &batch.replace {
+                for key in scan_keys(send.client, &names[*id as usize])? {
+                    send.push(*id, BatchMutation::new(key, row_delete()))?;
                 }
             }
-            for (phase, at) in [(&deletes, timestamp), (&upserts, timestamp + 1)] {
-                for (id, rows) in phase {
-                    client.mutate_rows_ts(names[*id as usize].clone(), rows.clone(), at, BTreeMap::new())?;
-                    calls += 1;
-                }
+            for (id, key) in &delete_keys {
+                send.push(*id, BatchMutation::new(key.clone(), row_delete()))?;
             }
-            Ok(())
+            send.flush()?;
+            send.at = timestamp + 1;
+            for ((id, row), key) in batch.upserts.iter().zip(&upsert_keys) {
+                send.push(*id, BatchMutation::new(key.clone(), row_mutations(id.table(), row)))?;
+            }
+            for (row, key) in state_rows.iter().zip(&state_keys) {
+                send.push(
+                    TableId::PipelineState,
+                    BatchMutation::new(key.clone(), row_mutations(TableId::PipelineState.table(), row)),
+                )?;
+            }
+            send.flush()
         })?;
         self.stats.batches += 1;
         self.stats.calls += calls;
+        Ok(())
+    }
+}
+
+/// Groups row mutations into `mutateRowsTs` calls: one table per call, at most
+/// [`ROWS_PER_CALL`] rows, in the order they come.
+struct Sender<'a> {
+    client: &'a mut Client,
+    names: &'a [Vec<u8>],
+    calls: &'a mut u64,
+    at: i64,
+    table: Option<TableId>,
+    rows: Vec<BatchMutation>,
+}
+
+impl Sender<'_> {
+    fn push(&mut self, table: TableId, row: BatchMutation) -> thrift::Result<()> {
+        if self.table != Some(table) || self.rows.len() == ROWS_PER_CALL {
+            self.flush()?;
+            self.table = Some(table);
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> thrift::Result<()> {
+        if let (Some(table), false) = (self.table, self.rows.is_empty()) {
+            let rows = std::mem::take(&mut self.rows);
+            self.client.mutate_rows_ts(self.names[table as usize].clone(), rows, self.at, BTreeMap::new())?;
+            *self.calls += 1;
+        }
         Ok(())
     }
 }
