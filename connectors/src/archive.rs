@@ -97,6 +97,81 @@ fn state_dir(root: &Path) -> PathBuf {
     root.join("_cartflow")
 }
 
+/// An advisory lock file under `_cartflow/` (the kernel releases it when its process dies, even
+/// by SIGKILL). `writer.lock`: held by the one `archive` process writing the root. `flush.lock`:
+/// held exclusively by a flush from its manifest to the last rename, and shared by readers that
+/// need a listing no flush tears ([`snapshot`]).
+fn lock_file(root: &Path, name: &str) -> Result<File> {
+    std::fs::create_dir_all(state_dir(root))?;
+    let path = state_dir(root).join(name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Completes a flush a crash interrupted after its manifest (the caller holds the flush lock).
+fn complete_crashed_flush(root: &Path) -> Result<()> {
+    let manifest_path = state_dir(root).join("flush.json");
+    if manifest_path.exists() {
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
+        for (temporary, final_path) in &manifest.files {
+            if temporary.exists() {
+                std::fs::rename(temporary, final_path)?;
+            }
+        }
+        std::fs::remove_file(&manifest_path)?;
+        tracing::info!("archive: completed a flush of {} file(s) interrupted by a crash", manifest.files.len());
+    }
+    Ok(())
+}
+
+/// A consistent view of an archive that may be being written: its files (from the hour of
+/// `since` on) and, per partition, the offset after the highest archived one, both from one
+/// listing taken while no flush is renaming files. (A listing during a flush could see one of a
+/// partition's new files and not another, and a bootstrap would then skip the offsets of the
+/// missing one.) A flush that a crash left half done is completed first, by the archive writer
+/// when one runs, else here.
+pub fn snapshot(root: &Path, since: Option<Timestamp>) -> Result<(Vec<ArchiveFile>, BTreeMap<i32, i64>)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let manifest_path = state_dir(root).join("flush.json");
+    loop {
+        let flush_lock = lock_file(root, "flush.lock")?;
+        flush_lock.lock_shared().with_context(|| format!("locking {} for reading", root.display()))?;
+        if !manifest_path.exists() {
+            let all = files(root, None)?;
+            drop(flush_lock);
+            let mut next = BTreeMap::new();
+            for file in &all {
+                let entry = next.entry(file.partition).or_insert(0);
+                *entry = (*entry).max(file.last_offset + 1);
+            }
+            let kept = all.into_iter().filter(|f| since.is_none_or(|since| f.hour + HOUR > since)).collect();
+            return Ok((kept, next));
+        }
+        drop(flush_lock);
+        // A manifest nobody is renaming: a crashed flush. Complete it unless a writer is alive
+        // (it completes it when it opens the archive).
+        let writer_lock = lock_file(root, "writer.lock")?;
+        if writer_lock.try_lock().is_ok() {
+            let flush_lock = lock_file(root, "flush.lock")?;
+            flush_lock.lock()?;
+            complete_crashed_flush(root)?;
+            continue;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{}: a crashed flush has waited a minute for the running `cartflow archive` to complete it",
+                root.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Whether `path` is an archive root (it holds `raw/events`).
 pub fn is_archive(path: &Path) -> bool {
     events_dir(path).is_dir()
@@ -319,6 +394,8 @@ pub struct FlushStats {
 /// Buffers archived events and writes them as files, crash-safely (see the module docs).
 pub struct ArchiveWriter {
     root: PathBuf,
+    /// `writer.lock`, held while this writer lives: one writer per archive.
+    _writer_lock: File,
     buffers: BTreeMap<(Timestamp, i32), Vec<ArchivedEvent>>,
     buffered: usize,
     /// Per partition, the offset after the highest archived one.
@@ -332,17 +409,14 @@ impl ArchiveWriter {
     pub fn open(root: &Path) -> Result<(ArchiveWriter, BTreeMap<i32, i64>)> {
         std::fs::create_dir_all(events_dir(root)).with_context(|| format!("creating {}", root.display()))?;
         std::fs::create_dir_all(state_dir(root))?;
-        let manifest_path = state_dir(root).join("flush.json");
-        if manifest_path.exists() {
-            let manifest: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?)
-                .with_context(|| format!("reading {}", manifest_path.display()))?;
-            for (temporary, final_path) in &manifest.files {
-                if temporary.exists() {
-                    std::fs::rename(temporary, final_path)?;
-                }
-            }
-            std::fs::remove_file(&manifest_path)?;
-            tracing::info!("archive: completed a flush of {} file(s) interrupted by a crash", manifest.files.len());
+        let writer_lock = lock_file(root, "writer.lock")?;
+        if writer_lock.try_lock().is_err() {
+            bail!("another `cartflow archive` is writing {} (one writer per archive)", root.display());
+        }
+        {
+            let flush_lock = lock_file(root, "flush.lock")?;
+            flush_lock.lock()?;
+            complete_crashed_flush(root)?;
         }
         let mut removed = 0;
         for hour in hour_dirs(root)? {
@@ -358,8 +432,13 @@ impl ArchiveWriter {
             tracing::info!("archive: removed {removed} temporary file(s) of a flush a crash interrupted (their messages are read again)");
         }
         let next = next_offsets(root)?;
-        let writer =
-            ArchiveWriter { root: root.to_path_buf(), buffers: BTreeMap::new(), buffered: 0, next: next.clone() };
+        let writer = ArchiveWriter {
+            root: root.to_path_buf(),
+            _writer_lock: writer_lock,
+            buffers: BTreeMap::new(),
+            buffered: 0,
+            next: next.clone(),
+        };
         Ok((writer, next))
     }
 
@@ -401,6 +480,9 @@ impl ArchiveWriter {
         }
         let manifest_path = state_dir(&self.root).join("flush.json");
         let manifest_temporary = state_dir(&self.root).join(".flush.json.tmp");
+        // Readers that need a whole listing wait while the files are renamed.
+        let flush_lock = lock_file(&self.root, "flush.lock")?;
+        flush_lock.lock()?;
         {
             let file = File::create(&manifest_temporary)?;
             serde_json::to_writer(&file, &Manifest { files: written.clone() })?;
@@ -412,6 +494,7 @@ impl ArchiveWriter {
                 .with_context(|| format!("renaming {} to {}", temporary.display(), final_path.display()))?;
         }
         std::fs::remove_file(&manifest_path)?;
+        drop(flush_lock);
         self.buffered = 0;
         // For people and tools: per partition, where a bootstrap from this archive hands over to
         // the topic (the file names say the same, and are what cartflow reads).
@@ -557,6 +640,9 @@ mod tests {
         }
         let stats = writer.flush().unwrap();
         assert_eq!((stats.files, stats.events), (3, 3));
+        let refused = ArchiveWriter::open(dir.path()).err().expect("one writer per archive").to_string();
+        assert!(refused.contains("another `cartflow archive`"), "{refused}");
+        drop(writer);
         let (_, next) = ArchiveWriter::open(dir.path()).unwrap();
         assert_eq!(next, BTreeMap::from([(0, 7), (1, 4)]));
         let recorded = std::fs::read_to_string(dir.path().join("_cartflow/offsets.json")).unwrap();
@@ -592,6 +678,7 @@ mod tests {
         let (mut writer, _) = ArchiveWriter::open(dir.path()).unwrap();
         writer.push(archived("2019-12-01T10:00:00Z", 0, 0)).unwrap();
         writer.flush().unwrap();
+        drop(writer);
         // A flush interrupted before its manifest: only a temporary file.
         let hour = events_dir(dir.path()).join(hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap()));
         write_file(&hour.join(format!(".tmp-{}", file_name(0, 1, 1))), &[archived("2019-12-01T10:00:01Z", 0, 1)])
@@ -608,6 +695,19 @@ mod tests {
         let (_, next) = ArchiveWriter::open(dir.path()).unwrap();
         assert_eq!(next, BTreeMap::from([(0, 3)]));
         assert!(!state_dir(dir.path()).join("flush.json").exists());
+
+        // A reader (a bootstrap) finding a crashed flush and no writer completes it first, so its
+        // listing and its hand-over offsets agree.
+        let temporary = hour.join(format!(".tmp-{}", file_name(0, 3, 3)));
+        write_file(&temporary, &[archived("2019-12-01T10:00:03Z", 0, 3)]).unwrap();
+        let manifest = Manifest { files: vec![(temporary, hour.join(file_name(0, 3, 3)))] };
+        std::fs::write(state_dir(dir.path()).join("flush.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let (listed, next) = snapshot(dir.path(), None).unwrap();
+        assert_eq!(next, BTreeMap::from([(0, 4)]));
+        assert_eq!(listed.iter().map(|f| f.last_offset).max(), Some(3));
+        assert!(!state_dir(dir.path()).join("flush.json").exists());
+        let (later, _) = snapshot(dir.path(), Some(parse_event_time(b"2019-12-01T11:00:00Z").unwrap())).unwrap();
+        assert!(later.is_empty(), "--since skips earlier hours");
     }
 
     #[test]

@@ -346,8 +346,8 @@ pub(super) fn spawn_sources(
             if !archive::is_archive(root) {
                 anyhow::bail!("--bootstrap {}: not an archive (it has no raw/events)", root.display());
             }
-            let next = archive::next_offsets(root)?;
-            let files = archive::files(root, *since)?;
+            // One listing for both, taken between flushes of a running `archive`.
+            let (files, next) = archive::snapshot(root, *since)?;
             info!(
                 "bootstrap: {} archived file(s) from {}, then the topic from offsets {}",
                 files.len(),
