@@ -61,18 +61,137 @@ pub fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub type BytesRead = Rc<Cell<u64>>;
 
 /// Opens a file, transparently decompressing gzip.
-pub fn open_maybe_gzip(path: &Path) -> Result<(Box<dyn Read>, BytesRead)> {
+pub fn open_maybe_gzip(path: &Path) -> Result<(Box<dyn BufRead>, BytesRead)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let counter = Rc::new(Cell::new(0));
     let mut buffered = BufReader::with_capacity(1 << 20, CountingReader { inner: file, count: counter.clone() });
     let is_gzip =
         buffered.fill_buf().with_context(|| format!("reading {}", path.display()))?.starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read> = if is_gzip {
+    let reader: Box<dyn BufRead> = if is_gzip {
         Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buffered)))
     } else {
         Box::new(buffered)
     };
     Ok((reader, counter))
+}
+
+/// CSV records read one physical line at a time. A quoted field may hold commas and `""`, but it
+/// ends with its line: a stray quote costs its own line (rejected as `unclosed_quote`), never the
+/// rest of the file, as it would where quoted fields may span lines. Blank lines are skipped; a
+/// trailing `\r` is dropped.
+pub struct LineRecords<R> {
+    reader: R,
+    line: Vec<u8>,
+    number: u64,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    unclosed_quote: bool,
+}
+
+impl<R: BufRead> LineRecords<R> {
+    pub fn new(reader: R) -> LineRecords<R> {
+        LineRecords { reader, line: Vec::new(), number: 0, out: Vec::new(), ends: Vec::new(), unclosed_quote: false }
+    }
+
+    /// Reads the next non-blank line; `false` at the end of the input.
+    pub fn next_record(&mut self) -> std::io::Result<bool> {
+        loop {
+            self.line.clear();
+            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
+                return Ok(false);
+            }
+            self.number += 1;
+            while matches!(self.line.last(), Some(b'\n' | b'\r')) {
+                self.line.pop();
+            }
+            if !self.line.is_empty() {
+                self.split();
+                return Ok(true);
+            }
+        }
+    }
+
+    fn split(&mut self) {
+        let (line, out, ends) = (&self.line, &mut self.out, &mut self.ends);
+        out.clear();
+        ends.clear();
+        self.unclosed_quote = false;
+        if !line.contains(&b'"') {
+            for field in line.split(|b| *b == b',') {
+                out.extend_from_slice(field);
+                ends.push(out.len());
+            }
+            return;
+        }
+        let mut i = 0;
+        loop {
+            if line.get(i) == Some(&b'"') {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => {
+                            self.unclosed_quote = true;
+                            break;
+                        }
+                        Some(b'"') if line.get(i + 1) == Some(&b'"') => {
+                            out.push(b'"');
+                            i += 2;
+                        }
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(byte) => {
+                            out.push(*byte);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            // Unquoted bytes (or, leniently, bytes after a closing quote) up to the next comma.
+            while let Some(byte) = line.get(i).filter(|b| **b != b',') {
+                out.push(*byte);
+                i += 1;
+            }
+            ends.push(out.len());
+            if i >= line.len() {
+                break;
+            }
+            i += 1;
+        }
+    }
+
+    /// The line number (1-based, counting blank lines) of the current record.
+    pub fn line_number(&self) -> u64 {
+        self.number
+    }
+
+    /// The current line as read (without its line end).
+    pub fn raw(&self) -> &[u8] {
+        &self.line
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn field(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.out[start..self.ends[index]]
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.field(i))
+    }
+
+    /// Whether the line opened a quote it did not close.
+    pub fn unclosed_quote(&self) -> bool {
+        self.unclosed_quote
+    }
 }
 
 struct CountingReader<R> {
@@ -181,8 +300,7 @@ pub fn read_events_while(
     'files: for path in files {
         let (reader, counter) = open_maybe_gzip(path)?;
         let source = path.display().to_string();
-        let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
-        let mut record = csv::ByteRecord::new();
+        let mut records = LineRecords::new(reader);
         let mut columns: [usize; 9] = std::array::from_fn(|i| i);
         let mut first = true;
         loop {
@@ -190,21 +308,21 @@ pub fn read_events_while(
                 stats.bytes += counter.get();
                 break 'files;
             }
-            match csv.read_byte_record(&mut record) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => bail!("{source}: {e}"),
+            if !records.next_record().with_context(|| format!("{source}: reading"))? {
+                break;
             }
-            let line = record.position().map_or(0, |p| p.line());
-            if std::mem::take(&mut first) && is_header(&record) {
-                columns = header_columns(&record).with_context(|| format!("{source}: line {line}"))?;
+            let line = records.line_number();
+            if std::mem::take(&mut first) && is_header(&records) {
+                columns = header_columns(&records).with_context(|| format!("{source}: line {line}"))?;
                 continue;
             }
             stats.rows += 1;
-            let result = if record.len() == HEADER.len() {
+            let result = if records.unclosed_quote() {
+                Err(RejectReason::Quoting)
+            } else if records.len() == HEADER.len() {
                 parser
-                    .parse(&RawFields { fields: columns.map(|i| &record[i]) })
-                    .and_then(|event| on_event(&event, &record[columns[8]]))
+                    .parse(&RawFields { fields: columns.map(|i| records.field(i)) })
+                    .and_then(|event| on_event(&event, records.field(columns[8])))
             } else {
                 Err(RejectReason::FieldCount)
             };
@@ -212,7 +330,7 @@ pub fn read_events_while(
                 Ok(()) => stats.valid += 1,
                 Err(reason) => {
                     stats.rejected += 1;
-                    rejects.reject(&source, line, reason, &join_fields(&record))?;
+                    rejects.reject(&source, line, reason, records.raw())?;
                 }
             }
             if stats.rows.is_multiple_of(65_536) {
@@ -235,16 +353,16 @@ fn strip_bom(field: &[u8]) -> &[u8] {
     field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
 }
 
-fn is_header(record: &csv::ByteRecord) -> bool {
-    record.iter().any(|f| strip_bom(f) == b"event_time")
+fn is_header<R: BufRead>(record: &LineRecords<R>) -> bool {
+    record.fields().any(|f| strip_bom(f) == b"event_time")
 }
 
 /// Maps SPEC column order to the file's columns, so a file with reordered columns reads correctly.
-fn header_columns(record: &csv::ByteRecord) -> Result<[usize; 9]> {
+fn header_columns<R: BufRead>(record: &LineRecords<R>) -> Result<[usize; 9]> {
     let mut columns = [0; 9];
     for (slot, name) in columns.iter_mut().zip(HEADER) {
         *slot = record
-            .iter()
+            .fields()
             .position(|f| strip_bom(f) == name.as_bytes())
             .with_context(|| format!("the header lacks the column '{name}' (expected {})", HEADER.join(",")))?;
     }
@@ -252,15 +370,4 @@ fn header_columns(record: &csv::ByteRecord) -> Result<[usize; 9]> {
         bail!("the header has {} columns, expected the nine of {}", record.len(), HEADER.join(","));
     }
     Ok(columns)
-}
-
-pub(crate) fn join_fields(record: &csv::ByteRecord) -> Vec<u8> {
-    let mut raw = Vec::new();
-    for (i, field) in record.iter().enumerate() {
-        if i > 0 {
-            raw.push(b',');
-        }
-        raw.extend_from_slice(field);
-    }
-    raw
 }

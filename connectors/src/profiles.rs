@@ -8,7 +8,7 @@ use cartflow_dataflows::model::event::parse_id;
 use cartflow_dataflows::model::{Profile, Profiles};
 use chrono::NaiveDate;
 
-use crate::csv_events::{join_fields, open_maybe_gzip};
+use crate::csv_events::{open_maybe_gzip, LineRecords};
 use crate::rejects::{RejectLog, RejectReason};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,8 +24,11 @@ pub struct ProfileStats {
 pub fn read_profiles(path: &Path, rejects: &mut RejectLog) -> Result<(Profiles, ProfileStats)> {
     let (reader, _) = open_maybe_gzip(path)?;
     let source = path.display().to_string();
-    let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(reader);
-    let header = csv.byte_headers().with_context(|| format!("{source}: reading the header"))?.clone();
+    let mut records = LineRecords::new(reader);
+    if !records.next_record().with_context(|| format!("{source}: reading the header"))? {
+        bail!("{source}: the profiles file is empty (it needs a header with a 'user_id' column)");
+    }
+    let header: Vec<Vec<u8>> = records.fields().map(<[u8]>::to_vec).collect();
     let find = |name: &str| header.iter().position(|f| f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) == name.as_bytes());
     let Some(user_col) = find("user_id") else {
         bail!("{source}: the profiles header has no 'user_id' column");
@@ -34,16 +37,18 @@ pub fn read_profiles(path: &Path, rejects: &mut RejectLog) -> Result<(Profiles, 
 
     let mut profiles = Profiles::default();
     let mut stats = ProfileStats::default();
-    let mut record = csv::ByteRecord::new();
-    while csv.read_byte_record(&mut record).with_context(|| format!("{source}: reading"))? {
+    while records.next_record().with_context(|| format!("{source}: reading"))? {
         stats.rows += 1;
-        let line = record.position().map_or(0, |p| p.line());
-        let Some(user_id) = record.get(user_col).and_then(parse_id) else {
+        let line = records.line_number();
+        let field = |col: Option<usize>| col.filter(|c| *c < records.len()).map(|c| records.field(c));
+        let user_id = if records.unclosed_quote() { None } else { field(Some(user_col)).and_then(parse_id) };
+        let Some(user_id) = user_id else {
             stats.rejected += 1;
-            rejects.reject(&source, line, RejectReason::ProfileUserId, &join_fields(&record))?;
+            let reason = if records.unclosed_quote() { RejectReason::Quoting } else { RejectReason::ProfileUserId };
+            rejects.reject(&source, line, reason, records.raw())?;
             continue;
         };
-        let text = |col: Option<usize>| col.and_then(|c| record.get(c)).and_then(|b| std::str::from_utf8(b).ok());
+        let text = |col: Option<usize>| field(col).and_then(|b| std::str::from_utf8(b).ok());
         let birth_date = match text(birth_col) {
             None | Some("") => None,
             Some(s) => {

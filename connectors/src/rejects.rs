@@ -23,6 +23,8 @@ pub enum RejectReason {
     UserId,
     /// A text field is not valid UTF-8.
     Encoding,
+    /// A quote opened in a line and not closed in it (a quoted field never spans lines).
+    Quoting,
     /// A profile row whose `user_id` is missing or not a plain decimal id.
     ProfileUserId,
     /// An event older than the frontier when it arrived (SPEC §2): not applied.
@@ -52,6 +54,7 @@ impl RejectReason {
             RejectReason::MissingUserId => "missing_user_id",
             RejectReason::UserId => "bad_user_id",
             RejectReason::Encoding => "bad_utf8",
+            RejectReason::Quoting => "unclosed_quote",
             RejectReason::ProfileUserId => "bad_profile_user_id",
             RejectReason::Late => "late",
             RejectReason::Json => "bad_json",
