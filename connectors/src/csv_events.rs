@@ -371,3 +371,32 @@ fn header_columns<R: BufRead>(record: &LineRecords<R>) -> Result<[usize; 9]> {
     }
     Ok(columns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(text: &str) -> Vec<(u64, Vec<String>, bool)> {
+        let mut reader = LineRecords::new(text.as_bytes());
+        let mut out = Vec::new();
+        while reader.next_record().unwrap() {
+            let fields = reader.fields().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            out.push((reader.line_number(), fields, reader.unclosed_quote()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_quote_never_spans_lines() {
+        let read = records("a,\"b,c\",\"say \"\"hi\"\"\"\r\n\n\"open,x\nnext,line\n,\n");
+        assert_eq!(
+            read,
+            vec![
+                (1, vec!["a".into(), "b,c".into(), "say \"hi\"".into()], false),
+                (3, vec!["open,x".into()], true),
+                (4, vec!["next".into(), "line".into()], false),
+                (5, vec![String::new(), String::new()], false),
+            ]
+        );
+    }
+}
