@@ -88,8 +88,8 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     assert!(cartflow().args(["hbase-init", "--store", &store]).status().unwrap().success());
     assert_eq!(server.table_names().len(), TABLES.len());
 
-    // One-minute steps: ~2 900 boundaries, each a batch of HBase writes. HBase goes away for two
-    // seconds once the first boundaries are in.
+    // One-minute steps: ~2 900 boundaries, each a batch of HBase writes. HBase goes away for 30 s
+    // once the first boundaries are in (CARTFLOW_HBASE_OUTAGE_S overrides, for quick local runs).
     let log = dir.path().join("run.log");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = format!("127.0.0.1:{port}");
@@ -112,7 +112,8 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     }
     server.stop();
     let calls_at_stop = server.served().mutate_rows_calls.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(1));
+    let outage = std::env::var("CARTFLOW_HBASE_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64).max(2);
+    std::thread::sleep(Duration::from_secs(outage / 2));
     // The run's /metrics says what is happening (it serves /health and /metrics only: the tables
     // are in HBase).
     let metrics = http_get(&serve, "/metrics");
@@ -122,13 +123,16 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     assert!(metric(&metrics, "cartflow_store_write_seconds_count") >= 1.0, "{metrics}");
     assert!(http_get(&serve, "/health").contains("\"status\":\"ok\""));
     assert!(http_get(&serve, "/api/tables/funnel").contains("read the tables from HBase"));
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(outage - outage / 2));
     server.resume().unwrap();
     let status = child.wait().unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("retrying with backoff"), "the outage is logged:\n{stderr}");
     assert!(stderr.contains("succeeded after"), "the recovery is logged:\n{stderr}");
+    if outage >= 20 {
+        assert!(stderr.contains("still unreachable after"), "a long outage is logged as it lasts:\n{stderr}");
+    }
     assert!(
         server.served().mutate_rows_calls.load(Ordering::Relaxed) > calls_at_stop + 100,
         "the run went on writing after the outage"
