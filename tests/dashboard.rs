@@ -86,6 +86,17 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
         panic!("row {i} differs:\n api:   {}\n store: {}", got_rows[i], json_rows[i]);
     }
 
+    // The busiest brands first, ties by key (descending).
+    let top = get_json(
+        address,
+        "/api/tables/funnel?snapshot=current&dimension=brand&sort=users_viewed&order=desc&limit=3",
+        token,
+    );
+    let mut by_views = want.clone();
+    by_views.sort_by(|a, b| b[3].total_cmp(&a[3]).then_with(|| b[2].total_cmp(&a[2])));
+    let expected: Vec<Json> = by_views[..3].iter().map(|r| cartflow_connectors::http::row_json(funnel, r)).collect();
+    assert_eq!(top["rows"].as_array().unwrap(), &expected);
+
     let windows = store.read_table(TableId::RealtimeWindow).unwrap();
     let in_range = windows
         .iter()
@@ -118,6 +129,7 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
         ("/api/tables/funnel?limit=0", 400, "limit must be"),
         ("/api/tables/funnel?limit=many", 400, "limit must be"),
         ("/api/tables/funnel?order=up", 400, "order must be"),
+        ("/api/tables/funnel?sort=popularity", 400, "no column 'popularity'"),
         ("/api/tables/funnel?snapshot=yesterday", 400, "snapshot must be"),
         ("/api/tables/product?segment=x", 400, "unknown parameter 'segment'"),
         ("/api/tables/product?colour=red", 400, "unknown parameter 'colour'"),

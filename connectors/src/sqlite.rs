@@ -110,13 +110,15 @@ pub struct Query {
     pub ranges: Vec<(String, Option<String>, Option<String>)>,
     /// Newest key first.
     pub descending: bool,
+    /// Order by this column first (then by key); with `descending`, largest first.
+    pub sort_by: Option<String>,
     pub limit: Option<u64>,
 }
 
 impl Query {
     /// Every row of `table`, ordered by primary key.
     pub fn all(table: &'static Table) -> Query {
-        Query { table, equals: Vec::new(), ranges: Vec::new(), descending: false, limit: None }
+        Query { table, equals: Vec::new(), ranges: Vec::new(), descending: false, sort_by: None, limit: None }
     }
 }
 
@@ -187,8 +189,14 @@ impl SqliteStore {
             sql.push_str(&conditions.join(" AND "));
         }
         let direction = if query.descending { " DESC" } else { "" };
-        let key: Vec<String> = table.key_columns().iter().map(|c| format!("{}{direction}", quoted(c.name))).collect();
-        sql.push_str(&format!(" ORDER BY {}", key.join(", ")));
+        let mut order: Vec<String> = Vec::new();
+        if let Some(column) = &query.sort_by {
+            column_kind(column)?;
+            // SQLite sorts NULL first ascending (SPEC §6.8) and last descending.
+            order.push(format!("{}{direction}", quoted(column)));
+        }
+        order.extend(table.key_columns().iter().map(|c| format!("{}{direction}", quoted(c.name))));
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
         if let Some(limit) = query.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }

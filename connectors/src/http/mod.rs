@@ -285,7 +285,8 @@ async fn api_index() -> Json<serde_json::Value> {
             "snapshot": "current, latest (the newest day) or YYYY-MM-DD (funnel, recommendation, brand_performance)",
             "segment": "funnel: the segment (with dimension=all|category|brand); recommendation: AGE_GROUP/REGION; brand_performance: the age group",
             "from, to": "from <= time < to, RFC 3339 or a date: window_start of the realtime tables, the snapshot day of the snapshot tables",
-            "order": "asc (default) or desc, by primary key",
+            "order": "asc (default) or desc, by primary key (or by `sort`, then the key)",
+            "sort": "a column to order by before the key (with order=desc: largest first)",
             "limit": format!("at most this many rows (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
         },
     }))
@@ -293,7 +294,7 @@ async fn api_index() -> Json<serde_json::Value> {
 
 /// The parameters a table takes besides its columns.
 fn parameters(table: &Table) -> Vec<&'static str> {
-    let mut names = vec!["limit", "order"];
+    let mut names = vec!["limit", "order", "sort"];
     if table.has_snapshots() {
         names.push("snapshot");
         names.extend(["from", "to"]);
@@ -370,6 +371,12 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
                 "desc" => query.descending = true,
                 other => return Err(ApiError::bad_request(format!("order must be asc or desc, not '{other}'"))),
             },
+            "sort" => {
+                if table.column_index(&value).is_none() {
+                    return Err(ApiError::bad_request(format!("sort: table {} has no column '{value}'", table.name)));
+                }
+                query.sort_by = Some(value);
+            }
             "snapshot" => match value.as_str() {
                 "latest" => latest_snapshot = true,
                 "current" => query.equals.push(("snapshot".into(), value)),
