@@ -384,7 +384,13 @@ pub struct HiveDdlArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+// `-h` is the host file, as in timely's cluster options; help is `--help`.
+#[command(disable_help_flag = true)]
 pub struct RunArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+
     /// Events: REES46 CSV files (plain or gzip) or directories, read in this order (file names
     /// in a directory); rows must be ordered by time to within a step, older rows are late. Or the
     /// root of a Parquet archive (written by `archive`), replayed in event-time order.
@@ -478,9 +484,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub rejects: Option<PathBuf>,
 
-    /// Worker threads.
+    /// Worker threads (per process).
     #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
     pub workers: usize,
+
+    /// Processes of one run (timely's cluster): start each with the same arguments and its own
+    /// `-p`. They share the work of every step; process 0 reads the whole input for the counts,
+    /// writes the store (the one writer of every key), the rejects and serves. Files and archives
+    /// only for now.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    pub processes: usize,
+
+    /// This process's index, from 0 to `-n` − 1.
+    #[arg(short = 'p', long, default_value_t = 0, value_name = "P")]
+    pub process: usize,
+
+    /// With `-n`: a file whose first N lines are the processes' HOST:PORT addresses (default
+    /// 127.0.0.1:2101, 127.0.0.1:2102, …).
+    #[arg(short = 'h', long, value_name = "FILE")]
+    pub hostfile: Option<PathBuf>,
 
     /// Event time between two boundaries where results are complete and written: a whole number
     /// of minutes dividing a day. Default: 4h for files, 1m for Kafka. In a replay large steps are

@@ -16,6 +16,17 @@ use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::schema::{TableId, TABLES};
 use common::{batch_args, generated, shared_data};
 
+/// A child process killed if the test fails before waiting for it (a run retries a missing HBase
+/// for ever).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn cartflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
     command.args(["--log", "info"]);
@@ -103,11 +114,12 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.served().mutate_rows_calls.load(Ordering::Relaxed) < 50 {
         assert!(Instant::now() < deadline, "the run wrote nothing to HBase");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the outage");
+        assert!(child.0.try_wait().unwrap().is_none(), "the run ended before the outage");
         std::thread::sleep(Duration::from_millis(2));
     }
     server.stop();
@@ -125,7 +137,7 @@ fn run_into_hbase_survives_an_outage_and_equals_batch() {
     assert!(http_get(&serve, "/api/tables/funnel").contains("read the tables from HBase"));
     std::thread::sleep(Duration::from_secs(outage - outage / 2));
     server.resume().unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("retrying with backoff"), "the outage is logged:\n{stderr}");

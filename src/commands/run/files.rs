@@ -33,6 +33,9 @@ pub(super) struct ReaderOptions {
     pub show_progress: bool,
     /// `--pace`: release steps at this multiple of the events' own pace.
     pub pace: Option<f64>,
+    /// (this process, processes): every process reads the whole input and decides the same
+    /// steps; batch k goes to a worker of process k mod processes.
+    pub process: (usize, usize),
 }
 
 /// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
@@ -47,7 +50,7 @@ pub(super) fn spawn_reader(
     options: ReaderOptions,
     accepted: Arc<AtomicU64>,
 ) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
-    let ReaderOptions { settings, until, workers, show_progress, pace } = options;
+    let ReaderOptions { settings, until, workers, show_progress, pace, process: (process, processes) } = options;
     let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
         (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
     let reader = std::thread::Builder::new()
@@ -58,6 +61,12 @@ pub(super) fn spawn_reader(
             let (mut earliest, mut last_event): (Option<Timestamp>, Option<Timestamp>) = (None, None);
             let mut batch = Vec::with_capacity(READ_BATCH);
             let mut next_worker = 0;
+            // Batches dealt so far in all processes: this process takes every `processes`-th.
+            let mut dealt = 0usize;
+            let mine = |dealt: &mut usize| {
+                *dealt += 1;
+                (*dealt - 1) % processes == process
+            };
             // `--pace`: the wall-clock moment and event time of the first step.
             let mut paced_from: Option<(std::time::Instant, Timestamp)> = None;
             // Set when a worker has gone (it failed, and worker 0 reports why): reading stops.
@@ -95,8 +104,10 @@ pub(super) fn spawn_reader(
                         // A new step: what was read of the last one goes first.
                         if !batch.is_empty() {
                             let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                            stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
-                            next_worker = (next_worker + 1) % senders.len();
+                            if mine(&mut dealt) {
+                                stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                                next_worker = (next_worker + 1) % senders.len();
+                            }
                         }
                         step_start = Some(start);
                         accepted.store(applied, Ordering::Relaxed);
@@ -111,8 +122,10 @@ pub(super) fn spawn_reader(
                 if batch.len() == READ_BATCH {
                     accepted.store(applied, Ordering::Relaxed);
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
-                    stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
-                    next_worker = (next_worker + 1) % senders.len();
+                    if mine(&mut dealt) {
+                        stopped.set(stopped.get() || senders[next_worker].send(Feed::Events(full)).is_err());
+                        next_worker = (next_worker + 1) % senders.len();
+                    }
                 }
                 Ok(())
             };
@@ -157,7 +170,7 @@ pub(super) fn spawn_reader(
                     stats
                 }
             };
-            if !batch.is_empty() {
+            if !batch.is_empty() && mine(&mut dealt) {
                 let _ = senders[next_worker].send(Feed::Events(batch));
             }
             accepted.store(applied, Ordering::Relaxed);

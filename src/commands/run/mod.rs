@@ -86,12 +86,15 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     if args.workers == 0 {
         bail!("-w must be at least 1");
     }
+    let cluster = cluster_config(args)?;
+    // Process 0 writes the store, the rejects and serves; the others only compute their share.
+    let writes = args.process == 0;
     if args.lateness < 0 || args.lateness % MINUTE != 0 {
         bail!("--lateness must be a whole number of minutes");
     }
     let target = StoreTarget::choose(args.store.as_deref(), &args.db)?;
     let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&target.local_path()));
-    let mut rejects = RejectLog::new(Some(rejects_path.clone()));
+    let mut rejects = RejectLog::new(writes.then(|| rejects_path.clone()));
     let initial = match &args.profiles {
         Some(path) => {
             let (profiles, stats) = read_profiles(path, &mut rejects)?;
@@ -109,12 +112,14 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     changes.sort_by_key(|(at, _)| *at);
 
     // Starts with empty tables (results and pipeline_state), as a replay from the beginning.
-    let mut store = target.open()?;
-    store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
-    drop(store);
+    if writes {
+        let mut store = target.open()?;
+        store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
+        drop(store);
+    }
     // `--serve`: the dashboard and API follow the store as the run writes it (stopped at the end).
     // With HBase, only /health and /metrics answer (the tables are read from HBase).
-    let server = match args.serve {
+    let server = match args.serve.filter(|_| writes) {
         Some(listen) => {
             let db = match &target {
                 StoreTarget::Sqlite(db) => Some(db.clone()),
@@ -149,6 +154,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
                     workers: args.workers,
                     show_progress: !args.quiet,
                     pace: args.pace,
+                    process: (args.process, args.processes),
                 },
                 accepted.clone(),
             );
@@ -172,7 +178,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         summary: Mutex::new(None),
     });
     let worker_shared = shared.clone();
-    let guards = timely::execute(timely::Config::process(args.workers), move |worker| {
+    let guards = timely::execute(cluster, move |worker| {
         let shared = worker_shared.clone();
         if let Err(error) = run_worker(worker, &shared) {
             shared.done.store(true, Ordering::SeqCst);
@@ -185,6 +191,24 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     .map_err(anyhow::Error::msg)?;
     for result in guards.join() {
         result.map_err(anyhow::Error::msg)?;
+    }
+    if !writes {
+        // Worker 0 is in process 0; this process fed its share of every step.
+        let finish_reading = shared.reader.lock().unwrap().take().context("the reader is joined once")?;
+        let read = finish_reading()?;
+        info!(
+            "process {} of {}: read {} events and computed its share of every step; process 0 wrote the store",
+            args.process, args.processes, read.applied
+        );
+        return Ok(RunSummary {
+            read: read.stats,
+            applied: read.applied,
+            late: read.late,
+            after_until: read.after_until,
+            boundaries: 0,
+            frontier: None,
+            elapsed: Duration::default(),
+        });
     }
     let summary = shared.summary.lock().unwrap().take().context("worker 0 did not report")?;
     let summary = summary.map_err(anyhow::Error::msg)?;
@@ -266,7 +290,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         probe
     });
 
-    let feed = shared.feeds.lock().unwrap()[worker.index()].take().expect("each worker takes its feed once");
+    let local = worker.index() - shared.args.process * shared.args.workers;
+    let feed = shared.feeds.lock().unwrap()[local].take().expect("each worker takes its feed once");
     if worker.index() != 0 {
         // The other workers feed their share of the events; worker 0 also feeds the profiles and
         // dates, closes the boundaries and writes the store.
@@ -293,10 +318,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                 Err(TryRecvError::Disconnected) => break,
             }
         }
-        // The input is read: this worker's events input closes, and it works on until worker 0 is
-        // done.
+        // The input is read: this worker's events input closes, and it works on until the
+        // dataflow is complete (worker 0, perhaps in another process, closes its inputs once it has
+        // written the last boundary) or this process failed.
         drop((events_in, feed));
-        while !shared.done.load(Ordering::SeqCst) {
+        while !shared.done.load(Ordering::SeqCst) && !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
         operator_profile.report(worker.index());
@@ -443,12 +469,64 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             elapsed: driver.started.elapsed(),
         })
     });
+    // The other workers (in every process) finish once the dataflow is complete, which needs
+    // every worker to step it to the end; after a failure they stop at once.
+    drop(inputs);
+    if result.is_ok() {
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+    }
     shared.done.store(true, Ordering::SeqCst);
     operator_profile.report(worker.index());
     log_worker_cpu(worker.index());
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())
+}
+
+/// Timely's configuration: `-w` threads in this process, and with `-n` a cluster of processes at
+/// the host file's addresses (default 127.0.0.1:2101 and up).
+fn cluster_config(args: &RunArgs) -> Result<timely::Config> {
+    if args.processes == 0 || args.process >= args.processes {
+        bail!("-p must be from 0 to -n − 1 (got -p {} with -n {})", args.process, args.processes);
+    }
+    if args.processes == 1 {
+        return Ok(timely::Config::process(args.workers));
+    }
+    if args.brokers.is_some() {
+        bail!("several processes (-n) read files or an archive for now; from Kafka, run one process with -w");
+    }
+    let addresses: Vec<String> = match &args.hostfile {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading the host file {}", path.display()))?;
+            let lines: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).take(args.processes).map(String::from).collect();
+            if lines.len() < args.processes {
+                bail!("{} has {} address(es), -n asks for {}", path.display(), lines.len(), args.processes);
+            }
+            lines
+        }
+        None => (0..args.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+    };
+    info!(
+        "process {} of {} ({} worker(s) each) at {}",
+        args.process,
+        args.processes,
+        args.workers,
+        addresses.join(", ")
+    );
+    Ok(timely::Config {
+        communication: timely::CommunicationConfig::Cluster {
+            threads: args.workers,
+            process: args.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        },
+        worker: timely::WorkerConfig::default(),
+    })
 }
 
 /// Events accepted by the reader, handed to the workers in batches of this many.
