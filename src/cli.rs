@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Live e-commerce analytics from a click stream: realtime windows, conversion funnel, \
              demographic recommendations, brand performance and catalog, kept exact and up to date.",
     long_about = None,
-    after_help = "Start with `cartflow generate --out data` and `cartflow batch --input data/events.csv \
-                  --profiles data/users.csv`, then `cartflow query realtime_window --limit 5`."
+    after_help = "Start with `cartflow demo` (the live dashboard at http://127.0.0.1:8080/ on generated \
+                  data), or `cartflow generate --out data`, `cartflow batch --input data/events.csv \
+                  --profiles data/users.csv` and `cartflow query realtime_window --limit 5`."
 )]
 pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or per module such as cartflow=debug);
