@@ -144,12 +144,8 @@ pub fn snapshot(root: &Path, since: Option<Timestamp>) -> Result<(Vec<ArchiveFil
         if !manifest_path.exists() {
             let all = files(root, None)?;
             drop(flush_lock);
-            let mut next = BTreeMap::new();
-            for file in &all {
-                let entry = next.entry(file.partition).or_insert(0);
-                *entry = (*entry).max(file.last_offset + 1);
-            }
-            let kept = all.into_iter().filter(|f| since.is_none_or(|since| f.hour + HOUR > since)).collect();
+            let next = next_offsets_of(&all);
+            let kept = all.into_iter().filter(|f| !before_since(f.hour, since)).collect();
             return Ok((kept, next));
         }
         drop(flush_lock);
@@ -255,7 +251,7 @@ fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
 pub fn files(root: &Path, since: Option<Timestamp>) -> Result<Vec<ArchiveFile>> {
     let mut files = Vec::new();
     for hour in hour_dirs(root)? {
-        if since.is_some_and(|since| hour.start + HOUR <= since) {
+        if before_since(hour.start, since) {
             continue;
         }
         let mut in_hour = Vec::new();
@@ -281,12 +277,21 @@ pub fn files(root: &Path, since: Option<Timestamp>) -> Result<Vec<ArchiveFile>> 
 /// Per partition, the offset after the highest one the archive holds: where a bootstrap hands over
 /// to the topic, and where `archive` resumes.
 pub fn next_offsets(root: &Path) -> Result<BTreeMap<i32, i64>> {
+    Ok(next_offsets_of(&files(root, None)?))
+}
+
+fn next_offsets_of(files: &[ArchiveFile]) -> BTreeMap<i32, i64> {
     let mut next = BTreeMap::new();
-    for file in files(root, None)? {
+    for file in files {
         let entry = next.entry(file.partition).or_insert(0);
         *entry = (*entry).max(file.last_offset + 1);
     }
-    Ok(next)
+    next
+}
+
+/// Whether the hour starting at `hour` ends before `--since` (its files are skipped).
+fn before_since(hour: Timestamp, since: Option<Timestamp>) -> bool {
+    since.is_some_and(|since| hour + HOUR <= since)
 }
 
 /// Reads one archived file. A file that is not valid Parquet of this schema is an error (the

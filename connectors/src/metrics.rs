@@ -3,7 +3,8 @@
 //! A running job updates the process-wide [`METRICS`] (events in, rejects per reason, the frontier,
 //! boundaries, store write latency and outages, Kafka consumer lag per partition). A scrape takes a
 //! [`Snapshot`] of them (or, for `cartflow serve` without a run in the process, of the store's
-//! `pipeline_state`) and encodes it; nothing is computed on the hot path but atomic adds.
+//! `pipeline_state`) and encodes it. The hot path pays an atomic add per batch of events and a
+//! short lock per reject; everything else happens once per boundary or per scrape.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cartflow_dataflows::schema::{cmp_keys, Kind, Row, Table, TableId, Value, TABLES};
-use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
+use hbase_thrift::hbase::{
+    BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TRowResult, TScan,
+};
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TInputProtocol,
     TOutputProtocol,
@@ -495,47 +497,41 @@ impl HbaseStore {
     }
 }
 
-/// Every row of table `name` as (qualifier without family → value), in row-key order.
-fn scan_all(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<BTreeMap<Vec<u8>, Vec<u8>>>> {
-    let scan =
-        TScan { columns: Some(vec![format!("{FAMILY}:").into_bytes()]), caching: Some(1_000), ..Default::default() };
+/// Every row of table `name` (only the `d` family when `cells`), in row-key order, handed to
+/// `each`; the scanner is closed whatever happens.
+fn scan(client: &mut Client, name: &[u8], cells: bool, mut each: impl FnMut(TRowResult)) -> thrift::Result<()> {
+    let columns = cells.then(|| vec![format!("{FAMILY}:").into_bytes()]);
+    let scan = TScan { columns, caching: Some(1_000), ..Default::default() };
     let scanner = client.scanner_open_with_scan(name.to_vec(), scan, BTreeMap::new())?;
-    let mut rows = Vec::new();
     let outcome = loop {
         match client.scanner_get_list(scanner, 1_000) {
             Ok(batch) if batch.is_empty() => break Ok(()),
-            Ok(batch) => {
-                for result in batch {
-                    let mut cells = BTreeMap::new();
-                    for (column, cell) in result.columns.unwrap_or_default() {
-                        let qualifier =
-                            column.strip_prefix(format!("{FAMILY}:").as_bytes()).unwrap_or(&column).to_vec();
-                        cells.insert(qualifier, cell.value.unwrap_or_default());
-                    }
-                    rows.push(cells);
-                }
-            }
+            Ok(batch) => batch.into_iter().for_each(&mut each),
             Err(error) => break Err(error),
         }
     };
     let _ = client.scanner_close(scanner);
-    outcome.map(|()| rows)
+    outcome
+}
+
+/// Every row of table `name` as (qualifier without family → value), in row-key order.
+fn scan_all(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<BTreeMap<Vec<u8>, Vec<u8>>>> {
+    let prefix = format!("{FAMILY}:").into_bytes();
+    let mut rows = Vec::new();
+    scan(client, name, true, |result| {
+        let cells = result.columns.unwrap_or_default().into_iter().map(|(column, cell)| {
+            (column.strip_prefix(prefix.as_slice()).unwrap_or(&column).to_vec(), cell.value.unwrap_or_default())
+        });
+        rows.push(cells.collect());
+    })?;
+    Ok(rows)
 }
 
 /// The row keys of every row of table `name`.
 fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
-    let scan = TScan { caching: Some(1_000), ..Default::default() };
-    let scanner = client.scanner_open_with_scan(name.to_vec(), scan, BTreeMap::new())?;
     let mut keys = Vec::new();
-    let outcome = loop {
-        match client.scanner_get_list(scanner, 1_000) {
-            Ok(batch) if batch.is_empty() => break Ok(()),
-            Ok(batch) => keys.extend(batch.into_iter().filter_map(|r| r.row)),
-            Err(error) => break Err(error),
-        }
-    };
-    let _ = client.scanner_close(scanner);
-    outcome.map(|()| keys)
+    scan(client, name, false, |result| keys.extend(result.row))?;
+    Ok(keys)
 }
 
 impl Sink for HbaseStore {

@@ -109,16 +109,17 @@ impl HttpServer {
     /// Serves until the process ends (or the server fails).
     pub fn wait(mut self) -> Result<()> {
         // The shutdown sender stays in `self` meanwhile: dropping it would stop the server.
-        match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the HTTP server panicked"))?,
-            None => Ok(()),
-        }
+        self.join()
     }
 
     fn stop_inner(&mut self) -> Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
         match self.thread.take() {
             Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the HTTP server panicked"))?,
             None => Ok(()),
