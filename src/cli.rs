@@ -436,7 +436,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = duration)]
     pub lateness: i64,
 
-    /// Kafka: a partition without messages for this long does not hold the frontier back.
+    /// Kafka: a partition without messages for this long, which the broker confirms has nothing
+    /// more, does not hold the frontier back. While the broker does not answer, no partition is idle.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub idle_timeout: i64,
 

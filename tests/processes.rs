@@ -1,12 +1,21 @@
 //! Several processes (`run -n 2 -p 0|1 -h hostfile`, timely's cluster on 127.0.0.1): the store
-//! process 0 writes equals a single-process run, and `batch`.
+//! process 0 writes equals a single-process run, and `batch`; from files, and from Kafka (the
+//! processes split the partitions; librdkafka's mock cluster, which the child processes reach over
+//! TCP).
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use cartflow_connectors::sqlite::SqliteStore;
 use common::{assert_same_results, batch_args, generated, shared_data};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
 
 /// Two free loopback addresses, in a host file.
 fn hostfile(dir: &Path) -> std::path::PathBuf {
@@ -23,14 +32,22 @@ fn hostfile(dir: &Path) -> std::path::PathBuf {
 
 /// Runs `run` as two processes of `workers` threads each over `input`, into `db`.
 fn run_two_processes(dir: &Path, input: &[&Path], profiles: Option<&Path>, workers: usize, step: &str, db: &Path) {
+    let mut args: Vec<OsString> = vec!["--step".into(), step.into(), "--input".into()];
+    args.extend(input.iter().map(|p| p.as_os_str().to_owned()));
+    run_two(dir, &args, profiles, workers, db);
+}
+
+/// Runs `run ARGS` as two processes of `workers` threads each, into `db`; only process 0 may
+/// write a rejects file.
+fn run_two(dir: &Path, args: &[OsString], profiles: Option<&Path>, workers: usize, db: &Path) {
     let hosts = hostfile(dir);
     let children: Vec<_> = (0..2)
         .map(|process| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
             command.args(["--log", "warn", "run", "--quiet", "-n", "2", "-p", &process.to_string()]);
-            command.args(["-w", &workers.to_string(), "--step", step, "-h"]).arg(&hosts);
+            command.args(["-w", &workers.to_string(), "-h"]).arg(&hosts);
             command.arg("--db").arg(db).arg("--rejects").arg(dir.join(format!("rejects-{process}.csv")));
-            command.arg("--input").args(input);
+            command.args(args);
             if let Some(profiles) = profiles {
                 command.arg("--profiles").arg(profiles);
             }
@@ -66,4 +83,88 @@ fn two_processes_equal_batch_on_real_rows() {
     let db = dir.path().join("two.db");
     run_two_processes(dir.path(), &[&path], None, 2, "5m", &db);
     assert_same_results(&batch_db, &db, "real rows, -n 2 -w 2 --step 5m");
+}
+
+#[test]
+fn two_processes_from_kafka_split_the_partitions_and_equal_batch() {
+    const TOPIC: &str = "user-events";
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 3, 23);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let simulate = cartflow::cli::SimulateArgs {
+        input: vec![events.clone()],
+        brokers: brokers.clone(),
+        topic: TOPIC.to_string(),
+        start_at: None,
+        speed: 1.0,
+        max: true,
+        rate: None,
+        stamp_now: false,
+        from: None,
+        to: None,
+        settings: Vec::new(),
+        rejects: None,
+        sent_log: None,
+        quiet: true,
+    };
+    let sent = cartflow::commands::simulate::run(&simulate).unwrap();
+    // Malformed messages in partition 3, which process 1 reads: process 0 writes their rejects.
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    for payload in ["not json", "{\"event_time\":\"yesterday\"}"] {
+        producer.send(BaseRecord::<str, str>::to(TOPIC).partition(3).key("k").payload(payload)).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
+        .unwrap();
+    // (workers per process, step, catch-up step): the backlog in large steps, then live ones.
+    for (workers, step, catch_up) in [(1, "1m", "4h"), (2, "5m", "1h")] {
+        let what = format!("kafka, -n 2 -w {workers} --step {step} --catch-up-step {catch_up}");
+        let db = dir.path().join(format!("kafka-{workers}.db"));
+        let group = format!("two-{workers}");
+        let args: Vec<OsString> = [
+            "--brokers",
+            &brokers,
+            "--group",
+            &group,
+            "--exit-at-end",
+            "--idle-timeout",
+            "1s",
+            "--step",
+            step,
+            "--catch-up-step",
+            catch_up,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        run_two(dir.path(), &args, Some(&users), workers, &db);
+        assert_same_results(&batch_db, &db, &what);
+        // Process 0 records every partition's offsets (two of them read by process 1) and
+        // commits them for the group; the rejects of process 1 are in its file and counts.
+        let store = SqliteStore::open_read_only(&db).unwrap();
+        let offsets: Vec<i64> = (0..4)
+            .map(|p| store.state(&format!("kafka_offset/{TOPIC}/{p}")).unwrap().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(offsets.iter().sum::<i64>() as u64, sent.sent + 2, "{what}: {offsets:?}");
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).create().unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..4 {
+            list.add_partition(TOPIC, p);
+        }
+        let found = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        let committed: Vec<i64> =
+            (0..4).map(|p| found.find_partition(TOPIC, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1)).collect();
+        assert_eq!(committed, offsets, "{what}: committed offsets");
+        let state = |key: &str| store.state(key).unwrap().unwrap_or_default();
+        assert_eq!(state("events_accepted"), sent.sent.to_string(), "{what}");
+        assert_eq!((state("rows_read"), state("rejected")), ((sent.sent + 2).to_string(), "2".to_string()), "{what}");
+        let rejects = std::fs::read_to_string(dir.path().join("rejects-0.csv")).unwrap();
+        assert_eq!(rejects.lines().filter(|l| l.starts_with(&format!("{TOPIC}[3]"))).count(), 2, "{what}: {rejects}");
+        std::fs::remove_file(dir.path().join("rejects-0.csv")).unwrap();
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RejectReason {
     FieldCount,
     EventTime,
@@ -70,12 +70,34 @@ pub struct RejectLog {
     path: Option<PathBuf>,
     writer: Option<csv::Writer<BufWriter<File>>>,
     counts: BTreeMap<RejectReason, u64>,
+    /// Rejects kept for another process to write (see [`RejectLog::keeping`]).
+    kept: Option<Vec<KeptReject>>,
+}
+
+/// A reject as [`RejectLog::reject`] takes it, kept to be written elsewhere.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct KeptReject {
+    pub source: String,
+    pub line: u64,
+    pub reason: RejectReason,
+    pub raw: Vec<u8>,
 }
 
 impl RejectLog {
     /// Rejects go to `path`; `None` only counts them (tests and dry runs).
     pub fn new(path: Option<PathBuf>) -> RejectLog {
-        RejectLog { path, writer: None, counts: BTreeMap::new() }
+        RejectLog { path, writer: None, counts: BTreeMap::new(), kept: None }
+    }
+
+    /// Counts rejects and keeps them until [`RejectLog::take_kept`]: a process of a run of several
+    /// hands its rejects to process 0, which writes the one rejects file.
+    pub fn keeping() -> RejectLog {
+        RejectLog { kept: Some(Vec::new()), ..RejectLog::new(None) }
+    }
+
+    /// The rejects kept since the last call.
+    pub fn take_kept(&mut self) -> Vec<KeptReject> {
+        self.kept.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// `out/cartflow.db` → `out/cartflow.rejects.csv`: the rejects file beside an output.
@@ -87,6 +109,9 @@ impl RejectLog {
     pub fn reject(&mut self, source: &str, line: u64, reason: RejectReason, raw: &[u8]) -> Result<()> {
         *self.counts.entry(reason).or_default() += 1;
         crate::metrics::METRICS.rejected(reason);
+        if let Some(kept) = &mut self.kept {
+            kept.push(KeptReject { source: source.to_string(), line, reason, raw: raw.to_vec() });
+        }
         let Some(path) = &self.path else { return Ok(()) };
         if self.writer.is_none() {
             let file = File::create(path).with_context(|| format!("creating rejects file {}", path.display()))?;

