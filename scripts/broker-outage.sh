@@ -34,7 +34,7 @@ say "tansu on $BROKERS; $EVENTS events at $RATE/s; the broker goes away for ${OU
 simulate_pid=$!
 pids+=("$simulate_pid")
 port=$(free_port)
-"$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$WORK/data/users.csv" --db "$WORK/live.db" \
+"$BIN" --log info run --brokers "$BROKERS" -w 2 --profiles "$WORK/data/users.csv" --db "$WORK/live.db" \
     --idle-timeout 5s --lateness 2h --serve "127.0.0.1:$port" --quiet 2>"$WORK/run.log" &
 run_pid=$!
 pids+=("$run_pid")
@@ -68,8 +68,12 @@ late=$(metric cartflow_late_events_total)
 say "events in after the stream: $after, late $late (the last hours wait for the frontier); the log:"
 echo "   librdkafka lines in the run log: $(grep -ciE "librdkafka|timed out|disconnect" "$WORK/run.log" || true)"
 grep -iE "librdkafka" "$WORK/run.log" | head -3 | sed 's/^/   /' || true
+# The run's own account: the broker stopped answering, and answered again.
+grep -E "does not answer|answers again" "$WORK/run.log" | head -4 | sed 's/^/   /' || true
 kill "$run_pid" 2>/dev/null || true
 wait "$run_pid" 2>/dev/null || true
+grep -q "the broker does not answer" "$WORK/run.log" || { echo "the run did not log the outage"; exit 1; }
+grep -q "the broker answers again" "$WORK/run.log" || { echo "the run did not log the broker's return"; exit 1; }
 [ "$after" -gt "$during" ] || { echo "the live run did not resume reading ($during -> $after)"; exit 1; }
 [ "$late" = 0 ] || { echo "$late events were late after the outage"; exit 1; }
 "$BIN" --log warn run --brokers "$BROKERS" -w 2 --profiles "$WORK/data/users.csv" --db "$WORK/replay.db" \
