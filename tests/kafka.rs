@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cartflow::cli::{RunArgs, SimulateArgs};
+use cartflow::cli::RunArgs;
 use cartflow::commands::{run, simulate};
 use cartflow_connectors::sqlite::SqliteStore;
 use common::*;
@@ -16,27 +16,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-
-const TOPIC: &str = "user-events";
-
-fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
-    SimulateArgs {
-        input: vec![input],
-        brokers: brokers.to_string(),
-        topic: TOPIC.to_string(),
-        start_at: None,
-        speed: 1.0,
-        max: true,
-        rate: None,
-        stamp_now: false,
-        from: None,
-        to: None,
-        settings: Vec::new(),
-        rejects: None,
-        sent_log: None,
-        quiet: true,
-    }
-}
 
 fn kafka_run_args(brokers: &str, db: PathBuf, workers: usize, step: i64) -> RunArgs {
     let mut args = run_args(Vec::new(), None, None, db);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cartflow_connectors::sqlite::SqliteStore;
-use common::{assert_same_results, batch_args, generated, shared_data};
+use common::{assert_same_results, batch_args, generated, shared_data, simulate_args, TOPIC};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -87,29 +87,12 @@ fn two_processes_equal_batch_on_real_rows() {
 
 #[test]
 fn two_processes_from_kafka_split_the_partitions_and_equal_batch() {
-    const TOPIC: &str = "user-events";
     let dir = tempfile::tempdir().unwrap();
     let (events, users) = generated(dir.path(), 40_000, 3, 23);
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let simulate = cartflow::cli::SimulateArgs {
-        input: vec![events.clone()],
-        brokers: brokers.clone(),
-        topic: TOPIC.to_string(),
-        start_at: None,
-        speed: 1.0,
-        max: true,
-        rate: None,
-        stamp_now: false,
-        from: None,
-        to: None,
-        settings: Vec::new(),
-        rejects: None,
-        sent_log: None,
-        quiet: true,
-    };
-    let sent = cartflow::commands::simulate::run(&simulate).unwrap();
+    let sent = cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
     // Malformed messages in partition 3, which process 1 reads: process 0 writes their rejects.
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     for payload in ["not json", "{\"event_time\":\"yesterday\"}"] {

@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cartflow::cli::{BatchArgs, RunArgs};
+use cartflow::cli::{BatchArgs, RunArgs, SimulateArgs};
 use cartflow::commands::batch::{self, BatchSummary};
 use cartflow_connectors::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::parse_instant_arg;
 use cartflow_dataflows::schema::{Row, TableId, Value, TABLES};
+
+/// The topic the Kafka tests use (`simulate`'s and `run`'s default).
+pub const TOPIC: &str = "user-events";
 
 pub const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
 
@@ -167,4 +170,24 @@ pub fn generated(dir: &Path, events: u64, days: u32, seed: u64) -> (PathBuf, Pat
     })
     .unwrap();
     (summary.events_path, summary.users_path)
+}
+
+/// `simulate` of `input` into [`TOPIC`] as fast as the brokers take it, quietly.
+pub fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
+    SimulateArgs {
+        input: vec![input],
+        brokers: brokers.to_string(),
+        topic: TOPIC.to_string(),
+        start_at: None,
+        speed: 1.0,
+        max: true,
+        rate: None,
+        stamp_now: false,
+        from: None,
+        to: None,
+        settings: Vec::new(),
+        rejects: None,
+        sent_log: None,
+        quiet: true,
+    }
 }

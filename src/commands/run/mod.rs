@@ -52,6 +52,19 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
+impl RunSummary {
+    /// A process other than 0: what it read (process 0 wrote the boundaries).
+    fn of_share(read: Reader) -> RunSummary {
+        RunSummary {
+            read: read.stats,
+            applied: read.applied,
+            late: read.late,
+            after_until: read.after_until,
+            ..RunSummary::default()
+        }
+    }
+}
+
 type ProfileChange = (Timestamp, Profiles);
 
 /// Waits for the input's reader(s) to end and returns what they read.
@@ -214,15 +227,7 @@ pub fn run(args: &RunArgs) -> Result<RunSummary> {
             "process {} of {}: read {} events and computed its share of every step; process 0 wrote the store",
             args.process, args.processes, read.applied
         );
-        return Ok(RunSummary {
-            read: read.stats,
-            applied: read.applied,
-            late: read.late,
-            after_until: read.after_until,
-            boundaries: 0,
-            frontier: None,
-            elapsed: Duration::default(),
-        });
+        return Ok(RunSummary::of_share(read));
     }
     let summary = shared.summary.lock().unwrap().take().context("worker 0 did not report")?;
     let summary = summary.map_err(anyhow::Error::msg)?;
@@ -691,15 +696,7 @@ fn report_the_end(worker: &mut timely::worker::Worker, link: &mut kafka::Link, s
         "process {} of {}: read {} messages, applied {} events, reported to process 0",
         shared.args.process, shared.args.processes, read.stats.rows, read.applied
     );
-    Ok(RunSummary {
-        read: read.stats,
-        applied: read.applied,
-        late: read.late,
-        after_until: read.after_until,
-        boundaries: 0,
-        frontier: None,
-        elapsed: Duration::default(),
-    })
+    Ok(RunSummary::of_share(read))
 }
 
 fn log_worker_cpu(index: usize) {
