@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = cartflow::cli::Cli::parse();
     cartflow::logging::init(&cli.log);
+    exit_on_lost_peer();
     match cartflow::commands::run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -24,4 +25,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// In a run of several processes, a peer that dies makes timely's network threads panic with
+/// "timely communication error: ..." (a prefix timely keeps for such sniffing), and the worker
+/// threads then panic on its poisoned queues. One clear line and exit code 1 instead; the store is
+/// left as after a kill (its last boundary is whole), and a restart bootstraps again.
+fn exit_on_lost_peer() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if let Some(message) = message.filter(|m| m.starts_with("timely communication error")) {
+            eprintln!(
+                "error: the connection to another process of this run broke ({message}); this process stops too \
+                 (restart every process of the run: each bootstraps again)"
+            );
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }

@@ -150,3 +150,47 @@ fn two_processes_from_kafka_split_the_partitions_and_equal_batch() {
         std::fs::remove_file(dir.path().join("rejects-0.csv")).unwrap();
     }
 }
+
+#[test]
+fn a_process_whose_peer_dies_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = generated(dir.path(), 20_000, 2, 29);
+    let hosts = hostfile(dir.path());
+    // Paced, so that the run is still going when process 1 is killed.
+    let mut children: Vec<_> = (0..2)
+        .map(|process| {
+            Command::new(env!("CARGO_BIN_EXE_cartflow"))
+                .args(["--log", "warn", "run", "--quiet", "-n", "2", "-p", &process.to_string(), "--pace", "60"])
+                .args(["--step", "1m", "-h"])
+                .arg(&hosts)
+                .arg("--db")
+                .arg(dir.path().join("dies.db"))
+                .arg("--input")
+                .arg(&events)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(children[0].try_wait().unwrap().is_none(), "process 0 ended before its peer was killed");
+    children[1].kill().unwrap();
+    children[1].wait().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = children[0].try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            children[0].kill().unwrap();
+            panic!("process 0 still runs a minute after its peer died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut children[0].stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the connection to another process of this run broke"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
