@@ -20,7 +20,7 @@ start_broker user-events
 "$BIN" --log warn batch --input "$WORK/data/events.csv" --profiles "$WORK/data/users.csv" --db "$WORK/batch.db" \
     --quiet
 say "$EVENTS events in 4 partitions, tansu $("$TANSU" --version | awk '{print $2}'), $(nproc) cores"
-printf '127.0.0.1:%s\n127.0.0.1:%s\n' "$(free_port)" "$(free_port)" >"$WORK/hosts"
+host_file "$WORK/hosts" 2
 
 # run_config NAME PROCESSES WORKERS: runs every process (process 0 in the foreground), timing each.
 run_config() {

@@ -66,7 +66,7 @@ say "restart: run --bootstrap the archive, then the topic after its offsets, to 
 python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
 
 say "the same bootstrap as two processes of 2 workers: each replays its partitions' archive files and reads them on"
-printf '127.0.0.1:%s\n127.0.0.1:%s\n' "$(free_port)" "$(free_port)" >"$WORK/hosts"
+host_file "$WORK/hosts" 2
 "$BIN" --log warn run -n 2 -p 1 -h "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
     --profiles "$PROFILES" --db "$WORK/two.db" --group two --exit-at-end &
 follower_pid=$!

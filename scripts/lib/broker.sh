@@ -22,6 +22,14 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# host_file PATH N: N free loopback addresses (bound together, so all differ), one per line: the
+# host file of a run of N processes.
+host_file() {
+    python3 -c 'import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets: s.bind(("127.0.0.1", 0))
+print("\n".join("127.0.0.1:%d" % s.getsockname()[1] for s in sockets))' "$2" >"$1"
+}
 wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # The S3 bucket of BROKER_STORAGE=s3: a moto server and an empty bucket `tansu`.

@@ -1256,8 +1256,8 @@ impl SourceThread {
     }
 
     /// Asks the broker for the end (high watermark) of each partition that has been quiet for a
-    /// second, at most once a second: a partition counts as idle only while the broker confirms it
-    /// has nothing more. An unanswered query (the broker is down or hung) counts as activity: an
+    /// while (the idle timeout, at most a second), at most that often: a partition counts as idle
+    /// only while the broker confirms it has nothing more. An unanswered query (the broker is down or hung) counts as activity: an
     /// outage is not silence, so no partition stops holding the frontier back during one, and after
     /// it each must be quiet for the whole idle timeout again. Without this, the first partition to
     /// come back after an outage would move the frontier alone and make the others' events late.
