@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cartflow_connectors::http::{HttpServer, ServeOptions};
-use cartflow_connectors::sqlite::{Query, SqliteStore};
+use cartflow_connectors::store::sqlite::{Query, SqliteStore};
 use cartflow_dataflows::schema::{table_named, TableId};
 use common::{assert_same_results, batch_args, generated};
 use serde_json::Value as Json;
@@ -80,7 +80,7 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
         .unwrap();
     assert!(want.len() > 20);
     assert_eq!(got["count"].as_u64().unwrap() as usize, want.len());
-    let json_rows: Vec<Json> = want.iter().map(|r| cartflow_connectors::http::row_json(funnel, r)).collect();
+    let json_rows: Vec<Json> = want.iter().map(|r| cartflow_connectors::store::json::row_json(funnel, r)).collect();
     let got_rows = got["rows"].as_array().unwrap();
     if let Some(i) = got_rows.iter().zip(&json_rows).position(|(a, b)| a != b) {
         panic!("row {i} differs:\n api:   {}\n store: {}", got_rows[i], json_rows[i]);
@@ -94,7 +94,8 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
     );
     let mut by_views = want.clone();
     by_views.sort_by(|a, b| b[3].total_cmp(&a[3]).then_with(|| b[2].total_cmp(&a[2])));
-    let expected: Vec<Json> = by_views[..3].iter().map(|r| cartflow_connectors::http::row_json(funnel, r)).collect();
+    let expected: Vec<Json> =
+        by_views[..3].iter().map(|r| cartflow_connectors::store::json::row_json(funnel, r)).collect();
     assert_eq!(top["rows"].as_array().unwrap(), &expected);
 
     let windows = store.read_table(TableId::RealtimeWindow).unwrap();

@@ -3,8 +3,8 @@
 use cartflow::cli::GenerateArgs;
 use cartflow::commands::generate::{run, spec_of};
 use cartflow::commands::stats::DatasetStats;
-use cartflow_connectors::csv_events::read_events;
-use cartflow_connectors::rejects::RejectLog;
+use cartflow_connectors::input::read_events;
+use cartflow_connectors::input::RejectLog;
 use cartflow_dataflows::model::EventType;
 
 fn args(out: &std::path::Path, events: u64, seed: u64) -> GenerateArgs {

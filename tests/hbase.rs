@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cartflow_connectors::hbase::stand_in::StandIn;
-use cartflow_connectors::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::hbase::stand_in::StandIn;
+use cartflow_connectors::store::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
+use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::schema::{TableId, TABLES};
 use common::{batch_args, generated, shared_data};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use cartflow::cli::ProfilesAt;
 use cartflow::commands::run;
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::{parse_duration_arg, parse_instant_arg};
 use cartflow_dataflows::schema::{TableId, TABLES};
 use common::*;

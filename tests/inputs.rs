@@ -5,8 +5,8 @@ mod common;
 
 use std::io::Write;
 
-use cartflow_connectors::csv_events::{read_events, read_events_while, resolve_inputs};
-use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_connectors::input::{read_events, read_events_while, resolve_inputs};
+use cartflow_connectors::input::{RejectLog, RejectReason};
 use cartflow_dataflows::schema::{TableId, Value};
 use common::*;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cartflow::cli::RunArgs;
 use cartflow::commands::{run, simulate};
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::sqlite::SqliteStore;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};

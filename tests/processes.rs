@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::sqlite::SqliteStore;
 use common::{assert_same_results, batch_args, generated, shared_data, simulate_args, TOPIC};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;

@@ -2,8 +2,8 @@
 
 mod common;
 
-use cartflow_connectors::csv_events::read_events;
-use cartflow_connectors::rejects::RejectLog;
+use cartflow_connectors::input::read_events;
+use cartflow_connectors::input::RejectLog;
 use cartflow_dataflows::schema::TableId;
 use common::*;
 
@@ -68,7 +68,7 @@ fn a_rerun_leaves_no_counter_of_an_earlier_run() {
     let db = dir.path().join("s.db");
     let bad = write_events(dir.path(), "bad.csv", &["2019-10-01 10:00:00 UTC,view,10,1,,,12.345,1,s"]);
     cartflow::commands::batch::run(&batch_args(vec![bad], None, None, db.clone())).unwrap();
-    let store = cartflow_connectors::sqlite::SqliteStore::open_read_only(&db).unwrap();
+    let store = cartflow_connectors::store::sqlite::SqliteStore::open_read_only(&db).unwrap();
     assert_eq!(store.state("rejected.bad_price").unwrap().as_deref(), Some("1"));
     let good = write_events(dir.path(), "good.csv", &["2019-10-01 10:00:00 UTC,view,10,1,,,12.34,1,s"]);
     cartflow::commands::batch::run(&batch_args(vec![good], None, None, db.clone())).unwrap();

@@ -10,14 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
+use cartflow_dataflows::schema::state_key;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::rejects::RejectReason;
 
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -70,8 +69,9 @@ impl Metrics {
         self.live.load(Ordering::SeqCst)
     }
 
-    pub fn rejected(&self, reason: RejectReason) {
-        *lock(&self.rejected).entry(reason.label()).or_default() += 1;
+    /// A row was rejected for this reason (its label).
+    pub fn rejected(&self, reason: &'static str) {
+        *lock(&self.rejected).entry(reason).or_default() += 1;
     }
 
     /// A boundary is in the store: its frontier and how long the write took.
@@ -128,17 +128,18 @@ impl Snapshot {
     /// What a store's `pipeline_state` says (for `serve` with no job in the process).
     pub fn from_state(state: &BTreeMap<String, String>) -> Snapshot {
         let number = |key: &str| state.get(key).and_then(|v| v.parse::<u64>().ok());
-        let frontier =
-            state.get("frontier").and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
+        let frontier = state
+            .get(state_key::FRONTIER)
+            .and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
         let mut rejected: BTreeMap<String, u64> = state
             .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("rejected.")?.to_string(), v.parse().ok()?)))
+            .filter_map(|(k, v)| Some((state_key::rejected_reason(k)?.to_string(), v.parse().ok()?)))
             .collect();
-        if let Some(late) = number("late") {
-            rejected.insert("late".into(), late);
+        if let Some(late) = number(state_key::LATE) {
+            rejected.insert(state_key::LATE.into(), late);
         }
         Snapshot {
-            events_in: number("events_applied").or(number("events_accepted")).unwrap_or(0),
+            events_in: number(state_key::EVENTS_APPLIED).or(number(state_key::EVENTS_ACCEPTED)).unwrap_or(0),
             rejected,
             frontier,
             ..Snapshot::default()
@@ -256,9 +257,9 @@ mod tests {
         let events = Arc::new(AtomicU64::new(41));
         metrics.job_started(events.clone());
         events.fetch_add(1, Ordering::Relaxed);
-        metrics.rejected(RejectReason::Late);
-        metrics.rejected(RejectReason::Price);
-        metrics.rejected(RejectReason::Price);
+        metrics.rejected("late");
+        metrics.rejected("bad_price");
+        metrics.rejected("bad_price");
         metrics.boundary_written(Some(1_575_158_460), 0.004);
         metrics.store_failed_attempt(true);
         metrics.consumer_lag("user-events", 3, 17);

@@ -3,10 +3,10 @@
 
 use std::io::Write;
 
-use cartflow_connectors::csv_events::{read_events, EventParser, RawFields};
+use cartflow_connectors::input::read_profiles;
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::input::{read_events, EventParser, RawFields};
 use cartflow_connectors::kafka::message::{decode, encode};
-use cartflow_connectors::profiles::read_profiles;
-use cartflow_connectors::rejects::RejectLog;
 use proptest::prelude::*;
 
 const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";

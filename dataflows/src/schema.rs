@@ -312,3 +312,61 @@ impl WriteBatch {
         self.replace.is_empty() && self.upserts.is_empty() && self.deletes.is_empty() && self.state.is_empty()
     }
 }
+
+/// The keys of `pipeline_state` (SPEC §4): what a run records beside its tables. Every writer and
+/// reader of the table names them from here.
+pub mod state_key {
+    /// The job that wrote the store (`batch`, `run`, `run (kafka)`).
+    pub const SOURCE: &str = "source";
+    /// The frontier `F` (RFC 3339): every table holds the results as of it.
+    pub const FRONTIER: &str = "frontier";
+    /// Rows (or messages) read, valid or not.
+    pub const ROWS_READ: &str = "rows_read";
+    /// Events applied (written at the end of a run).
+    pub const EVENTS_APPLIED: &str = "events_applied";
+    /// Events accepted so far (a live count, written with every boundary of `run`).
+    pub const EVENTS_ACCEPTED: &str = "events_accepted";
+    /// Events at or after `--until`, counted and not applied.
+    pub const EVENTS_AFTER_UNTIL: &str = "events_after_until";
+    /// Rows rejected, all reasons together.
+    pub const REJECTED: &str = "rejected";
+    /// Late events (older than the frontier on arrival).
+    pub const LATE: &str = "late";
+    /// The prefix of the per-reason reject counts.
+    const REJECTED_PREFIX: &str = "rejected.";
+    /// The prefix of the Kafka offsets.
+    const KAFKA_OFFSET_PREFIX: &str = "kafka_offset/";
+
+    /// Rows rejected for one reason (its label).
+    pub fn rejected(reason: &str) -> String {
+        format!("{REJECTED_PREFIX}{reason}")
+    }
+
+    /// The reason of a per-reason reject count's key.
+    pub fn rejected_reason(key: &str) -> Option<&str> {
+        key.strip_prefix(REJECTED_PREFIX)
+    }
+
+    /// A partition's offset: every message before it is in the store.
+    pub fn kafka_offset(topic: &str, partition: i32) -> String {
+        format!("{KAFKA_OFFSET_PREFIX}{topic}/{partition}")
+    }
+
+    /// The partition of a Kafka offset's key of `topic`.
+    pub fn kafka_offset_partition(key: &str, topic: &str) -> Option<i32> {
+        key.strip_prefix(KAFKA_OFFSET_PREFIX)?.strip_prefix(topic)?.strip_prefix('/')?.parse().ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn kafka_offset_keys_round_trip() {
+            let key = super::kafka_offset("user-events", 7);
+            assert_eq!(key, "kafka_offset/user-events/7");
+            assert_eq!(super::kafka_offset_partition(&key, "user-events"), Some(7));
+            assert_eq!(super::kafka_offset_partition(&key, "user"), None);
+            assert_eq!(super::kafka_offset_partition("frontier", "user-events"), None);
+            assert_eq!(super::rejected_reason(&super::rejected("late")), Some("late"));
+        }
+    }
+}

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cartflow_connectors::archive::{ArchiveWriter, ArchivedEvent};
-use cartflow_connectors::csv_events::EventParser;
+use cartflow_connectors::input::EventParser;
+use cartflow_connectors::input::{RejectLog, RejectReason};
 use cartflow_connectors::kafka::{self, partition_count, ConsumerLog, KafkaOptions};
 use cartflow_connectors::progress::human;
-use cartflow_connectors::rejects::{RejectLog, RejectReason};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -155,7 +155,7 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
         summary.rejected,
         rejects.path().map(|p| format!(" (see {})", p.display())).unwrap_or_default()
     );
-    super::bench::report("archive", summary.archived, summary.seconds)?;
+    crate::report::job_figures("archive", summary.archived, summary.seconds)?;
     Ok(summary)
 }
 

@@ -3,12 +3,12 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use cartflow_connectors::csv_events::{read_events, resolve_inputs, ReadStats};
-use cartflow_connectors::profiles::read_profiles;
+use cartflow_connectors::input::read_profiles;
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::input::{read_events, resolve_inputs, ReadStats};
 use cartflow_connectors::progress::human;
-use cartflow_connectors::rejects::RejectLog;
-use cartflow_connectors::sink::StoreTarget;
-use cartflow_connectors::sink::{Sink, WriteBatch};
+use cartflow_connectors::store::StoreTarget;
+use cartflow_connectors::store::{Sink, WriteBatch};
 use cartflow_dataflows::model::time::{end_frontier_after, format_rfc3339};
 use cartflow_dataflows::model::{Event, Profiles, Timestamp};
 use cartflow_dataflows::reference::{self, Settings};
@@ -95,8 +95,10 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
 
     let write_started = Instant::now();
     let mut store = target.open()?;
-    let batch =
-        full_replacement(&tables, state_entries("batch", &read, &rejects, events.len() as u64, after_until, frontier));
+    let batch = full_replacement(
+        &tables,
+        crate::report::state_entries("batch", &read, &rejects, events.len() as u64, after_until, frontier),
+    );
     store.write(&batch)?;
     info!(
         "wrote {} rows to {} in {:.1}s; total {:.1}s",
@@ -105,7 +107,7 @@ pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
         write_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    super::bench::report("batch", events.len() as u64, started.elapsed().as_secs_f64())?;
+    crate::report::job_figures("batch", events.len() as u64, started.elapsed().as_secs_f64())?;
     Ok(BatchSummary { read, applied: events.len() as u64, after_until, frontier, rows_written: tables.total_rows() })
 }
 
@@ -118,24 +120,4 @@ pub fn full_replacement(tables: &TableSet, state: Vec<(String, String)>) -> Writ
         deletes: Vec::new(),
         state,
     }
-}
-
-pub(crate) fn state_entries(
-    source: &str,
-    read: &ReadStats,
-    rejects: &RejectLog,
-    applied: u64,
-    after_until: u64,
-    frontier: Option<Timestamp>,
-) -> Vec<(String, String)> {
-    let mut state = vec![
-        ("source".to_string(), source.to_string()),
-        ("frontier".to_string(), frontier.map(format_rfc3339).unwrap_or_default()),
-        ("rows_read".to_string(), read.rows.to_string()),
-        ("events_applied".to_string(), applied.to_string()),
-        ("events_after_until".to_string(), after_until.to_string()),
-        ("rejected".to_string(), rejects.total().to_string()),
-    ];
-    state.extend(rejects.counts().iter().map(|(reason, n)| (format!("rejected.{}", reason.label()), n.to_string())));
-    state
 }

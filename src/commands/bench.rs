@@ -6,27 +6,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use tracing::info;
 
 use crate::cli::BenchArgs;
-
-/// Set by `bench` for its children: the file a job writes its [`report`] to.
-pub const REPORT_ENV: &str = "CARTFLOW_REPORT";
-
-/// Peak resident set size of this process in KiB (Linux `VmHWM`), if known.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Writes a job's figures where `bench` asked for them (nothing when not run by `bench`).
-pub fn report(job: &str, events: u64, seconds: f64) -> Result<()> {
-    let Ok(path) = std::env::var(REPORT_ENV) else { return Ok(()) };
-    let figures = json!({ "job": job, "events": events, "seconds": seconds, "peak_rss_kib": peak_rss_kib() });
-    std::fs::write(&path, figures.to_string()).with_context(|| format!("writing the bench report {path}"))
-}
+use crate::report::REPORT_ENV;
 
 struct Figures {
     events: u64,

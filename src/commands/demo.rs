@@ -5,10 +5,14 @@
 
 use anyhow::{Context, Result};
 use cartflow_connectors::http::{HttpServer, ServeOptions};
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::sqlite::SqliteStore;
 use tracing::info;
 
-use crate::cli::{DemoArgs, GenerateArgs, RunArgs};
+use cartflow_dataflows::incremental::Settings;
+use cartflow_dataflows::model::time::MINUTE;
+
+use crate::cli::{DemoArgs, GenerateArgs};
+use crate::engine::{EngineConfig, InputConfig};
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let data = args.dir.join("data");
@@ -44,17 +48,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         args.pace,
         db.display()
     );
-    let run_args = RunArgs {
-        input: vec![events],
-        profiles: Some(users),
-        pace: Some(args.pace),
-        step: Some(60),
-        workers: args.workers,
-        db: db.clone(),
-        quiet: true,
-        ..RunArgs::defaults()
-    };
-    let summary = super::run::run(&run_args)?;
+    // One-minute steps, so that the windows move while the dashboard watches.
+    let mut config = EngineConfig::replay(Vec::new(), db.clone());
+    config.input = InputConfig::Files { paths: vec![events], since: None, pace: Some(args.pace) };
+    config.settings = Settings { step: MINUTE, lateness: 0, retire: MINUTE };
+    config.profiles = Some(users);
+    config.workers = args.workers;
+    config.quiet = true;
+    let summary = crate::engine::run(&config)?;
     println!(
         "the replay is over: {} events applied, frontier {}",
         summary.applied,

@@ -63,6 +63,6 @@ pub fn run(args: &GenerateArgs) -> Result<Summary> {
         format_rfc3339(summary.last_time)
     );
     info!("wrote {} profiles to {}", summary.profiles, summary.users_path.display());
-    super::bench::report("generate", summary.events, secs)?;
+    crate::report::job_figures("generate", summary.events, secs)?;
     Ok(summary)
 }

@@ -1,8 +1,8 @@
 //! `cartflow hbase-init` and `cartflow hbase-stand-in`.
 
 use anyhow::{Context, Result};
-use cartflow_connectors::hbase::stand_in::StandIn;
-use cartflow_connectors::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
+use cartflow_connectors::store::hbase::stand_in::StandIn;
+use cartflow_connectors::store::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
 use tracing::info;
 
 use crate::cli::{HbaseInitArgs, HbaseStandInArgs, ThriftProtocol, ThriftTransport};

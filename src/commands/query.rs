@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use cartflow_connectors::http::row_json;
-use cartflow_connectors::sqlite::{Query, SqliteStore};
+use cartflow_connectors::store::json::row_json;
+use cartflow_connectors::store::sqlite::{Query, SqliteStore};
 use cartflow_dataflows::schema::{table_named, Row, Table, Value, TABLES};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 

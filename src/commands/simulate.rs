@@ -7,10 +7,10 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cartflow_connectors::csv_events::{read_events_while, resolve_inputs};
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::input::{read_events_while, resolve_inputs};
 use cartflow_connectors::kafka::{self, partition_count, KafkaOptions};
 use cartflow_connectors::progress::human;
-use cartflow_connectors::rejects::RejectLog;
 use cartflow_dataflows::model::time::{format_rfc3339, midnight_of, utc_date};
 use cartflow_dataflows::model::Timestamp;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -161,7 +161,7 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
         stats.rejected,
         if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
     );
-    super::bench::report("simulate", sent, seconds)?;
+    crate::report::job_figures("simulate", sent, seconds)?;
     if failed > 0 {
         let reason = counter.first_error.lock().unwrap().clone().unwrap_or_default();
         bail!("{failed} of {sent} events were not delivered (first failure: {reason})");

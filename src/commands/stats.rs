@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use cartflow_connectors::csv_events::{read_events, resolve_inputs};
-use cartflow_connectors::profiles::read_profiles;
-use cartflow_connectors::rejects::RejectLog;
+use cartflow_connectors::input::read_profiles;
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::input::{read_events, resolve_inputs};
 use cartflow_dataflows::model::time::{utc_date, HOUR};
 use cartflow_dataflows::model::{AgeGroup, Event, EventType, Symbol};
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};

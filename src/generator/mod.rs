@@ -332,7 +332,7 @@ pub fn generate(spec: &Spec, dir: &Path, gzip: bool, show_progress: bool) -> Res
         time_text_of: Timestamp::MIN,
         rows: 0,
     };
-    writer.out.write_all(cartflow_connectors::csv_events::HEADER.join(",").as_bytes())?;
+    writer.out.write_all(cartflow_connectors::input::HEADER.join(",").as_bytes())?;
     writer.out.write_all(b"\n")?;
 
     let mut progress = show_progress.then(|| Progress::new("generating events", spec.events, "events"));

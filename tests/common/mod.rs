@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cartflow::cli::{BatchArgs, RunArgs, SimulateArgs};
 use cartflow::commands::batch::{self, BatchSummary};
-use cartflow_connectors::sqlite::SqliteStore;
+use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::parse_instant_arg;
 use cartflow_dataflows::schema::{Row, TableId, Value, TABLES};
 

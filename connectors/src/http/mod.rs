@@ -20,12 +20,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cartflow_dataflows::model::time::{format_rfc3339, parse_instant_arg};
-use cartflow_dataflows::schema::{table_named, Kind, Row, Table, TableId, Value, TABLES};
+use cartflow_dataflows::schema::{state_key, table_named, Kind, Table, TableId, TABLES};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::metrics::{Snapshot, METRICS};
-use crate::sqlite::{Query as StoreQuery, SqliteStore};
+use crate::store::json::row_json;
+use crate::store::sqlite::{Query as StoreQuery, SqliteStore};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -218,13 +219,16 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     let entries = match state.db {
         Some(_) => read_store(&state, |store| Ok(store.state_entries()?)).await,
         // A run into HBase: its own frontier.
-        None => {
-            Ok(METRICS.snapshot().frontier.map(|f| ("frontier".to_string(), format_rfc3339(f))).into_iter().collect())
-        }
+        None => Ok(METRICS
+            .snapshot()
+            .frontier
+            .map(|f| (state_key::FRONTIER.to_string(), format_rfc3339(f)))
+            .into_iter()
+            .collect()),
     };
     match entries {
         Ok(entries) => {
-            let frontier = entries.get("frontier").filter(|f| !f.is_empty()).cloned();
+            let frontier = entries.get(state_key::FRONTIER).filter(|f| !f.is_empty()).cloned();
             let lag = frontier
                 .as_deref()
                 .and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()))
@@ -234,7 +238,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 "status": status,
                 "frontier": frontier,
                 "frontier_lag_seconds": lag,
-                "source": entries.get("source"),
+                "source": entries.get(state_key::SOURCE),
                 "uptime_seconds": uptime,
             }))
             .into_response()
@@ -307,25 +311,6 @@ fn parameters(table: &Table) -> Vec<&'static str> {
         names.extend(["from", "to"]);
     }
     names
-}
-
-/// JSON object of a row keyed by column name; integers and reals are numbers, NULL is null.
-pub fn row_json(table: &Table, row: &Row) -> serde_json::Value {
-    let object = table
-        .columns
-        .iter()
-        .zip(row)
-        .map(|(column, value)| {
-            let json = match value {
-                Value::Null => serde_json::Value::Null,
-                Value::Int(i) => (*i).into(),
-                Value::Real(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
-                Value::Text(s) => s.clone().into(),
-            };
-            (column.name.to_string(), json)
-        })
-        .collect();
-    serde_json::Value::Object(object)
 }
 
 /// A table request's parameters, checked; `latest_snapshot` is resolved against the store.
@@ -463,7 +448,7 @@ async fn table_rows(
             query.equals.push(("snapshot".into(), snapshot.clone().unwrap_or_else(|| "none".into())));
         }
         let rows = store.query(&query)?;
-        let frontier = store.state("frontier")?;
+        let frontier = store.state(state_key::FRONTIER)?;
         Ok(Json(json!({
             "table": table.name,
             "frontier": frontier,

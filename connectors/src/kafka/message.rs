@@ -10,8 +10,8 @@ use chrono::NaiveDateTime;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::csv_events::{EventParser, RawFields};
-use crate::rejects::RejectReason;
+use crate::input::RejectReason;
+use crate::input::{EventParser, RawFields};
 
 /// Messages larger than this are rejected unread (a click event is ~300 bytes).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

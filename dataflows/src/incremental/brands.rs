@@ -4,14 +4,14 @@
 
 use std::cmp::Reverse;
 
+use super::deltas::brand_slots::{BUYERS, CARTS, PURCHASES, REVENUE, USERS, VIEWERS, VIEWS};
+use super::deltas::BrandDelta;
 use super::operators::{sum_by_key, top_k, Sums};
 use super::output::Output;
-use super::per_user::brand_slots::{BUYERS, CARTS, PURCHASES, REVENUE, USERS, VIEWERS, VIEWS};
-use super::Coll;
+use super::types::Coll;
 use crate::analyses::brands::{BrandStats, TOP_BRANDS};
-use crate::model::{AgeGroup, Symbol};
 
-pub fn dataflow<'s>(changes: Coll<'s, ((Symbol, Option<AgeGroup>), Sums<7>)>) -> Coll<'s, Output> {
+pub fn dataflow<'s>(changes: Coll<'s, BrandDelta>) -> Coll<'s, Output> {
     let stats = sum_by_key(changes).map(|(key, Sums(s))| {
         let stats = BrandStats {
             unique_users: s[USERS] as u64,

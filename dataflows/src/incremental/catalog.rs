@@ -5,9 +5,9 @@
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
-use super::hashed::{accumulate_by_key, distinct};
+use super::current_state::{accumulate_by_key, distinct};
 use super::output::Output;
-use super::{Coll, Diff, ProfileRecord};
+use super::types::{Coll, Diff, ProfileRecord};
 use crate::analyses::catalog::{CategoryOrigin, ProductStats};
 use crate::model::profile::age_group;
 use crate::model::Event;

@@ -2,13 +2,14 @@
 //! over the 24-hour window and emits per-segment deltas of the users per stage and transition and
 //! of the gap sums; here they are added up per segment.
 
+use super::deltas::funnel_slots::{GAP_PAIRS, GAP_SUM, STAGE_USERS, TRANSITION_USERS};
+use super::deltas::FunnelDelta;
 use super::operators::{sum_by_key, Sums};
 use super::output::Output;
-use super::per_user::funnel_slots::{GAP_PAIRS, GAP_SUM, STAGE_USERS, TRANSITION_USERS};
-use super::Coll;
-use crate::analyses::funnel::{FunnelStats, Segment};
+use super::types::Coll;
+use crate::analyses::funnel::FunnelStats;
 
-pub fn dataflow<'s>(deltas: Coll<'s, (Segment, Sums<12>)>) -> Coll<'s, Output> {
+pub fn dataflow<'s>(deltas: Coll<'s, FunnelDelta>) -> Coll<'s, Output> {
     sum_by_key(deltas).map(|(segment, Sums(s))| {
         let stats = FunnelStats {
             users_viewed: s[STAGE_USERS] as u64,

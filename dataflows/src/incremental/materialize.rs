@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::output::{Output, StoreKey};
-use super::{Diff, Settings};
+use super::types::{Diff, Settings};
 use crate::analyses::realtime::{is_final, WindowTotals, TOP_N};
 use crate::analyses::CURRENT;
 use crate::model::time::{format_date, format_rfc3339, utc_date, DAY};

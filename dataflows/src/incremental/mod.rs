@@ -1,104 +1,40 @@
 //! The incremental engine: every analysis of SPEC §3 as a timely/differential dataflow driven by
-//! event time. `dataflows/README.md` draws the graphs and explains the idioms.
+//! event time. `dataflows/README.md` draws the graphs, explains the idioms and has a table of what
+//! each file owns.
 //!
-//! Logical time is event time in seconds. The driver inserts the events of a step at the step's
-//! start and observes results only at step boundaries, where they are exact: results "as of" a
-//! boundary `B` are the accumulation of all updates at times before `B`.
+//! The modules, each importing (tests aside) only from those listed before it:
+//!
+//! - `types.rs` (re-exported here): logical time, `Diff`, `Coll`, the profile input,
+//!   [`Settings`] and [`StepEnds`];
+//! - [`current_state`]: the operators that keep only the current state for a total order
+//!   (`distinct`, `accumulate_by_key`, `least_k`, `accumulate_least_k`);
+//! - [`operators`]: [`operators::Sums`] carried as values, `sum_by_key`, hierarchical `top_k`;
+//! - [`output`]: [`Output`], one record type for every result table;
+//! - [`deltas`]: the per-user stage's output contract (its records, their slot layouts, the
+//!   recommendations' bucketed keys), imported by the stage and by its consumers;
+//! - [`per_user`]: the per-user stage, one operator producing [`deltas::Deltas`];
+//! - [`realtime`], [`funnel`], [`recommendations`], [`brands`]: add up the stage's deltas and rank;
+//!   [`catalog`]: the cumulative catalog and demographics, straight from the inputs;
+//! - [`materialize`]: from the output's changes to store writes (used by the driver, not here).
+//!
+//! This file only wires them together: [`build`].
 
 pub mod brands;
 pub mod catalog;
+pub mod current_state;
+pub mod deltas;
 pub mod funnel;
-pub mod hashed;
 pub mod materialize;
 pub mod operators;
 pub mod output;
 pub mod per_user;
 pub mod realtime;
 pub mod recommendations;
-mod user_keyed;
+mod types;
 
-use differential_dataflow::VecCollection;
-
-use crate::model::time::{floor_to, MINUTE};
-use crate::model::{Event, Profile, Timestamp};
+use crate::model::Event;
 pub use output::Output;
-
-/// Logical time: event time in seconds since the epoch.
-pub type Time = u64;
-/// Multiplicities and sums.
-pub type Diff = i64;
-/// A collection of the engine.
-pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
-/// The profile input: one record per user with a profile. A user without one (no record) has no
-/// birth date and the region `unknown`.
-pub type ProfileRecord = (u64, Profile);
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settings {
-    /// Step between boundaries in seconds: a whole number of minutes that divides a day, so that
-    /// every midnight is a boundary.
-    pub step: i64,
-    /// Allowed lateness: realtime windows are final once the frontier passes end + lateness.
-    pub lateness: i64,
-    /// The grid on which final realtime windows leave the per-user stage: a multiple of `step`
-    /// that divides a day. The driver closes every boundary on it, so a window is always seen
-    /// final at a closed boundary before it leaves. Steps may be this long when the input is far
-    /// ahead (a Kafka backlog or a bootstrap); live steps are `step` long.
-    pub retire: i64,
-}
-
-impl Settings {
-    pub fn validate(&self) -> Result<(), String> {
-        let day = 24 * 3_600;
-        if self.step < MINUTE || self.step % MINUTE != 0 || day % self.step != 0 {
-            return Err(format!("a step of {} s is not a whole number of minutes that divides a day", self.step));
-        }
-        if self.lateness < 0 || self.lateness % MINUTE != 0 {
-            return Err("the lateness must be a whole number of minutes".into());
-        }
-        if self.retire < self.step || self.retire % self.step != 0 || day % self.retire != 0 {
-            return Err(format!("a retire grid of {} s is not a multiple of the step that divides a day", self.retire));
-        }
-        Ok(())
-    }
-
-    /// The step start an event at `t` is inserted at.
-    pub fn step_start(&self, t: Timestamp) -> Timestamp {
-        floor_to(t, self.step)
-    }
-
-    /// The first step boundary at or after `t`.
-    pub fn boundary_at_or_after(&self, t: Timestamp) -> Time {
-        logical(-floor_to(-t, self.step))
-    }
-
-    /// The first boundary of the retire grid at or after `t`.
-    pub fn retire_at_or_after(&self, t: Timestamp) -> Time {
-        logical(-floor_to(-t, self.retire))
-    }
-
-    /// The first step boundary after logical time `t` on the step grid. The driver closes steps
-    /// on this grid; only its very last boundary (the end of the input or `--until`) may be off it.
-    pub fn boundary_after(&self, t: Time) -> Time {
-        let t = Timestamp::try_from(t).expect("logical times fit event times");
-        logical(floor_to(t, self.step) + self.step)
-    }
-
-    /// When an event at `t` leaves a window of `length`: it is in the results as of `T` while
-    /// `T - length <= t < T`, so it must be gone at every whole-minute boundary after `t + length`.
-    pub fn expiry(&self, t: Timestamp, length: i64) -> Time {
-        logical(floor_to(t + length, MINUTE))
-    }
-}
-
-/// Event time as logical time (event times before 1970 are not supported by the engine).
-pub fn logical(t: Timestamp) -> Time {
-    u64::try_from(t).expect("event times are after 1970")
-}
-
-/// Where the driver's steps end when they are not all `Settings::step` long (a Kafka source
-/// catching up in large steps): the end of the step opened at or before a logical time, if known.
-/// No boundary is closed inside a step, so work due inside it may join its start.
-pub type StepEnds = std::sync::Arc<dyn Fn(Time) -> Option<Time> + Send + Sync>;
+pub use types::{logical, Coll, Diff, ProfileRecord, Settings, StepEnds, Time};
 
 /// Builds every analysis over the shared inputs and returns all result records.
 pub fn build<'s>(

@@ -1,4 +1,6 @@
-//! The small pieces the analyses are built from: sums carried as values, and hierarchical top-k.
+//! The small pieces the analyses are built from: sums carried as values ([`Sums`], [`sum_by_key`]),
+//! hash buckets (`bucket_of`) and hierarchical top-k ([`top_k`]), over the operators of
+//! [`super::current_state`].
 
 use std::hash::{Hash, Hasher};
 
@@ -6,8 +8,8 @@ use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::ExchangeData;
 use rustc_hash::FxHasher;
 
-use super::hashed::least_k;
-use super::{Coll, Diff};
+use super::current_state::{accumulate_by_key, least_k};
+use super::types::{Coll, Diff};
 
 /// `N` integer sums carried as a record's value: [`sum_by_key`] adds them up per key (times each
 /// record's multiplicity) with no per-group re-evaluation, and retractions subtract (the window
@@ -58,14 +60,15 @@ impl<'de, const N: usize> serde::Deserialize<'de> for Sums<N> {
     }
 }
 
-/// Sums per key: `(key, sums)` whenever the sums change (see [`super::hashed::accumulate_by_key`]).
+/// Sums per key: `(key, sums)` whenever the sums change (see [`accumulate_by_key`]).
 pub fn sum_by_key<'s, K, const N: usize>(updates: Coll<'s, (K, Sums<N>)>) -> Coll<'s, (K, Sums<N>)>
 where
     K: ExchangeData + Ord + Hash,
 {
-    super::hashed::accumulate_by_key(updates, "SumByKey")
+    accumulate_by_key(updates, "SumByKey")
 }
 
+/// The hash bucket of `item` among `buckets`.
 pub(super) fn bucket_of(item: &impl Hash, buckets: u64) -> u64 {
     let mut hasher = FxHasher::default();
     item.hash(&mut hasher);

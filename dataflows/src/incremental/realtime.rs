@@ -12,12 +12,12 @@ use std::hash::Hash;
 use differential_dataflow::difference::{Multiply, Semigroup};
 use differential_dataflow::ExchangeData;
 
-use super::hashed::accumulate_least_k;
+use super::current_state::accumulate_least_k;
+use super::deltas::window_slots::{BUYERS, BY_TYPE, EVENTS, REVENUE, USERS};
+use super::deltas::Deltas;
 use super::operators::{sum_by_key, Sums};
 use super::output::Output;
-use super::per_user::window_slots::{BUYERS, BY_TYPE, EVENTS, REVENUE, USERS};
-use super::per_user::Deltas;
-use super::{Coll, Diff, Settings};
+use super::types::{Coll, Diff, Settings};
 use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
 use crate::model::{Symbol, Timestamp};
 

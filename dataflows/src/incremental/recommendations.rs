@@ -4,27 +4,15 @@
 
 use std::cmp::Reverse;
 
-use super::hashed::{accumulate_least_k, least_k};
-use super::operators::{bucket_of, Sums};
+use super::current_state::{accumulate_least_k, least_k};
+use super::deltas::ScoreDelta;
+use super::operators::Sums;
 use super::output::Output;
-use super::Coll;
+use super::types::Coll;
 use crate::analyses::recommendations::{ProductScore, TOP_N};
 
-pub use crate::analyses::recommendations::Segment;
-
-/// Hash buckets per segment: the (*, *) segment's products spread over the workers.
-const BUCKETS: u64 = 64;
-
-/// A tally's key: ((segment, hash bucket of the product), product).
-pub type BucketedKey = ((Segment, u64), u64);
-
-/// The hash bucket of `product` within its segment.
-pub fn bucket(product: u64) -> u64 {
-    bucket_of(&product, BUCKETS)
-}
-
 /// `changes`: per (segment, bucket, product), the change in distinct viewers, carters and buyers.
-pub fn dataflow<'s>(changes: Coll<'s, (BucketedKey, Sums<3>)>) -> Coll<'s, Output> {
+pub fn dataflow<'s>(changes: Coll<'s, ScoreDelta>) -> Coll<'s, Output> {
     // Tallied and cut to the top 10 in one step per (segment, hash bucket of the product), then the
     // buckets' winners ranked per segment: the hierarchical top-k of dataflows/README.md.
     let winners = accumulate_least_k(

@@ -8,8 +8,8 @@ use cartflow_dataflows::model::event::parse_id;
 use cartflow_dataflows::model::{Profile, Profiles};
 use chrono::NaiveDate;
 
-use crate::csv_events::{open_maybe_gzip, LineRecords};
-use crate::rejects::{RejectLog, RejectReason};
+use super::lines::{open_maybe_gzip, LineRecords};
+use super::rejects::{RejectLog, RejectReason};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProfileStats {

@@ -1,4 +1,6 @@
-//! Operators for a totally ordered time that keep only the current state, in hash maps.
+//! Current-state operators: operators for a totally ordered time that keep only the current
+//! state, in hash maps ([`distinct`], [`accumulate_by_key`], [`least_k`], [`accumulate_least_k`]),
+//! and the input buffering they share with the per-user stage ([`file_by_time`], [`updates`]).
 //!
 //! Differential's `distinct_total`, `count_total` and `reduce` arrange their input: every update
 //! is sorted into a batcher, built into a batch and merged into a trace that keeps history, so
@@ -8,7 +10,8 @@
 //! key, wait until the input frontier has passed an update's time, then apply all updates of that
 //! time at once to a hash map of the current state and emit exactly the changes of the output,
 //! at that time. Their output equals the differential operator's; they cost a hash probe per
-//! update instead of a sort and a merge (see dataflows/README.md for the measured difference).
+//! update instead of a sort and a merge (dataflows/README.md, "Current-state operators for a total
+//! order").
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
-use super::{Coll, Diff, Time};
+use super::types::{Coll, Diff, Time};
 
 /// Updates as they arrived: whole containers (see [`file_by_time`]).
 pub type Updates<D> = Vec<Vec<(D, Time, Diff)>>;

@@ -8,7 +8,7 @@ use cartflow_dataflows::schema::{Kind, Row, Table, TableId, Value, TABLES};
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
-use crate::sink::{Sink, WriteBatch};
+use crate::store::{Sink, WriteBatch};
 
 pub struct SqliteStore {
     conn: Connection,

@@ -1,23 +1,56 @@
-//! The file source of `run`: a reader thread that parses CSV files in order, or reads a Parquet
-//! archive in event-time order, and deals the accepted events to the workers.
+//! The file source of the engine: a reader thread that parses CSV files in order, or reads a
+//! Parquet archive in event-time order, and deals the accepted events to the workers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cartflow_connectors::archive;
-use cartflow_connectors::csv_events::{read_events_while, ReadStats};
-use cartflow_connectors::rejects::{RejectLog, RejectReason};
+use cartflow_connectors::input::{read_events_while, resolve_inputs, ReadStats};
+use cartflow_connectors::input::{RejectLog, RejectReason};
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::Timestamp;
 
-use super::{Feed, Reader, READ_BATCH};
+use super::source::{Feed, ReadSummary, Source, Started, READ_BATCH};
+
+/// The file source: its reader thread, joined at the end. Every process of a run reads the whole
+/// input and decides the same steps, so the processes need no link.
+pub struct FileSource {
+    reader: Mutex<Option<JoinHandle<Result<ReadSummary>>>>,
+}
+
+impl Source for FileSource {
+    fn name(&self) -> &'static str {
+        "run"
+    }
+
+    fn join(&self) -> Result<ReadSummary> {
+        let reader = self.reader.lock().unwrap().take().context("the reader is joined once")?;
+        reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked")).and_then(|r| r)
+    }
+}
+
+/// Starts the reader over `paths`: the root of an archive, or CSV files and directories.
+pub fn start(
+    paths: &[PathBuf],
+    since: Option<Timestamp>,
+    rejects: RejectLog,
+    options: ReaderOptions,
+    accepted: Arc<AtomicU64>,
+) -> Result<Started> {
+    let input = match paths {
+        [root] if archive::is_archive(root) => Input::Archive { root: root.clone(), since },
+        _ => Input::Csv(resolve_inputs(paths)?),
+    };
+    let (feeds, reader) = spawn_reader(input, rejects, options, accepted);
+    Ok(Started { feeds, source: Arc::new(FileSource { reader: Mutex::new(Some(reader)) }) })
+}
 
 /// What the reader reads.
-pub(super) enum Input {
+enum Input {
     /// CSV files, in this order.
     Csv(Vec<PathBuf>),
     /// A Parquet archive from the hour of `since` on.
@@ -25,7 +58,7 @@ pub(super) enum Input {
 }
 
 /// How the reader reads.
-pub(super) struct ReaderOptions {
+pub struct ReaderOptions {
     pub settings: Settings,
     /// Events at or after this are counted, not applied.
     pub until: Option<Timestamp>,
@@ -44,12 +77,12 @@ pub(super) struct ReaderOptions {
 /// worker's feed gets every step start, and the accepted events in batches dealt out in turn, so
 /// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
 /// worker failed) the reader stops at its next batch.
-pub(super) fn spawn_reader(
+fn spawn_reader(
     input: Input,
     mut rejects: RejectLog,
     options: ReaderOptions,
     accepted: Arc<AtomicU64>,
-) -> (Vec<Receiver<Feed>>, JoinHandle<Result<Reader>>) {
+) -> (Vec<Receiver<Feed>>, JoinHandle<Result<ReadSummary>>) {
     let ReaderOptions { settings, until, workers, show_progress, pace, process: (process, processes) } = options;
     let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
         (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
@@ -174,7 +207,7 @@ pub(super) fn spawn_reader(
                 let _ = senders[next_worker].send(Feed::Events(batch));
             }
             accepted.store(applied, Ordering::Relaxed);
-            Ok(Reader { stats, rejects, late, after_until, applied, earliest, last_event })
+            Ok(ReadSummary { stats, rejects, late, after_until, applied, earliest, last_event })
         })
         .expect("spawning the reader thread");
     (receivers, reader)

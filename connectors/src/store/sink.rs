@@ -1,17 +1,13 @@
-//! The interface every store implements (embedded SQLite, HBase), and the choice between them.
+//! The interface every store implements (embedded SQLite, HBase), and a background writer
+//! thread for any of them.
 //!
 //! A sink applies each [`WriteBatch`] whole: SQLite in one transaction; HBase, which has no
 //! multi-row transaction, results first and `pipeline_state` last, retrying until it is all in (see
-//! [`crate::hbase`]). Either way the frontier recorded in `pipeline_state` never runs ahead of the
+//! [`crate::store::hbase`]). Either way the frontier recorded in `pipeline_state` never runs ahead of the
 //! results it covers.
-
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 pub use cartflow_dataflows::schema::WriteBatch;
-
-use crate::hbase::{HbaseStore, HbaseUrl};
-use crate::sqlite::SqliteStore;
 
 pub trait Sink {
     fn write(&mut self, batch: &WriteBatch) -> Result<()>;
@@ -20,49 +16,6 @@ pub trait Sink {
 impl Sink for Box<dyn Sink + Send> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         (**self).write(batch)
-    }
-}
-
-/// Where results go: `--db PATH` (SQLite, the embedded default) or `--store URL`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreTarget {
-    Sqlite(PathBuf),
-    Hbase(HbaseUrl),
-}
-
-impl StoreTarget {
-    /// `--store` wins over `--db`: `hbase://host:port?...` is HBase, `sqlite:PATH` or a plain
-    /// path is a SQLite file.
-    pub fn choose(store: Option<&str>, db: &Path) -> Result<StoreTarget> {
-        Ok(match store {
-            Some(url) if url.starts_with("hbase:") => StoreTarget::Hbase(url.parse()?),
-            Some(path) => StoreTarget::Sqlite(PathBuf::from(path.strip_prefix("sqlite:").unwrap_or(path))),
-            None => StoreTarget::Sqlite(db.to_path_buf()),
-        })
-    }
-
-    pub fn open(&self) -> Result<Box<dyn Sink + Send>> {
-        Ok(match self {
-            StoreTarget::Sqlite(path) => Box::new(SqliteStore::open(path)?),
-            StoreTarget::Hbase(url) => Box::new(HbaseStore::open(url)?),
-        })
-    }
-
-    /// The SQLite file beside which rejects go by default (HBase: the working directory).
-    pub fn local_path(&self) -> PathBuf {
-        match self {
-            StoreTarget::Sqlite(path) => path.clone(),
-            StoreTarget::Hbase(_) => PathBuf::from("cartflow.db"),
-        }
-    }
-}
-
-impl std::fmt::Display for StoreTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreTarget::Sqlite(path) => write!(f, "{}", path.display()),
-            StoreTarget::Hbase(url) => write!(f, "{url}"),
-        }
     }
 }
 

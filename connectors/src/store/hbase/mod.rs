@@ -38,7 +38,7 @@ use thrift::transport::{
 };
 use tracing::{info, warn};
 
-use crate::sink::{Sink, WriteBatch};
+use crate::store::{Sink, WriteBatch};
 
 /// The column family of every table.
 pub const FAMILY: &str = "d";

@@ -108,7 +108,7 @@ impl RejectLog {
 
     pub fn reject(&mut self, source: &str, line: u64, reason: RejectReason, raw: &[u8]) -> Result<()> {
         *self.counts.entry(reason).or_default() += 1;
-        crate::metrics::METRICS.rejected(reason);
+        crate::metrics::METRICS.rejected(reason.label());
         if let Some(kept) = &mut self.kept {
             kept.push(KeptReject { source: source.to_string(), line, reason, raw: raw.to_vec() });
         }

@@ -1,0 +1,74 @@
+//! `cartflow run`: turns the command line into an [`EngineConfig`] (validating what the engine
+//! relies on) and runs the engine.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::kafka::KafkaOptions;
+use cartflow_connectors::store::StoreTarget;
+use cartflow_dataflows::incremental::Settings;
+use cartflow_dataflows::model::time::MINUTE;
+
+use crate::cli::RunArgs;
+use crate::engine::config::FILE_STEP;
+use crate::engine::kafka::KafkaSourceOptions;
+pub use crate::engine::RunSummary;
+use crate::engine::{ClusterConfig, EngineConfig, InputConfig, ServeConfig};
+
+pub fn run(args: &RunArgs) -> Result<RunSummary> {
+    crate::engine::run(&config(args)?)
+}
+
+/// The engine's configuration for `run`'s arguments.
+pub fn config(args: &RunArgs) -> Result<EngineConfig> {
+    let live = args.brokers.is_some();
+    let step = args.step.unwrap_or(if live { MINUTE } else { FILE_STEP });
+    // Kafka steps are `--catch-up-step` long while catching up; file steps always `--step`.
+    let retire = if live { args.catch_up_step } else { step };
+    let settings = Settings { step, lateness: 0, retire };
+    settings.validate().map_err(anyhow::Error::msg).context("--step and --catch-up-step")?;
+    if let Some(until) = args.until {
+        if until % MINUTE != 0 {
+            bail!("--until must be a whole minute for `run` (results are kept at minute granularity)");
+        }
+    }
+    if args.workers == 0 {
+        bail!("-w must be at least 1");
+    }
+    if args.lateness < 0 || args.lateness % MINUTE != 0 {
+        bail!("--lateness must be a whole number of minutes");
+    }
+    let input = match &args.brokers {
+        Some(brokers) => InputConfig::Kafka(KafkaSourceOptions {
+            kafka: KafkaOptions { brokers: brokers.clone(), settings: args.settings.clone() },
+            topic: args.topic.clone(),
+            group: args.group.clone(),
+            settings,
+            lateness: args.lateness,
+            idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
+            until: args.until,
+            exit_at_end: args.exit_at_end,
+            dead_letter_topic: args.dead_letter_topic.clone(),
+            bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
+        }),
+        None => InputConfig::Files { paths: args.input.clone(), since: args.since, pace: args.pace },
+    };
+    let store = StoreTarget::choose(args.store.as_deref(), &args.db)?;
+    let rejects = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&store.local_path()));
+    Ok(EngineConfig {
+        input,
+        profiles: args.profiles.clone(),
+        profiles_at: args.profiles_at.iter().map(|change| (change.at, change.path.clone())).collect(),
+        until: args.until,
+        settings,
+        retention: args.retention,
+        store,
+        rejects,
+        workers: args.workers,
+        cluster: ClusterConfig { processes: args.processes, process: args.process, hostfile: args.hostfile.clone() },
+        serve: args.serve.map(|listen| ServeConfig { listen, token: args.token.clone() }),
+        commit_log: args.commit_log.clone(),
+        quiet: args.quiet,
+    })
+}

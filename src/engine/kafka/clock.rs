@@ -1,0 +1,208 @@
+//! The clock every source thread shares and the log of steps: each thread publishes its
+//! [`ClockView`]; the leader (process 0) computes the frontier from all of them and opens the
+//! steps, which tile event time; the dataflow reads the same log to end each step's joined work.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use cartflow_dataflows::incremental::StepEnds;
+use cartflow_dataflows::model::time::floor_to;
+use cartflow_dataflows::model::Timestamp;
+
+use super::KafkaSource;
+
+/// One thread's state, published for the others.
+#[derive(Default)]
+pub(super) struct ThreadClock {
+    pub(super) view: ClockView,
+    /// The view changed since a follower's worker last sent it.
+    pub(super) changed: bool,
+    /// Safe offsets per opened step: `(boundary, [(partition, offset)])`, oldest first: every
+    /// message before the offsets is in the store once `boundary` is written.
+    pub(super) offsets: VecDeque<(Timestamp, Vec<(i32, i64)>)>,
+    /// The offsets safe at the end of the run (every message read is applied, late, rejected or
+    /// after `--until`).
+    pub(super) final_offsets: Vec<(i32, i64)>,
+}
+
+/// What the frontier and the steps depend on in a thread's state (sent to the leader by followers).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClockView {
+    /// Every owned partition has either seen an event or been idle for the timeout.
+    pub(super) ready: bool,
+    /// The least "latest event" over the owned partitions that are not idle.
+    pub(super) active_min: Option<Timestamp>,
+    /// The latest event of any owned partition.
+    pub(super) latest: Option<Timestamp>,
+    /// The start of this thread's first step, or of its earliest pending step (where the
+    /// first step of the log may start).
+    pub(super) earliest_seen: Option<Timestamp>,
+    /// `--exit-at-end`: every owned partition has been read to its end.
+    pub(super) at_end: bool,
+    /// Replaying the archive, or a partition has not yet been read to its end once: large steps
+    /// are worth waiting for.
+    pub(super) behind: bool,
+    /// `pending` is half full: steps must open rather than wait.
+    pub(super) pressed: bool,
+    /// A follower's thread at the end of its input asks the leader to extend the log of steps over
+    /// its pending events (first, last).
+    pub(super) release: Option<(Timestamp, Timestamp)>,
+}
+
+impl KafkaSource {
+    /// The frontier, as the leader sees it (followers never compute it).
+    pub(super) fn frontier(&self) -> Option<Timestamp> {
+        if !self.leader {
+            return None;
+        }
+        let (mut any_active, mut active_min, mut latest) = (false, Timestamp::MAX, None::<Timestamp>);
+        for thread in &self.threads {
+            let clock = &thread.lock().unwrap().view;
+            if !clock.ready {
+                return None;
+            }
+            if let Some(t) = clock.active_min {
+                any_active = true;
+                active_min = active_min.min(t);
+            }
+            latest = latest.max(clock.latest);
+        }
+        let raw = if any_active { active_min } else { latest? };
+        Some(raw - self.options.lateness)
+    }
+
+    /// Opens every step the frontier has reached the end of (each step after the last, so the
+    /// steps tile event time), and returns the open one. A step is `--catch-up-step` long when it
+    /// starts on that grid and the frontier is already past its end (replaying a backlog or an
+    /// archive, where large steps are fastest), else `--step` long (live).
+    pub(super) fn open_step(&self) -> Option<(Timestamp, i64)> {
+        if !self.leader {
+            // The leader's log, as far as its news has come.
+            return self.steps.lock().unwrap().last_key_value().map(|(s, l)| (*s, *l));
+        }
+        let frontier = self.frontier()?;
+        let settings = &self.options.settings;
+        // Never past `--until`: the run's last boundary is there.
+        let last_start = self.options.until.map(|until| settings.step_start(until - 1));
+        let mut steps = self.steps.lock().unwrap();
+        if steps.is_empty() {
+            // The first step starts at the earliest event seen, so nothing before the frontier
+            // is late just because the stream began there; catching up, at the start of its large
+            // step, once the frontier has passed that step's end.
+            let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().view.earliest_seen).min();
+            let first = earliest.map_or(frontier, |e| e.min(frontier));
+            let coarse = settings.retire;
+            let (start, length) = if coarse > settings.step && self.catching_up() {
+                let start = floor_to(first, coarse);
+                if frontier < start + coarse {
+                    return None;
+                }
+                (start, coarse)
+            } else {
+                (settings.step_start(first), settings.step)
+            };
+            match last_start {
+                Some(last) if start > last => steps.insert(settings.step_start(last), settings.step),
+                _ => steps.insert(start, length),
+            };
+        }
+        loop {
+            let (&start, &length) = steps.last_key_value().expect("a step is open");
+            let end = start + length;
+            if frontier < end || last_start.is_some_and(|last| end > last) {
+                return Some((start, length));
+            }
+            let coarse = settings.retire;
+            let next = if end % coarse == 0 && frontier >= end + coarse {
+                coarse
+            } else if end % coarse == 0 && coarse > settings.step && self.catching_up() {
+                // Reading a backlog: wait (reading on) until the frontier is a whole large step
+                // ahead, rather than open a small one.
+                return Some((start, length));
+            } else {
+                settings.step
+            };
+            steps.insert(end, next);
+        }
+    }
+
+    /// The end of the step containing a logical time, for the dataflow (see [`StepEnds`]).
+    pub(super) fn step_log(self: &Arc<Self>) -> StepEnds {
+        let source = self.clone();
+        Arc::new(move |time| {
+            let time = Timestamp::try_from(time).ok()?;
+            let steps = source.steps.lock().unwrap();
+            let (start, length) = steps.range(..=time).next_back()?;
+            Some((start + length) as u64).filter(|end| *end > time as u64)
+        })
+    }
+
+    /// Extends the log of steps in `--step` steps until one contains `last` (the end of the input:
+    /// every pending event gets its step); an empty log starts at the step of `first`. A follower
+    /// asks the leader to, and waits for its news.
+    pub(super) fn extend_steps_to(&self, thread: usize, first: Timestamp, last: Timestamp) -> Result<()> {
+        if self.leader {
+            self.extend_log(first, last);
+            return Ok(());
+        }
+        {
+            let mut clock = self.threads[thread].lock().unwrap();
+            clock.view.release = Some((first, last));
+            clock.changed = true;
+        }
+        loop {
+            if self.steps.lock().unwrap().last_key_value().is_some_and(|(start, length)| last < start + length) {
+                return Ok(());
+            }
+            anyhow::ensure!(!self.failed.load(Ordering::SeqCst), "kafka source {thread}: the run failed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub(super) fn extend_log(&self, first: Timestamp, last: Timestamp) {
+        let step = self.options.settings.step;
+        let time = last;
+        let mut steps = self.steps.lock().unwrap();
+        if steps.is_empty() {
+            steps.insert(self.options.settings.step_start(first), step);
+        }
+        loop {
+            let (&start, &length) = steps.last_key_value().expect("not empty");
+            if time < start + length {
+                return;
+            }
+            steps.insert(start + length, step);
+        }
+    }
+
+    /// The steps opened after `start`, in order.
+    pub(super) fn steps_after(&self, start: Option<Timestamp>) -> Vec<(Timestamp, i64)> {
+        let steps = self.steps.lock().unwrap();
+        match start {
+            Some(start) => steps.range(start + 1..).map(|(s, l)| (*s, *l)).collect(),
+            None => steps.iter().map(|(s, l)| (*s, *l)).collect(),
+        }
+    }
+
+    /// Some thread is still reading a backlog (or the archive) and none is short of memory.
+    pub(super) fn catching_up(&self) -> bool {
+        let clocks: Vec<(bool, bool)> =
+            self.threads.iter().map(|t| t.lock().map(|c| (c.view.behind, c.view.pressed)).unwrap()).collect();
+        clocks.iter().any(|(behind, _)| *behind) && !clocks.iter().any(|(_, pressed)| *pressed)
+    }
+
+    pub(super) fn all_at_end(&self) -> bool {
+        if !self.leader {
+            return self.everyone_at_end.load(Ordering::SeqCst);
+        }
+        self.threads.iter().all(|t| t.lock().unwrap().view.at_end)
+    }
+    /// The earliest event applied so far.
+    pub(super) fn earliest(&self) -> Option<Timestamp> {
+        let t = self.earliest.load(Ordering::SeqCst);
+        (t != Timestamp::MAX).then_some(t)
+    }
+}

@@ -1,0 +1,442 @@
+//! The Kafka source of the engine: one consumer thread per worker, each owning every `workers`-th
+//! partition (of all the run's workers, in every process), all sharing one clock.
+//!
+//! Each thread decodes its partitions' messages (after replaying their archived ones, for a
+//! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: `min over active
+//! partitions (latest event) − lateness`, where a partition is active until it has been idle for
+//! `--idle-timeout` and the broker confirms it has nothing more (when every partition is idle, the
+//! latest event counts). Steps are opened in one shared log that tiles event time:
+//! `--catch-up-step` long while a backlog is read (a partition not yet read to its end, or the
+//! archive), `--step` long live. A thread moves its worker through the steps of the log; it inserts
+//! an event at the start of the step containing it once that step is open (events of later steps
+//! wait in `pending`), and an event whose step it has already left is late (rejected with reason
+//! `late`, never applied). Worker 0 writes a boundary only once every worker's input has passed
+//! it, so the store at each boundary holds exactly the events before it. The dataflow reads the
+//! same log (`KafkaSource::step_ends`) to let work due inside a step join its start.
+//!
+//! Offsets: when a thread opens a step it records, per partition, the offset before which every
+//! message is in that step or earlier (the oldest event still pending, or the next message). Worker
+//! 0 writes these with the step's end boundary (`pipeline_state`: `kafka_offset/<topic>/<partition>`);
+//! once the store has them, each thread commits them for its consumer group.
+//!
+//! Several processes: the log of steps has one author, process 0 (the leader). The other
+//! processes (followers) send it their threads' clocks ([`Gossip::Clock`]), and it sends every
+//! worker the steps it opens and whether the run is ending ([`News`]); both travel in a small
+//! timely dataflow whose time never advances, so they flow at once. What worker 0 writes with a
+//! boundary (offsets, the earliest and latest event, at the end the counts and rejects) travels as
+//! [`Report`]s in the main dataflow's time, so the probe that tells worker 0 a boundary is complete
+//! also tells it every report before the boundary has arrived. A follower's copy of the log may
+//! lag; the dataflow then falls back to the step grid, which only ends a step's joined work earlier.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `mod.rs` | the options, the shared [`KafkaSource`] and its [`Source`] side: offsets per boundary, commits, the end |
+//! | `clock.rs` | the shared clock and the log of steps: the frontier, opening steps, the dataflow's step ends |
+//! | `thread.rs` | one consumer thread: polling, decoding, pending steps, idleness, backpressure, commits |
+//! | `replay.rs` | a thread's share of the archive in a bootstrap |
+//! | `link.rs` | the link between processes: gossip (clocks and news) and reports to worker 0 |
+
+mod clock;
+mod link;
+mod replay;
+mod thread;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cartflow_connectors::archive;
+use cartflow_connectors::input::ReadStats;
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::kafka::{self, owned_partitions, partition_count, KafkaOptions};
+use cartflow_dataflows::incremental::{Settings, StepEnds};
+use cartflow_dataflows::model::Timestamp;
+use cartflow_dataflows::schema::state_key;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::info;
+
+use self::clock::ThreadClock;
+use self::link::KafkaLink;
+use self::replay::Replay;
+use self::thread::SourceThread;
+use super::source::{Feed, NoLink, ReadSummary, Source, Started, WorkerLink};
+
+/// What the Kafka source is told.
+#[derive(Clone, Debug)]
+pub struct KafkaSourceOptions {
+    pub kafka: KafkaOptions,
+    pub topic: String,
+    pub group: String,
+    /// The run's settings: live steps are `step` long, catch-up steps `retire` long.
+    pub settings: Settings,
+    pub lateness: i64,
+    pub idle_timeout: Duration,
+    pub until: Option<Timestamp>,
+    pub exit_at_end: bool,
+    /// Also produce late and malformed messages to this topic.
+    pub dead_letter_topic: Option<String>,
+    /// Replay this archive first (from the hour of the given time on), then read each partition
+    /// from the offset after the archive's highest.
+    pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
+}
+
+/// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
+///
+/// In a run of several processes each process has one, with a thread for each of its workers;
+/// `threads` has an entry for every worker of the run (by global index). Process 0's source is
+/// the leader: it alone opens steps, from every thread's clock (the other processes' arrive as
+/// [`Gossip`]), and hands them out in [`News`]; the others (followers) replay the leader's log of
+/// steps and send worker 0 what it writes with a boundary as [`Report`]s.
+pub struct KafkaSource {
+    options: KafkaSourceOptions,
+    threads: Vec<Mutex<ThreadClock>>,
+    /// This process is process 0 (or the only one): it decides the steps.
+    leader: bool,
+    /// Global indices of this process's workers (and source threads).
+    local: std::ops::Range<usize>,
+    /// Partitions read by other processes (process 0's first thread commits their offsets).
+    remote_partitions: Vec<i32>,
+    /// Source threads of this process still running.
+    running: std::sync::atomic::AtomicUsize,
+    /// Rejects of this process's threads (a follower keeps them for process 0).
+    rejects: Arc<Mutex<RejectLog>>,
+    /// Followers: the leader's last word on whether every partition is read to its end.
+    everyone_at_end: AtomicBool,
+    /// Leader: what the last [`News`] told (the last step start, at end, finished).
+    told: Mutex<(Option<Timestamp>, bool, bool)>,
+    /// Leader: what the followers read, and a failure handling their reports.
+    followers: Mutex<(Counts, Option<String>)>,
+    /// A thread or worker failed: waits end.
+    failed: AtomicBool,
+    /// Every step opened so far (start → length): they tile event time from the first one.
+    steps: Mutex<BTreeMap<Timestamp, i64>>,
+    /// The earliest event applied by any thread (`i64::MAX`: none yet).
+    earliest: AtomicI64,
+    /// The latest event applied by any thread (`i64::MIN`: none yet).
+    latest: AtomicI64,
+    /// Offsets the store holds (written by the store writer), to commit for the consumer group.
+    durable: Mutex<BTreeMap<i32, i64>>,
+    /// Set when the run ends (`--until` reached, every partition read, or a failure).
+    finished: AtomicBool,
+    /// `--dead-letter-topic`.
+    dead_letters: Option<kafka::DeadLetters>,
+    /// The topic's partitions.
+    partitions: usize,
+    /// This process and the run's processes.
+    process: (usize, usize),
+    /// Events accepted so far (the followers' reports add theirs).
+    accepted: Arc<AtomicU64>,
+    /// This process's source threads, joined at the end.
+    handles: Mutex<Vec<JoinHandle<Result<Counts>>>>,
+}
+/// What one source thread (or process) read.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Messages of the topic, and archived ones at or after `--since`.
+    messages: u64,
+    /// Archived messages replayed (a bootstrap).
+    archived: u64,
+    /// Archived messages before `--since`, skipped.
+    before_since: u64,
+    rejected: u64,
+    late: u64,
+    after_until: u64,
+    applied: u64,
+    bytes: u64,
+}
+
+impl Counts {
+    /// What a follower process read, for its report to process 0.
+    fn of(read: &ReadSummary) -> Counts {
+        Counts {
+            messages: read.stats.rows,
+            rejected: read.stats.rejected,
+            late: read.late,
+            after_until: read.after_until,
+            applied: read.applied,
+            bytes: read.stats.bytes,
+            ..Counts::default()
+        }
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.messages += other.messages;
+        self.archived += other.archived;
+        self.before_since += other.before_since;
+        self.rejected += other.rejected;
+        self.late += other.late;
+        self.after_until += other.after_until;
+        self.applied += other.applied;
+        self.bytes += other.bytes;
+    }
+}
+
+impl KafkaSource {
+    /// The `pipeline_state` entries of a boundary every worker has passed: per partition, the
+    /// offset before which every message is applied (or late, or rejected).
+    pub fn state_at(&self, boundary: Timestamp) -> Vec<(String, String)> {
+        let mut entries = Vec::new();
+        for thread in &self.threads {
+            let mut clock = thread.lock().unwrap();
+            while clock.offsets.len() > 1 && clock.offsets[1].0 <= boundary {
+                clock.offsets.pop_front();
+            }
+            if let Some((start, offsets)) = clock.offsets.front() {
+                if *start <= boundary {
+                    for (partition, offset) in offsets {
+                        entries.push((state_key::kafka_offset(&self.options.topic, *partition), offset.to_string()));
+                    }
+                }
+            }
+        }
+        entries.sort();
+        entries
+    }
+
+    /// The `pipeline_state` entries of the run's last boundary, once every source thread has ended.
+    pub fn final_state(&self) -> Vec<(String, String)> {
+        let mut entries: Vec<(String, String)> = self
+            .threads
+            .iter()
+            .flat_map(|t| t.lock().unwrap().final_offsets.clone())
+            .map(|(partition, offset)| (state_key::kafka_offset(&self.options.topic, partition), offset.to_string()))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// Commits the offsets the store holds at the end of the run (the source threads have ended).
+    pub fn commit_final(&self) -> Result<()> {
+        let durable = self.durable.lock().unwrap().clone();
+        if durable.is_empty() {
+            return Ok(());
+        }
+        let consumer: BaseConsumer = self
+            .options
+            .kafka
+            .config(&[("group.id", self.options.group.as_str())])
+            .create()
+            .context("creating a Kafka consumer")?;
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in durable {
+            list.add_partition_offset(&self.options.topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&list, CommitMode::Sync).context("committing the final offsets")?;
+        Ok(())
+    }
+
+    /// Stops every source thread (a worker failed).
+    fn stop_threads(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Joins this process's source threads and sums up what they read (for process 0, with what
+    /// the other processes reported).
+    fn join_threads(&self) -> Result<ReadSummary> {
+        let mut total = Counts::default();
+        let mut failure = None;
+        for handle in std::mem::take(&mut *self.handles.lock().unwrap()) {
+            match handle.join() {
+                Ok(Ok(counts)) => total.add(&counts),
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(_) => failure = failure.or(Some(anyhow::anyhow!("a Kafka source thread panicked"))),
+            }
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if let Some(dead_letters) = &self.dead_letters {
+            let delivered = dead_letters.finish()?;
+            info!("{delivered} rejected message(s) went to the dead-letter topic");
+        }
+        // What the other processes read (process 0 has waited for their reports).
+        total.add(&self.followers.lock().unwrap().0);
+        let rejects = std::mem::replace(&mut *self.rejects.lock().unwrap(), RejectLog::new(None));
+        let latest = self.latest.load(Ordering::SeqCst);
+        Ok(ReadSummary {
+            stats: ReadStats {
+                files: self.partitions,
+                rows: total.messages,
+                valid: total.messages - total.rejected,
+                rejected: total.rejected,
+                bytes: total.bytes,
+            },
+            rejects,
+            late: total.late,
+            after_until: total.after_until,
+            applied: total.applied,
+            earliest: self.earliest(),
+            last_event: (latest != Timestamp::MIN).then_some(latest),
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> &'static str {
+        "run (kafka)"
+    }
+
+    fn step_ends(self: Arc<Self>) -> Option<StepEnds> {
+        Some(self.step_log())
+    }
+
+    fn link(self: Arc<Self>, index: usize) -> Box<dyn WorkerLink> {
+        if self.process.1 > 1 {
+            Box::new(KafkaLink::new(self, index))
+        } else {
+            Box::new(NoLink)
+        }
+    }
+
+    fn at_boundary(&self, boundary: Timestamp) -> (Option<Timestamp>, Vec<(String, String)>) {
+        (self.earliest(), self.state_at(boundary))
+    }
+
+    /// Called by the store writer once a batch is written: its offsets may now be committed.
+    fn written(&self, state: &[(String, String)]) {
+        let mut durable = self.durable.lock().unwrap();
+        for (key, value) in state {
+            if let (Some(partition), Ok(offset)) =
+                (state_key::kafka_offset_partition(key, &self.options.topic), value.parse::<i64>())
+            {
+                durable.insert(partition, offset);
+            }
+        }
+    }
+
+    fn join(&self) -> Result<ReadSummary> {
+        self.join_threads()
+    }
+
+    fn final_state(&self) -> Vec<(String, String)> {
+        KafkaSource::final_state(self)
+    }
+
+    fn finish(&self) -> Result<()> {
+        self.commit_final()
+    }
+
+    fn stop(&self) {
+        self.stop_threads();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.report_failure()
+    }
+
+    fn stopped(&self) -> bool {
+        self.has_failed()
+    }
+}
+
+/// Starts one source thread per worker of this process (`process` of `processes`, each with
+/// `workers`): worker `w` of the run owns every `w`-th partition. Returns the workers' feeds and
+/// the shared source.
+pub fn start(
+    options: KafkaSourceOptions,
+    rejects: RejectLog,
+    workers: usize,
+    (process, processes): (usize, usize),
+    accepted: Arc<AtomicU64>,
+) -> Result<Started> {
+    let probe = kafka::consumer(&options.kafka, &[])?;
+    let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30))?;
+    drop(probe);
+    let total_workers = workers * processes;
+    let local = process * workers..(process + 1) * workers;
+    info!(
+        "kafka: topic '{}' has {partitions} partition(s), read by {total_workers} worker(s){}; lateness {}s, idle \
+         timeout {}s",
+        options.topic,
+        if processes > 1 {
+            format!(" in {processes} processes (this one has workers {local:?})")
+        } else {
+            String::new()
+        },
+        options.lateness,
+        options.idle_timeout.as_secs()
+    );
+    let owned_here: Vec<i32> =
+        local.clone().flat_map(|worker| owned_partitions(worker, total_workers, partitions)).collect();
+    let rejects = Arc::new(Mutex::new(rejects));
+    let source = Arc::new(KafkaSource {
+        options: options.clone(),
+        threads: (0..total_workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
+        leader: process == 0,
+        local: local.clone(),
+        remote_partitions: (0..partitions as i32).filter(|p| !owned_here.contains(p)).collect(),
+        running: std::sync::atomic::AtomicUsize::new(workers),
+        rejects: rejects.clone(),
+        everyone_at_end: AtomicBool::new(false),
+        told: Mutex::new((None, false, false)),
+        followers: Mutex::new((Counts::default(), None)),
+        failed: AtomicBool::new(false),
+        steps: Mutex::new(BTreeMap::new()),
+        earliest: AtomicI64::new(Timestamp::MAX),
+        latest: AtomicI64::new(Timestamp::MIN),
+        durable: Mutex::new(BTreeMap::new()),
+        finished: AtomicBool::new(false),
+        dead_letters: match &options.dead_letter_topic {
+            Some(topic) => Some(kafka::DeadLetters::new(&options.kafka, topic)?),
+            None => None,
+        },
+        partitions: partitions as usize,
+        process: (process, processes),
+        accepted: accepted.clone(),
+        handles: Mutex::new(Vec::new()),
+    });
+    // A bootstrap: the archive's files, and where each partition continues on the topic.
+    let (archived, start_offsets) = match &options.bootstrap {
+        Some((root, since)) => {
+            if !archive::is_archive(root) {
+                anyhow::bail!("--bootstrap {}: not an archive (it has no raw/events)", root.display());
+            }
+            // One listing for both, taken between flushes of a running `archive`.
+            let (files, next) = archive::snapshot(root, *since)?;
+            info!(
+                "bootstrap: {} archived file(s) from {}, then the topic from offsets {}",
+                files.len(),
+                root.display(),
+                next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+            );
+            (files, next)
+        }
+        None => (Vec::new(), BTreeMap::new()),
+    };
+    let mut receivers = Vec::new();
+    let mut handles = Vec::new();
+    for worker in local {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Feed>(16);
+        receivers.push(receiver);
+        let owned = owned_partitions(worker, total_workers, partitions);
+        let replay = Replay::new(archived.iter().filter(|f| owned.contains(&f.partition)).cloned().collect(), &owned);
+        let thread = SourceThread::new(
+            worker,
+            owned,
+            &start_offsets,
+            replay,
+            source.clone(),
+            sender,
+            rejects.clone(),
+            accepted.clone(),
+        )?;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("kafka-source-{worker}"))
+                .spawn(move || thread.run())
+                .expect("spawning a Kafka source thread"),
+        );
+    }
+    *source.handles.lock().unwrap() = handles;
+    Ok(Started { feeds: receivers, source })
+}

@@ -1,0 +1,207 @@
+//! The incremental engine: timely/differential dataflows kept up to date from a [`Source`] and
+//! written to a store at every step boundary.
+//!
+//! A source's threads read the input, decide the steps and deal batches of accepted events to
+//! the workers; each worker inserts its batches at the current step's start. At each boundary the
+//! inputs advance, and once the probe passes the boundary the materializer's writes for it go to
+//! the store in one transaction, together with the frontier and what the source records for it
+//! (its positions). One step is in flight while the next is fed: the workers interleave feeding
+//! with their share of the dataflow. All results are routed to worker 0, which closes the
+//! boundaries and is the store's single writer (through the writer thread).
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `mod.rs` | [`run`]: profiles, the store, serving, starting the source and the workers, the summary |
+//! | `config.rs` | [`EngineConfig`]: what the engine is told (built from the command line by `commands/run.rs`) |
+//! | `source.rs` | the [`Source`] trait, [`source::Feed`] (source → worker), [`source::WorkerLink`] (between processes) |
+//! | `files.rs` | the file and archive source |
+//! | `kafka/` | the Kafka source (shared clock and steps, consumer threads, archive replay, link) |
+//! | `worker.rs` | each worker's dataflow and loop: feeding workers, and worker 0 which also closes boundaries |
+//! | `driver.rs` | worker 0's boundaries: profile reloads, dates, writing each boundary the dataflow passed |
+//! | `store_writer.rs` | the store writer thread: materializing and writing boundaries, telling the source |
+//! | `cluster.rs` | timely's configuration: threads, and a cluster of processes |
+//! | `operator_profile.rs` | time per dataflow operator (`CARTFLOW_PROFILE_OPERATORS=1`) |
+
+mod cluster;
+pub mod config;
+mod driver;
+mod files;
+pub mod kafka;
+pub mod operator_profile;
+pub mod source;
+mod store_writer;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cartflow_connectors::input::read_profiles;
+use cartflow_connectors::input::ReadStats;
+use cartflow_connectors::input::RejectLog;
+use cartflow_connectors::progress::human;
+use cartflow_connectors::store::StoreTarget;
+use cartflow_dataflows::model::time::format_rfc3339;
+use cartflow_dataflows::model::{Profiles, Timestamp};
+use cartflow_dataflows::schema::{WriteBatch, TABLES};
+use tracing::{info, warn};
+
+pub use self::config::{ClusterConfig, EngineConfig, InputConfig, ServeConfig};
+use self::driver::ProfileChange;
+pub use self::source::Source;
+use self::source::{ReadSummary, Started};
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub read: ReadStats,
+    pub applied: u64,
+    pub late: u64,
+    pub after_until: u64,
+    pub boundaries: u64,
+    pub frontier: Option<Timestamp>,
+    pub elapsed: Duration,
+}
+
+impl RunSummary {
+    /// A process other than 0: what it read (process 0 wrote the boundaries).
+    fn of_share(read: ReadSummary) -> RunSummary {
+        RunSummary {
+            read: read.stats,
+            applied: read.applied,
+            late: read.late,
+            after_until: read.after_until,
+            ..RunSummary::default()
+        }
+    }
+}
+
+/// Runs the engine to the end of its input (or `--until`).
+pub fn run(config: &EngineConfig) -> Result<RunSummary> {
+    let cluster = cluster::timely_config(&config.cluster, config.workers)?;
+    let writes = config.cluster.writes();
+    let live = matches!(config.input, InputConfig::Kafka(_));
+    // Process 0 writes the rejects file; the others count their rejects, and from Kafka (where
+    // each process reads its own partitions) keep them for process 0.
+    let mut rejects = match (writes, live) {
+        (true, _) => RejectLog::new(Some(config.rejects.clone())),
+        (false, true) => RejectLog::keeping(),
+        (false, false) => RejectLog::new(None),
+    };
+    let initial = match &config.profiles {
+        Some(path) => {
+            let (profiles, stats) = read_profiles(path, &mut rejects)?;
+            info!("loaded {} profile(s) from {}", stats.users, path.display());
+            profiles
+        }
+        None => Profiles::default(),
+    };
+    let mut changes: Vec<ProfileChange> = Vec::new();
+    for (at, path) in &config.profiles_at {
+        let (profiles, stats) = read_profiles(path, &mut rejects)?;
+        info!("profiles of {} ({} users) apply from {}", path.display(), stats.users, format_rfc3339(*at));
+        changes.push((*at, profiles));
+    }
+    changes.sort_by_key(|(at, _)| *at);
+
+    // Starts with empty tables (results and pipeline_state), as a replay from the beginning.
+    if writes {
+        let mut store = config.store.open()?;
+        store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
+        drop(store);
+    }
+    // `--serve`: the dashboard and API follow the store as the run writes it (stopped at the end).
+    // With HBase, only /health and /metrics answer (the tables are read from HBase).
+    let server = match config.serve.as_ref().filter(|_| writes) {
+        Some(serve) => {
+            let db = match &config.store {
+                StoreTarget::Sqlite(db) => Some(db.clone()),
+                StoreTarget::Hbase(_) => None,
+            };
+            let options =
+                cartflow_connectors::http::ServeOptions { listen: serve.listen, db, token: serve.token.clone() };
+            Some(cartflow_connectors::http::HttpServer::start(options)?)
+        }
+        None => None,
+    };
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    cartflow_connectors::metrics::METRICS.job_started(accepted.clone());
+    let process = (config.cluster.process, config.cluster.processes);
+    let Started { feeds, source } = match &config.input {
+        InputConfig::Kafka(options) => {
+            kafka::start(options.clone(), rejects, config.workers, process, accepted.clone())?
+        }
+        InputConfig::Files { paths, since, pace } => files::start(
+            paths,
+            *since,
+            rejects,
+            files::ReaderOptions {
+                settings: config.settings,
+                until: config.until,
+                workers: config.workers,
+                show_progress: !config.quiet,
+                pace: *pace,
+                process,
+            },
+            accepted.clone(),
+        )?,
+    };
+    let shared = Arc::new(worker::Shared {
+        config: config.clone(),
+        source: source.clone(),
+        initial,
+        changes: Mutex::new(Some(changes)),
+        feeds: Mutex::new(feeds.into_iter().map(Some).collect()),
+        accepted,
+        done: AtomicBool::new(false),
+        summary: Mutex::new(None),
+    });
+    let worker_shared = shared.clone();
+    let guards = timely::execute(cluster, move |worker| {
+        let shared = worker_shared.clone();
+        if let Err(error) = worker::run_worker(worker, &shared) {
+            shared.done.store(true, Ordering::SeqCst);
+            shared.source.stop();
+            *shared.summary.lock().unwrap() = Some(Err(format!("{error:#}")));
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    for result in guards.join() {
+        result.map_err(anyhow::Error::msg)?;
+    }
+    if !writes {
+        // Worker 0 is in process 0; this process fed its share of every step. From Kafka, its
+        // first worker has joined the source and reported to process 0.
+        match shared.summary.lock().unwrap().take() {
+            Some(Ok(summary)) => return Ok(summary),
+            Some(Err(error)) => bail!(error),
+            None => {}
+        }
+        let read = source.join()?;
+        info!(
+            "process {} of {}: read {} events and computed its share of every step; process 0 wrote the store",
+            config.cluster.process, config.cluster.processes, read.applied
+        );
+        return Ok(RunSummary::of_share(read));
+    }
+    let summary = shared.summary.lock().unwrap().take().context("worker 0 did not report")?;
+    let summary = summary.map_err(anyhow::Error::msg)?;
+    info!(
+        "applied {} events in {:.1}s ({} events/s), {} boundaries, frontier {}",
+        summary.applied,
+        summary.elapsed.as_secs_f64(),
+        human(summary.applied as f64 / summary.elapsed.as_secs_f64().max(1e-9)),
+        summary.boundaries,
+        summary.frontier.map(format_rfc3339).unwrap_or_default()
+    );
+    crate::report::job_figures("run", summary.applied, summary.elapsed.as_secs_f64())?;
+    if summary.late > 0 {
+        warn!("{} late event(s) were not applied (see {})", summary.late, config.rejects.display());
+    }
+    if let Some(server) = server {
+        server.stop()?;
+    }
+    Ok(summary)
+}

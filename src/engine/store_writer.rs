@@ -1,0 +1,89 @@
+//! The store's writer thread: it materializes each boundary (sorting and formatting rows, daily
+//! snapshots, final windows) and writes it with the frontier, off worker 0's critical path, then
+//! tells the source which positions the store holds.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cartflow_connectors::store::{BackgroundSink, Sink};
+use cartflow_dataflows::incremental::materialize::Materializer;
+use cartflow_dataflows::incremental::{Diff, Output};
+use cartflow_dataflows::model::time::{format_rfc3339, parse_event_time};
+use cartflow_dataflows::model::Timestamp;
+use cartflow_dataflows::schema::{state_key, WriteBatch};
+
+use super::source::Source;
+
+/// What worker 0 hands the store writer: a boundary's result changes, which the writer thread
+/// materializes into the boundary's writes, or a batch ready to write.
+pub enum StoreJob {
+    Boundary {
+        boundary: Timestamp,
+        first_event: Option<Timestamp>,
+        changes: Vec<(Output, Diff)>,
+        /// Source progress written with the boundary (Kafka offsets).
+        state: Vec<(String, String)>,
+    },
+    Batch(WriteBatch),
+}
+
+/// Starts the writer thread over `store`.
+pub fn spawn(
+    store: Box<dyn Sink + Send>,
+    mut materializer: Materializer,
+    source: Arc<dyn Source>,
+    commit_log: Option<&Path>,
+) -> Result<BackgroundSink<StoreJob>> {
+    let job_name = source.name();
+    let commit_log = match commit_log {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let sink = TellsTheSource { store, source, commit_log };
+    Ok(BackgroundSink::spawn_preparing(sink, 2, move |job| match job {
+        StoreJob::Boundary { boundary, first_event, changes, state } => {
+            if let Some(first) = first_event {
+                materializer.note_event(first);
+            }
+            let mut batch = materializer.advance(boundary, changes);
+            batch.state.push((state_key::FRONTIER.into(), format_rfc3339(boundary)));
+            batch.state.push((state_key::SOURCE.into(), job_name.into()));
+            batch.state.extend(state);
+            batch
+        }
+        StoreJob::Batch(batch) => batch,
+    }))
+}
+
+/// The store, telling the source which positions it holds once a batch is written (so that they
+/// are committed upstream only then).
+struct TellsTheSource {
+    store: Box<dyn Sink + Send>,
+    source: Arc<dyn Source>,
+    /// `--commit-log`: when each boundary was committed.
+    commit_log: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Sink for TellsTheSource {
+    fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        let started = Instant::now();
+        self.store.write(batch)?;
+        let frontier = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER).map(|(_, v)| v.as_str());
+        let frontier_time = frontier.and_then(|f| parse_event_time(f.as_bytes()));
+        cartflow_connectors::metrics::METRICS.boundary_written(frontier_time, started.elapsed().as_secs_f64());
+        self.source.written(&batch.state);
+        if let Some(log) = &mut self.commit_log {
+            if let Some(frontier) = frontier_time {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                writeln!(log, "{frontier},{}", now.as_millis())?;
+                log.flush()?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! Each worker's dataflow and loop. Every worker builds the same dataflow and inserts the batches
+//! its feed brings at the current step's start; worker 0 also feeds the profiles and the
+//! demographics' dates, closes the boundaries the source announces and writes the store.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use cartflow_dataflows::incremental::materialize::Materializer;
+use cartflow_dataflows::incremental::{self, logical, Diff, Output, Time};
+use cartflow_dataflows::model::time::end_frontier_after;
+use cartflow_dataflows::model::Profiles;
+use cartflow_dataflows::schema::{state_key, WriteBatch};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Exchange, Operator, Probe};
+use timely::dataflow::ProbeHandle;
+use tracing::info;
+
+use super::config::EngineConfig;
+use super::driver::{boundaries_up_to, Dataflow, Driver, Inputs, ProfileChange, ResultBuffer, PIPELINED_STEPS};
+use super::operator_profile::OperatorProfile;
+use super::source::{Feed, ReadSummary, Source, WorkerLink};
+use super::store_writer::{self, StoreJob};
+use super::RunSummary;
+
+/// What the workers share: the configuration, the source, and worker 0's inputs and report.
+pub struct Shared {
+    pub config: EngineConfig,
+    pub source: Arc<dyn Source>,
+    pub initial: Profiles,
+    pub changes: Mutex<Option<Vec<ProfileChange>>>,
+    /// Each worker's feed from the source, taken by the worker.
+    pub feeds: Mutex<Vec<Option<Receiver<Feed>>>>,
+    /// Events accepted so far (for worker 0's progress lines).
+    pub accepted: Arc<AtomicU64>,
+    pub done: AtomicBool,
+    pub summary: Mutex<Option<Result<RunSummary, String>>>,
+}
+
+/// One worker: builds the dataflow, then feeds it (and, on worker 0, closes the boundaries) until
+/// the dataflow is complete.
+pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()> {
+    let mut inputs = Inputs::new();
+    let outputs = ResultBuffer::default();
+    let settings = shared.config.settings;
+    let sink = outputs.clone();
+    let operator_profile = OperatorProfile::register(worker);
+    let mut link = shared.source.clone().link(worker.index());
+    let dataflow = worker.next_dataflow_index();
+    let (probe, reports_probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let results = incremental::build(
+            inputs.events.to_collection(scope),
+            inputs.profiles.to_collection(scope),
+            inputs.dates.to_collection(scope),
+            &settings,
+            shared.source.clone().step_ends(),
+        );
+        // Every result goes to worker 0, the store's single writer.
+        // The collecting operator moves each received container into the buffer (no copy) and
+        // emits nothing; its output's frontier tells the driver when a boundary's results are in.
+        let collected =
+            results.inner.exchange(|_| 0).unary::<CapacityContainerBuilder<Vec<(Output, Time, Diff)>>, _, _, _>(
+                Pipeline,
+                "Collect results",
+                move |_, _| {
+                    move |input, _output| {
+                        input.for_each_stamp(|_, containers| {
+                            let mut buffer = sink.borrow_mut();
+                            for container in containers {
+                                buffer.append(container);
+                            }
+                        });
+                    }
+                },
+            );
+        let (probe, _) = collected.probe();
+        let reports_probe = link.attach(scope, &probe);
+        (probe, reports_probe)
+    });
+    let link_dataflow = link.build(worker);
+
+    let local = worker.index() - shared.config.cluster.process * shared.config.workers;
+    let feed = shared.feeds.lock().unwrap()[local].take().expect("each worker takes its feed once");
+    if worker.index() == 0 {
+        lead(worker, shared, inputs, feed, &probe, reports_probe, &outputs, link)?;
+    } else {
+        follow(worker, shared, inputs, feed, &probe, link.as_mut());
+    }
+    operator_profile.report(worker.index());
+    if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
+        info!("worker {} used {:.1}s of CPU", worker.index(), cpu.as_secs_f64());
+    }
+    if let Some(link_dataflow) = link_dataflow {
+        worker.drop_dataflow(link_dataflow);
+    }
+    worker.drop_dataflow(dataflow);
+    Ok(())
+}
+
+/// A worker other than 0: feeds its share of the events at the steps the source announces, then
+/// works on until the dataflow is complete (worker 0, perhaps in another process, closes its
+/// inputs once it has written the last boundary) or the run failed.
+fn follow(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    inputs: Inputs,
+    feed: Receiver<Feed>,
+    probe: &ProbeHandle<Time>,
+    link: &mut dyn WorkerLink,
+) {
+    // Worker 0 alone feeds the profiles and dates: this worker's close now (a pattern with `..`
+    // would keep them open until the function returns, and the dataflow would never complete).
+    let Inputs { events: mut events_in, profiles, dates } = inputs;
+    drop((profiles, dates));
+    let mut now: Option<Time> = None;
+    while !shared.done.load(Ordering::SeqCst) {
+        link.pump();
+        match feed.try_recv() {
+            Ok(Feed::Step { start, .. }) => {
+                now = Some(logical(start));
+                events_in.advance_to(logical(start));
+                events_in.flush();
+                link.advance_to(logical(start));
+            }
+            Ok(Feed::Events(batch)) => {
+                let now = now.expect("a step starts before its events");
+                link.applied(&batch);
+                for event in batch {
+                    events_in.update_at(event, now, 1);
+                }
+                events_in.flush();
+                worker.step();
+            }
+            Ok(Feed::Positions { boundary, positions }) => link.positions(worker.index(), boundary, positions),
+            Err(TryRecvError::Empty) => {
+                link.idle();
+                worker.step_or_park(Some(Duration::from_micros(200)));
+            }
+            Err(TryRecvError::Disconnected) => break,
+        }
+    }
+    // The input is read: this worker's events input closes.
+    drop((events_in, feed));
+    if let Some(summary) = link.input_ended(worker, shared.done.load(Ordering::SeqCst)) {
+        *shared.summary.lock().unwrap() = Some(summary.map_err(|e| format!("{e:#}")));
+    }
+    while !shared.done.load(Ordering::SeqCst) && !probe.done() {
+        link.pump();
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+}
+
+/// Worker 0: feeds its share, closes every boundary the source announces and writes it; at the
+/// end of the input, closes the last boundaries (up to `--until` or the minute after the last
+/// event) and writes the run's final `pipeline_state`.
+#[allow(clippy::too_many_arguments)]
+fn lead(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    mut inputs: Inputs,
+    feed: Receiver<Feed>,
+    probe: &ProbeHandle<Time>,
+    reports_probe: Option<ProbeHandle<Time>>,
+    outputs: &ResultBuffer,
+    link: Box<dyn WorkerLink>,
+) -> Result<()> {
+    let config = &shared.config;
+    let settings = config.settings;
+    let source = shared.source.clone();
+    let store = store_writer::spawn(
+        config.store.open()?,
+        Materializer::new(settings, config.retention),
+        source.clone(),
+        config.commit_log.as_deref(),
+    )?;
+    let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
+    let mut driver = Driver::new(
+        store,
+        source.clone(),
+        shared.initial.clone(),
+        changes,
+        shared.accepted.clone(),
+        config.quiet,
+        link,
+    );
+    driver.insert_initial_profiles(&mut inputs);
+    let mut dataflow = Dataflow { worker, inputs, probe, outputs };
+    let mut failure: Option<anyhow::Error> = None;
+
+    // The source's threads parse and filter the input and deal the accepted events out to the
+    // workers in batches, so that parsing holds up no worker and the work before the first
+    // exchange is shared; worker 0 feeds its share and closes the boundaries the source announces.
+    let mut feed = Some(feed);
+    'feeding: while let Some(receiver) = &feed {
+        driver.link.pump();
+        match receiver.try_recv() {
+            Ok(Feed::Step { start, earliest }) => {
+                let Some(step_start) = driver.step_start else {
+                    driver.step_start = Some(start);
+                    dataflow.inputs.advance_all(logical(start));
+                    continue;
+                };
+                // Close the boundary at the new step, and every midnight before it (several when the
+                // input has a gap: each midnight makes a daily snapshot).
+                driver.first_event = earliest;
+                for boundary in boundaries_up_to(step_start, start, settings.retire) {
+                    if let Err(e) = driver.close(boundary, &mut dataflow) {
+                        failure = Some(e);
+                        break 'feeding;
+                    }
+                }
+            }
+            Ok(Feed::Events(batch)) => {
+                let now = logical(driver.step_start.expect("a step starts before its events"));
+                for event in batch {
+                    dataflow.inputs.events.update_at(event, now, 1);
+                }
+                // Worker 0's share of the step in flight, between batches; a finished step is
+                // written.
+                dataflow.inputs.events.flush();
+                dataflow.worker.step();
+                if let Err(e) = driver.settle(PIPELINED_STEPS, &mut dataflow) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+            }
+            Err(TryRecvError::Empty) => {
+                // Work on the dataflow while the source catches up.
+                dataflow.worker.step_or_park(Some(Duration::from_micros(200)));
+                if let Err(e) = driver.settle(PIPELINED_STEPS, &mut dataflow) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+            }
+            Ok(Feed::Positions { .. }) => unreachable!("only other processes' threads send positions to their workers"),
+            Err(TryRecvError::Disconnected) => feed = None,
+        }
+    }
+    // On a failure the feed is dropped here, and the source stops at its next batch.
+    drop(feed);
+    if failure.is_some() {
+        source.stop();
+    }
+    // Several processes: the others report all they read before the last boundaries.
+    if let Some(reports_probe) = reports_probe.as_ref().filter(|_| failure.is_none()) {
+        while !reports_probe.done() && !source.stopped() {
+            driver.link.pump();
+            dataflow.worker.step_or_park(Some(Duration::from_millis(2)));
+        }
+    }
+    let read = source.join();
+    let read = match failure {
+        Some(failure) => Err(failure),
+        None => read,
+    };
+    let read = match source.failure() {
+        Some(failure) => read.and(Err(anyhow::anyhow!("another process: {failure}"))),
+        None => read,
+    };
+    let result = read.and_then(|read| finish(&mut driver, &mut dataflow, config, read));
+    // The other workers (in every process) finish once the dataflow is complete, which needs
+    // every worker to step it to the end; after a failure they stop at once.
+    let Dataflow { worker, inputs, .. } = dataflow;
+    drop(inputs);
+    if result.is_ok() {
+        while !probe.done() {
+            driver.link.pump();
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+    }
+    shared.done.store(true, Ordering::SeqCst);
+    *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
+    Ok(())
+}
+
+/// The input has ended: closes the boundaries up to the end frontier, writes the run's final
+/// `pipeline_state` and waits for the store writer.
+fn finish(
+    driver: &mut Driver,
+    dataflow: &mut Dataflow<'_>,
+    config: &EngineConfig,
+    read: ReadSummary,
+) -> Result<RunSummary> {
+    let ReadSummary { stats: read, rejects, late, after_until, applied, earliest, last_event } = read;
+    let settings = config.settings;
+    let frontier = config.until.or(last_event.map(end_frontier_after));
+    if let Some(frontier) = frontier {
+        driver.first_event = earliest;
+        if driver.step_start.is_none() {
+            let start = settings.step_start(frontier - 1);
+            driver.step_start = Some(start);
+            dataflow.inputs.advance_all(logical(start));
+        }
+        for boundary in boundaries_up_to(driver.step_start.unwrap(), frontier, settings.retire) {
+            driver.close(boundary, dataflow)?;
+        }
+        driver.settle(0, dataflow)?;
+    }
+    let source = driver.source.clone();
+    let mut state = crate::report::state_entries(source.name(), &read, &rejects, applied, after_until, frontier);
+    state.push((state_key::LATE.to_string(), late.to_string()));
+    state.push((state_key::EVENTS_ACCEPTED.to_string(), applied.to_string()));
+    state.extend(source.final_state());
+    driver.store.write(StoreJob::Batch(WriteBatch { state, ..Default::default() }))?;
+    let writer = driver.store.finish()?;
+    source.finish()?;
+    let t = &driver.timings;
+    info!(
+        "worker 0 at boundaries: {:.1}s finishing steps in the dataflow, {:.1}s collecting results, {:.1}s waiting \
+         for the store writer; the writer materialized {} boundaries in {:.1}s and applied {} row changes in {:.1}s \
+         ({:.1}s of CPU)",
+        t.dataflow.as_secs_f64(),
+        t.collect.as_secs_f64(),
+        t.store_wait.as_secs_f64(),
+        writer.batches,
+        writer.preparing.as_secs_f64(),
+        writer.rows,
+        writer.busy.as_secs_f64(),
+        writer.cpu.unwrap_or_default().as_secs_f64()
+    );
+    Ok(RunSummary {
+        read,
+        applied,
+        late,
+        after_until,
+        boundaries: driver.boundaries,
+        frontier,
+        elapsed: driver.started.elapsed(),
+    })
+}
