@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cartflow_connectors::input::ordered::OrderOptions;
 use cartflow_dataflows::model::time::{parse_duration_arg, parse_instant_arg, Timestamp};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -265,11 +266,42 @@ fn speed(text: &str) -> Result<f64, String> {
     }
 }
 
+/// How a bounded input is put in event-time order (`run --input`, `simulate`).
+#[derive(Args, Debug, Clone)]
+pub struct OrderArgs {
+    /// Where files whose rows are out of order are sorted (runs spilled to disk, removed at the
+    /// end). Default: the system's temporary directory (TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub tmp_dir: Option<PathBuf>,
+
+    /// Memory for sorting rows out of order, in MiB: each sorted run holds this much before it is
+    /// spilled to --tmp-dir.
+    #[arg(long, default_value_t = 1024, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sort_memory: u64,
+}
+
+impl OrderArgs {
+    pub fn options(&self, show_progress: bool, with_sessions: bool) -> OrderOptions {
+        OrderOptions {
+            tmp_dir: self.tmp_dir.clone(),
+            sort_memory: (self.sort_memory as usize) << 20,
+            since: None,
+            show_progress,
+            with_sessions,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
-    /// Events: REES46 CSV files (plain or gzip) or directories of them, sent in this order.
+    /// Events: REES46 CSV files (plain or gzip), directories of them, or an archive root. Sent in
+    /// event-time order whatever the order of the rows and files (as a live tracker would send
+    /// them), rows out of order sorted first.
     #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
     pub input: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub order: OrderArgs,
 
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long, value_name = "HOST:PORT")]
@@ -392,11 +424,15 @@ pub struct RunArgs {
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
 
-    /// Events: REES46 CSV files (plain or gzip) or directories, read in this order (file names
-    /// in a directory); rows must be ordered by time to within a step, older rows are late. Or the
-    /// root of a Parquet archive (written by `archive`), replayed in event-time order.
+    /// Events: REES46 CSV files (plain or gzip), directories of them, or roots of a Parquet
+    /// archive (written by `archive`), in any mix and any order: they are read in event-time order
+    /// whatever the order of their rows and files (files with rows out of order are sorted first,
+    /// see --tmp-dir). A bounded input has no late events.
     #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]
     pub input: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub order: OrderArgs,
 
     /// Files: release each step once its events' time has passed at X times their own pace (as if
     /// they arrived live; `demo` uses it so that the windows move). Default: as fast as possible.

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use cartflow::cli::ProfilesAt;
-use cartflow::commands::run;
+use cartflow::commands::{batch, run};
 use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::{parse_duration_arg, parse_instant_arg};
 use cartflow_dataflows::schema::{TableId, TABLES};
@@ -105,8 +105,11 @@ fn reloading_profiles_mid_stream_ends_equal_to_batch_with_the_new_profiles() {
     assert!(old_day(&b) > 0);
 }
 
+/// SPEC §2 (revised): a bounded input has no late events. A row two steps behind the row before
+/// it (once late: counted, rejected, not applied) is applied in its place, and the store equals
+/// `batch` over the same rows.
 #[test]
-fn rows_older_than_the_open_step_are_late_counted_and_rejected() {
+fn rows_out_of_order_in_a_bounded_input_are_applied_not_late() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_events(
         dir.path(),
@@ -114,19 +117,20 @@ fn rows_older_than_the_open_step_are_late_counted_and_rejected() {
         &[
             "2019-10-01 10:00:00 UTC,view,10,1,,,1.00,1,s",
             "2019-10-01 12:30:00 UTC,view,11,1,,,1.00,2,s",
-            "2019-10-01 10:30:00 UTC,view,12,1,,,1.00,3,s", // two steps back with --step 1h: late
+            "2019-10-01 10:30:00 UTC,view,12,1,,,1.00,3,s", // two steps back with --step 1h
             "2019-10-01 12:40:00 UTC,view,13,1,,,1.00,4,s",
         ],
     );
-    let db = dir.path().join("late.db");
-    let summary = run::run(&run_args(vec![input], None, None, db.clone())).unwrap();
-    assert_eq!((summary.applied, summary.late), (3, 1));
+    let db = dir.path().join("unordered.db");
+    let summary = run::run(&run_args(vec![input.clone()], None, None, db.clone())).unwrap();
+    assert_eq!((summary.applied, summary.late), (4, 0));
     let store = SqliteStore::open_read_only(&db).unwrap();
-    assert_eq!(store.state("late").unwrap().as_deref(), Some("1"));
-    assert_eq!(store.state("rejected.late").unwrap().as_deref(), Some("1"));
-    let rejects = std::fs::read_to_string(dir.path().join("late.rejects.csv")).unwrap();
-    assert!(rejects.contains(",4,late,") && rejects.contains("10:30:00"), "{rejects}");
-    assert_eq!(store.read_table(TableId::Product).unwrap().len(), 3);
+    assert_eq!(store.state("late").unwrap().as_deref(), Some("0"));
+    assert_eq!(store.state("rejected.late").unwrap(), None);
+    assert_eq!(store.read_table(TableId::Product).unwrap().len(), 4);
+    let reference = dir.path().join("batch.db");
+    batch::run(&batch_args(vec![input], None, None, reference.clone())).unwrap();
+    assert_same_results(&reference, &db, "a row two steps out of order");
 }
 
 #[test]

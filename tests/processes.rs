@@ -75,6 +75,41 @@ fn two_processes_equal_one_on_generated_data() {
 }
 
 #[test]
+fn two_processes_over_shuffled_and_overlapping_files_equal_batch() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 2, 22);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let mut rows: Vec<&str> = rows.lines().collect();
+    let tail = rows[rows.len() / 2..].join("\n");
+    rows.shuffle(&mut rand_pcg::Pcg64::seed_from_u64(9));
+    // Every row shuffled in one file, and the second half again (sorted, overlapping) in another,
+    // given first.
+    let shuffled = dir.path().join("b-shuffled.csv");
+    std::fs::write(&shuffled, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    let again = dir.path().join("a-again.csv");
+    std::fs::write(&again, format!("{header}\n{tail}\n")).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(
+        vec![again.clone(), shuffled.clone()],
+        Some(users.clone()),
+        None,
+        batch_db.clone(),
+    ))
+    .unwrap();
+    let db = dir.path().join("two.db");
+    let mut args: Vec<OsString> = vec!["--step".into(), "1h".into(), "--sort-memory".into(), "1".into()];
+    args.extend(["--tmp-dir".into(), dir.path().join("tmp").into_os_string(), "--input".into()]);
+    args.extend([again.into_os_string(), shuffled.into_os_string()]);
+    run_two(dir.path(), &args, Some(&users), 1, &db);
+    assert_same_results(&batch_db, &db, "-n 2 over a shuffled and an overlapping file");
+    let state = SqliteStore::open_read_only(&db).unwrap();
+    assert_eq!(state.state("late").unwrap().as_deref(), Some("0"), "no late events in a bounded input");
+}
+
+#[test]
 fn two_processes_equal_batch_on_real_rows() {
     let Some(path) = shared_data("rees46-2019-oct-head.csv") else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use cartflow_connectors::http::{HttpServer, ServeOptions};
 use cartflow_connectors::store::sqlite::SqliteStore;
 use tracing::info;
 
+use cartflow_connectors::input::ordered::OrderOptions;
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::time::MINUTE;
 
@@ -50,7 +51,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     // One-minute steps, so that the windows move while the dashboard watches.
     let mut config = EngineConfig::replay(Vec::new(), db.clone());
-    config.input = InputConfig::Files { paths: vec![events], since: None, pace: Some(args.pace) };
+    config.input = InputConfig::Files { paths: vec![events], order: OrderOptions::default(), pace: Some(args.pace) };
     config.settings = Settings { step: MINUTE, lateness: 0, retire: MINUTE };
     config.profiles = Some(users);
     config.workers = args.workers;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cartflow_connectors::input::ordered::OrderOptions;
 use cartflow_connectors::input::RejectLog;
 use cartflow_connectors::kafka::KafkaOptions;
 use cartflow_connectors::store::StoreTarget;
@@ -52,7 +53,11 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             dead_letter_topic: args.dead_letter_topic.clone(),
             bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
         }),
-        None => InputConfig::Files { paths: args.input.clone(), since: args.since, pace: args.pace },
+        None => InputConfig::Files {
+            paths: args.input.clone(),
+            order: OrderOptions { since: args.since, ..args.order.options(!args.quiet, false) },
+            pace: args.pace,
+        },
     };
     let store = StoreTarget::choose(args.store.as_deref(), &args.db)?;
     let rejects = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&store.local_path()));

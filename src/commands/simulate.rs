@@ -7,8 +7,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cartflow_connectors::input::ordered::read_events_in_time_order;
 use cartflow_connectors::input::RejectLog;
-use cartflow_connectors::input::{read_events_while, resolve_inputs};
 use cartflow_connectors::kafka::{self, partition_count, KafkaOptions};
 use cartflow_connectors::progress::human;
 use cartflow_dataflows::model::time::{format_rfc3339, midnight_of, utc_date};
@@ -32,13 +32,12 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     if !(args.speed > 0.0 && args.speed.is_finite()) {
         bail!("--speed must be a positive number");
     }
-    let files = resolve_inputs(&args.input)?;
     let options = KafkaOptions { brokers: args.brokers.clone(), settings: args.settings.clone() };
     let producer = kafka::producer(&options)?;
     let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30))?;
     info!(
-        "simulate: {} file(s) into topic '{}' ({partitions} partitions) at {}",
-        files.len(),
+        "simulate: {} input(s) in event-time order into topic '{}' ({partitions} partitions) at {}",
+        args.input.len(),
         args.topic,
         match (args.max, args.rate) {
             (true, _) => "full speed".to_string(),
@@ -64,10 +63,10 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     let mut failure: Option<anyhow::Error> = None;
     let stats = {
         let failed = std::cell::Cell::new(false);
-        read_events_while(
-            &files,
+        read_events_in_time_order(
+            &args.input,
             &mut rejects,
-            false,
+            &args.order.options(false, true),
             || !failed.get(),
             |event, session| {
                 let shift = *shift.get_or_insert_with(|| match args.start_at {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use cartflow_connectors::input::ordered::OrderOptions;
 use cartflow_connectors::store::StoreTarget;
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::Timestamp;
@@ -45,7 +46,7 @@ impl EngineConfig {
     pub fn replay(paths: Vec<PathBuf>, db: PathBuf) -> EngineConfig {
         let settings = Settings { step: FILE_STEP, lateness: 0, retire: FILE_STEP };
         EngineConfig {
-            input: InputConfig::Files { paths, since: None, pace: None },
+            input: InputConfig::Files { paths, order: OrderOptions::default(), pace: None },
             profiles: None,
             profiles_at: Vec::new(),
             until: None,
@@ -71,8 +72,8 @@ pub enum InputConfig {
     /// CSV files or directories (plain or gzip), or the root of a Parquet archive.
     Files {
         paths: Vec<PathBuf>,
-        /// An archive: from the hour of this time on.
-        since: Option<Timestamp>,
+        /// How rows out of order are sorted; archives from the hour of `order.since` on.
+        order: OrderOptions,
         /// Release each step once its events' time has passed at this multiple of their pace.
         pace: Option<f64>,
     },

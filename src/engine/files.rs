@@ -1,5 +1,7 @@
-//! The file source of the engine: a reader thread that parses CSV files in order, or reads a
-//! Parquet archive in event-time order, and deals the accepted events to the workers.
+//! The file source of the engine: a reader thread that reads CSV files, directories and archives
+//! in event-time order whatever the order of their rows and files (sorting what is out of order:
+//! see `cartflow_connectors::input::ordered`), decides the steps and deals the accepted events to
+//! the workers. A bounded input has no late events.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
-use cartflow_connectors::archive;
-use cartflow_connectors::input::{read_events_while, resolve_inputs, ReadStats};
+use cartflow_connectors::input::ordered::{read_events_in_time_order, OrderOptions};
 use cartflow_connectors::input::{RejectLog, RejectReason};
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::Timestamp;
@@ -33,37 +34,25 @@ impl Source for FileSource {
     }
 }
 
-/// Starts the reader over `paths`: the root of an archive, or CSV files and directories.
+/// Starts the reader over `paths`: CSV files, directories and archive roots, in any mix.
 pub fn start(
     paths: &[PathBuf],
-    since: Option<Timestamp>,
     rejects: RejectLog,
     options: ReaderOptions,
     accepted: Arc<AtomicU64>,
 ) -> Result<Started> {
-    let input = match paths {
-        [root] if archive::is_archive(root) => Input::Archive { root: root.clone(), since },
-        _ => Input::Csv(resolve_inputs(paths)?),
-    };
-    let (feeds, reader) = spawn_reader(input, rejects, options, accepted);
+    let (feeds, reader) = spawn_reader(paths.to_vec(), rejects, options, accepted);
     Ok(Started { feeds, source: Arc::new(FileSource { reader: Mutex::new(Some(reader)) }) })
-}
-
-/// What the reader reads.
-enum Input {
-    /// CSV files, in this order.
-    Csv(Vec<PathBuf>),
-    /// A Parquet archive from the hour of `since` on.
-    Archive { root: PathBuf, since: Option<Timestamp> },
 }
 
 /// How the reader reads.
 pub struct ReaderOptions {
     pub settings: Settings,
+    /// How rows out of order are sorted, and where archives start (`--since`).
+    pub order: OrderOptions,
     /// Events at or after this are counted, not applied.
     pub until: Option<Timestamp>,
     pub workers: usize,
-    pub show_progress: bool,
     /// `--pace`: release steps at this multiple of the events' own pace.
     pub pace: Option<f64>,
     /// (this process, processes): every process reads the whole input and decides the same
@@ -71,19 +60,19 @@ pub struct ReaderOptions {
     pub process: (usize, usize),
 }
 
-/// Reads `files` in order on a thread of its own, rejecting what `run` cannot apply: malformed
-/// rows, events before 1970 and late events (before the step of a later event: the steps follow
-/// the input), and counting those at or after `until`. The reader decides the steps: each
+/// Reads `paths` in event-time order on a thread of its own, rejecting what `run` cannot apply:
+/// malformed rows and events before 1970 (and late events, before the step of a later event,
+/// which event-time order leaves none of), and counting those at or after `until`. The reader decides the steps: each
 /// worker's feed gets every step start, and the accepted events in batches dealt out in turn, so
 /// the workers share the work before the dataflow's first exchange. Once a feed is dropped (its
 /// worker failed) the reader stops at its next batch.
 fn spawn_reader(
-    input: Input,
+    paths: Vec<PathBuf>,
     mut rejects: RejectLog,
     options: ReaderOptions,
     accepted: Arc<AtomicU64>,
 ) -> (Vec<Receiver<Feed>>, JoinHandle<Result<ReadSummary>>) {
-    let ReaderOptions { settings, until, workers, show_progress, pace, process: (process, processes) } = options;
+    let ReaderOptions { settings, order, until, workers, pace, process: (process, processes) } = options;
     let (senders, receivers): (Vec<SyncSender<Feed>>, Vec<Receiver<Feed>>) =
         (0..workers).map(|_| std::sync::mpsc::sync_channel::<Feed>(16)).unzip();
     let reader = std::thread::Builder::new()
@@ -162,47 +151,8 @@ fn spawn_reader(
                 }
                 Ok(())
             };
-            let stats = match &input {
-                Input::Csv(files) => {
-                    read_events_while(files, &mut rejects, show_progress, keep_reading, |event, _session| {
-                        accept(event)
-                    })?
-                }
-                Input::Archive { root, since } => {
-                    let mut stats = ReadStats::default();
-                    let mut bad_files = Vec::new();
-                    archive::read_in_time_order(
-                        root,
-                        *since,
-                        keep_reading,
-                        |path, error| bad_files.push((path.display().to_string(), format!("{error:#}"))),
-                        |archived| {
-                            stats.rows += 1;
-                            match accept(&archived.event) {
-                                Ok(()) => stats.valid += 1,
-                                Err(reason) => {
-                                    stats.rejected += 1;
-                                    let source = format!("archive[{}]", archived.partition);
-                                    rejects.reject(
-                                        &source,
-                                        archived.offset as u64,
-                                        reason,
-                                        archived.session.as_bytes(),
-                                    )?;
-                                }
-                            }
-                            Ok(())
-                        },
-                    )?;
-                    for (path, error) in bad_files {
-                        tracing::warn!("skipped {path}: {error}");
-                        rejects.reject(&path, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
-                    }
-                    stats.files = archive::files(root, *since)?.len();
-                    rejects.flush()?;
-                    stats
-                }
-            };
+            let stats =
+                read_events_in_time_order(&paths, &mut rejects, &order, keep_reading, |event, _session| accept(event))?;
             if !batch.is_empty() && mine(&mut dealt) {
                 let _ = senders[next_worker].send(Feed::Events(batch));
             }

@@ -133,15 +133,14 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
         InputConfig::Kafka(options) => {
             kafka::start(options.clone(), rejects, config.workers, process, accepted.clone())?
         }
-        InputConfig::Files { paths, since, pace } => files::start(
+        InputConfig::Files { paths, order, pace } => files::start(
             paths,
-            *since,
             rejects,
             files::ReaderOptions {
                 settings: config.settings,
+                order: order.clone(),
                 until: config.until,
                 workers: config.workers,
-                show_progress: !config.quiet,
                 pace: *pace,
                 process,
             },

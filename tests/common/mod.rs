@@ -176,6 +176,7 @@ pub fn generated(dir: &Path, events: u64, days: u32, seed: u64) -> (PathBuf, Pat
 pub fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
     SimulateArgs {
         input: vec![input],
+        order: cartflow::cli::OrderArgs { tmp_dir: None, sort_memory: 64 },
         brokers: brokers.to_string(),
         topic: TOPIC.to_string(),
         start_at: None,

@@ -1,0 +1,622 @@
+//! A bounded input read in event-time order, whatever the order of its rows and files (SPEC §2):
+//! CSV files in any order, with overlapping time ranges, rows shuffled within a file, plain and
+//! gzip mixed, directories, and archive roots.
+//!
+//! 1. **Survey.** Each CSV file is scanned once for its event times alone (the time field of each
+//!    line, nothing else parsed): its rows, its first and last time, and how many rows are older
+//!    than a row before them. A file with none is *sorted*.
+//! 2. **Sort.** Each file with rows out of order is read whole, validated, and sorted with bounded
+//!    memory: runs of at most [`OrderOptions::sort_memory`] bytes of events are sorted in memory
+//!    and spilled to a temporary directory (an external sort).
+//! 3. **Merge.** The sorted files (read as they stream), the spilled runs and the archives (read in
+//!    event-time order by their own thread) are merged by event time with a heap. A stream is
+//!    opened only once the merge reaches its first event, so files that follow one another hold
+//!    one file open at a time.
+//!
+//! Rows are validated once, where they are first parsed (the sorted files in the merge, the others
+//! while sorting), and rejected there with their line. Ties in time come out in a fixed order
+//! (stream, then line), so every process of a run reads the same sequence.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cartflow_dataflows::model::time::parse_event_time;
+use cartflow_dataflows::model::{Event, EventType, Symbol, Timestamp};
+use rustc_hash::FxHashMap;
+use tracing::info;
+
+use super::csv::{header_columns, is_header, resolve_inputs, CsvFile, ReadStats};
+use super::events::EventParser;
+use super::lines::{open_maybe_gzip, LineRecords};
+use super::rejects::{RejectLog, RejectReason};
+use crate::archive::{self, ArchivedEvent};
+use crate::progress::{human, Progress};
+
+/// How a bounded input is put in order.
+#[derive(Clone, Debug)]
+pub struct OrderOptions {
+    /// Where sorted runs are spilled (a directory of its own is made inside). Default: the
+    /// system's temporary directory (`TMPDIR`).
+    pub tmp_dir: Option<PathBuf>,
+    /// Bytes of events sorted in memory before a run is spilled.
+    pub sort_memory: usize,
+    /// Archives: from the hour of this time on; earlier events are skipped.
+    pub since: Option<Timestamp>,
+    pub show_progress: bool,
+    /// Keep each row's `user_session` through the sort (`simulate` sends it; `run` does not need it).
+    pub with_sessions: bool,
+}
+
+impl Default for OrderOptions {
+    fn default() -> OrderOptions {
+        OrderOptions { tmp_dir: None, sort_memory: 1 << 30, since: None, show_progress: false, with_sessions: false }
+    }
+}
+
+/// What the survey found in one CSV file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileOrder {
+    pub rows: u64,
+    /// Rows older than an earlier row of the file.
+    pub out_of_order: u64,
+    pub first: Option<Timestamp>,
+    pub last: Option<Timestamp>,
+}
+
+/// Scans a CSV file's event times (only the time field of each line is parsed).
+pub fn survey(path: &Path, mut progress: impl FnMut(u64, u64)) -> Result<FileOrder> {
+    let (mut reader, counter) = open_maybe_gzip(path)?;
+    let mut order = FileOrder::default();
+    let mut line = Vec::new();
+    let mut time_column = 0;
+    let mut first_line = true;
+    let mut latest = Timestamp::MIN;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).with_context(|| format!("{}: reading", path.display()))? == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            continue;
+        }
+        if std::mem::take(&mut first_line) {
+            let mut records = LineRecords::new(text);
+            if records.next_record()? && is_header(&records) {
+                // A header the reader rejects is reported by the reader; the survey assumes the
+                // default order.
+                time_column = header_columns(&records).map_or(0, |columns| columns[0]);
+                continue;
+            }
+        }
+        order.rows += 1;
+        let Some(time) = time_of(text, time_column) else { continue };
+        order.first = Some(order.first.map_or(time, |t| t.min(time)));
+        order.last = Some(order.last.map_or(time, |t| t.max(time)));
+        if time < latest {
+            order.out_of_order += 1;
+        }
+        latest = latest.max(time);
+        if order.rows.is_multiple_of(65_536) {
+            progress(counter.get(), order.rows);
+        }
+    }
+    progress(counter.get(), order.rows);
+    Ok(order)
+}
+
+/// The event time in the `column`-th field of a CSV line, as the reader sees it: a line with a
+/// quote up to that field goes through the reader's own record parser, so both read the same time.
+fn time_of(line: &[u8], column: usize) -> Option<Timestamp> {
+    let comma = |bytes: &[u8]| bytes.iter().position(|b| *b == b',');
+    let mut start = 0;
+    for _ in 0..column {
+        // Fewer commas than fields before it: the reader rejects the row.
+        start += comma(&line[start..])? + 1;
+    }
+    let end = start + comma(&line[start..]).unwrap_or(line.len() - start);
+    if !line[..end].contains(&b'"') {
+        return parse_event_time(&line[start..end]);
+    }
+    let mut records = LineRecords::new(line);
+    match records.next_record() {
+        Ok(true) if !records.unclosed_quote() && column < records.len() => parse_event_time(records.field(column)),
+        _ => None,
+    }
+}
+
+/// One thing the merge reads from, in event-time order.
+enum Stream {
+    /// A sorted CSV file, validated as it is read.
+    Csv { file: Box<CsvFile>, parser: EventParser, source: u32 },
+    /// A run of a sorted file's events, spilled by the sort.
+    Run { reader: BufReader<File>, left: u64 },
+    /// An archive, read in event-time order by a thread of its own.
+    Archive { archive: ArchiveStream, source: u32 },
+}
+
+/// A stream's next event, with where it came from (for a reject) and its session.
+struct Head {
+    event: Event,
+    /// An index into the merge's source names.
+    source: u32,
+    line: u64,
+    session: Vec<u8>,
+    /// The row as read (sorted CSV files only: spilled runs keep no raw line).
+    raw: Vec<u8>,
+}
+
+/// An input waiting for the merge to reach its first event.
+struct Pending {
+    first: Timestamp,
+    input: PendingInput,
+}
+
+enum PendingInput {
+    Csv { path: PathBuf, source: u32 },
+    Run { path: PathBuf, events: u64 },
+    Archive { root: PathBuf, source: u32 },
+}
+
+/// Reads `paths` (CSV files, directories of them, archive roots) and calls `on_event(event,
+/// user_session)` for every valid row in event-time order; rows that cannot be parsed, and rows
+/// `on_event` refuses, are counted and written to `rejects` (spilled rows without their raw line).
+/// Stops before the next event once `keep_reading` says no.
+pub fn read_events_in_time_order(
+    paths: &[PathBuf],
+    rejects: &mut RejectLog,
+    options: &OrderOptions,
+    mut keep_reading: impl FnMut() -> bool,
+    mut on_event: impl FnMut(&Event, &[u8]) -> Result<(), RejectReason>,
+) -> Result<ReadStats> {
+    let started = Instant::now();
+    let (csv_files, archives) = split_inputs(paths)?;
+    let mut stats = ReadStats { files: csv_files.len(), ..ReadStats::default() };
+    let total_bytes: u64 = csv_files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+
+    // 1. The survey.
+    let mut orders = Vec::new();
+    {
+        let mut progress = options.show_progress.then(|| Progress::new("checking event order", total_bytes, "bytes"));
+        let mut done = 0;
+        for path in &csv_files {
+            let order = survey(path, |bytes, rows| {
+                if let Some(p) = &mut progress {
+                    p.update(done + bytes, rows, "rows");
+                }
+            })?;
+            done += std::fs::metadata(path).map_or(0, |m| m.len());
+            orders.push(order);
+        }
+        if let Some(p) = &progress {
+            p.finish();
+        }
+    }
+    let unsorted: Vec<usize> = (0..csv_files.len()).filter(|&i| orders[i].out_of_order > 0).collect();
+    let out_of_order: u64 = unsorted.iter().map(|&i| orders[i].out_of_order).sum();
+    if !csv_files.is_empty() {
+        info!(
+            "{} CSV file(s) of {} rows checked in {:.1}s: {} sorted{}{}",
+            csv_files.len(),
+            human(orders.iter().map(|o| o.rows).sum::<u64>() as f64),
+            started.elapsed().as_secs_f64(),
+            csv_files.len() - unsorted.len(),
+            match unsorted.len() {
+                0 => String::new(),
+                n => format!(", {n} with {} rows out of order: sorting", human(out_of_order as f64)),
+            },
+            if overlapping(&orders) { "; time ranges overlap: merging by event time" } else { "" }
+        );
+    }
+
+    // 2. The sort of each file with rows out of order.
+    let mut sources: Vec<String> = csv_files.iter().map(|p| p.display().to_string()).collect();
+    sources.extend(archives.iter().map(|root| format!("archive {}", root.display())));
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut symbols = SymbolTable::default();
+    let spill_dir = if unsorted.is_empty() {
+        None
+    } else {
+        let base = options.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        Some(
+            tempfile::Builder::new()
+                .prefix("cartflow-sort-")
+                .tempdir_in(&base)
+                .with_context(|| format!("making a directory for sorted runs in {}", base.display()))?,
+        )
+    };
+    for (index, path) in csv_files.iter().enumerate() {
+        match (&spill_dir, orders[index].first) {
+            (Some(dir), _) if unsorted.contains(&index) => {
+                let rows = orders[index].rows;
+                let runs = sort_file(path, index as u32, rows, dir.path(), &mut symbols, rejects, &mut stats, options)?;
+                pending.extend(
+                    runs.into_iter()
+                        .map(|(first, path, events)| Pending { first, input: PendingInput::Run { path, events } }),
+                );
+            }
+            // A file with no valid time still goes through the reader (its rows are rejects).
+            (_, first) => pending.push(Pending {
+                first: first.unwrap_or(Timestamp::MIN),
+                input: PendingInput::Csv { path: path.clone(), source: index as u32 },
+            }),
+        }
+    }
+    for (index, root) in archives.iter().enumerate() {
+        // The merge opens archives first (their thread reads their events in order).
+        let source = (csv_files.len() + index) as u32;
+        pending.push(Pending { first: Timestamp::MIN, input: PendingInput::Archive { root: root.clone(), source } });
+    }
+    // Stable: inputs with the same first time keep the order given.
+    pending.sort_by_key(|p| p.first);
+    let mut pending: VecDeque<Pending> = pending.into();
+
+    // 3. The merge.
+    let total_rows: u64 = orders.iter().map(|o| o.rows).sum();
+    let mut progress = options.show_progress.then(|| Progress::new("reading events", total_rows.max(1), "rows"));
+    let mut streams: Vec<Stream> = Vec::new();
+    let mut heads: Vec<Option<Head>> = Vec::new();
+    let mut heap: BinaryHeap<Reverse<(Timestamp, usize, u64)>> = BinaryHeap::new();
+    let mut merged = 0u64;
+    let mut next_progress = 65_536u64;
+    loop {
+        // Open every input the merge has reached.
+        while pending.front().is_some_and(|p| heap.peek().is_none_or(|Reverse((t, _, _))| p.first <= *t)) {
+            let next = pending.pop_front().expect("not empty");
+            let mut stream = match next.input {
+                PendingInput::Csv { path, source } => {
+                    Stream::Csv { file: Box::new(CsvFile::open(&path)?), parser: EventParser::default(), source }
+                }
+                PendingInput::Run { path, events } => Stream::Run {
+                    reader: BufReader::with_capacity(
+                        1 << 18,
+                        File::open(&path).with_context(|| format!("opening the sorted run {}", path.display()))?,
+                    ),
+                    left: events,
+                },
+                PendingInput::Archive { root, source } => {
+                    Stream::Archive { archive: ArchiveStream::start(root, options.since), source }
+                }
+            };
+            let index = streams.len();
+            let head = next_head(&mut stream, &symbols, rejects, &mut stats, options)?;
+            if let Some(head) = &head {
+                heap.push(Reverse((head.event.time, index, head.line)));
+            }
+            streams.push(stream);
+            heads.push(head);
+        }
+        let Some(Reverse((_, index, _))) = heap.pop() else { break };
+        if !keep_reading() {
+            break;
+        }
+        let head = heads[index].take().expect("a stream in the heap has a head");
+        match on_event(&head.event, &head.session) {
+            Ok(()) => stats.valid += 1,
+            Err(reason) => {
+                stats.rejected += 1;
+                rejects.reject(&sources[head.source as usize], head.line, reason, &head.raw)?;
+            }
+        }
+        merged += 1;
+        let next = next_head(&mut streams[index], &symbols, rejects, &mut stats, options)?;
+        if let Some(next) = &next {
+            heap.push(Reverse((next.event.time, index, next.line)));
+        }
+        heads[index] = next;
+        if merged >= next_progress {
+            next_progress += 65_536;
+            if let Some(p) = &mut progress {
+                p.update(stats.rows.min(total_rows), stats.rows, "rows");
+            }
+        }
+    }
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    for stream in streams {
+        match stream {
+            Stream::Csv { file, .. } => stats.bytes += file.bytes_read(),
+            Stream::Archive { archive, .. } => archive.finish(rejects, &mut stats)?,
+            Stream::Run { .. } => {}
+        }
+    }
+    rejects.flush()?;
+    Ok(stats)
+}
+
+/// CSV files (directories expanded) and archive roots.
+fn split_inputs(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (archives, csv): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| archive::is_archive(p));
+    let csv = if csv.is_empty() { Vec::new() } else { resolve_inputs(&csv)? };
+    Ok((csv, archives))
+}
+
+/// Some two sorted files' time ranges overlap.
+fn overlapping(orders: &[FileOrder]) -> bool {
+    let mut ranges: Vec<(Timestamp, Timestamp)> = orders.iter().filter_map(|o| Some((o.first?, o.last?))).collect();
+    ranges.sort();
+    ranges.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+/// The next event of a stream.
+fn next_head(
+    stream: &mut Stream,
+    symbols: &SymbolTable,
+    rejects: &mut RejectLog,
+    stats: &mut ReadStats,
+    options: &OrderOptions,
+) -> Result<Option<Head>> {
+    match stream {
+        Stream::Csv { file, parser, source } => {
+            let Some(event) = file.next_event(parser, rejects, stats)? else { return Ok(None) };
+            let session = if options.with_sessions { file.session().to_vec() } else { Vec::new() };
+            Ok(Some(Head { event, source: *source, line: file.line(), session, raw: file.raw().to_vec() }))
+        }
+        Stream::Run { reader, left } => {
+            if *left == 0 {
+                return Ok(None);
+            }
+            *left -= 1;
+            Ok(Some(read_record(reader, symbols)?))
+        }
+        Stream::Archive { archive, source } => Ok(archive.next(stats).map(|archived| Head {
+            event: archived.event,
+            source: *source,
+            line: archived.offset as u64,
+            session: if options.with_sessions { archived.session.into_bytes() } else { Vec::new() },
+            raw: Vec::new(),
+        })),
+    }
+}
+
+/// Symbols written to spilled runs by number (a [`Symbol`] is a pointer, valid in this process).
+#[derive(Default)]
+struct SymbolTable {
+    symbols: Vec<Symbol>,
+    numbers: FxHashMap<usize, u32>,
+}
+
+impl SymbolTable {
+    fn number(&mut self, symbol: Option<Symbol>) -> u32 {
+        let Some(symbol) = symbol else { return 0 };
+        *self.numbers.entry(symbol.identity()).or_insert_with(|| {
+            self.symbols.push(symbol);
+            self.symbols.len() as u32
+        })
+    }
+
+    fn symbol(&self, number: u32) -> Result<Option<Symbol>> {
+        match number {
+            0 => Ok(None),
+            n => self.symbols.get(n as usize - 1).copied().map(Some).context("a sorted run names an unknown symbol"),
+        }
+    }
+}
+
+/// An event in the sort's buffer: where it came from, and its session in the buffer's arena.
+struct Sortable {
+    event: Event,
+    line: u64,
+    session: (u32, u16),
+}
+
+/// Bytes an event takes in the sort's buffer (the event, its line, and its session's place).
+const SORTABLE_BYTES: usize = std::mem::size_of::<Sortable>();
+
+/// Sorts one CSV file (of about `rows` rows) into runs spilled under `dir`: (first time, file,
+/// events) per run.
+#[allow(clippy::too_many_arguments)]
+fn sort_file(
+    path: &Path,
+    source: u32,
+    rows: u64,
+    dir: &Path,
+    symbols: &mut SymbolTable,
+    rejects: &mut RejectLog,
+    stats: &mut ReadStats,
+    options: &OrderOptions,
+) -> Result<Vec<(Timestamp, PathBuf, u64)>> {
+    let started = Instant::now();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut progress =
+        options.show_progress.then(|| Progress::new(format!("sorting {}", path.display()), size, "bytes"));
+    let mut file = CsvFile::open(path)?;
+    let mut parser = EventParser::default();
+    let capacity = (options.sort_memory / SORTABLE_BYTES).max(1024);
+    let mut buffer: Vec<Sortable> = Vec::with_capacity(capacity.min(rows as usize + 1));
+    let mut sessions: Vec<u8> = Vec::new();
+    let mut runs = Vec::new();
+    let mut sorted_rows = 0u64;
+    let mut spill = |buffer: &mut Vec<Sortable>, sessions: &mut Vec<u8>, symbols: &mut SymbolTable| -> Result<()> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        buffer.sort_unstable_by_key(|s| (s.event.time, s.line));
+        let run = dir.join(format!("run-{source}-{}.bin", runs.len()));
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&run).with_context(|| format!("creating the sorted run {}", run.display()))?,
+        );
+        for s in buffer.iter() {
+            let (at, len) = s.session;
+            let session = &sessions[at as usize..at as usize + len as usize];
+            write_record(&mut out, &s.event, source, s.line, session, symbols)
+                .with_context(|| format!("writing the sorted run {}", run.display()))?;
+        }
+        out.flush().with_context(|| format!("writing the sorted run {}", run.display()))?;
+        runs.push((buffer[0].event.time, run, buffer.len() as u64));
+        buffer.clear();
+        sessions.clear();
+        Ok(())
+    };
+    while let Some(event) = file.next_event(&mut parser, rejects, stats)? {
+        let session = if options.with_sessions { file.session() } else { &[][..] };
+        let len = session.len().min(u16::MAX as usize);
+        let at = sessions.len() as u32;
+        sessions.extend_from_slice(&session[..len]);
+        buffer.push(Sortable { event, line: file.line(), session: (at, len as u16) });
+        sorted_rows += 1;
+        if buffer.len() >= capacity || sessions.len() >= u32::MAX as usize / 2 {
+            spill(&mut buffer, &mut sessions, symbols)?;
+        }
+        if sorted_rows.is_multiple_of(65_536) {
+            if let Some(p) = &mut progress {
+                p.update(file.bytes_read(), stats.rows, "rows");
+            }
+        }
+    }
+    spill(&mut buffer, &mut sessions, symbols)?;
+    stats.bytes += file.bytes_read();
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    let spilled: u64 = runs.iter().filter_map(|(_, run, _)| std::fs::metadata(run).ok()).map(|m| m.len()).sum();
+    info!(
+        "sorted {} valid events of {} in {:.1}s: {} run(s), {} MB in {}",
+        human(sorted_rows as f64),
+        path.display(),
+        started.elapsed().as_secs_f64(),
+        runs.len(),
+        spilled / 1_000_000,
+        dir.display()
+    );
+    Ok(runs)
+}
+
+/// A spilled event: time, type, ids, symbols by number, price, user, source, line, session.
+fn write_record(
+    out: &mut impl Write,
+    event: &Event,
+    source: u32,
+    line: u64,
+    session: &[u8],
+    symbols: &mut SymbolTable,
+) -> std::io::Result<()> {
+    out.write_all(&event.time.to_le_bytes())?;
+    out.write_all(&[event_type_code(event.event_type)])?;
+    out.write_all(&event.product_id.to_le_bytes())?;
+    out.write_all(&event.category_id.to_le_bytes())?;
+    out.write_all(&symbols.number(event.category_code).to_le_bytes())?;
+    out.write_all(&symbols.number(event.brand).to_le_bytes())?;
+    out.write_all(&event.price.to_le_bytes())?;
+    out.write_all(&event.user_id.to_le_bytes())?;
+    out.write_all(&source.to_le_bytes())?;
+    out.write_all(&line.to_le_bytes())?;
+    out.write_all(&(session.len() as u16).to_le_bytes())?;
+    out.write_all(session)
+}
+
+/// Bytes of a spilled event before its session.
+const RECORD_BYTES: usize = 8 + 1 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 8 + 2;
+
+fn read_record(reader: &mut impl Read, symbols: &SymbolTable) -> Result<Head> {
+    let mut fixed = [0u8; RECORD_BYTES];
+    reader.read_exact(&mut fixed).context("reading a sorted run")?;
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let slice = &fixed[at..at + n];
+        at += n;
+        slice
+    };
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let time = u64_of(take(8)) as i64;
+    let event_type = event_type_of(take(1)[0]).context("a sorted run holds an unknown event type")?;
+    let product_id = u64_of(take(8));
+    let category_id = u64_of(take(8));
+    let category_code = symbols.symbol(u32_of(take(4)))?;
+    let brand = symbols.symbol(u32_of(take(4)))?;
+    let price = u64_of(take(8)) as i64;
+    let user_id = u64_of(take(8));
+    let source = u32_of(take(4));
+    let line = u64_of(take(8));
+    let session_len = u16::from_le_bytes(take(2).try_into().expect("2 bytes")) as usize;
+    let mut session = vec![0; session_len];
+    reader.read_exact(&mut session).context("reading a sorted run")?;
+    let event = Event { time, event_type, product_id, category_id, category_code, brand, price, user_id };
+    Ok(Head { event, source, line, session, raw: Vec::new() })
+}
+
+fn event_type_code(event_type: EventType) -> u8 {
+    EventType::ALL.iter().position(|t| *t == event_type).expect("every type is in ALL") as u8
+}
+
+fn event_type_of(code: u8) -> Option<EventType> {
+    EventType::ALL.get(code as usize).copied()
+}
+
+/// What an archive's reader thread ends with: the files it could not read (path, error) and how
+/// many files it listed.
+type ArchiveRead = (Vec<(String, String)>, usize);
+
+/// An archive read in event-time order on a thread of its own, in batches.
+struct ArchiveStream {
+    batches: Receiver<Vec<ArchivedEvent>>,
+    batch: std::vec::IntoIter<ArchivedEvent>,
+    reader: Option<JoinHandle<Result<ArchiveRead>>>,
+}
+
+impl ArchiveStream {
+    fn start(root: PathBuf, since: Option<Timestamp>) -> ArchiveStream {
+        let (sender, batches): (SyncSender<Vec<ArchivedEvent>>, _) = std::sync::mpsc::sync_channel(4);
+        let reader = std::thread::Builder::new()
+            .name("cartflow-archive-reader".into())
+            .spawn(move || {
+                let mut bad_files = Vec::new();
+                let mut batch = Vec::with_capacity(4_096);
+                let open = std::cell::Cell::new(true);
+                archive::read_in_time_order(
+                    &root,
+                    since,
+                    || open.get(),
+                    |path, error| bad_files.push((path.display().to_string(), format!("{error:#}"))),
+                    |archived| {
+                        batch.push(archived.clone());
+                        if batch.len() == 4_096 {
+                            open.set(sender.send(std::mem::replace(&mut batch, Vec::with_capacity(4_096))).is_ok());
+                        }
+                        Ok(())
+                    },
+                )?;
+                if !batch.is_empty() {
+                    let _ = sender.send(batch);
+                }
+                Ok((bad_files, archive::files(&root, since)?.len()))
+            })
+            .expect("spawning the archive reader");
+        ArchiveStream { batches, batch: Vec::new().into_iter(), reader: Some(reader) }
+    }
+
+    fn next(&mut self, stats: &mut ReadStats) -> Option<ArchivedEvent> {
+        loop {
+            if let Some(archived) = self.batch.next() {
+                stats.rows += 1;
+                return Some(archived);
+            }
+            self.batch = self.batches.recv().ok()?.into_iter();
+        }
+    }
+
+    /// Joins the thread: its files count as read, the files it could not read as rejects.
+    fn finish(mut self, rejects: &mut RejectLog, stats: &mut ReadStats) -> Result<()> {
+        drop(self.batches);
+        let reader = self.reader.take().expect("joined once");
+        let (bad_files, files) = reader.join().map_err(|_| anyhow::anyhow!("the archive reader panicked"))??;
+        for (path, error) in bad_files {
+            tracing::warn!("skipped {path}: {error}");
+            rejects.reject(&path, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
+        }
+        stats.files += files;
+        Ok(())
+    }
+}
