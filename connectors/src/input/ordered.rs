@@ -140,13 +140,51 @@ fn scan_range(path: &Path, start: u64, end: u64, time_column: usize, progress: i
     Ok(scan)
 }
 
-/// What a scan of lines found: like [`FileOrder`], with the latest time so far.
+/// What a scan of lines found. Times in the canonical REES46 form (`2019-12-01 00:00:02 UTC`:
+/// fixed width, zero-padded) order as their text does, so they are compared as bytes and parsed
+/// only at the end; other forms are parsed. A malformed canonical time (month 13) can only raise
+/// the maximum or lower the minimum: a file may then be sorted needlessly, never merged unsorted.
 #[derive(Default)]
 struct Scan {
     rows: u64,
     out_of_order: u64,
-    first: Option<Timestamp>,
-    last: Option<Timestamp>,
+    /// (min, max) of the canonical times, as [`TextKey`]s.
+    canonical: Option<(TextKey, TextKey)>,
+    /// (min, max) of the times in other forms.
+    other: Option<(Timestamp, Timestamp)>,
+}
+
+/// The first 19 bytes of a canonical time (`2019-12-01 00:00:02`), big-endian in integers: they
+/// compare as the text does, without a call to `memcmp` per row.
+type TextKey = (u64, u64, u32);
+
+fn text_key(t: &[u8; 23]) -> TextKey {
+    let word = |at: usize| u64::from_be_bytes(t[at..at + 8].try_into().expect("8 bytes"));
+    (word(0), word(8), u32::from_be_bytes([t[16], t[17], t[18], 0]))
+}
+
+/// The time a [`TextKey`] holds.
+fn key_time(key: TextKey) -> Option<Timestamp> {
+    let mut text = [0u8; 23];
+    text[..8].copy_from_slice(&key.0.to_be_bytes());
+    text[8..16].copy_from_slice(&key.1.to_be_bytes());
+    text[16..19].copy_from_slice(&key.2.to_be_bytes()[..3]);
+    text[19..].copy_from_slice(b" UTC");
+    parse_event_time(&text)
+}
+
+/// A time in the canonical form: digits and separators where they belong.
+fn canonical(text: &[u8]) -> Option<&[u8; 23]> {
+    let t: &[u8; 23] = text.get(..23)?.try_into().ok()?;
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let ok = &t[19..] == b" UTC"
+        && t[4] == b'-'
+        && t[7] == b'-'
+        && t[10] == b' '
+        && t[13] == b':'
+        && t[16] == b':'
+        && digits.iter().all(|&i| t[i].is_ascii_digit());
+    ok.then_some(t)
 }
 
 impl Scan {
@@ -157,12 +195,34 @@ impl Scan {
             return;
         }
         self.rows += 1;
-        let Some(time) = time_of(text, time_column) else { return };
-        if self.last.is_some_and(|latest| time < latest) {
-            self.out_of_order += 1;
+        // The usual case: the time is the first field, in the canonical form.
+        if time_column == 0 && text.get(23) == Some(&b',') {
+            if let Some(t) = canonical(text) {
+                let key = text_key(t);
+                let older = self.canonical.is_some_and(|(_, max)| key < max)
+                    || self.other.is_some_and(|(_, max)| parse_event_time(t).is_some_and(|time| time < max));
+                self.out_of_order += u64::from(older);
+                self.canonical = Some(match self.canonical {
+                    Some((min, max)) => (key.min(min), key.max(max)),
+                    None => (key, key),
+                });
+                return;
+            }
         }
-        self.first = Some(self.first.map_or(time, |t| t.min(time)));
-        self.last = Some(self.last.map_or(time, |t| t.max(time)));
+        let Some(time) = time_of(text, time_column) else { return };
+        let older = self.other.is_some_and(|(_, max)| time < max)
+            || self.canonical.and_then(|(_, max)| key_time(max)).is_some_and(|max| time < max);
+        self.out_of_order += u64::from(older);
+        self.other = Some(self.other.map_or((time, time), |(min, max)| (min.min(time), max.max(time))));
+    }
+
+    /// The earliest and latest time seen.
+    fn range(&self) -> (Option<Timestamp>, Option<Timestamp>) {
+        let parsed = self.canonical.map(|(min, max)| (key_time(min), key_time(max)));
+        let (canonical_min, canonical_max) = parsed.unwrap_or((None, None));
+        let (other_min, other_max) = (self.other.map(|o| o.0), self.other.map(|o| o.1));
+        let min = [canonical_min, other_min].into_iter().flatten().min();
+        (min, canonical_max.max(other_max))
     }
 
     /// Scans lines until `budget` bytes have been read (the last line may pass it) or the end.
@@ -194,15 +254,22 @@ impl Scan {
     fn append(&mut self, next: Scan) {
         // Rows of `next` older than this scan's latest are out of order too: counted as one (an
         // undercount only where the file is out of order anyway).
-        let behind = self.last.zip(next.first).is_some_and(|(latest, first)| first < latest);
+        let behind = self.range().1.zip(next.range().0).is_some_and(|(latest, first)| first < latest);
         self.out_of_order += next.out_of_order + u64::from(behind);
         self.rows += next.rows;
-        self.first = self.first.min(next.first).or(self.first).or(next.first);
-        self.last = self.last.max(next.last);
+        self.canonical = match (self.canonical, next.canonical) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (one, other) => one.or(other),
+        };
+        self.other = match (self.other, next.other) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (one, other) => one.or(other),
+        };
     }
 
     fn order(self) -> FileOrder {
-        FileOrder { rows: self.rows, out_of_order: self.out_of_order, first: self.first, last: self.last }
+        let (first, last) = self.range();
+        FileOrder { rows: self.rows, out_of_order: self.out_of_order, first, last }
     }
 }
 
@@ -226,29 +293,85 @@ fn time_of(line: &[u8], column: usize) -> Option<Timestamp> {
     }
 }
 
-/// One thing the merge reads from, in event-time order.
+/// One thing the merge reads from, in event-time order. A stream stands on its head (the event
+/// waiting in the merge) until the merge takes it, so its session and raw row are read in place.
 enum Stream {
     /// A sorted CSV file, validated as it is read.
     Csv { file: Box<CsvFile>, parser: EventParser, source: u32 },
-    /// A run of a sorted file's events, spilled by the sort.
-    Run { reader: BufReader<File>, left: u64 },
-    /// An archive, read in event-time order by a thread of its own.
-    Archive { archive: ArchiveStream, source: u32 },
+    /// A run of a sorted file's events, spilled by the sort: the head's record.
+    Run { reader: BufReader<File>, left: u64, head: Record },
+    /// An archive, read in event-time order by a thread of its own: the head.
+    Archive { archive: ArchiveStream, head: Option<ArchivedEvent> },
 }
 
-/// A stream's next event, with where it came from (for a reject) and its session.
-struct Head {
-    event: Event,
-    /// An index into the merge's source names.
+/// A spilled event as read back: the file (an index into the merge's sources) and line it came
+/// from, and its session.
+#[derive(Default)]
+struct Record {
     source: u32,
-    /// The line in a CSV file, or the offset of an archived event.
     line: u64,
-    /// The Kafka partition of an archived event (rejects name it, as `run --bootstrap` does).
-    partition: Option<i32>,
     session: Vec<u8>,
-    /// The row as read (sorted CSV files only: spilled runs keep no raw line).
-    raw: Vec<u8>,
 }
+
+impl Stream {
+    /// Moves to the next event: its time and line (or offset), or `None` at the end.
+    fn advance(
+        &mut self,
+        symbols: &SymbolTable,
+        rejects: &mut RejectLog,
+        stats: &mut ReadStats,
+    ) -> Result<Option<(Event, u64)>> {
+        match self {
+            Stream::Csv { file, parser, .. } => {
+                Ok(file.next_event(parser, rejects, stats)?.map(|event| (event, file.line())))
+            }
+            Stream::Run { reader, left, head } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                *left -= 1;
+                let event = read_record(reader, symbols, head)?;
+                Ok(Some((event, head.line)))
+            }
+            Stream::Archive { archive, head, .. } => {
+                *head = archive.next(stats);
+                Ok(head.as_ref().map(|a| (a.event, a.offset as u64)))
+            }
+        }
+    }
+
+    /// The head's `user_session`.
+    fn session(&self) -> &[u8] {
+        match self {
+            Stream::Csv { file, .. } => file.session(),
+            Stream::Run { head, .. } => &head.session,
+            Stream::Archive { head, .. } => head.as_ref().map_or(&[][..], |a| a.session.as_bytes()),
+        }
+    }
+
+    /// Where the head came from, for a reject: its source and raw row (spilled runs and archives
+    /// keep none).
+    fn origin(&self, sources: &[String]) -> (String, &[u8]) {
+        match self {
+            Stream::Csv { file, source, .. } => (sources[*source as usize].clone(), file.raw()),
+            Stream::Run { head, .. } => (sources[head.source as usize].clone(), &[]),
+            // As `run --bootstrap` names them.
+            Stream::Archive { head, .. } => (format!("archive[{}]", head.as_ref().map_or(-1, |a| a.partition)), &[]),
+        }
+    }
+}
+
+/// The head of a stream that has ended (never read: it is not in the heap).
+const NO_EVENT: Event = Event {
+    time: 0,
+    event_type: EventType::View,
+    product_id: 0,
+    category_id: 0,
+    category_code: None,
+    brand: None,
+    price: 0,
+    user_id: 0,
+};
 
 /// An input waiting for the merge to reach its first event.
 struct Pending {
@@ -259,7 +382,7 @@ struct Pending {
 enum PendingInput {
     Csv { path: PathBuf, source: u32 },
     Run { path: PathBuf, events: u64 },
-    Archive { root: PathBuf, source: u32 },
+    Archive(PathBuf),
 }
 
 /// Reads `paths` (CSV files, directories of them, archive roots) and calls `on_event(event,
@@ -314,7 +437,7 @@ pub fn read_events_in_time_order(
     }
 
     // 2. The sort of each file with rows out of order.
-    let sources: Vec<String> = csv_files.iter().chain(&archives).map(|p| p.display().to_string()).collect();
+    let sources: Vec<String> = csv_files.iter().map(|p| p.display().to_string()).collect();
     let mut pending: Vec<Pending> = Vec::new();
     let mut symbols = SymbolTable::default();
     let spill_dir = if unsorted.is_empty() {
@@ -346,10 +469,9 @@ pub fn read_events_in_time_order(
             }),
         }
     }
-    for (index, root) in archives.iter().enumerate() {
+    for root in &archives {
         // The merge opens archives first (their thread reads their events in order).
-        let source = (csv_files.len() + index) as u32;
-        pending.push(Pending { first: Timestamp::MIN, input: PendingInput::Archive { root: root.clone(), source } });
+        pending.push(Pending { first: Timestamp::MIN, input: PendingInput::Archive(root.clone()) });
     }
     // Stable: inputs with the same first time keep the order given.
     pending.sort_by_key(|p| p.first);
@@ -359,7 +481,8 @@ pub fn read_events_in_time_order(
     let total_rows: u64 = orders.iter().map(|o| o.rows).sum();
     let mut progress = options.show_progress.then(|| Progress::new("reading events", total_rows.max(1), "rows"));
     let mut streams: Vec<Stream> = Vec::new();
-    let mut heads: Vec<Option<Head>> = Vec::new();
+    // Each stream's head event, waiting in the heap.
+    let mut heads: Vec<Event> = Vec::new();
     let mut heap: BinaryHeap<Reverse<(Timestamp, usize, u64)>> = BinaryHeap::new();
     let mut merged = 0u64;
     let mut next_progress = 65_536u64;
@@ -377,41 +500,38 @@ pub fn read_events_in_time_order(
                         File::open(&path).with_context(|| format!("opening the sorted run {}", path.display()))?,
                     ),
                     left: events,
+                    head: Record::default(),
                 },
-                PendingInput::Archive { root, source } => {
-                    Stream::Archive { archive: ArchiveStream::start(root, options.since), source }
+                PendingInput::Archive(root) => {
+                    Stream::Archive { archive: ArchiveStream::start(root, options.since), head: None }
                 }
             };
             let index = streams.len();
-            let head = next_head(&mut stream, &symbols, rejects, &mut stats, options)?;
-            if let Some(head) = &head {
-                heap.push(Reverse((head.event.time, index, head.line)));
+            let head = stream.advance(&symbols, rejects, &mut stats)?;
+            if let Some((event, line)) = head {
+                heap.push(Reverse((event.time, index, line)));
             }
             streams.push(stream);
-            heads.push(head);
+            heads.push(head.map_or(NO_EVENT, |(event, _)| event));
         }
-        let Some(Reverse((_, index, _))) = heap.pop() else { break };
+        let Some(Reverse((_, index, line))) = heap.pop() else { break };
         if !keep_reading() {
             break;
         }
-        let head = heads[index].take().expect("a stream in the heap has a head");
-        match on_event(&head.event, &head.session) {
+        let stream = &mut streams[index];
+        match on_event(&heads[index], stream.session()) {
             Ok(()) => stats.valid += 1,
             Err(reason) => {
                 stats.rejected += 1;
-                let source = match head.partition {
-                    Some(partition) => format!("archive[{partition}]"),
-                    None => sources[head.source as usize].clone(),
-                };
-                rejects.reject(&source, head.line, reason, &head.raw)?;
+                let (source, raw) = stream.origin(&sources);
+                rejects.reject(&source, line, reason, raw)?;
             }
         }
         merged += 1;
-        let next = next_head(&mut streams[index], &symbols, rejects, &mut stats, options)?;
-        if let Some(next) = &next {
-            heap.push(Reverse((next.event.time, index, next.line)));
+        if let Some((event, line)) = stream.advance(&symbols, rejects, &mut stats)? {
+            heap.push(Reverse((event.time, index, line)));
+            heads[index] = event;
         }
-        heads[index] = next;
         if merged >= next_progress {
             next_progress += 65_536;
             if let Some(p) = &mut progress {
@@ -445,39 +565,6 @@ fn overlapping(orders: &[FileOrder]) -> bool {
     let mut ranges: Vec<(Timestamp, Timestamp)> = orders.iter().filter_map(|o| Some((o.first?, o.last?))).collect();
     ranges.sort();
     ranges.windows(2).any(|w| w[1].0 < w[0].1)
-}
-
-/// The next event of a stream.
-fn next_head(
-    stream: &mut Stream,
-    symbols: &SymbolTable,
-    rejects: &mut RejectLog,
-    stats: &mut ReadStats,
-    options: &OrderOptions,
-) -> Result<Option<Head>> {
-    match stream {
-        Stream::Csv { file, parser, source } => {
-            let Some(event) = file.next_event(parser, rejects, stats)? else { return Ok(None) };
-            let session = if options.with_sessions { file.session().to_vec() } else { Vec::new() };
-            let raw = file.raw().to_vec();
-            Ok(Some(Head { event, source: *source, line: file.line(), partition: None, session, raw }))
-        }
-        Stream::Run { reader, left } => {
-            if *left == 0 {
-                return Ok(None);
-            }
-            *left -= 1;
-            Ok(Some(read_record(reader, symbols)?))
-        }
-        Stream::Archive { archive, source } => Ok(archive.next(stats).map(|archived| Head {
-            event: archived.event,
-            source: *source,
-            line: archived.offset as u64,
-            partition: Some(archived.partition),
-            session: if options.with_sessions { archived.session.into_bytes() } else { Vec::new() },
-            raw: Vec::new(),
-        })),
-    }
 }
 
 /// Symbols written to spilled runs by number (a [`Symbol`] is a pointer, valid in this process).
@@ -620,7 +707,8 @@ fn write_record(
 /// Bytes of a spilled event before its session.
 const RECORD_BYTES: usize = 8 + 1 + 8 + 8 + 4 + 4 + 8 + 8 + 4 + 8 + 2;
 
-fn read_record(reader: &mut impl Read, symbols: &SymbolTable) -> Result<Head> {
+/// Reads the next spilled event into `record` (its source, line and session) and returns it.
+fn read_record(reader: &mut impl Read, symbols: &SymbolTable, record: &mut Record) -> Result<Event> {
     let mut fixed = [0u8; RECORD_BYTES];
     reader.read_exact(&mut fixed).context("reading a sorted run")?;
     let mut at = 0;
@@ -642,10 +730,11 @@ fn read_record(reader: &mut impl Read, symbols: &SymbolTable) -> Result<Head> {
     let source = u32_of(take(4));
     let line = u64_of(take(8));
     let session_len = u16::from_le_bytes(take(2).try_into().expect("2 bytes")) as usize;
-    let mut session = vec![0; session_len];
-    reader.read_exact(&mut session).context("reading a sorted run")?;
-    let event = Event { time, event_type, product_id, category_id, category_code, brand, price, user_id };
-    Ok(Head { event, source, line, partition: None, session, raw: Vec::new() })
+    record.source = source;
+    record.line = line;
+    record.session.resize(session_len, 0);
+    reader.read_exact(&mut record.session).context("reading a sorted run")?;
+    Ok(Event { time, event_type, product_id, category_id, category_code, brand, price, user_id })
 }
 
 fn event_type_code(event_type: EventType) -> u8 {
@@ -725,6 +814,27 @@ impl ArchiveStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Canonical times are compared as text, others parsed, and the two forms against each other.
+    #[test]
+    fn both_time_forms_are_ordered_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, times: &[&str]| {
+            let path = dir.path().join(name);
+            let rows: Vec<String> =
+                times.iter().map(|t| format!("{t},view,10,2053013555631882655,a.b,apple,33.20,1,s\n")).collect();
+            std::fs::write(&path, rows.concat()).unwrap();
+            survey(&path, |_, _| {}).unwrap()
+        };
+        let sorted = file("sorted.csv", &["2019-10-01 10:00:00 UTC", "2019-10-01T10:00:30Z", "2019-10-01 10:01:00 UTC"]);
+        assert_eq!((sorted.rows, sorted.out_of_order), (3, 0));
+        assert_eq!(sorted.first, parse_event_time(b"2019-10-01 10:00:00 UTC"));
+        assert_eq!(sorted.last, parse_event_time(b"2019-10-01 10:01:00 UTC"));
+        let back = file("back.csv", &["2019-10-01T10:02:00Z", "2019-10-01 10:01:00 UTC", "2019-10-01T10:00:00Z"]);
+        assert_eq!(back.out_of_order, 2);
+        let bad = file("bad.csv", &["2019-10-01 10:00:00 UTC", "2019-13-01 10:00:00 UTC", "2019-10-02 10:00:00 UTC"]);
+        assert!(bad.out_of_order > 0, "a malformed time may only make a file look unsorted");
+    }
 
     /// The two halves find what one pass finds, wherever the middle falls.
     #[test]
