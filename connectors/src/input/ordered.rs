@@ -826,7 +826,8 @@ mod tests {
             std::fs::write(&path, rows.concat()).unwrap();
             survey(&path, |_, _| {}).unwrap()
         };
-        let sorted = file("sorted.csv", &["2019-10-01 10:00:00 UTC", "2019-10-01T10:00:30Z", "2019-10-01 10:01:00 UTC"]);
+        let sorted =
+            file("sorted.csv", &["2019-10-01 10:00:00 UTC", "2019-10-01T10:00:30Z", "2019-10-01 10:01:00 UTC"]);
         assert_eq!((sorted.rows, sorted.out_of_order), (3, 0));
         assert_eq!(sorted.first, parse_event_time(b"2019-10-01 10:00:00 UTC"));
         assert_eq!(sorted.last, parse_event_time(b"2019-10-01 10:01:00 UTC"));
