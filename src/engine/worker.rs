@@ -261,11 +261,14 @@ fn lead(
         None => read,
     };
     let result = read.and_then(|read| finish(&mut driver, &mut dataflow, config, read));
-    // The other workers (in every process) finish once the dataflow is complete, which needs
-    // every worker to step it to the end; after a failure they stop at once.
+    // The last boundary is in the store: nothing the dataflow would still compute is read. Stepping
+    // it to completion would run every expiry scheduled past the end (a week of realtime windows,
+    // the 24 h and 7 d windows sliding out: with 1-minute steps, tens of seconds and gigabytes),
+    // so the workers of one process stop here and drop it (as after a failure). The processes of
+    // a cluster step it to the end together: one that left would break the others' connections.
     let Dataflow { worker, inputs, .. } = dataflow;
     drop(inputs);
-    if result.is_ok() {
+    if result.is_ok() && shared.config.cluster.processes > 1 {
         while !probe.done() {
             driver.link.pump();
             worker.step_or_park(Some(Duration::from_millis(20)));
