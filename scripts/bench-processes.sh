@@ -26,7 +26,7 @@ host_file "$WORK/hosts" 2
 run_config() {
     local name=$1 processes=$2 workers=$3 start end p followers=()
     local common=(run --brokers "$BROKERS" --exit-at-end -w "$workers" --profiles "$WORK/data/users.csv"
-        --db "$WORK/$name.db" --group "$name" --quiet -n "$processes" -h "$WORK/hosts")
+        --db "$WORK/$name.db" --group "$name" --quiet -n "$processes" --hostfile "$WORK/hosts")
     start=$(date +%s.%N)
     for ((p = processes - 1; p >= 1; p--)); do
         /usr/bin/time -f "%M" -o "$WORK/$name.rss.$p" "$BIN" --log warn "${common[@]}" -p "$p" 2>"$WORK/$name.$p.log" &

@@ -67,11 +67,11 @@ python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
 
 say "the same bootstrap as two processes of 2 workers: each replays its partitions' archive files and reads them on"
 host_file "$WORK/hosts" 2
-"$BIN" --log warn run -n 2 -p 1 -h "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
+"$BIN" --log warn run -n 2 -p 1 --hostfile "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
     --profiles "$PROFILES" --db "$WORK/two.db" --group two --exit-at-end &
 follower_pid=$!
 pids+=("$follower_pid")
-"$BIN" --log warn run -n 2 -p 0 -h "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
+"$BIN" --log warn run -n 2 -p 0 --hostfile "$WORK/hosts" --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 \
     --profiles "$PROFILES" --db "$WORK/two.db" --group two --exit-at-end
 wait "$follower_pid"
 python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/two.db"

@@ -23,6 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
     pub log: String,
 
+    /// Log lines as plain text (colours only on a terminal) or one JSON object a line (for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -417,13 +422,7 @@ pub struct HiveDdlArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-// `-h` is the host file, as in timely's cluster options; help is `--help`.
-#[command(disable_help_flag = true)]
 pub struct RunArgs {
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    pub help: Option<bool>,
-
     /// Events: REES46 CSV files (plain or gzip), directories of them, or roots of a Parquet
     /// archive (written by `archive`), in any mix and any order: they are read in event-time order
     /// whatever the order of their rows and files (files with rows out of order are sorted first,
@@ -540,7 +539,7 @@ pub struct RunArgs {
 
     /// With `-n`: a file whose first N lines are the processes' HOST:PORT addresses (default
     /// 127.0.0.1:2101, 127.0.0.1:2102, …).
-    #[arg(short = 'h', long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub hostfile: Option<PathBuf>,
 
     /// Event time between two boundaries where results are complete and written: a whole number
@@ -586,6 +585,12 @@ impl RunArgs {
             _ => unreachable!("parsed as run"),
         }
     }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

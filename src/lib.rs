@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod engine;
+pub mod exit;
 pub mod generator;
 pub mod logging;
 pub mod report;

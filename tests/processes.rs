@@ -45,7 +45,7 @@ fn run_two(dir: &Path, args: &[OsString], profiles: Option<&Path>, workers: usiz
         .map(|process| {
             let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
             command.args(["--log", "warn", "run", "--quiet", "-n", "2", "-p", &process.to_string()]);
-            command.args(["-w", &workers.to_string(), "-h"]).arg(&hosts);
+            command.args(["-w", &workers.to_string(), "--hostfile"]).arg(&hosts);
             command.arg("--db").arg(db).arg("--rejects").arg(dir.join(format!("rejects-{process}.csv")));
             command.args(args);
             if let Some(profiles) = profiles {
@@ -196,7 +196,7 @@ fn a_process_whose_peer_dies_stops_with_a_clear_error() {
         .map(|process| {
             Command::new(env!("CARGO_BIN_EXE_cartflow"))
                 .args(["--log", "warn", "run", "--quiet", "-n", "2", "-p", &process.to_string(), "--pace", "60"])
-                .args(["--step", "1m", "-h"])
+                .args(["--step", "1m", "--hostfile"])
                 .arg(&hosts)
                 .arg("--db")
                 .arg(dir.path().join("dies.db"))

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use cartflow_connectors::input::ordered::OrderOptions;
 use cartflow_connectors::input::RejectLog;
 use cartflow_connectors::kafka::KafkaOptions;
@@ -16,6 +16,7 @@ use crate::engine::config::FILE_STEP;
 use crate::engine::kafka::KafkaSourceOptions;
 pub use crate::engine::RunSummary;
 use crate::engine::{ClusterConfig, EngineConfig, InputConfig, ServeConfig};
+use crate::exit::{self, as_config};
 
 pub fn run(args: &RunArgs) -> Result<RunSummary> {
     crate::engine::run(&config(args)?)
@@ -28,17 +29,19 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
     // Kafka steps are `--catch-up-step` long while catching up; file steps always `--step`.
     let retire = if live { args.catch_up_step } else { step };
     let settings = Settings { step, lateness: 0, retire };
-    settings.validate().map_err(anyhow::Error::msg).context("--step and --catch-up-step")?;
+    settings.validate().map_err(|e| exit::config(format!("--step and --catch-up-step: {e}")))?;
     if let Some(until) = args.until {
         if until % MINUTE != 0 {
-            bail!("--until must be a whole minute for `run` (results are kept at minute granularity)");
+            return Err(exit::config(
+                "--until must be a whole minute for `run` (results are kept at minute granularity)",
+            ));
         }
     }
     if args.workers == 0 {
-        bail!("-w must be at least 1");
+        return Err(exit::config("-w must be at least 1"));
     }
     if args.lateness < 0 || args.lateness % MINUTE != 0 {
-        bail!("--lateness must be a whole number of minutes");
+        return Err(exit::config("--lateness must be a whole number of minutes"));
     }
     let input = match &args.brokers {
         Some(brokers) => InputConfig::Kafka(KafkaSourceOptions {
@@ -59,7 +62,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             pace: args.pace,
         },
     };
-    let store = StoreTarget::choose(args.store.as_deref(), &args.db)?;
+    let store = StoreTarget::choose(args.store.as_deref(), &args.db).map_err(as_config)?;
     let rejects = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&store.local_path()));
     Ok(EngineConfig {
         input,

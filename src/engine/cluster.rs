@@ -1,10 +1,11 @@
 //! Timely's configuration for a run: its worker threads, and with several processes the cluster
 //! at the host file's addresses.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use tracing::info;
 
 use super::config::ClusterConfig;
+use crate::exit::config;
 
 /// `workers` threads in this process, and with `processes > 1` a cluster of processes at the host
 /// file's addresses (default 127.0.0.1:2101 and up).
@@ -12,19 +13,24 @@ pub fn timely_config(cluster: &ClusterConfig, workers: usize) -> Result<timely::
     let ClusterConfig { processes, process, hostfile } = cluster;
     let (processes, process) = (*processes, *process);
     if processes == 0 || process >= processes {
-        bail!("-p must be from 0 to -n − 1 (got -p {process} with -n {processes})");
+        return Err(config(format!("-p must be from 0 to -n − 1 (got -p {process} with -n {processes})")));
     }
     if processes == 1 {
         return Ok(timely::Config::process(workers));
     }
     let addresses: Vec<String> = match hostfile {
         Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading the host file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| config(format!("reading the host file {}: {e}", path.display())))?;
             let lines: Vec<String> =
                 text.lines().map(str::trim).filter(|l| !l.is_empty()).take(processes).map(String::from).collect();
             if lines.len() < processes {
-                bail!("{} has {} address(es), -n asks for {}", path.display(), lines.len(), processes);
+                return Err(config(format!(
+                    "{} has {} address(es), -n asks for {}",
+                    path.display(),
+                    lines.len(),
+                    processes
+                )));
             }
             lines
         }
