@@ -347,6 +347,11 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "T2", value_parser = instant)]
     pub to: Option<Timestamp>,
 
+    /// A Kafka client properties file (`key=value` a line, `#` comments: the format every Kafka
+    /// tool reads), for TLS, SASL and the like; `-X` overrides it. Its values are never logged.
+    #[arg(long, env = "CARTFLOW_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
+
     /// A librdkafka producer setting, overriding cartflow's (idempotent, murmur2, linger.ms=5).
     /// Repeatable.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]
@@ -392,6 +397,11 @@ pub struct ArchiveArgs {
     /// decides where to resume).
     #[arg(long, default_value = "cartflow-archive", value_name = "NAME")]
     pub group: String,
+
+    /// A Kafka client properties file (`key=value` a line, `#` comments: the format every Kafka
+    /// tool reads), for TLS, SASL and the like; `-X` overrides it. Its values are never logged.
+    #[arg(long, env = "CARTFLOW_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
 
     /// A librdkafka consumer setting. Repeatable.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]
@@ -461,6 +471,11 @@ pub struct RunArgs {
     /// monitoring); the run itself reads every partition from its beginning.
     #[arg(long, default_value = "cartflow", value_name = "NAME")]
     pub group: String,
+
+    /// A Kafka client properties file (`key=value` a line, `#` comments: the format every Kafka
+    /// tool reads), for TLS, SASL and the like; `-X` overrides it. Its values are never logged.
+    #[arg(long, env = "CARTFLOW_KAFKA_CONFIG", value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
 
     /// A librdkafka consumer setting, overriding cartflow's. Repeatable.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka_setting)]

@@ -35,7 +35,7 @@ pub struct ArchiveSummary {
 pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     let started = Instant::now();
     let (mut writer, next) = ArchiveWriter::open(&args.root)?;
-    let options = KafkaOptions { brokers: args.brokers.clone(), settings: args.settings.clone() };
+    let options = KafkaOptions::new(&args.brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-archive")?;
     let consumer = kafka::consumer(
         &options,
         &[

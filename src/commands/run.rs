@@ -45,7 +45,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
     }
     let input = match &args.brokers {
         Some(brokers) => InputConfig::Kafka(KafkaSourceOptions {
-            kafka: KafkaOptions { brokers: brokers.clone(), settings: args.settings.clone() },
+            kafka: KafkaOptions::new(brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-run")?,
             topic: args.topic.clone(),
             group: args.group.clone(),
             settings,

@@ -32,7 +32,7 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     if !(args.speed > 0.0 && args.speed.is_finite()) {
         bail!("--speed must be a positive number");
     }
-    let options = KafkaOptions { brokers: args.brokers.clone(), settings: args.settings.clone() };
+    let options = KafkaOptions::new(&args.brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-simulate")?;
     let producer = kafka::producer(&options)?;
     let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30))?;
     info!(

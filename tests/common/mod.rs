@@ -187,6 +187,7 @@ pub fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
         from: None,
         to: None,
         settings: Vec::new(),
+        kafka_config: None,
         rejects: None,
         sent_log: None,
         quiet: true,

@@ -5,6 +5,7 @@
 
 pub mod message;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,22 +18,58 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 
+use crate::errors::config;
+
 pub use message::{decode, encode, Decoded, MAX_MESSAGE_BYTES};
 
-/// How to reach a Kafka cluster.
-#[derive(Clone, Debug, Default)]
+/// How to reach a Kafka cluster. Its `Debug` shows no setting's value (passwords live there).
+#[derive(Clone, Default)]
 pub struct KafkaOptions {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// librdkafka settings given with `-X key=value`, applied after cartflow's defaults.
+    /// librdkafka settings: those of `--kafka-config`, then those of `-X key=value`, applied after
+    /// cartflow's defaults (the last of a key wins).
     pub settings: Vec<(String, String)>,
+    /// `client.id` (`cartflow-run`, `cartflow-archive`, `cartflow-simulate`), unless a setting
+    /// names one.
+    pub client_id: String,
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.settings.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("KafkaOptions")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("settings (values not shown)", &keys)
+            .finish()
+    }
 }
 
 impl KafkaOptions {
-    /// A client configuration: the brokers, then `defaults`, then the user's settings.
+    /// `--brokers`, the properties of `--kafka-config FILE` (if any), then the `-X` overrides.
+    pub fn new(
+        brokers: &str,
+        config_file: Option<&Path>,
+        overrides: &[(String, String)],
+        client_id: &str,
+    ) -> Result<KafkaOptions> {
+        let mut settings = match config_file {
+            Some(path) => read_properties(path)?,
+            None => Vec::new(),
+        };
+        settings.extend(overrides.iter().cloned());
+        Ok(KafkaOptions { brokers: brokers.to_string(), settings, client_id: client_id.to_string() })
+    }
+
+    /// A client configuration: the brokers and the client id, then `defaults`, then the user's
+    /// settings.
     pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        if !self.client_id.is_empty() {
+            config.set("client.id", &self.client_id);
+        }
         for (key, value) in defaults {
             config.set(*key, *value);
         }
@@ -40,6 +77,39 @@ impl KafkaOptions {
             config.set(key, value);
         }
         config
+    }
+}
+
+/// Reads a Kafka client properties file, the format every Kafka tool reads: `key=value` (or
+/// `key: value`) a line, `#` and `!` comments, blank lines. A line that is none of these is a
+/// configuration error naming the line (never its value).
+pub fn read_properties(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config(format!("reading the Kafka configuration {}: {e}", path.display())))?;
+    let mut settings = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let at = line.find(['=', ':']).filter(|at| *at > 0).ok_or_else(|| {
+            config(format!("{} line {}: not key=value (a librdkafka property)", path.display(), number + 1))
+        })?;
+        let (key, value) = (line[..at].trim(), line[at + 1..].trim());
+        settings.push((key.to_string(), value.to_string()));
+    }
+    Ok(settings)
+}
+
+/// A client that librdkafka refuses to create is misconfigured: a configuration error naming the
+/// setting (but not its value, which may be a password).
+fn creation_error(error: KafkaError, what: &str, brokers: &str) -> anyhow::Error {
+    match error {
+        KafkaError::ClientConfig(_, description, key, _) => {
+            config(format!("{what} for {brokers}: the setting {key}: {description}"))
+        }
+        KafkaError::ClientCreation(reason) => config(format!("{what} for {brokers}: {reason}")),
+        other => anyhow::Error::new(other).context(format!("{what} for {brokers}")),
     }
 }
 
@@ -120,7 +190,7 @@ pub fn consumer(options: &KafkaOptions, defaults: &[(&str, &str)]) -> Result<Bas
     options
         .config(defaults)
         .create_with_context(ConsumerLog)
-        .with_context(|| format!("creating a Kafka consumer for {}", options.brokers))
+        .map_err(|e| creation_error(e, "creating a Kafka consumer", &options.brokers))
 }
 
 /// A producer context that counts deliveries and failures and keeps the first failure's reason.
@@ -155,7 +225,7 @@ pub fn producer(options: &KafkaOptions) -> Result<BaseProducer<DeliveryCounter>>
     options
         .config(&[("enable.idempotence", "true"), ("partitioner", "murmur2_random"), ("linger.ms", "5")])
         .create_with_context(DeliveryCounter::default())
-        .with_context(|| format!("creating a Kafka producer for {}", options.brokers))
+        .map_err(|e| creation_error(e, "creating a Kafka producer", &options.brokers))
 }
 
 /// A dead-letter producer: rejected messages, as they were read, with `reason` and `source`
@@ -170,7 +240,7 @@ impl DeadLetters {
         let producer = options
             .config(&[("enable.idempotence", "true"), ("linger.ms", "50")])
             .create_with_context(DeliveryCounter::default())
-            .with_context(|| format!("creating the dead-letter producer for {}", options.brokers))?;
+            .map_err(|e| creation_error(e, "creating the dead-letter producer", &options.brokers))?;
         Ok(DeadLetters { producer, topic: topic.to_string() })
     }
 
@@ -226,6 +296,33 @@ pub fn send_waiting<C: ProducerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_read_a_properties_file_then_overrides_and_show_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.properties");
+        std::fs::write(
+            &file,
+            "# comment\n! comment\n\n  security.protocol = SASL_SSL\nsasl.password: s3cret\nlinger.ms=1\n",
+        )
+        .unwrap();
+        let overrides = vec![("linger.ms".to_string(), "9".to_string())];
+        let options = KafkaOptions::new("b:9092", Some(&file), &overrides, "cartflow-run").unwrap();
+        let config = options.config(&[("linger.ms", "5")]);
+        assert_eq!(config.get("client.id"), Some("cartflow-run"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("linger.ms"), Some("9"), "-X wins over the file, the file over cartflow's defaults");
+        let shown = format!("{options:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("s3cret"), "{shown}");
+        // A client.id in the file wins over the command's.
+        std::fs::write(&file, "client.id=shop-7\n").unwrap();
+        let options = KafkaOptions::new("b:9092", Some(&file), &[], "cartflow-run").unwrap();
+        assert_eq!(options.config(&[]).get("client.id"), Some("shop-7"));
+        std::fs::write(&file, "linger.ms=1\nnot a setting\n").unwrap();
+        let error = KafkaOptions::new("b:9092", Some(&file), &[], "cartflow-run").unwrap_err();
+        assert!(error.is::<crate::errors::ConfigError>() && format!("{error}").contains("line 2"), "{error}");
+    }
 
     #[test]
     fn each_partition_has_one_owner() {
