@@ -1,4 +1,4 @@
-//! Several processes (`run -n 2 -p 0|1 -h hostfile`, timely's cluster on 127.0.0.1): the store
+//! Several processes (`run -n 2 -p 0|1 --hostfile FILE`, timely's cluster on 127.0.0.1): the store
 //! process 0 writes equals a single-process run, and `batch`; from files, and from Kafka (the
 //! processes split the partitions; librdkafka's mock cluster, which the child processes reach over
 //! TCP).

@@ -80,9 +80,19 @@ pub fn survey(path: &Path, progress: impl FnMut(u64, u64)) -> Result<FileOrder> 
 /// [`survey`], with plain files of at least `split_at` bytes scanned in two halves.
 fn survey_split(path: &Path, split_at: u64, mut progress: impl FnMut(u64, u64)) -> Result<FileOrder> {
     let (mut reader, counter) = open_maybe_gzip(path)?;
-    // The header, if any, tells where the time is.
+    // The header, if any, tells where the time is: the first line that is not blank, as the
+    // reader sees it.
     let mut first = Vec::new();
-    reader.read_until(b'\n', &mut first).with_context(|| format!("{}: reading", path.display()))?;
+    let mut skipped = 0u64;
+    loop {
+        first.clear();
+        let n = reader.read_until(b'\n', &mut first).with_context(|| format!("{}: reading", path.display()))?;
+        let text = first.strip_suffix(b"\n").unwrap_or(&first);
+        if n == 0 || !text.strip_suffix(b"\r").unwrap_or(text).is_empty() {
+            break;
+        }
+        skipped += n as u64;
+    }
     let mut time_column = 0;
     let mut records = LineRecords::new(first.as_slice());
     let has_header = records.next_record()? && is_header(&records);
@@ -102,7 +112,7 @@ fn survey_split(path: &Path, split_at: u64, mut progress: impl FnMut(u64, u64)) 
         return Ok(scan.order());
     }
     drop(reader);
-    let (start, middle) = (first.len() as u64, size / 2);
+    let (start, middle) = (skipped + first.len() as u64, size / 2);
     let second = std::thread::scope(|threads| -> Result<Scan> {
         let second = threads.spawn(|| scan_range(path, middle, size, time_column, |_, _| {}));
         // The halves go at about the same pace: twice the first is about the whole.
@@ -210,15 +220,20 @@ impl Scan {
             }
         }
         let Some(time) = time_of(text, time_column) else { return };
+        // A canonical maximum that is no time (month 13) counts as later than everything.
         let older = self.other.is_some_and(|(_, max)| time < max)
-            || self.canonical.and_then(|(_, max)| key_time(max)).is_some_and(|max| time < max);
+            || self.canonical.is_some_and(|(_, max)| time < key_time(max).unwrap_or(Timestamp::MAX));
         self.out_of_order += u64::from(older);
         self.other = Some(self.other.map_or((time, time), |(min, max)| (min.min(time), max.max(time))));
     }
 
-    /// The earliest and latest time seen.
+    /// The earliest and latest time seen. A canonical extreme that is no time (month 13) widens
+    /// the range to the end of time, so the file is opened first and compared as out of order,
+    /// never the other way round.
     fn range(&self) -> (Option<Timestamp>, Option<Timestamp>) {
-        let parsed = self.canonical.map(|(min, max)| (key_time(min), key_time(max)));
+        let parsed = self.canonical.map(|(min, max)| {
+            (Some(key_time(min).unwrap_or(Timestamp::MIN)), Some(key_time(max).unwrap_or(Timestamp::MAX)))
+        });
         let (canonical_min, canonical_max) = parsed.unwrap_or((None, None));
         let (other_min, other_max) = (self.other.map(|o| o.0), self.other.map(|o| o.1));
         let min = [canonical_min, other_min].into_iter().flatten().min();
@@ -349,14 +364,16 @@ impl Stream {
         }
     }
 
-    /// Where the head came from, for a reject: its source and raw row (spilled runs and archives
-    /// keep none).
+    /// Where the head came from, for a reject: its source and raw row (spilled runs keep none).
     fn origin(&self, sources: &[String]) -> (String, &[u8]) {
         match self {
             Stream::Csv { file, source, .. } => (sources[*source as usize].clone(), file.raw()),
             Stream::Run { head, .. } => (sources[head.source as usize].clone(), &[]),
-            // As `run --bootstrap` names them.
-            Stream::Archive { head, .. } => (format!("archive[{}]", head.as_ref().map_or(-1, |a| a.partition)), &[]),
+            // As `run --bootstrap` names them, with the event's session as its text.
+            Stream::Archive { head, .. } => match head {
+                Some(a) => (format!("archive[{}]", a.partition), a.session.as_bytes()),
+                None => ("archive".to_string(), &[]),
+            },
         }
     }
 }
@@ -620,6 +637,8 @@ fn sort_file(
         options.show_progress.then(|| Progress::new(format!("sorting {}", path.display()), size, "bytes"));
     let mut file = CsvFile::open(path)?;
     let mut parser = EventParser::default();
+    // At least this many bytes a run, so that a tiny budget still sorts in runs of 1,024 events.
+    let capacity_floor = 1024 * SORTABLE_BYTES;
     let capacity = (options.sort_memory / SORTABLE_BYTES).max(1024);
     let mut buffer: Vec<Sortable> = Vec::with_capacity(capacity.min(rows as usize + 1));
     let mut sessions: Vec<u8> = Vec::new();
@@ -654,7 +673,9 @@ fn sort_file(
         sessions.extend_from_slice(&session[..len]);
         buffer.push(Sortable { event, line: file.line(), session: (at, len as u16) });
         sorted_rows += 1;
-        if buffer.len() >= capacity || sessions.len() >= u32::MAX as usize / 2 {
+        // Sessions count against the budget too (and their offsets are 32-bit).
+        let used = buffer.len() * SORTABLE_BYTES + sessions.len();
+        if used >= options.sort_memory.max(capacity_floor) || sessions.len() >= u32::MAX as usize / 2 {
             spill(&mut buffer, &mut sessions, symbols)?;
         }
         if sorted_rows.is_multiple_of(65_536) {
@@ -851,6 +872,26 @@ mod tests {
             (0..39).chain([5]).collect(),
             [30].into_iter().chain(0..39).collect(),
         ];
+        // Minute 99 is no time: it may only make a file look unsorted, in one pass or two.
+        let bad =
+            |minute: u32| format!("2019-10-01 10:{minute:02}:00 UTC,view,10,2053013555631882655,a.b,apple,33.20,1,s");
+        for split in [u64::MAX, 0] {
+            let path = dir.path().join(format!("bad-{split}.csv"));
+            let rows: Vec<String> = (0..20).map(bad).chain([bad(99)]).chain((0..20).map(bad)).collect();
+            std::fs::write(&path, rows.join("\n") + "\n").unwrap();
+            let order = survey_split(&path, split, |_, _| {}).unwrap();
+            assert!(order.out_of_order > 0, "split {split}: the second run goes back in time");
+        }
+        let blank_then_header = dir.path().join("blank-header.csv");
+        std::fs::write(
+            &blank_then_header,
+            "\n\r\nuser_id,event_time,event_type,product_id,category_id,category_code,brand,price,user_session\n\
+             1,2019-10-01 10:05:00 UTC,view,10,2053013555631882655,a.b,apple,33.20,s\n\
+             1,2019-10-01 10:01:00 UTC,view,10,2053013555631882655,a.b,apple,33.20,s\n",
+        )
+        .unwrap();
+        let order = survey_split(&blank_then_header, u64::MAX, |_, _| {}).unwrap();
+        assert_eq!((order.rows, order.out_of_order), (2, 1), "the header after blank lines names the time column");
         for (case, minutes) in cases.iter().enumerate() {
             for with_header in [true, false] {
                 let mut text = if with_header { format!("{header}\n") } else { String::new() };

@@ -105,7 +105,10 @@ pub fn read_properties(path: &Path) -> Result<Vec<(String, String)>> {
 /// setting (but not its value, which may be a password).
 fn creation_error(error: KafkaError, what: &str, brokers: &str) -> anyhow::Error {
     match error {
-        KafkaError::ClientConfig(_, description, key, _) => {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            // librdkafka's description quotes the value ("Invalid value "…" for …"): hidden.
+            let description =
+                if value.is_empty() { description } else { description.replace(&value, "(value not shown)") };
             config(format!("{what} for {brokers}: the setting {key}: {description}"))
         }
         KafkaError::ClientCreation(reason) => config(format!("{what} for {brokers}: {reason}")),
