@@ -140,6 +140,11 @@ pub struct ServeArgs {
     /// `/#token=TOKEN`). Set it whenever the address is reachable beyond this machine.
     #[arg(long, env = "CARTFLOW_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// /health answers 503 ("lagging") once the store's frontier is older than this on the wall
+    /// clock (for example 15m with the default lateness). Default: never.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_lag: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -577,6 +582,11 @@ pub struct RunArgs {
     /// With `--serve`: require `Authorization: Bearer TOKEN` on /api and /metrics.
     #[arg(long, env = "CARTFLOW_TOKEN", value_name = "TOKEN", hide_env_values = true, requires = "serve")]
     pub token: Option<String>,
+
+    /// With `--serve`: /health answers 503 ("lagging") once the frontier is older than this on
+    /// the wall clock (for example 15m with the default lateness). Default: never.
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "serve")]
+    pub max_lag: Option<i64>,
 
     /// Write `frontier_unix_s,committed_unix_ms` to FILE each time the store commits a boundary
     /// (freshness benchmarks: see `simulate --sent-log`).

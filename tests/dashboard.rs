@@ -53,6 +53,7 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
         listen: "127.0.0.1:0".parse().unwrap(),
         db: Some(db.clone()),
         token: token.map(Into::into),
+        max_lag: None,
     })
     .unwrap();
     let address = server.address();
@@ -61,6 +62,22 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
     // Open without the token: the page and the health check; everything else needs it.
     let health: Json = serde_json::from_str(&get(address, "/health", None).1).unwrap();
     assert_eq!(health["status"], "ok");
+    // With --max-lag, results older than it fail the health check (this store's frontier is in
+    // 2019); without, they never do.
+    for (max_lag, code, status) in [(Some(3_600), 503, "lagging"), (Some(i64::MAX / 2), 200, "ok")] {
+        let lagging = HttpServer::start(ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: Some(db.clone()),
+            token: None,
+            max_lag,
+        })
+        .unwrap();
+        let (got, body) = get(lagging.address(), "/health", None);
+        let json: Json = serde_json::from_str(&body).unwrap();
+        assert_eq!((got, json["status"].as_str()), (code, Some(status)), "--max-lag {max_lag:?}: {body}");
+        assert_eq!(json["max_lag_seconds"], max_lag.unwrap());
+        lagging.stop().unwrap();
+    }
     assert_eq!(health["frontier"].as_str(), store.state("frontier").unwrap().as_deref());
     assert!(get(address, "/", None).1.contains("<title>cartflow</title>"));
     for path in ["/api/tables/funnel", "/metrics", "/api/state"] {
@@ -247,6 +264,7 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
         listen: "127.0.0.1:0".parse().unwrap(),
         db: Some(db),
         token: Some(token.into()),
+        max_lag: None,
     })
     .unwrap();
     let address = server.address();

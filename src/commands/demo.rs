@@ -39,7 +39,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let db = args.dir.join("cartflow.db");
     // The store exists (with its tables) before the dashboard asks for it.
     drop(SqliteStore::open(&db)?);
-    let server = HttpServer::start(ServeOptions { listen: args.listen, db: Some(db.clone()), token: None })?;
+    let server =
+        HttpServer::start(ServeOptions { listen: args.listen, db: Some(db.clone()), token: None, max_lag: None })?;
     let url = format!("http://{}/", server.address());
     println!("cartflow demo: the dashboard is at {url}");
     println!(

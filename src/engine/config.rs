@@ -107,4 +107,6 @@ impl ClusterConfig {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// `/health` answers 503 once the frontier is older than this many seconds.
+    pub max_lag: Option<i64>,
 }

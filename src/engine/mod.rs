@@ -119,8 +119,12 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
                 StoreTarget::Sqlite(db) => Some(db.clone()),
                 StoreTarget::Hbase(_) => None,
             };
-            let options =
-                cartflow_connectors::http::ServeOptions { listen: serve.listen, db, token: serve.token.clone() };
+            let options = cartflow_connectors::http::ServeOptions {
+                listen: serve.listen,
+                db,
+                token: serve.token.clone(),
+                max_lag: serve.max_lag,
+            };
             Some(cartflow_connectors::http::HttpServer::start(options)?)
         }
         None => None,

@@ -42,11 +42,15 @@ pub struct ServeOptions {
     pub db: Option<PathBuf>,
     /// Bearer token required by the API and `/metrics`.
     pub token: Option<String>,
+    /// `/health` answers 503 (`"status": "lagging"`) once the frontier is older than this many
+    /// seconds of wall clock (`--max-lag`); `None`: never.
+    pub max_lag: Option<i64>,
 }
 
 struct AppState {
     db: Option<PathBuf>,
     token: Option<String>,
+    max_lag: Option<i64>,
     started: Instant,
 }
 
@@ -67,8 +71,12 @@ impl HttpServer {
         if !address.ip().is_loopback() && options.token.is_none() {
             warn!("serving on {address}, beyond loopback, without a token: anyone who reaches it can read the results (set --token)");
         }
-        let state =
-            Arc::new(AppState { db: options.db.clone(), token: options.token.clone(), started: Instant::now() });
+        let state = Arc::new(AppState {
+            db: options.db.clone(),
+            token: options.token.clone(),
+            max_lag: options.max_lag,
+            started: Instant::now(),
+        });
         let router = router(state);
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || -> Result<()> {
@@ -233,15 +241,24 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 .as_deref()
                 .and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()))
                 .map(|f| now_seconds() - f);
-            let status = if frontier.is_some() { "ok" } else { "starting" };
-            Json(json!({
+            // Results older than `--max-lag` are a failed health check: a supervisor or a load
+            // balancer acts on the status code.
+            let lagging = state.max_lag.zip(lag).is_some_and(|(max, lag)| lag > max);
+            let status = match (frontier.is_some(), lagging) {
+                (false, _) => "starting",
+                (true, false) => "ok",
+                (true, true) => "lagging",
+            };
+            let code = if lagging { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let body = Json(json!({
                 "status": status,
                 "frontier": frontier,
                 "frontier_lag_seconds": lag,
+                "max_lag_seconds": state.max_lag,
                 "source": entries.get(state_key::SOURCE),
                 "uptime_seconds": uptime,
-            }))
-            .into_response()
+            }));
+            (code, body).into_response()
         }
         Err(ApiError(_, error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
