@@ -162,6 +162,33 @@ struct Collector {
     now: i64,
 }
 
+/// This process as the kernel sees it (Linux `/proc`), for the usual `process_*` metrics.
+struct ProcessFigures {
+    cpu_seconds: f64,
+    resident_bytes: i64,
+    open_fds: i64,
+    start_time_seconds: i64,
+}
+
+fn process_figures() -> Option<ProcessFigures> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces) comes field 3, `state`:
+    // utime and stime are fields 14 and 15, starttime field 22, in USER_HZ (100 a second).
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    let cpu_seconds = (ticks(14)? + ticks(15)?) as f64 / 100.0;
+    let boot: i64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())?;
+    let start_time_seconds = boot + (ticks(22)? / 100) as i64;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let resident_kib: i64 =
+        status.lines().find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as i64;
+    Some(ProcessFigures { cpu_seconds, resident_bytes: resident_kib * 1024, open_fds, start_time_seconds })
+}
+
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
     ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
@@ -230,6 +257,39 @@ impl prometheus_client::collector::Collector for Collector {
         if let Some(n) = s.store_outages {
             counter(&mut encoder, "cartflow_store_outages", "Periods during which the store could not be written.", n)?;
         }
+        // The process serving this scrape, and the build it runs.
+        if let Some(process) = process_figures() {
+            ConstCounter::new(process.cpu_seconds).encode(encoder.encode_descriptor(
+                "process_cpu",
+                "User and system CPU time of the process.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?)?;
+            gauge(
+                &mut encoder,
+                "process_resident_memory",
+                "Resident memory of the process.",
+                Some(&Unit::Bytes),
+                process.resident_bytes,
+            )?;
+            gauge(&mut encoder, "process_open_fds", "Open file descriptors of the process.", None, process.open_fds)?;
+            gauge(
+                &mut encoder,
+                "process_start_time",
+                "Start time of the process (Unix time).",
+                Some(&Unit::Seconds),
+                process.start_time_seconds,
+            )?;
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "cartflow_build_info",
+                "The cartflow build serving these metrics (always 1).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1i64).encode(metric.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
         if !s.consumer_lag.is_empty() {
             let mut metric = encoder.encode_descriptor(
                 "cartflow_kafka_consumer_lag",
@@ -263,6 +323,13 @@ mod tests {
         metrics.boundary_written(Some(1_575_158_460), 0.004);
         metrics.store_failed_attempt(true);
         metrics.consumer_lag("user-events", 3, 17);
+        // Some CPU time for process_cpu_seconds_total to show (the kernel counts in 10 ms ticks).
+        let started = std::time::Instant::now();
+        let mut x = 1u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
         let text = metrics.snapshot().encode(1_575_158_520);
         for line in [
             "cartflow_events_in_total 42",
@@ -273,9 +340,22 @@ mod tests {
             "cartflow_store_write_seconds_count 1",
             "cartflow_store_outages_total 1",
             "cartflow_kafka_consumer_lag{topic=\"user-events\",partition=\"3\"} 17",
+            "cartflow_build_info{version=\"0.1.0\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no line '{line}' in:\n{text}");
         }
+        // The process figures are this test's own process: present, and plausible.
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        };
+        assert!(value("process_cpu_seconds_total") > 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(started <= now + 1.0 && started > now - 86_400.0, "{started} against {now}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
