@@ -198,38 +198,6 @@ impl KafkaSource {
         entries
     }
 
-    /// The `pipeline_state` entries of the run's last boundary, once every source thread has ended.
-    pub fn final_state(&self) -> Vec<(String, String)> {
-        let mut entries: Vec<(String, String)> = self
-            .threads
-            .iter()
-            .flat_map(|t| t.lock().unwrap().final_offsets.clone())
-            .map(|(partition, offset)| (state_key::kafka_offset(&self.options.topic, partition), offset.to_string()))
-            .collect();
-        entries.sort();
-        entries
-    }
-
-    /// Commits the offsets the store holds at the end of the run (the source threads have ended).
-    pub fn commit_final(&self) -> Result<()> {
-        let durable = self.durable.lock().unwrap().clone();
-        if durable.is_empty() {
-            return Ok(());
-        }
-        let consumer: BaseConsumer = self
-            .options
-            .kafka
-            .config(&[("group.id", self.options.group.as_str())])
-            .create()
-            .context("creating a Kafka consumer")?;
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in durable {
-            list.add_partition_offset(&self.options.topic, partition, Offset::Offset(offset))?;
-        }
-        consumer.commit(&list, CommitMode::Sync).context("committing the final offsets")?;
-        Ok(())
-    }
-
     /// Stops every source thread (a worker failed).
     fn stop_threads(&self) {
         self.failed.store(true, Ordering::SeqCst);
@@ -238,46 +206,6 @@ impl KafkaSource {
 
     fn has_failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
-    }
-
-    /// Joins this process's source threads and sums up what they read (for process 0, with what
-    /// the other processes reported).
-    fn join_threads(&self) -> Result<ReadSummary> {
-        let mut total = Counts::default();
-        let mut failure = None;
-        for handle in std::mem::take(&mut *self.handles.lock().unwrap()) {
-            match handle.join() {
-                Ok(Ok(counts)) => total.add(&counts),
-                Ok(Err(error)) => failure = failure.or(Some(error)),
-                Err(_) => failure = failure.or(Some(anyhow::anyhow!("a Kafka source thread panicked"))),
-            }
-        }
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        if let Some(dead_letters) = &self.dead_letters {
-            let delivered = dead_letters.finish()?;
-            info!("{delivered} rejected message(s) went to the dead-letter topic");
-        }
-        // What the other processes read (process 0 has waited for their reports).
-        total.add(&self.followers.lock().unwrap().0);
-        let rejects = std::mem::replace(&mut *self.rejects.lock().unwrap(), RejectLog::new(None));
-        let latest = self.latest.load(Ordering::SeqCst);
-        Ok(ReadSummary {
-            stats: ReadStats {
-                files: self.partitions,
-                rows: total.messages,
-                valid: total.messages - total.rejected,
-                rejected: total.rejected,
-                bytes: total.bytes,
-            },
-            rejects,
-            late: total.late,
-            after_until: total.after_until,
-            applied: total.applied,
-            earliest: self.earliest(),
-            last_event: (latest != Timestamp::MIN).then_some(latest),
-        })
     }
 }
 
@@ -314,16 +242,76 @@ impl Source for KafkaSource {
         }
     }
 
+    /// Joins this process's source threads and sums up what they read (for process 0, with what
+    /// the other processes reported).
     fn join(&self) -> Result<ReadSummary> {
-        self.join_threads()
+        let mut total = Counts::default();
+        let mut failure = None;
+        for handle in std::mem::take(&mut *self.handles.lock().unwrap()) {
+            match handle.join() {
+                Ok(Ok(counts)) => total.add(&counts),
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(_) => failure = failure.or(Some(anyhow::anyhow!("a Kafka source thread panicked"))),
+            }
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if let Some(dead_letters) = &self.dead_letters {
+            let delivered = dead_letters.finish()?;
+            info!("{delivered} rejected message(s) went to the dead-letter topic");
+        }
+        // What the other processes read (process 0 has waited for their reports).
+        total.add(&self.followers.lock().unwrap().0);
+        let rejects = std::mem::replace(&mut *self.rejects.lock().unwrap(), RejectLog::new(None));
+        let latest = self.latest.load(Ordering::SeqCst);
+        Ok(ReadSummary {
+            stats: ReadStats {
+                files: self.partitions,
+                rows: total.messages,
+                valid: total.messages - total.rejected,
+                rejected: total.rejected,
+                bytes: total.bytes,
+            },
+            rejects,
+            late: total.late,
+            after_until: total.after_until,
+            applied: total.applied,
+            earliest: self.earliest(),
+            last_event: (latest != Timestamp::MIN).then_some(latest),
+        })
     }
 
+    /// The `pipeline_state` entries of the run's last boundary, once every source thread has ended.
     fn final_state(&self) -> Vec<(String, String)> {
-        KafkaSource::final_state(self)
+        let mut entries: Vec<(String, String)> = self
+            .threads
+            .iter()
+            .flat_map(|t| t.lock().unwrap().final_offsets.clone())
+            .map(|(partition, offset)| (state_key::kafka_offset(&self.options.topic, partition), offset.to_string()))
+            .collect();
+        entries.sort();
+        entries
     }
 
+    /// Commits the offsets the store holds at the end of the run (the source threads have ended).
     fn finish(&self) -> Result<()> {
-        self.commit_final()
+        let durable = self.durable.lock().unwrap().clone();
+        if durable.is_empty() {
+            return Ok(());
+        }
+        let consumer: BaseConsumer = self
+            .options
+            .kafka
+            .config(&[("group.id", self.options.group.as_str())])
+            .create()
+            .context("creating a Kafka consumer")?;
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in durable {
+            list.add_partition_offset(&self.options.topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&list, CommitMode::Sync).context("committing the final offsets")?;
+        Ok(())
     }
 
     fn stop(&self) {
