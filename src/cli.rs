@@ -152,6 +152,31 @@ pub struct HbaseInitArgs {
     /// The HBase store: hbase://HOST:PORT[?namespace=NS&transport=buffered|framed&protocol=binary|compact].
     #[arg(long, value_name = "URL")]
     pub store: String,
+
+    /// Which tables to create: SPEC §4's (`spec`, family `d`), the original system's four tables
+    /// with their column families and versions and pipeline_state (`seed`), or both (`both`:
+    /// SPEC's in the URL's namespace, which must be given, the original's in the default one).
+    #[arg(long, value_enum, value_name = "LAYOUT")]
+    pub layout: Option<HbaseLayout>,
+}
+
+/// `--hbase-layout` / `hbase-init --layout`: which HBase tables a store has.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HbaseLayout {
+    Spec,
+    Seed,
+    Both,
+}
+
+impl HbaseLayout {
+    pub fn layout(self) -> cartflow_connectors::store::hbase::Layout {
+        use cartflow_connectors::store::hbase::Layout;
+        match self {
+            HbaseLayout::Spec => Layout::Spec,
+            HbaseLayout::Seed => Layout::Seed,
+            HbaseLayout::Both => Layout::Both,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +264,14 @@ pub struct BatchArgs {
     /// path.
     #[arg(long, value_name = "URL", conflicts_with = "db")]
     pub store: Option<String>,
+
+    /// With an hbase:// store: which tables to write. `spec`: SPEC §4's (the default); `seed`: the
+    /// original Lambda system's four tables (realtime_stats, funnel_analytics,
+    /// personalized_recommendations, brand_performance) with its row keys and value formats, plus
+    /// pipeline_state, so its readers keep working during a migration; `both`: SPEC's in the
+    /// URL's namespace (required) and the original's in the default namespace.
+    #[arg(long, value_enum, value_name = "LAYOUT", requires = "store")]
+    pub hbase_layout: Option<HbaseLayout>,
 
     /// Where rejected rows go. Default: <db name>.rejects.csv beside the store.
     #[arg(long, value_name = "FILE")]
@@ -536,6 +569,14 @@ pub struct RunArgs {
     /// path.
     #[arg(long, value_name = "URL", conflicts_with = "db")]
     pub store: Option<String>,
+
+    /// With an hbase:// store: which tables to write. `spec`: SPEC §4's (the default); `seed`: the
+    /// original Lambda system's four tables (realtime_stats, funnel_analytics,
+    /// personalized_recommendations, brand_performance) with its row keys and value formats, plus
+    /// pipeline_state, so its readers keep working during a migration; `both`: SPEC's in the
+    /// URL's namespace (required) and the original's in the default namespace.
+    #[arg(long, value_enum, value_name = "LAYOUT", requires = "store")]
+    pub hbase_layout: Option<HbaseLayout>,
 
     /// Where rejected and late rows go. Default: <db name>.rejects.csv beside the store.
     #[arg(long, value_name = "FILE")]

@@ -30,7 +30,9 @@ pub struct BatchSummary {
 pub fn run(args: &BatchArgs) -> Result<BatchSummary> {
     let started = Instant::now();
     let files = resolve_inputs(&args.input)?;
-    let target = StoreTarget::choose(args.store.as_deref(), &args.db)?;
+    let target = StoreTarget::choose(args.store.as_deref(), &args.db)
+        .and_then(|store| store.with_hbase_layout(args.hbase_layout.map(|l| l.layout())))
+        .map_err(crate::exit::as_config)?;
     let mut rejects =
         RejectLog::new(Some(args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&target.local_path()))));
 

@@ -8,7 +8,11 @@ use tracing::info;
 use crate::cli::{HbaseInitArgs, HbaseStandInArgs, ThriftProtocol, ThriftTransport};
 
 pub fn init(args: &HbaseInitArgs) -> Result<()> {
-    let url: HbaseUrl = args.store.parse()?;
+    // A URL that does not parse or a layout it cannot have is a configuration error (exit 78).
+    let mut url: HbaseUrl = args.store.parse().map_err(crate::exit::as_config)?;
+    if let Some(layout) = args.layout {
+        url = url.with_layout(layout.layout()).map_err(crate::exit::as_config)?;
+    }
     let created = HbaseStore::init(&url)?;
     if created.is_empty() {
         info!("every table of the store already exists at {url}");

@@ -62,7 +62,9 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             pace: args.pace,
         },
     };
-    let store = StoreTarget::choose(args.store.as_deref(), &args.db).map_err(as_config)?;
+    let store = StoreTarget::choose(args.store.as_deref(), &args.db)
+        .and_then(|store| store.with_hbase_layout(args.hbase_layout.map(|l| l.layout())))
+        .map_err(as_config)?;
     let rejects = args.rejects.clone().unwrap_or_else(|| RejectLog::beside(&store.local_path()));
     Ok(EngineConfig {
         input,

@@ -83,6 +83,7 @@ pub fn batch_args(inputs: Vec<PathBuf>, profiles: Option<PathBuf>, until: Option
         until: until.map(|t| parse_instant_arg(t).unwrap()),
         db,
         store: None,
+        hbase_layout: None,
         rejects: None,
         retention: 7 * 86_400,
         quiet: true,

@@ -42,6 +42,14 @@ impl StoreTarget {
         })
     }
 
+    /// `--hbase-layout`: the HBase store with this layout (SQLite has one layout and ignores it).
+    pub fn with_hbase_layout(self, layout: Option<hbase::Layout>) -> Result<StoreTarget> {
+        Ok(match (self, layout) {
+            (StoreTarget::Hbase(url), Some(layout)) => StoreTarget::Hbase(url.with_layout(layout)?),
+            (target, _) => target,
+        })
+    }
+
     pub fn open(&self) -> Result<Box<dyn Sink + Send>> {
         Ok(match self {
             StoreTarget::Sqlite(path) => Box::new(SqliteStore::open(path)?),

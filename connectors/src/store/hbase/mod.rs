@@ -15,6 +15,7 @@
 //! timestamps after reconnecting, with backoff, for as long as HBase stays unreachable; that is
 //! idempotent, so nothing is lost or applied out of order.
 
+pub mod seed;
 pub mod stand_in;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ use thrift::transport::{
 };
 use tracing::{info, warn};
 
+use self::seed::{SeedLayout, SeedTable};
 use crate::store::{Sink, WriteBatch};
 
 /// The column family of every table.
@@ -59,6 +61,51 @@ pub enum Protocol {
     Compact,
 }
 
+/// Which tables a store writes (`--hbase-layout`, or `layout=` in the URL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// SPEC §4's tables (family `d`), the default.
+    #[default]
+    Spec,
+    /// The original system's four tables (`seed.rs`) and `pipeline_state`, in the URL's namespace.
+    Seed,
+    /// Both: SPEC §4's tables in the URL's namespace (which must be given: the original's
+    /// `brand_performance` shares a name with SPEC's), the original's in the default namespace,
+    /// where its readers look.
+    Both,
+}
+
+impl FromStr for Layout {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<Layout> {
+        match name {
+            "spec" => Ok(Layout::Spec),
+            "seed" => Ok(Layout::Seed),
+            "both" => Ok(Layout::Both),
+            other => bail!("HBase layout '{other}' is none of spec, seed, both"),
+        }
+    }
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Spec => "spec",
+            Layout::Seed => "seed",
+            Layout::Both => "both",
+        }
+    }
+
+    fn writes_spec(self) -> bool {
+        self != Layout::Seed
+    }
+
+    fn writes_seed(self) -> bool {
+        self != Layout::Spec
+    }
+}
+
 /// `hbase://host:port[?namespace=NS&transport=buffered|framed&protocol=binary|compact]`: where
 /// HBase's Thrift1 server listens and how it is configured (`hbase.regionserver.thrift.framed`,
 /// `hbase.regionserver.thrift.compact`). Defaults: port 9090, no namespace, buffered, binary.
@@ -68,6 +115,7 @@ pub struct HbaseUrl {
     pub namespace: Option<String>,
     pub transport: Transport,
     pub protocol: Protocol,
+    pub layout: Layout,
 }
 
 impl FromStr for HbaseUrl {
@@ -89,8 +137,13 @@ impl FromStr for HbaseUrl {
         } else {
             format!("{authority}:9090")
         };
-        let mut parsed =
-            HbaseUrl { address, namespace: None, transport: Transport::Buffered, protocol: Protocol::Binary };
+        let mut parsed = HbaseUrl {
+            address,
+            namespace: None,
+            transport: Transport::Buffered,
+            protocol: Protocol::Binary,
+            layout: Layout::Spec,
+        };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match (name, value) {
@@ -104,9 +157,11 @@ impl FromStr for HbaseUrl {
                 ("protocol", "binary") => parsed.protocol = Protocol::Binary,
                 ("protocol", "compact") => parsed.protocol = Protocol::Compact,
                 ("protocol", other) => bail!("'{url}': protocol '{other}' is neither 'binary' nor 'compact'"),
-                (other, _) => bail!("'{url}': unknown parameter '{other}' (namespace, transport, protocol)"),
+                ("layout", layout) => parsed.layout = layout.parse().with_context(|| format!("'{url}'"))?,
+                (other, _) => bail!("'{url}': unknown parameter '{other}' (namespace, transport, protocol, layout)"),
             }
         }
+        parsed.check()?;
         Ok(parsed)
     }
 }
@@ -126,11 +181,61 @@ impl fmt::Display for HbaseUrl {
         if let Some(ns) = &self.namespace {
             write!(f, "&namespace={ns}")?;
         }
+        if self.layout != Layout::Spec {
+            write!(f, "&layout={}", self.layout.name())?;
+        }
         Ok(())
     }
 }
 
+/// A table's column families with their max versions.
+type Families = Vec<(String, i32)>;
+
 impl HbaseUrl {
+    /// The same store with another layout (`--hbase-layout`).
+    pub fn with_layout(mut self, layout: Layout) -> Result<HbaseUrl> {
+        self.layout = layout;
+        self.check()?;
+        Ok(self)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.layout == Layout::Both && self.namespace.is_none() {
+            bail!(
+                "{self}: the layout 'both' needs ?namespace=NS for cartflow's own tables (the original's \
+                 brand_performance, in the default namespace, shares a name with SPEC's)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The HBase name of one of the original's tables (`seed.rs`).
+    pub fn seed_table_name(&self, table: SeedTable) -> Vec<u8> {
+        let name = seed::TABLES[table as usize].0;
+        match (&self.namespace, self.layout) {
+            (Some(ns), Layout::Seed) => format!("{ns}:{name}").into_bytes(),
+            _ => name.as_bytes().to_vec(),
+        }
+    }
+
+    /// Every table this store writes: its HBase name and column families with their versions.
+    fn tables(&self) -> Vec<(Vec<u8>, Families)> {
+        let spec = TABLES
+            .iter()
+            .filter(|t| self.layout.writes_spec() || t.id == TableId::PipelineState)
+            .map(|t| (self.table_name(t), vec![(FAMILY.to_string(), 1)]));
+        let seed = [
+            SeedTable::RealtimeStats,
+            SeedTable::FunnelAnalytics,
+            SeedTable::Recommendations,
+            SeedTable::BrandPerformance,
+        ]
+        .into_iter()
+        .filter(|_| self.layout.writes_seed())
+        .map(|t| (self.seed_table_name(t), t.families().iter().map(|(f, v)| (f.to_string(), *v)).collect()));
+        spec.chain(seed).collect()
+    }
+
     /// The HBase name of a store table: `namespace:table` or `table`.
     pub fn table_name(&self, table: &Table) -> Vec<u8> {
         match &self.namespace {
@@ -325,6 +430,9 @@ pub struct HbaseStore {
     retry: Retry,
     stats: HbaseStats,
     names: Vec<Vec<u8>>,
+    /// `--hbase-layout seed|both`: the translation into the original's tables, and their names.
+    seed: Option<SeedLayout>,
+    seed_names: Vec<Vec<u8>>,
 }
 
 fn now_millis() -> i64 {
@@ -337,14 +445,26 @@ impl HbaseStore {
         let mut client = connect(url).with_context(|| format!("connecting to HBase's Thrift server at {url}"))?;
         let existing = client.get_table_names().with_context(|| format!("listing the tables of {url}"))?;
         let names: Vec<Vec<u8>> = TABLES.iter().map(|t| url.table_name(t)).collect();
-        let missing: Vec<String> =
-            names.iter().filter(|n| !existing.contains(n)).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        let missing: Vec<String> = url
+            .tables()
+            .into_iter()
+            .filter(|(n, _)| !existing.contains(n))
+            .map(|(n, _)| String::from_utf8_lossy(&n).into_owned())
+            .collect();
         if !missing.is_empty() {
             bail!(
-                "HBase at {url} lacks the table(s) {}; create them with `cartflow hbase-init --store {url}`",
+                "HBase at {url} lacks the table(s) {}; create them with `cartflow hbase-init --store '{url}'`",
                 missing.join(", ")
             );
         }
+        let seed_names = [
+            SeedTable::RealtimeStats,
+            SeedTable::FunnelAnalytics,
+            SeedTable::Recommendations,
+            SeedTable::BrandPerformance,
+        ]
+        .map(|t| url.seed_table_name(t))
+        .to_vec();
         Ok(HbaseStore {
             url: url.clone(),
             client: Some(client),
@@ -352,6 +472,8 @@ impl HbaseStore {
             retry: Retry::default(),
             stats: HbaseStats::default(),
             names,
+            seed: url.layout.writes_seed().then(SeedLayout::default),
+            seed_names,
         })
     }
 
@@ -372,23 +494,34 @@ impl HbaseStore {
         &self.names[table as usize]
     }
 
-    /// Creates the tables that do not exist yet (family `d`, one version); returns their names.
+    /// Creates the tables of the URL's layout that do not exist yet (SPEC §4's: family `d`, one
+    /// version; the original's: its families and versions); returns their names.
     pub fn init(url: &HbaseUrl) -> Result<Vec<String>> {
         let mut client = connect(url).with_context(|| format!("connecting to HBase's Thrift server at {url}"))?;
         let existing = client.get_table_names().with_context(|| format!("listing the tables of {url}"))?;
         let mut created = Vec::new();
-        for table in TABLES {
-            let name = url.table_name(table);
+        for (name, families) in url.tables() {
             if existing.contains(&name) {
                 continue;
             }
-            let family = ColumnDescriptor {
-                name: Some(format!("{FAMILY}:").into_bytes()),
-                max_versions: Some(1),
-                ..Default::default()
-            };
+            let families = families
+                .into_iter()
+                .map(|(family, versions)| ColumnDescriptor {
+                    name: Some(format!("{family}:").into_bytes()),
+                    max_versions: Some(versions),
+                    // Hbase.thrift's defaults, written out: the generated `Default` has "" and 0
+                    // here, which HBase refuses (no compression "", no TTL of 0 s).
+                    compression: Some("NONE".into()),
+                    in_memory: Some(false),
+                    bloom_filter_type: Some("NONE".into()),
+                    bloom_filter_vector_size: Some(0),
+                    bloom_filter_nb_hashes: Some(0),
+                    block_cache_enabled: Some(true),
+                    time_to_live: Some(i32::MAX),
+                })
+                .collect();
             client
-                .create_table(name.clone(), vec![family])
+                .create_table(name.clone(), families)
                 .with_context(|| format!("creating table {}", String::from_utf8_lossy(&name)))?;
             created.push(String::from_utf8_lossy(&name).into_owned());
         }
@@ -501,7 +634,20 @@ impl HbaseStore {
 /// `each`; the scanner is closed whatever happens.
 fn scan(client: &mut Client, name: &[u8], cells: bool, mut each: impl FnMut(TRowResult)) -> thrift::Result<()> {
     let columns = cells.then(|| vec![format!("{FAMILY}:").into_bytes()]);
-    let scan = TScan { columns, caching: Some(1_000), ..Default::default() };
+    // Every field named: the generated `TScan::default()` sets them all (a timestamp of 0, a
+    // batch size of 0), and HBase applies whatever is set: a time range [0, 0) finds nothing.
+    let scan = TScan {
+        start_row: None,
+        stop_row: None,
+        timestamp: None,
+        columns,
+        caching: Some(1_000),
+        filter_string: None,
+        batch_size: None,
+        sort_columns: None,
+        reversed: None,
+        cache_blocks: None,
+    };
     let scanner = client.scanner_open_with_scan(name.to_vec(), scan, BTreeMap::new())?;
     let outcome = loop {
         match client.scanner_get_list(scanner, 1_000) {
@@ -539,6 +685,15 @@ impl Sink for HbaseStore {
         // Deletes at `timestamp`, upserts at `timestamp + 1` (see the module doc).
         let timestamp = now_millis().max(self.last_timestamp + 1);
         self.last_timestamp = timestamp + 1;
+        let spec = self.url.layout.writes_spec();
+        let seed = match &mut self.seed {
+            Some(layout) => {
+                let created_at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+                layout.changes(batch, &created_at)
+            }
+            None => seed::SeedChanges::default(),
+        };
+        let seed_names = self.seed_names.clone();
         // Keys and widths are checked before the first call: a mistake is not retried.
         let mut upsert_keys = Vec::with_capacity(batch.upserts.len());
         for (id, row) in &batch.upserts {
@@ -569,25 +724,40 @@ impl Sink for HbaseStore {
         // The mutations are built anew by each attempt: no copy of the batch is kept for retries.
         self.with_retries("writing a batch", |client, names| {
             calls = 0;
-            let mut send = Sender { client, names, calls: &mut calls, at: timestamp, table: None, rows: Vec::new() };
-            for id in &batch.replace {
+            let mut send = Sender { client, calls: &mut calls, at: timestamp, table: None, rows: Vec::new() };
+            for id in batch.replace.iter().filter(|_| spec) {
                 for key in scan_keys(send.client, &names[*id as usize])? {
-                    send.push(*id, BatchMutation::new(key, row_delete()))?;
+                    send.push(&names[*id as usize], BatchMutation::new(key, row_delete()))?;
                 }
             }
-            for (id, key) in &delete_keys {
-                send.push(*id, BatchMutation::new(key.clone(), row_delete()))?;
+            for table in &seed.replace {
+                let name = &seed_names[*table as usize];
+                for key in scan_keys(send.client, name)? {
+                    send.push(name, BatchMutation::new(key, seed_row_delete(*table)))?;
+                }
+            }
+            for (id, key) in delete_keys.iter().filter(|_| spec) {
+                send.push(&names[*id as usize], BatchMutation::new(key.clone(), row_delete()))?;
+            }
+            for (table, key) in &seed.row_deletes {
+                send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), seed_row_delete(*table)))?;
+            }
+            for (table, key, columns) in &seed.column_deletes {
+                let deletes: Vec<Mutation> =
+                    columns.iter().map(|c| Mutation::new(true, c.clone(), None, true)).collect();
+                send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), deletes))?;
             }
             send.flush()?;
             send.at = timestamp + 1;
-            for ((id, row), key) in batch.upserts.iter().zip(&upsert_keys) {
-                send.push(*id, BatchMutation::new(key.clone(), row_mutations(id.table(), row)))?;
+            for ((id, row), key) in batch.upserts.iter().zip(&upsert_keys).filter(|_| spec) {
+                send.push(&names[*id as usize], BatchMutation::new(key.clone(), row_mutations(id.table(), row)))?;
             }
+            for (table, key, cells) in &seed.puts {
+                send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), cells.clone()))?;
+            }
+            let state = &names[TableId::PipelineState as usize];
             for (row, key) in state_rows.iter().zip(&state_keys) {
-                send.push(
-                    TableId::PipelineState,
-                    BatchMutation::new(key.clone(), row_mutations(TableId::PipelineState.table(), row)),
-                )?;
+                send.push(state, BatchMutation::new(key.clone(), row_mutations(TableId::PipelineState.table(), row)))?;
             }
             send.flush()
         })?;
@@ -597,19 +767,24 @@ impl Sink for HbaseStore {
     }
 }
 
+/// Deletes a whole row of one of the original's tables: a delete of each of its families.
+fn seed_row_delete(table: SeedTable) -> Vec<Mutation> {
+    table.families().iter().map(|(family, _)| Mutation::new(true, family.as_bytes().to_vec(), None, true)).collect()
+}
+
 /// Groups row mutations into `mutateRowsTs` calls: one table per call, at most
 /// [`ROWS_PER_CALL`] rows, in the order they come.
 struct Sender<'a> {
     client: &'a mut Client,
-    names: &'a [Vec<u8>],
     calls: &'a mut u64,
     at: i64,
-    table: Option<TableId>,
+    /// The HBase name of the table of the rows gathered.
+    table: Option<&'a [u8]>,
     rows: Vec<BatchMutation>,
 }
 
-impl Sender<'_> {
-    fn push(&mut self, table: TableId, row: BatchMutation) -> thrift::Result<()> {
+impl<'a> Sender<'a> {
+    fn push(&mut self, table: &'a [u8], row: BatchMutation) -> thrift::Result<()> {
         if self.table != Some(table) || self.rows.len() == ROWS_PER_CALL {
             self.flush()?;
             self.table = Some(table);
@@ -621,7 +796,7 @@ impl Sender<'_> {
     fn flush(&mut self) -> thrift::Result<()> {
         if let (Some(table), false) = (self.table, self.rows.is_empty()) {
             let rows = std::mem::take(&mut self.rows);
-            self.client.mutate_rows_ts(self.names[table as usize].clone(), rows, self.at, BTreeMap::new())?;
+            self.client.mutate_rows_ts(table.to_vec(), rows, self.at, BTreeMap::new())?;
             *self.calls += 1;
         }
         Ok(())
