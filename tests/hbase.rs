@@ -1,6 +1,6 @@
 //! The HBase store end to end: `hbase-init`, `batch --store hbase://…` and `run --store hbase://…`
 //! through the real Thrift1 wire protocol against the in-process stand-in (no HBase server can be
-//! installed here; see connectors/src/hbase/stand_in.rs), including an outage in the middle of a
+//! installed here; see connectors/src/store/hbase/stand_in/), including an outage in the middle of a
 //! run. HBase must end up holding exactly what the SQLite store of `batch` holds.
 
 mod common;
