@@ -55,6 +55,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             exit_at_end: args.exit_at_end,
             dead_letter_topic: args.dead_letter_topic.clone(),
             bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
+            retention: args.retention,
         }),
         None => InputConfig::Files {
             paths: args.input.clone(),

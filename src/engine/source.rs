@@ -75,6 +75,24 @@ pub trait Source: Send + Sync {
         (None, Vec::new())
     }
 
+    /// The source keeps the realtime windows itself, at its live edge (a live source whose
+    /// frontier trails the input by the lateness): the dataflow's windows are then not written.
+    fn live_windows(&self) -> bool {
+        false
+    }
+
+    /// The realtime windows' writes since the last call, with the live edge (see
+    /// [`cartflow_dataflows::incremental::live_windows`]); `None` when the source keeps none or
+    /// nothing changed. Worker 0 calls it about once a second.
+    fn live_writes(&self) -> Option<cartflow_dataflows::schema::WriteBatch> {
+        None
+    }
+
+    /// The run's end frontier is written: the realtime windows' last writes as of it.
+    fn live_final(&self, _frontier: Timestamp) -> Option<cartflow_dataflows::schema::WriteBatch> {
+        None
+    }
+
     /// The store holds a batch with these `pipeline_state` entries (their positions may be
     /// committed upstream now). Called on the store writer's thread.
     fn written(&self, _state: &[(String, String)]) {}

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cartflow_dataflows::incremental::materialize::Materializer;
@@ -25,6 +25,9 @@ use super::operator_profile::OperatorProfile;
 use super::source::{Feed, ReadSummary, Source, WorkerLink};
 use super::store_writer::{self, StoreJob};
 use super::RunSummary;
+
+/// How often worker 0 writes the realtime windows of a live source.
+const LIVE_WRITES_EVERY: Duration = Duration::from_secs(1);
 
 /// What the workers share: the configuration, the source, and worker 0's inputs and report.
 pub struct Shared {
@@ -170,12 +173,11 @@ fn lead(
     let config = &shared.config;
     let settings = config.settings;
     let source = shared.source.clone();
-    let store = store_writer::spawn(
-        config.store.open()?,
-        Materializer::new(settings, config.retention),
-        source.clone(),
-        config.commit_log.as_deref(),
-    )?;
+    let materializer = match source.live_windows() {
+        true => Materializer::new(settings, config.retention).without_windows(),
+        false => Materializer::new(settings, config.retention),
+    };
+    let store = store_writer::spawn(config.store.open()?, materializer, source.clone(), config.commit_log.as_deref())?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
         store,
@@ -194,8 +196,19 @@ fn lead(
     // workers in batches, so that parsing holds up no worker and the work before the first
     // exchange is shared; worker 0 feeds its share and closes the boundaries the source announces.
     let mut feed = Some(feed);
+    let mut live_written = Instant::now();
     'feeding: while let Some(receiver) = &feed {
         driver.link.pump();
+        // The realtime windows at the live edge, about once a second (a live source only).
+        if live_written.elapsed() >= LIVE_WRITES_EVERY {
+            live_written = Instant::now();
+            if let Some(batch) = source.live_writes().filter(|b| !b.is_empty()) {
+                if let Err(e) = driver.store.write(StoreJob::Batch(batch)) {
+                    failure = Some(e);
+                    break 'feeding;
+                }
+            }
+        }
         match receiver.try_recv() {
             Ok(Feed::Step { start, earliest }) => {
                 let Some(step_start) = driver.step_start else {
@@ -303,6 +316,9 @@ fn finish(
         driver.settle(0, dataflow)?;
     }
     let source = driver.source.clone();
+    if let Some(batch) = frontier.and_then(|frontier| source.live_final(frontier)) {
+        driver.store.write(StoreJob::Batch(batch))?;
+    }
     let mut state = crate::report::state_entries(source.name(), &read, &rejects, applied, after_until, frontier);
     state.push((state_key::LATE.to_string(), late.to_string()));
     state.push((state_key::EVENTS_ACCEPTED.to_string(), applied.to_string()));

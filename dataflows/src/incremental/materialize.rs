@@ -32,6 +32,9 @@ pub struct Materializer {
     /// Current records of the snapshot tables, copied at midnights.
     snapshot_records: BTreeSet<Output>,
     first_event: Option<Timestamp>,
+    /// The realtime windows are written by the source at its live edge
+    /// (`incremental::live_windows`): the dataflow's are not written.
+    windows_elsewhere: bool,
 }
 
 impl Materializer {
@@ -43,7 +46,14 @@ impl Materializer {
             frozen: BTreeSet::new(),
             snapshot_records: BTreeSet::new(),
             first_event: None,
+            windows_elsewhere: false,
         }
+    }
+
+    /// A live source writes the realtime windows itself: this materializer leaves them out.
+    pub fn without_windows(mut self) -> Materializer {
+        self.windows_elsewhere = true;
+        self
     }
 
     /// The earliest applied event: daily snapshots start at the first midnight after it.
@@ -62,6 +72,9 @@ impl Materializer {
             FxHashMap::with_capacity_and_hasher(changes.len(), Default::default());
         let mut rows: Vec<(StoreKey, RecordChanges)> = Vec::with_capacity(changes.len() / 2 + 1);
         for (record, diff) in changes {
+            if self.windows_elsewhere && record.window_start().is_some() {
+                continue;
+            }
             let key = record.store_key();
             let at = *index.entry(key).or_insert_with(|| {
                 rows.push((key, SmallVec::new()));

@@ -15,7 +15,9 @@
 //! - [`per_user`]: the per-user stage, one operator producing [`deltas::Deltas`];
 //! - [`realtime`], [`funnel`], [`recommendations`], [`brands`]: add up the stage's deltas and rank;
 //!   [`catalog`]: the cumulative catalog and demographics, straight from the inputs;
-//! - [`materialize`]: from the output's changes to store writes (used by the driver, not here).
+//! - [`materialize`]: from the output's changes to store writes (used by the driver, not here);
+//! - [`live_windows`]: the realtime windows at a live source's edge, kept outside the dataflow
+//!   (used by the Kafka source, not here).
 //!
 //! This file only wires them together: [`build`].
 
@@ -24,6 +26,7 @@ pub mod catalog;
 pub mod current_state;
 pub mod deltas;
 pub mod funnel;
+pub mod live_windows;
 pub mod materialize;
 pub mod operators;
 pub mod output;

@@ -53,9 +53,12 @@ use cartflow_connectors::archive;
 use cartflow_connectors::input::ReadStats;
 use cartflow_connectors::input::RejectLog;
 use cartflow_connectors::kafka::{self, owned_partitions, partition_count, KafkaOptions};
+use cartflow_dataflows::incremental::live_windows::LiveWindows;
 use cartflow_dataflows::incremental::{Settings, StepEnds};
-use cartflow_dataflows::model::Timestamp;
+use cartflow_dataflows::model::time::format_rfc3339;
+use cartflow_dataflows::model::{Event, Timestamp};
 use cartflow_dataflows::schema::state_key;
+use cartflow_dataflows::schema::WriteBatch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::info;
@@ -83,6 +86,8 @@ pub struct KafkaSourceOptions {
     /// Replay this archive first (from the hour of the given time on), then read each partition
     /// from the offset after the archive's highest.
     pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
+    /// How long final realtime windows stay in the store (the live windows' retention).
+    pub retention: i64,
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
@@ -133,6 +138,13 @@ pub struct KafkaSource {
     accepted: Arc<AtomicU64>,
     /// This process's source threads, joined at the end.
     handles: Mutex<Vec<JoinHandle<Result<Counts>>>>,
+    /// The realtime windows at the live edge, fed by every thread (a run of one process; see
+    /// `live_windows`). With several processes each would see only its own partitions, so the
+    /// windows come from the dataflow, as of the frontier.
+    live: Option<Mutex<LiveWindows>>,
+    /// Per thread (by global index), the start of the step it inserts at: an event before it is
+    /// late there. The least of them is the live windows' cutoff (`i64::MIN`: no step yet).
+    cutoffs: Vec<AtomicI64>,
 }
 /// What one source thread (or process) read.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -198,6 +210,46 @@ impl KafkaSource {
         entries
     }
 
+    /// The live edge `E`: the frontier before the lateness is taken off (the leader's view).
+    pub(super) fn live_edge(&self) -> Option<Timestamp> {
+        self.frontier().map(|f| f + self.options.lateness)
+    }
+
+    /// A thread's accepted events for the live windows (it sends them before it moves its
+    /// cutoff, so no window is written final while an event of it waits in a thread).
+    pub(super) fn add_live(&self, events: &mut Vec<Event>) {
+        if let Some(live) = &self.live {
+            if !events.is_empty() {
+                live.lock().unwrap().add(events.drain(..));
+            }
+        }
+    }
+
+    /// A thread inserts at the step starting at `start` from now on.
+    pub(super) fn set_cutoff(&self, thread: usize, start: Timestamp) {
+        self.cutoffs[thread].store(start, Ordering::SeqCst);
+    }
+
+    /// The live windows' writes as of the threads' least cutoff and the live edge.
+    fn live_batch(&self, cutoff: Option<Timestamp>, edge: Option<Timestamp>) -> Option<WriteBatch> {
+        let live = self.live.as_ref()?;
+        // The cutoff is read before the windows are locked: a thread that moves its cutoff has
+        // handed its events over first (see `add_live`).
+        let cutoff = cutoff.or_else(|| {
+            let least = self.local.clone().map(|t| self.cutoffs[t].load(Ordering::SeqCst)).min()?;
+            (least != Timestamp::MIN).then_some(least)
+        })?;
+        let mut live = live.lock().unwrap();
+        if let Some(edge) = edge {
+            live.advance_edge(edge);
+        }
+        let mut batch = live.write(cutoff);
+        if let Some(edge) = live.edge() {
+            batch.state.push((state_key::LIVE_EDGE.into(), format_rfc3339(edge)));
+        }
+        Some(batch)
+    }
+
     /// Stops every source thread (a worker failed).
     fn stop_threads(&self) {
         self.failed.store(true, Ordering::SeqCst);
@@ -224,6 +276,18 @@ impl Source for KafkaSource {
         } else {
             Box::new(NoLink)
         }
+    }
+
+    fn live_windows(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn live_writes(&self) -> Option<WriteBatch> {
+        self.live_batch(None, self.live_edge())
+    }
+
+    fn live_final(&self, frontier: Timestamp) -> Option<WriteBatch> {
+        self.live_batch(Some(frontier), Some(frontier))
     }
 
     fn at_boundary(&self, boundary: Timestamp) -> (Option<Timestamp>, Vec<(String, String)>) {
@@ -382,6 +446,8 @@ pub fn start(
         process: (process, processes),
         accepted: accepted.clone(),
         handles: Mutex::new(Vec::new()),
+        live: (processes == 1).then(|| Mutex::new(LiveWindows::new(options.retention))),
+        cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
     let (archived, start_offsets) = match &options.bootstrap {

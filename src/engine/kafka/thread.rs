@@ -91,6 +91,11 @@ pub(super) struct SourceThread {
     applied_range: Option<(Timestamp, Timestamp)>,
     /// The broker did not answer the last query of a partition's end (logged once per outage).
     unreachable: bool,
+    /// Accepted events not yet handed to the live windows (every few milliseconds, and always
+    /// before the thread's cutoff moves).
+    live: Vec<Event>,
+    /// The source keeps live windows.
+    keeps_live: bool,
 }
 
 impl SourceThread {
@@ -141,6 +146,7 @@ impl SourceThread {
                 confirmed_at_end: false,
             })
             .collect();
+        let keeps_live = source.live.is_some();
         Ok(SourceThread {
             index,
             source,
@@ -162,6 +168,8 @@ impl SourceThread {
             payload: Vec::new(),
             applied_range: None,
             unreachable: false,
+            live: Vec::new(),
+            keeps_live,
         })
     }
 
@@ -252,6 +260,7 @@ impl SourceThread {
                 if let Some(open) = self.source.open_step() {
                     self.advance_to(open)?;
                 }
+                self.source.add_live(&mut self.live);
                 if let (Some(until), Some(frontier)) = (self.source.options.until, self.source.frontier()) {
                     if frontier >= until {
                         self.source.finished.store(true, Ordering::SeqCst);
@@ -348,8 +357,18 @@ impl SourceThread {
                 self.reject(partition, offset, RejectReason::Late, raw)?;
                 return Ok(moved);
             }
-            Some((start, length)) if event.time < start + length => self.apply(event)?,
+            Some((start, length)) if event.time < start + length => {
+                if self.keeps_live {
+                    self.live.push(event);
+                }
+                self.apply(event)?
+            }
             _ => {
+                // Accepted for good once the thread has a step (before it, the first step of
+                // the log may still make it late: see `reject_pending_before`).
+                if self.keeps_live && self.step.is_some() {
+                    self.live.push(event);
+                }
                 let pending = self.pending.entry(step).or_default();
                 pending.events.push(event);
                 self.pending_events += 1;
@@ -422,7 +441,10 @@ impl SourceThread {
     /// Moves the worker to the step (start, length): its pending events are applied at `start`.
     fn start_step(&mut self, start: Timestamp, length: i64) -> Result<()> {
         self.flush()?;
+        // The live windows get every accepted event before the cutoff moves past it.
+        self.source.add_live(&mut self.live);
         self.step = Some((start, length));
+        self.source.set_cutoff(self.index, start);
         self.send(Feed::Step { start, earliest: None })?;
         let keys: Vec<Timestamp> = self.pending.range(start..start + length).map(|(k, _)| *k).collect();
         for key in keys {
@@ -446,6 +468,7 @@ impl SourceThread {
             if let Some(&(first, _)) = steps.first() {
                 self.reject_pending_before(first)?;
             }
+            self.accept_pending_for_live();
         }
         for (start, length) in steps {
             if start >= open.0 {
@@ -508,6 +531,7 @@ impl SourceThread {
                 if let Some(&(first_step, _)) = self.source.steps_after(None).first() {
                     self.reject_pending_before(first_step)?;
                 }
+                self.accept_pending_for_live();
             }
             for (start, length) in self.source.steps_after(self.step.map(|(s, _)| s)) {
                 if self.pending.is_empty() {
@@ -522,7 +546,15 @@ impl SourceThread {
         let offsets =
             self.partitions.iter().map(|p| (p.partition, p.first_not_applied.unwrap_or(p.next_offset))).collect();
         self.source.threads[self.index].lock().unwrap().final_offsets = offsets;
+        self.source.add_live(&mut self.live);
         self.flush()
+    }
+
+    /// The thread's first step: what waited for it and was not late is accepted for good.
+    fn accept_pending_for_live(&mut self) {
+        if self.keeps_live {
+            self.live.extend(self.pending.values().flat_map(|p| p.events.iter().copied()));
+        }
     }
 
     /// Asks the broker for the end (high watermark) of each partition that has been quiet for a

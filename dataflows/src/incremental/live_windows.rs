@@ -1,0 +1,319 @@
+//! The realtime windows at the live edge (SPEC §2, §3.1): every window that has started before the
+//! live edge `E`, with every accepted event before `E`, rewritten as often as the driver asks,
+//! `final = 0` until the frontier has passed its end.
+//!
+//! The dataflows are exact as of the frontier `F = E − lateness` (default 10 minutes), which is
+//! what the funnel, recommendations and brand performance need: an event between `F` and `E` may
+//! still be followed by an earlier one. A 5-minute window, though, only adds events up: its
+//! distinct users, counts, sums and top lists can be kept exactly while events arrive in any
+//! order, with no retraction. So the windows a live source shows are kept here, outside the
+//! dataflow: per open window, the set of its users and buyers, its counts, and its products' and
+//! brands' tallies; each accepted event goes to its five windows. A window is written whenever it
+//! changed, and once the source's late cutoff (no event before it can be accepted any more) has
+//! passed its end it is written one last time with `final = 1` and forgotten; it leaves the store
+//! with the retention, as the materializer does for the dataflow's windows.
+//!
+//! The rows come from the same builders as the batch reference (`analyses::realtime`), ranked by
+//! the same keys, so a final window is byte-identical to `batch`'s and a window still open equals
+//! the batch reference over the events accepted so far. Memory: the windows of the last
+//! `lateness + 5 min` of event time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
+use crate::model::time::format_rfc3339;
+use crate::model::{Event, EventType, Symbol, Timestamp};
+use crate::schema::{TableId, Value, WriteBatch};
+
+/// One open window's exact state.
+#[derive(Default)]
+struct OpenWindow {
+    totals: WindowTotals,
+    users: FxHashSet<u64>,
+    buyers: FxHashSet<u64>,
+    products: FxHashMap<u64, (u64, i64)>,
+    brands: FxHashMap<Symbol, BrandActivity>,
+    /// Changed since it was last written.
+    changed: bool,
+    /// Top-list lengths last written (rows beyond them do not exist in the store).
+    written_products: usize,
+    written_brands: usize,
+}
+
+impl OpenWindow {
+    fn add(&mut self, e: &Event) {
+        self.changed = true;
+        self.totals.total_events += 1;
+        self.totals.by_type[e.event_type.index()] += 1;
+        if self.users.insert(e.user_id) {
+            self.totals.active_users += 1;
+        }
+        match e.event_type {
+            EventType::Purchase => {
+                self.totals.revenue += e.price;
+                if self.buyers.insert(e.user_id) {
+                    self.totals.buyers += 1;
+                }
+            }
+            EventType::View => {
+                let (views, price_sum) = self.products.entry(e.product_id).or_default();
+                *views += 1;
+                *price_sum += e.price;
+            }
+            _ => {}
+        }
+        if let Some(brand) = e.brand {
+            let b = self.brands.entry(brand).or_insert(BrandActivity {
+                brand,
+                events: 0,
+                views: 0,
+                carts: 0,
+                purchases: 0,
+                revenue: 0,
+            });
+            b.events += 1;
+            match e.event_type {
+                EventType::View => b.views += 1,
+                EventType::Cart => b.carts += 1,
+                EventType::Purchase => {
+                    b.purchases += 1;
+                    b.revenue += e.price;
+                }
+                EventType::RemoveFromCart => {}
+            }
+        }
+    }
+
+    /// The window's rows, as the batch reference builds them.
+    fn write(&mut self, start: Timestamp, is_final: bool, batch: &mut WriteBatch) {
+        batch.upserts.push((TableId::RealtimeWindow, self.totals.row(start, is_final)));
+        let mut products: Vec<ProductViews> = self
+            .products
+            .iter()
+            .map(|(&product_id, &(views, price_sum))| ProductViews { product_id, views, price_sum })
+            .collect();
+        let top_products = top(&mut products, ProductViews::rank_key);
+        for (i, p) in top_products.iter().enumerate() {
+            batch.upserts.push((TableId::RealtimeTopProduct, p.row(start, i + 1)));
+        }
+        let mut brands: Vec<BrandActivity> = self.brands.values().copied().collect();
+        let top_brands = top(&mut brands, BrandActivity::rank_key);
+        for (i, b) in top_brands.iter().enumerate() {
+            batch.upserts.push((TableId::RealtimeTopBrand, b.row(start, i + 1)));
+        }
+        // Lists only grow (events are only added), so no rank written before disappears.
+        debug_assert!(top_products.len() >= self.written_products && top_brands.len() >= self.written_brands);
+        (self.written_products, self.written_brands) = (top_products.len(), top_brands.len());
+        self.changed = false;
+    }
+}
+
+/// The best `TOP_N` by `key`, in order (a selection, then a sort of the few).
+fn top<T: Copy, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K) -> Vec<T> {
+    if items.len() > TOP_N {
+        items.select_nth_unstable_by_key(TOP_N - 1, &key);
+    }
+    let mut best: Vec<T> = items.iter().take(TOP_N).copied().collect();
+    best.sort_by_key(key);
+    best
+}
+
+/// The live windows of a source (see the module doc).
+pub struct LiveWindows {
+    open: BTreeMap<Timestamp, OpenWindow>,
+    /// Accepted events at or after the live edge, applied once it passes them.
+    ahead: Vec<Event>,
+    /// The live edge `E`: windows hold the accepted events before it.
+    edge: Option<Timestamp>,
+    /// Windows written as final (their rows stay until the retention removes them).
+    written_final: BTreeSet<Timestamp>,
+    retention: i64,
+}
+
+impl LiveWindows {
+    pub fn new(retention: i64) -> LiveWindows {
+        LiveWindows { open: BTreeMap::new(), ahead: Vec::new(), edge: None, written_final: BTreeSet::new(), retention }
+    }
+
+    /// Accepted events (never late: the source checked them against its cutoff).
+    pub fn add(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            match self.edge {
+                Some(edge) if event.time < edge => self.apply(&event),
+                _ => self.ahead.push(event),
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        for start in window_starts(event.time) {
+            // A window already written as final takes no more events: the source's cutoff has
+            // passed its end, so none can arrive (a defensive check; it would be a late event).
+            if !self.written_final.contains(&start) {
+                self.open.entry(start).or_default().add(event);
+            }
+        }
+    }
+
+    /// The live edge moved to `edge`: the events before it that waited are applied.
+    pub fn advance_edge(&mut self, edge: Timestamp) {
+        if self.edge.is_some_and(|e| e >= edge) {
+            return;
+        }
+        self.edge = Some(edge);
+        let (now, later): (Vec<Event>, Vec<Event>) =
+            std::mem::take(&mut self.ahead).into_iter().partition(|e| e.time < edge);
+        self.ahead = later;
+        for event in &now {
+            self.apply(event);
+        }
+    }
+
+    /// The writes that bring the store's windows up to date: every window changed since the last
+    /// call, with `final = 1` for those whose end is at or before `cutoff` (no event before the
+    /// cutoff can be accepted any more), which are then forgotten; and the deletes of final
+    /// windows whose start left the retention `[cutoff - retention, …)`.
+    pub fn write(&mut self, cutoff: Timestamp) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        let finished: Vec<Timestamp> = self.open.range(..=cutoff - WINDOW_LENGTH).map(|(s, _)| *s).collect();
+        for start in finished {
+            let mut window = self.open.remove(&start).expect("listed above");
+            window.write(start, true, &mut batch);
+            self.written_final.insert(start);
+        }
+        for (start, window) in self.open.iter_mut().filter(|(_, w)| w.changed) {
+            window.write(*start, false, &mut batch);
+        }
+        let expired: Vec<Timestamp> = self.written_final.range(..cutoff - self.retention).copied().collect();
+        for start in expired {
+            self.written_final.remove(&start);
+            let start_text = Value::text(format_rfc3339(start));
+            batch.deletes.push((TableId::RealtimeWindow, vec![start_text.clone()]));
+            for rank in 1..=TOP_N as i64 {
+                for table in [TableId::RealtimeTopProduct, TableId::RealtimeTopBrand] {
+                    batch.deletes.push((table, vec![start_text.clone(), Value::Int(rank)]));
+                }
+            }
+        }
+        batch
+    }
+
+    /// Windows held open, and events waiting for the edge (for logs and metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.open.len(), self.ahead.len())
+    }
+
+    pub fn edge(&self) -> Option<Timestamp> {
+        self.edge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyses::realtime::reference;
+    use crate::model::time::MINUTE;
+    use crate::schema::Row;
+
+    fn event(time: Timestamp, user: u64, product: u64, kind: EventType, brand: Option<&str>) -> Event {
+        Event {
+            time,
+            event_type: kind,
+            product_id: product,
+            category_id: 1,
+            category_code: None,
+            brand: brand.map(Symbol::intern),
+            price: 100 + product as i64,
+            user_id: user,
+        }
+    }
+
+    /// A store of the three realtime tables, applying batches as SQLite would.
+    #[derive(Default)]
+    struct Tables(BTreeMap<(TableId, String), Row>);
+
+    impl Tables {
+        fn apply(&mut self, batch: &WriteBatch) {
+            let key = |table: TableId, row: &Row| (table, format!("{:?}", &row[..table.table().key_len]));
+            for (table, row) in &batch.deletes {
+                self.0.remove(&key(*table, row));
+            }
+            for (table, row) in &batch.upserts {
+                self.0.insert(key(*table, row), row.clone());
+            }
+        }
+
+        fn rows(&self, table: TableId) -> Vec<Row> {
+            let mut rows: Vec<Row> = self.0.iter().filter(|((t, _), _)| *t == table).map(|(_, r)| r.clone()).collect();
+            rows.sort_by(|a, b| crate::schema::cmp_keys(a, b, table.table().key_len));
+            rows
+        }
+    }
+
+    #[test]
+    fn windows_equal_the_batch_reference_whatever_the_arrival_order() {
+        // Two hours of events from a few users, products and brands, arriving shuffled within
+        // 10 minutes (the lateness), written every simulated second.
+        let mut events: Vec<Event> = (0..4_000i64)
+            .map(|i| {
+                let kind =
+                    [EventType::View, EventType::View, EventType::Cart, EventType::Purchase, EventType::RemoveFromCart]
+                        [(i % 5) as usize];
+                let brand = [Some("acme"), None, Some("zeta"), Some("beta")][(i % 4) as usize];
+                event(1_575_158_400 + i * 2, (i * 7 % 13) as u64, (i * 11 % 23) as u64, kind, brand)
+            })
+            .collect();
+        let lateness = 10 * MINUTE;
+        let mut arrival = events.clone();
+        // A deterministic shuffle within the lateness: reverse blocks of 250 events (8 minutes).
+        for block in arrival.chunks_mut(250) {
+            block.reverse();
+        }
+        let retention = 30 * MINUTE;
+        let mut live = LiveWindows::new(retention);
+        let mut store = Tables::default();
+        let mut seen_max = Timestamp::MIN;
+        for (i, e) in arrival.iter().enumerate() {
+            live.add([*e]);
+            seen_max = seen_max.max(e.time);
+            if i % 17 == 0 {
+                let edge = seen_max;
+                live.advance_edge(edge);
+                let cutoff = edge - lateness;
+                store.apply(&live.write(cutoff));
+                // Final windows equal the batch reference as of the cutoff.
+                let applied: Vec<Event> = {
+                    let mut a: Vec<Event> = arrival[..=i].iter().copied().filter(|e| e.time < edge).collect();
+                    a.sort();
+                    a
+                };
+                let expected = reference(&applied, cutoff, retention, 0);
+                let finals: Vec<Row> =
+                    store.rows(TableId::RealtimeWindow).into_iter().filter(|r| r[11] == Value::Int(1)).collect();
+                let expected_finals: Vec<Row> =
+                    expected.windows.iter().filter(|r| r[11] == Value::Int(1)).cloned().collect();
+                assert_eq!(finals, expected_finals, "final windows at cutoff {cutoff}");
+                // Windows still open equal the batch reference over the events applied so far.
+                let open_expected = reference(&applied, edge + WINDOW_LENGTH, i64::MAX / 4, 0);
+                for row in store.rows(TableId::RealtimeWindow).iter().filter(|r| r[11] == Value::Int(0)) {
+                    let mut want =
+                        open_expected.windows.iter().find(|w| w[0] == row[0]).expect("an open window").clone();
+                    want[11] = Value::Int(0);
+                    assert_eq!(row, &want);
+                }
+            }
+        }
+        // The end: every window up to the end frontier, exactly as batch writes it.
+        events.sort();
+        let frontier = events.last().unwrap().time / MINUTE * MINUTE + MINUTE;
+        live.advance_edge(frontier);
+        store.apply(&live.write(frontier));
+        let expected = reference(&events, frontier, retention, 0);
+        assert_eq!(store.rows(TableId::RealtimeWindow), expected.windows);
+        assert_eq!(store.rows(TableId::RealtimeTopProduct), expected.top_products);
+        assert_eq!(store.rows(TableId::RealtimeTopBrand), expected.top_brands);
+        assert_eq!(live.sizes().1, 0, "no event left waiting for the edge");
+    }
+}
