@@ -429,3 +429,82 @@ fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equa
         assert!(edge.is_some() && edge == frontier, "at the end the live edge is the frontier: {edge:?} {frontier:?}");
     }
 }
+
+/// The body of a GET on a local server.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// SPEC §2, §3.1: with the default lateness (10 minutes), a live stream's realtime windows are
+/// seconds behind it, not ten minutes: `simulate --rate 1000 --stamp-now` streams real rows as a
+/// live tracker would, and `run --serve` (a separate process, defaults) shows windows that change
+/// between two reads a few seconds apart, the newest holding events of the last few seconds, with
+/// `/health` reporting the live edge seconds behind the clock and the frontier the lateness
+/// behind it.
+#[test]
+fn live_windows_follow_a_stream_seconds_behind_it() {
+    let Some(path) = shared_data("rees46-2019-oct-head.csv") else { return };
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let mut args = simulate_args(path, &brokers);
+    args.max = false;
+    args.rate = Some(1_000.0);
+    args.stamp_now = true;
+    let streaming = std::thread::spawn(move || simulate::run(&args).unwrap());
+    let db = dir.path().join("live.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cartflow"))
+        .args(["run", "--quiet", "-w", "2", "--brokers", &brokers, "--topic", TOPIC, "--serve", &address, "--db"])
+        .arg(&db)
+        .arg("--rejects")
+        .arg(dir.path().join("rejects.csv"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let time = |text: &serde_json::Value| {
+        cartflow_dataflows::model::time::parse_event_time(text.as_str().unwrap().as_bytes()).unwrap()
+    };
+    let newest = || -> Option<serde_json::Value> {
+        let body = http_get(&address, "/api/tables/realtime_window?order=desc&limit=1");
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["rows"].get(0).cloned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(row) = newest() {
+            break row;
+        }
+        assert!(std::time::Instant::now() < deadline, "no realtime window after 30 s");
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let second = newest().unwrap();
+    let health: serde_json::Value = serde_json::from_str(&http_get(&address, "/health")).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    streaming.join().unwrap();
+    assert_ne!(first, second, "the live windows move between two reads 3 s apart");
+    assert_eq!(second["final"], 0, "the newest window is open: {second}");
+    // The newest window started in the last five minutes and holds events up to the live edge,
+    // seconds behind the clock; the frontier is the lateness (10 minutes) behind that.
+    let start = time(&second["window_start"]);
+    assert!(now() - start <= 5 * 60 + 5, "the newest window starts at {start}, now {}", now());
+    let edge_lag = health["live_edge_lag_seconds"].as_i64().unwrap();
+    assert!((0..=5).contains(&edge_lag), "{health}");
+    if let Some(frontier) = health["frontier"].as_str() {
+        let frontier = cartflow_dataflows::model::time::parse_event_time(frontier.as_bytes()).unwrap();
+        assert!(time(&health["live_edge"]) - frontier >= 10 * 60, "{health}");
+    }
+}

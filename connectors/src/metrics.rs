@@ -27,6 +27,8 @@ pub struct Metrics {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// The frontier of the last boundary written (`i64::MIN`: none yet).
     frontier: AtomicI64,
+    /// The live edge of the last realtime windows written (`i64::MIN`: none yet).
+    live_edge: AtomicI64,
     boundaries: AtomicU64,
     store_write: Histogram,
     store_failed_attempts: AtomicU64,
@@ -43,6 +45,7 @@ impl Default for Metrics {
             events_in: Mutex::default(),
             rejected: Mutex::default(),
             frontier: AtomicI64::new(i64::MIN),
+            live_edge: AtomicI64::new(i64::MIN),
             boundaries: AtomicU64::new(0),
             // 1 ms … ~16 s.
             store_write: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
@@ -83,6 +86,11 @@ impl Metrics {
         self.store_write.observe(write_seconds);
     }
 
+    /// Realtime windows as of this live edge are in the store.
+    pub fn live_edge_written(&self, edge: i64) {
+        self.live_edge.fetch_max(edge, Ordering::SeqCst);
+    }
+
     pub fn store_failed_attempt(&self, new_outage: bool) {
         self.store_failed_attempts.fetch_add(1, Ordering::Relaxed);
         if new_outage {
@@ -97,7 +105,9 @@ impl Metrics {
     /// The live values.
     pub fn snapshot(&self) -> Snapshot {
         let frontier = self.frontier.load(Ordering::SeqCst);
+        let live_edge = self.live_edge.load(Ordering::SeqCst);
         Snapshot {
+            live_edge: (live_edge != i64::MIN).then_some(live_edge),
             events_in: lock(&self.events_in).iter().map(|c| c.load(Ordering::Relaxed)).sum(),
             rejected: lock(&self.rejected).iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             frontier: (frontier != i64::MIN).then_some(frontier),
@@ -117,6 +127,8 @@ pub struct Snapshot {
     /// Reason label → count (`late` among them).
     pub rejected: BTreeMap<String, u64>,
     pub frontier: Option<i64>,
+    /// The live edge of the realtime windows (a live source only).
+    pub live_edge: Option<i64>,
     pub boundaries: Option<u64>,
     pub store_failed_attempts: Option<u64>,
     pub store_outages: Option<u64>,
@@ -128,9 +140,9 @@ impl Snapshot {
     /// What a store's `pipeline_state` says (for `serve` with no job in the process).
     pub fn from_state(state: &BTreeMap<String, String>) -> Snapshot {
         let number = |key: &str| state.get(key).and_then(|v| v.parse::<u64>().ok());
-        let frontier = state
-            .get(state_key::FRONTIER)
-            .and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
+        let time =
+            |key: &str| state.get(key).and_then(|f| cartflow_dataflows::model::time::parse_event_time(f.as_bytes()));
+        let (frontier, live_edge) = (time(state_key::FRONTIER), time(state_key::LIVE_EDGE));
         let mut rejected: BTreeMap<String, u64> = state
             .iter()
             .filter_map(|(k, v)| Some((state_key::rejected_reason(k)?.to_string(), v.parse().ok()?)))
@@ -142,6 +154,7 @@ impl Snapshot {
             events_in: number(state_key::EVENTS_APPLIED).or(number(state_key::EVENTS_ACCEPTED)).unwrap_or(0),
             rejected,
             frontier,
+            live_edge,
             ..Snapshot::default()
         }
     }
@@ -238,6 +251,22 @@ impl prometheus_client::collector::Collector for Collector {
                 "Wall-clock time minus the frontier.",
                 Some(&Unit::Seconds),
                 self.now - frontier,
+            )?;
+        }
+        if let Some(edge) = s.live_edge {
+            gauge(
+                &mut encoder,
+                "cartflow_live_edge_timestamp",
+                "The live edge E of the realtime windows in the store (Unix time): every accepted event before it.",
+                Some(&Unit::Seconds),
+                edge,
+            )?;
+            gauge(
+                &mut encoder,
+                "cartflow_live_edge_lag",
+                "Wall-clock time minus the live edge.",
+                Some(&Unit::Seconds),
+                self.now - edge,
             )?;
         }
         if let Some(boundaries) = s.boundaries {
@@ -363,6 +392,7 @@ mod tests {
     fn the_store_state_is_mirrored_when_no_job_runs_here() {
         let state: BTreeMap<String, String> = [
             ("frontier", "2019-12-01T00:01:00Z"),
+            ("live_edge", "2019-12-01T00:11:00Z"),
             ("events_applied", "1000"),
             ("rejected.bad_price", "3"),
             ("late", "2"),
@@ -374,6 +404,9 @@ mod tests {
         assert!(text.contains("cartflow_events_in_total 1000\n"), "{text}");
         assert!(text.contains("cartflow_rejected_total{reason=\"late\"} 2\n"), "{text}");
         assert!(text.contains("cartflow_frontier_lag_seconds 30\n"), "{text}");
+        // The live edge, ten minutes (the lateness) ahead of the frontier.
+        assert!(text.contains("cartflow_live_edge_timestamp_seconds 1575159060\n"), "{text}");
+        assert!(text.contains("cartflow_live_edge_lag_seconds -570\n"), "{text}");
         assert!(!text.contains("cartflow_store_write"), "no live histogram: {text}");
     }
 }

@@ -226,13 +226,13 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     let uptime = state.started.elapsed().as_secs();
     let entries = match state.db {
         Some(_) => read_store(&state, |store| Ok(store.state_entries()?)).await,
-        // A run into HBase: its own frontier.
-        None => Ok(METRICS
-            .snapshot()
-            .frontier
-            .map(|f| (state_key::FRONTIER.to_string(), format_rfc3339(f)))
-            .into_iter()
-            .collect()),
+        // A run into HBase: its own frontier and live edge.
+        None => {
+            let snapshot = METRICS.snapshot();
+            let frontier = snapshot.frontier.map(|f| (state_key::FRONTIER.to_string(), format_rfc3339(f)));
+            let edge = snapshot.live_edge.map(|e| (state_key::LIVE_EDGE.to_string(), format_rfc3339(e)));
+            Ok(frontier.into_iter().chain(edge).collect())
+        }
     };
     match entries {
         Ok(entries) => {
@@ -250,10 +250,18 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
                 (true, true) => "lagging",
             };
             let code = if lagging { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            // A live source's realtime windows run ahead of the frontier, up to the live edge.
+            let edge = entries.get(state_key::LIVE_EDGE).filter(|e| !e.is_empty()).cloned();
+            let edge_lag = edge
+                .as_deref()
+                .and_then(|e| cartflow_dataflows::model::time::parse_event_time(e.as_bytes()))
+                .map(|e| now_seconds() - e);
             let body = Json(json!({
                 "status": status,
                 "frontier": frontier,
                 "frontier_lag_seconds": lag,
+                "live_edge": edge,
+                "live_edge_lag_seconds": edge_lag,
                 "max_lag_seconds": state.max_lag,
                 "source": entries.get(state_key::SOURCE),
                 "uptime_seconds": uptime,
