@@ -520,9 +520,16 @@ pub struct RunArgs {
     pub settings: Vec<(String, String)>,
 
     /// Kafka: how far behind the latest event of the slowest partition the frontier stays; events
-    /// older than the frontier on arrival are late (SPEC §2).
+    /// older than the frontier on arrival are late (SPEC §2). The realtime windows do not wait for
+    /// it: they show every event up to the live edge (the frontier plus the lateness), rewritten
+    /// four times a second, and become final once the frontier passes their end.
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = duration)]
     pub lateness: i64,
+
+    /// Kafka: the realtime windows as of the frontier, from the dataflow, instead of at the live
+    /// edge (for a replay where nobody watches them; with several processes they always are).
+    #[arg(long)]
+    pub no_live_windows: bool,
 
     /// Kafka: a partition without messages for this long, which the broker confirms has nothing
     /// more, does not hold the frontier back. While the broker does not answer, no partition is idle.
@@ -629,8 +636,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration, requires = "serve")]
     pub max_lag: Option<i64>,
 
-    /// Write `frontier_unix_s,committed_unix_ms` to FILE each time the store commits a boundary
-    /// (freshness benchmarks: see `simulate --sent-log`).
+    /// Write `frontier,<unix_s>,<committed_unix_ms>` to FILE each time the store commits a
+    /// boundary, and `live_edge,<unix_s>,<committed_unix_ms>` each time it commits the realtime
+    /// windows at a live edge (freshness benchmarks: see `simulate --sent-log`).
     #[arg(long, value_name = "FILE")]
     pub commit_log: Option<PathBuf>,
 

@@ -508,3 +508,55 @@ fn live_windows_follow_a_stream_seconds_behind_it() {
         assert!(time(&health["live_edge"]) - frontier >= 10 * 60, "{health}");
     }
 }
+
+/// The hand-over from a backlog to live operation: a run catches up over a day and a half of
+/// backlog in 4 h steps (the dataflow's windows, as a replay), then the rest of the stream
+/// arrives while it runs and goes in 1-minute steps, where the live windows take over (from the
+/// first live step on). With `--until` inside the live part, every table, the windows on both
+/// sides of the hand-over included, equals `batch --until`.
+#[test]
+fn the_live_windows_take_over_from_a_backlog_and_equal_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 30_000, 2, 41);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let instant = |t: &str| cartflow_dataflows::model::time::parse_instant_arg(t).unwrap();
+    let mut backlog = simulate_args(events.clone(), &brokers);
+    backlog.to = Some(instant("2019-12-02T12:00:00Z"));
+    simulate::run(&backlog).unwrap();
+    let until = "2019-12-02T18:00:00Z";
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(
+        vec![events.clone()],
+        Some(users.clone()),
+        Some(until),
+        batch_db.clone(),
+    ))
+    .unwrap();
+    for workers in [1, 2] {
+        let db = dir.path().join(format!("handover-{workers}.db"));
+        let mut args = kafka_run_args(&brokers, db.clone(), workers, 60);
+        args.exit_at_end = false;
+        args.profiles = Some(users.clone());
+        args.catch_up_step = 4 * 3_600;
+        args.until = Some(instant(until));
+        args.group = format!("handover-{workers}");
+        let running = std::thread::spawn(move || run::run(&args).unwrap());
+        if workers == 1 {
+            // The backlog is read before the rest arrives.
+            std::thread::sleep(Duration::from_secs(4));
+            let mut rest = simulate_args(events.clone(), &brokers);
+            rest.from = Some(instant("2019-12-02T12:00:00Z"));
+            simulate::run(&rest).unwrap();
+        }
+        let summary = running.join().unwrap();
+        assert_eq!(summary.late, 0);
+        assert_same_results(&batch_db, &db, &format!("hand-over, -w {workers}"));
+        let store = SqliteStore::open_read_only(&db).unwrap();
+        // The second run finds the whole stream in the topic: a backlog up to --until, in large
+        // steps, with the dataflow's windows throughout.
+        let edge = store.state("live_edge").unwrap();
+        assert_eq!(edge.is_some(), workers == 1, "-w {workers}: the live windows took over at the first live step");
+    }
+}

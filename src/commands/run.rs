@@ -56,6 +56,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             dead_letter_topic: args.dead_letter_topic.clone(),
             bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
             retention: args.retention,
+            live_windows: !args.no_live_windows,
         }),
         None => InputConfig::Files {
             paths: args.input.clone(),

@@ -8,6 +8,7 @@
 //! Adding a source means implementing [`Source`] (and [`WorkerLink`] when the processes of a run
 //! must coordinate) in files of its own, and a variant of [`super::config::InputConfig`].
 
+use std::sync::atomic::AtomicI64;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -76,14 +77,15 @@ pub trait Source: Send + Sync {
     }
 
     /// The source keeps the realtime windows itself, at its live edge (a live source whose
-    /// frontier trails the input by the lateness): the dataflow's windows are then not written.
-    fn live_windows(&self) -> bool {
-        false
+    /// frontier trails the input by the lateness), from the window start this holds on
+    /// (`i64::MAX` until the source knows it): the dataflow's windows from there are not written.
+    fn live_windows_from(&self) -> Option<Arc<AtomicI64>> {
+        None
     }
 
     /// The realtime windows' writes since the last call, with the live edge (see
     /// [`cartflow_dataflows::incremental::live_windows`]); `None` when the source keeps none or
-    /// nothing changed. Worker 0 calls it about once a second.
+    /// nothing changed. Worker 0 calls it four times a second.
     fn live_writes(&self) -> Option<cartflow_dataflows::schema::WriteBatch> {
         None
     }

@@ -76,18 +76,20 @@ impl Sink for TellsTheSource {
         let frontier = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER).map(|(_, v)| v.as_str());
         let frontier_time = frontier.and_then(|f| parse_event_time(f.as_bytes()));
         cartflow_connectors::metrics::METRICS.boundary_written(frontier_time, started.elapsed().as_secs_f64());
-        if let Some(edge) = batch.state.iter().find(|(k, _)| k == state_key::LIVE_EDGE) {
-            if let Some(edge) = parse_event_time(edge.1.as_bytes()) {
-                cartflow_connectors::metrics::METRICS.live_edge_written(edge);
-            }
+        let edge = batch.state.iter().find(|(k, _)| k == state_key::LIVE_EDGE);
+        if let Some(edge) = edge.and_then(|(_, v)| parse_event_time(v.as_bytes())) {
+            cartflow_connectors::metrics::METRICS.live_edge_written(edge);
         }
         self.source.written(&batch.state);
         if let Some(log) = &mut self.commit_log {
-            if let Some(frontier) = frontier_time {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                writeln!(log, "{frontier},{}", now.as_millis())?;
-                log.flush()?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            for key in [state_key::FRONTIER, state_key::LIVE_EDGE] {
+                let time = batch.state.iter().find(|(k, _)| k == key).and_then(|(_, v)| parse_event_time(v.as_bytes()));
+                if let Some(time) = time {
+                    writeln!(log, "{key},{time},{}", now.as_millis())?;
+                }
             }
+            log.flush()?;
         }
         Ok(())
     }

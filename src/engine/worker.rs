@@ -26,8 +26,9 @@ use super::source::{Feed, ReadSummary, Source, WorkerLink};
 use super::store_writer::{self, StoreJob};
 use super::RunSummary;
 
-/// How often worker 0 writes the realtime windows of a live source.
-const LIVE_WRITES_EVERY: Duration = Duration::from_secs(1);
+/// How often worker 0 writes the realtime windows of a live source: events carry whole seconds,
+/// so an event is in the windows up to a second after it happened, plus up to this.
+const LIVE_WRITES_EVERY: Duration = Duration::from_millis(250);
 
 /// What the workers share: the configuration, the source, and worker 0's inputs and report.
 pub struct Shared {
@@ -173,9 +174,9 @@ fn lead(
     let config = &shared.config;
     let settings = config.settings;
     let source = shared.source.clone();
-    let materializer = match source.live_windows() {
-        true => Materializer::new(settings, config.retention).without_windows(),
-        false => Materializer::new(settings, config.retention),
+    let materializer = match source.live_windows_from() {
+        Some(from) => Materializer::new(settings, config.retention).without_windows_from(from),
+        None => Materializer::new(settings, config.retention),
     };
     let store = store_writer::spawn(config.store.open()?, materializer, source.clone(), config.commit_log.as_deref())?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();

@@ -130,11 +130,26 @@ pub struct LiveWindows {
     /// Windows written as final (their rows stay until the retention removes them).
     written_final: BTreeSet<Timestamp>,
     retention: i64,
+    /// Windows starting before this are not kept here (the dataflow writes them).
+    from: Timestamp,
 }
 
 impl LiveWindows {
     pub fn new(retention: i64) -> LiveWindows {
-        LiveWindows { open: BTreeMap::new(), ahead: Vec::new(), edge: None, written_final: BTreeSet::new(), retention }
+        LiveWindows {
+            open: BTreeMap::new(),
+            ahead: Vec::new(),
+            edge: None,
+            written_final: BTreeSet::new(),
+            retention,
+            from: Timestamp::MIN,
+        }
+    }
+
+    /// Keeps only the windows starting at or after `from`, and every event from there on must be
+    /// added (a live source hands over from the dataflow's windows there, after a backlog).
+    pub fn start_at(&mut self, from: Timestamp) {
+        self.from = from;
     }
 
     /// Accepted events (never late: the source checked them against its cutoff).
@@ -151,7 +166,7 @@ impl LiveWindows {
         for start in window_starts(event.time) {
             // A window already written as final takes no more events: the source's cutoff has
             // passed its end, so none can arrive (a defensive check; it would be a late event).
-            if !self.written_final.contains(&start) {
+            if start >= self.from && !self.written_final.contains(&start) {
                 self.open.entry(start).or_default().add(event);
             }
         }

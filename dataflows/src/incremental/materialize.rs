@@ -7,6 +7,8 @@
 //! copied as that day's snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -32,9 +34,9 @@ pub struct Materializer {
     /// Current records of the snapshot tables, copied at midnights.
     snapshot_records: BTreeSet<Output>,
     first_event: Option<Timestamp>,
-    /// The realtime windows are written by the source at its live edge
-    /// (`incremental::live_windows`): the dataflow's are not written.
-    windows_elsewhere: bool,
+    /// The realtime windows starting at or after this are written by the source at its live edge
+    /// (`incremental::live_windows`), not from the dataflow (`i64::MAX`: none yet).
+    windows_elsewhere_from: Option<Arc<AtomicI64>>,
 }
 
 impl Materializer {
@@ -46,13 +48,14 @@ impl Materializer {
             frozen: BTreeSet::new(),
             snapshot_records: BTreeSet::new(),
             first_event: None,
-            windows_elsewhere: false,
+            windows_elsewhere_from: None,
         }
     }
 
-    /// A live source writes the realtime windows itself: this materializer leaves them out.
-    pub fn without_windows(mut self) -> Materializer {
-        self.windows_elsewhere = true;
+    /// A live source writes the realtime windows from a start on itself: this materializer leaves
+    /// those out.
+    pub fn without_windows_from(mut self, from: Arc<AtomicI64>) -> Materializer {
+        self.windows_elsewhere_from = Some(from);
         self
     }
 
@@ -71,8 +74,9 @@ impl Materializer {
         let mut index: FxHashMap<StoreKey, u32> =
             FxHashMap::with_capacity_and_hasher(changes.len(), Default::default());
         let mut rows: Vec<(StoreKey, RecordChanges)> = Vec::with_capacity(changes.len() / 2 + 1);
+        let elsewhere_from = self.windows_elsewhere_from.as_ref().map_or(Timestamp::MAX, |f| f.load(Ordering::SeqCst));
         for (record, diff) in changes {
-            if self.windows_elsewhere && record.window_start().is_some() {
+            if record.window_start().is_some_and(|start| start >= elsewhere_from) {
                 continue;
             }
             let key = record.store_key();

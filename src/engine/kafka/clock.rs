@@ -104,10 +104,12 @@ impl KafkaSource {
             } else {
                 (settings.step_start(first), settings.step)
             };
-            match last_start {
-                Some(last) if start > last => steps.insert(settings.step_start(last), settings.step),
-                _ => steps.insert(start, length),
+            let (start, length) = match last_start {
+                Some(last) if start > last => (settings.step_start(last), settings.step),
+                _ => (start, length),
             };
+            steps.insert(start, length);
+            self.opened(start, length);
         }
         loop {
             let (&start, &length) = steps.last_key_value().expect("a step is open");
@@ -126,6 +128,7 @@ impl KafkaSource {
                 settings.step
             };
             steps.insert(end, next);
+            self.opened(end, next);
         }
     }
 

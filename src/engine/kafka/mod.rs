@@ -88,6 +88,8 @@ pub struct KafkaSourceOptions {
     pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
     /// How long final realtime windows stay in the store (the live windows' retention).
     pub retention: i64,
+    /// Keep the realtime windows at the live edge (a run of one process).
+    pub live_windows: bool,
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
@@ -145,6 +147,11 @@ pub struct KafkaSource {
     /// Per thread (by global index), the start of the step it inserts at: an event before it is
     /// late there. The least of them is the live windows' cutoff (`i64::MIN`: no step yet).
     cutoffs: Vec<AtomicI64>,
+    /// Where the live windows take over from the dataflow's (`i64::MAX`: not yet): the start of
+    /// the first live (`--step` long) step. A backlog before it goes in large steps with the
+    /// dataflow's windows, as a replay does, so the live windows cost nothing while catching up;
+    /// from there on every accepted event goes to them (see `live_windows` and the threads).
+    live_from: Arc<AtomicI64>,
 }
 /// What one source thread (or process) read.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -230,9 +237,29 @@ impl KafkaSource {
         self.cutoffs[thread].store(start, Ordering::SeqCst);
     }
 
+    /// A step was opened: the first live one is where the live windows take over.
+    pub(super) fn opened(&self, start: Timestamp, length: i64) {
+        if length != self.options.settings.step || self.live_from.load(Ordering::SeqCst) != Timestamp::MAX {
+            return;
+        }
+        if let Some(live) = &self.live {
+            live.lock().unwrap().start_at(start);
+            self.live_from.store(start, Ordering::SeqCst);
+            info!("the realtime windows from {} on are kept at the live edge", format_rfc3339(start));
+        }
+    }
+
+    /// Where the live windows take over (`i64::MAX`: not yet).
+    pub(super) fn live_from(&self) -> Timestamp {
+        self.live_from.load(Ordering::SeqCst)
+    }
+
     /// The live windows' writes as of the threads' least cutoff and the live edge.
     fn live_batch(&self, cutoff: Option<Timestamp>, edge: Option<Timestamp>) -> Option<WriteBatch> {
         let live = self.live.as_ref()?;
+        if self.live_from() == Timestamp::MAX {
+            return None;
+        }
         // The cutoff is read before the windows are locked: a thread that moves its cutoff has
         // handed its events over first (see `add_live`).
         let cutoff = cutoff.or_else(|| {
@@ -278,8 +305,8 @@ impl Source for KafkaSource {
         }
     }
 
-    fn live_windows(&self) -> bool {
-        self.live.is_some()
+    fn live_windows_from(&self) -> Option<Arc<AtomicI64>> {
+        self.live.as_ref().map(|_| self.live_from.clone())
     }
 
     fn live_writes(&self) -> Option<WriteBatch> {
@@ -446,8 +473,9 @@ pub fn start(
         process: (process, processes),
         accepted: accepted.clone(),
         handles: Mutex::new(Vec::new()),
-        live: (processes == 1).then(|| Mutex::new(LiveWindows::new(options.retention))),
+        live: (processes == 1 && options.live_windows).then(|| Mutex::new(LiveWindows::new(options.retention))),
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
+        live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
     let (archived, start_offsets) = match &options.bootstrap {

@@ -96,6 +96,9 @@ pub(super) struct SourceThread {
     live: Vec<Event>,
     /// The source keeps live windows.
     keeps_live: bool,
+    /// Where the live windows take over, as this thread has seen it (`i64::MAX`: not yet): its
+    /// events from there on go to them.
+    live_from: Timestamp,
 }
 
 impl SourceThread {
@@ -170,6 +173,7 @@ impl SourceThread {
             unreachable: false,
             live: Vec::new(),
             keeps_live,
+            live_from: Timestamp::MAX,
         })
     }
 
@@ -358,7 +362,7 @@ impl SourceThread {
                 return Ok(moved);
             }
             Some((start, length)) if event.time < start + length => {
-                if self.keeps_live {
+                if event.time >= self.live_from {
                     self.live.push(event);
                 }
                 self.apply(event)?
@@ -366,7 +370,7 @@ impl SourceThread {
             _ => {
                 // Accepted for good once the thread has a step (before it, the first step of
                 // the log may still make it late: see `reject_pending_before`).
-                if self.keeps_live && self.step.is_some() {
+                if event.time >= self.live_from && self.step.is_some() {
                     self.live.push(event);
                 }
                 let pending = self.pending.entry(step).or_default();
@@ -463,6 +467,7 @@ impl SourceThread {
         if self.step.is_some_and(|(s, _)| s >= open.0) {
             return Ok(());
         }
+        self.join_live_windows();
         let steps = self.source.steps_after(self.step.map(|(s, _)| s));
         if self.step.is_none() {
             if let Some(&(first, _)) = steps.first() {
@@ -521,6 +526,7 @@ impl SourceThread {
     /// The end of the input: the log of steps is extended over every pending event (in `--step`
     /// steps), and the thread moves through it, applying them.
     fn release_all(&mut self) -> Result<()> {
+        self.join_live_windows();
         if let (Some((&first, _)), Some((&last, _))) = (self.pending.first_key_value(), self.pending.last_key_value()) {
             anyhow::ensure!(
                 self.step.is_none_or(|(s, _)| first >= s),
@@ -552,8 +558,25 @@ impl SourceThread {
 
     /// The thread's first step: what waited for it and was not late is accepted for good.
     fn accept_pending_for_live(&mut self) {
-        if self.keeps_live {
-            self.live.extend(self.pending.values().flat_map(|p| p.events.iter().copied()));
+        let from = self.live_from;
+        self.live.extend(self.pending.values().flat_map(|p| p.events.iter().copied()).filter(|e| e.time >= from));
+    }
+
+    /// The live windows have taken over (at the first live step): from now on this thread's
+    /// events from there go to them, and so do those already waiting in `pending` (events
+    /// before the first live step were applied in earlier steps). Called before the thread
+    /// moves into a step, so before its cutoff can pass a live window's end.
+    fn join_live_windows(&mut self) {
+        if !self.keeps_live || self.live_from != Timestamp::MAX {
+            return;
+        }
+        let from = self.source.live_from();
+        if from == Timestamp::MAX {
+            return;
+        }
+        self.live_from = from;
+        if self.step.is_some() {
+            self.accept_pending_for_live();
         }
     }
 
