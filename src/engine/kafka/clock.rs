@@ -11,6 +11,7 @@ use anyhow::Result;
 use cartflow_dataflows::incremental::StepEnds;
 use cartflow_dataflows::model::time::floor_to;
 use cartflow_dataflows::model::Timestamp;
+use tracing::{info, warn};
 
 use super::KafkaSource;
 
@@ -47,14 +48,54 @@ pub struct ClockView {
     pub(super) behind: bool,
     /// `pending` is half full: steps must open rather than wait.
     pub(super) pressed: bool,
+    /// `pending` is three quarters full: the lateness must give (see `KafkaSource::frontier`).
+    #[serde(default)]
+    pub(super) crowded: bool,
     /// A follower's thread at the end of its input asks the leader to extend the log of steps over
     /// its pending events (first, last).
     pub(super) release: Option<(Timestamp, Timestamp)>,
 }
 
 impl KafkaSource {
-    /// The frontier, as the leader sees it (followers never compute it).
+    /// The frontier, as the leader sees it (followers never compute it): the live edge less the
+    /// lateness in force.
     pub(super) fn frontier(&self) -> Option<Timestamp> {
+        Some(self.edge()? - self.lateness_in_force())
+    }
+
+    /// The lateness the frontier keeps: `--lateness`, unless the events within it do not fit in
+    /// the threads' `pending` (a stream faster than lateness × rate fits in memory). Then it is
+    /// halved every few seconds while a thread is crowded, so the frontier moves and `pending`
+    /// drains, instead of every partition pausing with the frontier stuck (the run would stall);
+    /// events older than the frontier on arrival are late, as ever, and counted. It doubles back
+    /// to `--lateness` once no thread has been crowded for a minute. Each change is logged.
+    fn lateness_in_force(&self) -> i64 {
+        let configured = self.options.lateness;
+        let crowded = self.threads.iter().any(|t| t.lock().unwrap().view.crowded);
+        let mut pressure = self.pressure.lock().unwrap();
+        let (lateness, changed) = &mut *pressure;
+        let since = changed.elapsed();
+        if crowded && *lateness > 0 && since >= Duration::from_secs(5) {
+            *lateness /= 2;
+            *changed = std::time::Instant::now();
+            warn!(
+                "kafka: the events within the lateness no longer fit in memory ({} waiting events at most per \
+                 thread): the frontier now keeps {} s behind the live edge instead of {configured} s; older events \
+                 are late",
+                super::thread::MAX_PENDING_EVENTS,
+                *lateness
+            );
+        } else if !crowded && *lateness < configured && since >= Duration::from_secs(60) {
+            *lateness = (*lateness * 2).clamp(1, configured);
+            *changed = std::time::Instant::now();
+            info!("kafka: the frontier keeps {} s behind the live edge again (--lateness {configured} s)", *lateness);
+        }
+        *lateness
+    }
+
+    /// The live edge `E`: `min over active partitions (latest event)` (every partition once all
+    /// are idle), as the leader sees it.
+    pub(super) fn edge(&self) -> Option<Timestamp> {
         if !self.leader {
             return None;
         }
@@ -70,8 +111,7 @@ impl KafkaSource {
             }
             latest = latest.max(clock.latest);
         }
-        let raw = if any_active { active_min } else { latest? };
-        Some(raw - self.options.lateness)
+        Some(if any_active { active_min } else { latest? })
     }
 
     /// Opens every step the frontier has reached the end of (each step after the last, so the

@@ -152,6 +152,8 @@ pub struct KafkaSource {
     /// dataflow's windows, as a replay does, so the live windows cost nothing while catching up;
     /// from there on every accepted event goes to them (see `live_windows` and the threads).
     live_from: Arc<AtomicI64>,
+    /// The lateness in force, and when it last changed (see `clock.rs`, `lateness_in_force`).
+    pressure: Mutex<(i64, std::time::Instant)>,
 }
 /// What one source thread (or process) read.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -215,11 +217,6 @@ impl KafkaSource {
         }
         entries.sort();
         entries
-    }
-
-    /// The live edge `E`: the frontier before the lateness is taken off (the leader's view).
-    pub(super) fn live_edge(&self) -> Option<Timestamp> {
-        self.frontier().map(|f| f + self.options.lateness)
     }
 
     /// A thread's accepted events for the live windows (it sends them before it moves its
@@ -310,7 +307,7 @@ impl Source for KafkaSource {
     }
 
     fn live_writes(&self) -> Option<WriteBatch> {
-        self.live_batch(None, self.live_edge())
+        self.live_batch(None, self.edge())
     }
 
     fn live_final(&self, frontier: Timestamp) -> Option<WriteBatch> {
@@ -476,6 +473,7 @@ pub fn start(
         live: (processes == 1 && options.live_windows).then(|| Mutex::new(LiveWindows::new(options.retention))),
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
+        pressure: Mutex::new((options.lateness, std::time::Instant::now())),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
     let (archived, start_offsets) = match &options.bootstrap {

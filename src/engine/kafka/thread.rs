@@ -29,8 +29,13 @@ use super::{Counts, KafkaSource};
 use crate::engine::source::{Feed, READ_BATCH};
 
 /// A source thread stops reading while this many events wait for their step (it is ahead of the
-/// others), so a catch-up holds bounded memory.
-pub(super) const MAX_PENDING_EVENTS: usize = 2_000_000;
+/// others), so a catch-up holds bounded memory (about 60 bytes an event). Live, the events of the
+/// lateness wait here too: 10 minutes at 10 k events/s are 6 M events over all threads.
+pub(super) const MAX_PENDING_EVENTS: usize = 5_000_000;
+
+/// Past this many waiting events a thread is crowded: the source cuts the lateness it waits for
+/// (see `KafkaSource::frontier`) rather than stall once `pending` is full.
+pub(super) const CROWDED_PENDING_EVENTS: usize = MAX_PENDING_EVENTS / 4 * 3;
 
 struct PartitionClock {
     partition: i32,
@@ -636,6 +641,7 @@ impl SourceThread {
             at_end: self.partitions.iter().all(|p| p.at_end),
             behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
             pressed: self.pending_events >= MAX_PENDING_EVENTS / 2,
+            crowded: self.pending_events >= CROWDED_PENDING_EVENTS,
             release: clock.view.release,
         };
         if view != clock.view {
