@@ -191,6 +191,9 @@ impl LiveWindows {
     /// cutoff can be accepted any more), which are then forgotten; and the deletes of final
     /// windows whose start left the retention `[cutoff - retention, …)`.
     pub fn write(&mut self, cutoff: Timestamp) -> WriteBatch {
+        // Every event before the cutoff is in: at the end of a bounded stream the source closes
+        // steps past the live edge, and the events waiting for the edge there must come first.
+        self.advance_edge(cutoff);
         let mut batch = WriteBatch::default();
         let finished: Vec<Timestamp> = self.open.range(..=cutoff - WINDOW_LENGTH).map(|(s, _)| *s).collect();
         for start in finished {
@@ -330,5 +333,22 @@ mod tests {
         assert_eq!(store.rows(TableId::RealtimeTopProduct), expected.top_products);
         assert_eq!(store.rows(TableId::RealtimeTopBrand), expected.top_brands);
         assert_eq!(live.sizes().1, 0, "no event left waiting for the edge");
+    }
+
+    #[test]
+    fn a_cutoff_past_the_edge_takes_the_events_waiting_for_it() {
+        // The end of a bounded stream: steps close past the live edge, so the events waiting
+        // for the edge are in the windows the cutoff finishes.
+        let mut live = LiveWindows::new(3_600);
+        live.advance_edge(600);
+        live.add([event(500, 1, 1, EventType::View, None), event(700, 2, 1, EventType::View, None)]);
+        let batch = live.write(1_200);
+        let window_600 = batch
+            .upserts
+            .iter()
+            .find(|(t, r)| *t == TableId::RealtimeWindow && r[0] == Value::text(format_rfc3339(600)));
+        let row = &window_600.expect("the window of the waiting event").1;
+        assert_eq!((row[3].clone(), row[11].clone()), (Value::Int(1), Value::Int(1)), "{row:?}");
+        assert_eq!(live.sizes().1, 0);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,9 @@ pub(super) struct SourceThread {
     applied_range: Option<(Timestamp, Timestamp)>,
     /// The broker did not answer the last query of a partition's end (logged once per outage).
     unreachable: bool,
+    /// Feeds the worker's channel could not take yet, in order, and the events among them.
+    outbox: std::collections::VecDeque<Feed>,
+    outbox_events: usize,
     /// Accepted events not yet handed to the live windows (every few milliseconds, and always
     /// before the thread's cutoff moves).
     live: Vec<Event>,
@@ -176,6 +179,8 @@ impl SourceThread {
             payload: Vec::new(),
             applied_range: None,
             unreachable: false,
+            outbox: std::collections::VecDeque::new(),
+            outbox_events: 0,
             live: Vec::new(),
             keeps_live,
             live_from: Timestamp::MAX,
@@ -183,7 +188,7 @@ impl SourceThread {
     }
 
     pub(super) fn run(mut self) -> Result<Counts> {
-        let result = self.read();
+        let result = self.read().and_then(|()| self.drain_outbox(true));
         if result.is_err() {
             self.source.stop_threads();
         }
@@ -204,9 +209,10 @@ impl SourceThread {
             }
             let exit_at_end = self.source.options.exit_at_end;
             let reading = !(exit_at_end && self.partitions.iter().all(|p| p.at_end));
+            self.drain_outbox(false)?;
             // Backpressure: a thread far ahead of the frontier stops replaying, or pauses all its
             // partitions but the one furthest behind (which may be what holds the frontier).
-            let waiting = self.pending_events >= MAX_PENDING_EVENTS;
+            let waiting = self.waiting_events() >= MAX_PENDING_EVENTS;
             self.pause_fast_partitions()?;
             if !waiting && self.replay.is_some() {
                 match self.replay.as_mut().and_then(Replay::next) {
@@ -438,13 +444,60 @@ impl SourceThread {
         self.send(Feed::Events(full))
     }
 
-    fn send(&self, feed: Feed) -> Result<()> {
-        if self.sender.send(feed).is_err() {
-            // The worker has gone (it failed, and worker 0 reports why).
-            self.source.stop_threads();
-            anyhow::bail!("worker {} stopped", self.index);
+    /// Queues a feed for the worker. A busy worker (a burst: many pending events whose step just
+    /// opened) does not block the thread: what the channel cannot take waits in `outbox`, in
+    /// order, and the thread reads on, so the live edge and the live windows keep moving.
+    fn send(&mut self, feed: Feed) -> Result<()> {
+        if self.outbox.is_empty() {
+            match self.sender.try_send(feed) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(feed)) => self.queue(feed),
+                Err(TrySendError::Disconnected(_)) => return self.worker_gone(),
+            }
+        } else {
+            self.queue(feed);
         }
         Ok(())
+    }
+
+    fn queue(&mut self, feed: Feed) {
+        if let Feed::Events(events) = &feed {
+            self.outbox_events += events.len();
+        }
+        self.outbox.push_back(feed);
+    }
+
+    /// Hands the worker what waits in `outbox`, as much as its channel takes (all of it, waiting,
+    /// when `block`).
+    fn drain_outbox(&mut self, block: bool) -> Result<()> {
+        while let Some(feed) = self.outbox.pop_front() {
+            let events = match &feed {
+                Feed::Events(events) => events.len(),
+                _ => 0,
+            };
+            let sent = match block {
+                true => self.sender.send(feed).map_err(|_| ()),
+                false => match self.sender.try_send(feed) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(feed)) => {
+                        self.outbox.push_front(feed);
+                        return Ok(());
+                    }
+                    Err(TrySendError::Disconnected(_)) => Err(()),
+                },
+            };
+            if sent.is_err() {
+                return self.worker_gone();
+            }
+            self.outbox_events -= events;
+        }
+        Ok(())
+    }
+
+    fn worker_gone(&self) -> Result<()> {
+        // The worker has gone (it failed, and worker 0 reports why).
+        self.source.stop_threads();
+        anyhow::bail!("worker {} stopped", self.index)
     }
 
     /// Moves the worker to the step (start, length): its pending events are applied at `start`.
@@ -627,6 +680,11 @@ impl SourceThread {
         }
     }
 
+    /// Events held by this thread: waiting for their step, or for the worker to take them.
+    fn waiting_events(&self) -> usize {
+        self.pending_events + self.outbox_events
+    }
+
     /// Publishes this thread's clock for the others.
     fn publish(&mut self) {
         let idle_timeout = self.source.options.idle_timeout;
@@ -640,8 +698,8 @@ impl SourceThread {
             earliest_seen: self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min(),
             at_end: self.partitions.iter().all(|p| p.at_end),
             behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
-            pressed: self.pending_events >= MAX_PENDING_EVENTS / 2,
-            crowded: self.pending_events >= CROWDED_PENDING_EVENTS,
+            pressed: self.waiting_events() >= MAX_PENDING_EVENTS / 2,
+            crowded: self.waiting_events() >= CROWDED_PENDING_EVENTS,
             release: clock.view.release,
         };
         if view != clock.view {
@@ -653,11 +711,11 @@ impl SourceThread {
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes
     /// them once it has drained to half.
     fn pause_fast_partitions(&mut self) -> Result<()> {
-        let full = self.pending_events >= MAX_PENDING_EVENTS;
+        let full = self.waiting_events() >= MAX_PENDING_EVENTS;
         if full == self.paused || self.replay.is_some() || self.partitions.len() < 2 {
             return Ok(());
         }
-        if !full && self.pending_events >= MAX_PENDING_EVENTS / 2 {
+        if !full && self.waiting_events() >= MAX_PENDING_EVENTS / 2 {
             return Ok(());
         }
         let slowest = self.partitions.iter().min_by_key(|p| p.latest).map(|p| p.partition);
