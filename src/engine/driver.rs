@@ -72,6 +72,8 @@ pub struct Driver {
     accepted: Arc<AtomicU64>,
     pub started: Instant,
     last_log: Instant,
+    /// When the live windows were last written.
+    live_written: Instant,
     quiet: bool,
     pub timings: Timings,
     /// The link to the other processes.
@@ -87,7 +89,14 @@ pub struct Timings {
     pub collect: Duration,
     /// Waiting for the store writer to take a batch (it is busy with earlier ones).
     pub store_wait: Duration,
+    /// The live windows' writes (a live source): how many, and the time to build them.
+    pub live_writes: u64,
+    pub live: Duration,
 }
+
+/// How often worker 0 writes the realtime windows of a live source: events carry whole seconds,
+/// so an event is in the windows up to a second after it happened, plus up to this.
+const LIVE_WRITES_EVERY: Duration = Duration::from_millis(250);
 
 /// What the driver needs of the dataflow.
 pub struct Dataflow<'a> {
@@ -121,6 +130,7 @@ impl Driver {
             accepted,
             started: Instant::now(),
             last_log: Instant::now(),
+            live_written: Instant::now(),
             quiet,
             timings: Timings::default(),
             link,
@@ -169,6 +179,22 @@ impl Driver {
         self.settle(PIPELINED_STEPS, dataflow)
     }
 
+    /// Writes the realtime windows of a live source at its live edge, every
+    /// [`LIVE_WRITES_EVERY`] (called from worker 0's loops, also while it waits for a step).
+    pub fn write_live(&mut self) -> Result<()> {
+        if self.live_written.elapsed() < LIVE_WRITES_EVERY {
+            return Ok(());
+        }
+        self.live_written = Instant::now();
+        let live = self.source.live_writes().filter(|b| !b.is_empty());
+        self.timings.live += self.live_written.elapsed();
+        if let Some(batch) = live {
+            self.timings.live_writes += 1;
+            self.store.write(StoreJob::Batch(batch))?;
+        }
+        Ok(())
+    }
+
     /// Writes every closed boundary the dataflow has passed, waiting (and working) until at most
     /// `keep` are left in flight.
     pub fn settle(&mut self, keep: usize, dataflow: &mut Dataflow<'_>) -> Result<()> {
@@ -182,6 +208,8 @@ impl Driver {
                     // Parks when there is nothing to do (waiting for the other workers): spinning
                     // would take a core from them and from the store writer.
                     self.link.pump();
+                    // A long step (a burst) does not hold the live windows back.
+                    self.write_live()?;
                     dataflow.worker.step_or_park(Some(Duration::from_millis(5)));
                 }
                 self.timings.dataflow += waiting.elapsed();

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use cartflow_dataflows::incremental::materialize::Materializer;
@@ -25,10 +25,6 @@ use super::operator_profile::OperatorProfile;
 use super::source::{Feed, ReadSummary, Source, WorkerLink};
 use super::store_writer::{self, StoreJob};
 use super::RunSummary;
-
-/// How often worker 0 writes the realtime windows of a live source: events carry whole seconds,
-/// so an event is in the windows up to a second after it happened, plus up to this.
-const LIVE_WRITES_EVERY: Duration = Duration::from_millis(250);
 
 /// What the workers share: the configuration, the source, and worker 0's inputs and report.
 pub struct Shared {
@@ -197,18 +193,11 @@ fn lead(
     // workers in batches, so that parsing holds up no worker and the work before the first
     // exchange is shared; worker 0 feeds its share and closes the boundaries the source announces.
     let mut feed = Some(feed);
-    let mut live_written = Instant::now();
     'feeding: while let Some(receiver) = &feed {
         driver.link.pump();
-        // The realtime windows at the live edge, about once a second (a live source only).
-        if live_written.elapsed() >= LIVE_WRITES_EVERY {
-            live_written = Instant::now();
-            if let Some(batch) = source.live_writes().filter(|b| !b.is_empty()) {
-                if let Err(e) = driver.store.write(StoreJob::Batch(batch)) {
-                    failure = Some(e);
-                    break 'feeding;
-                }
-            }
+        if let Err(e) = driver.write_live() {
+            failure = Some(e);
+            break 'feeding;
         }
         match receiver.try_recv() {
             Ok(Feed::Step { start, earliest }) => {
@@ -341,6 +330,14 @@ fn finish(
         writer.busy.as_secs_f64(),
         writer.cpu.unwrap_or_default().as_secs_f64()
     );
+    if t.live_writes > 0 {
+        info!(
+            "worker 0 built {} writes of the live windows in {:.2}s ({:.2} ms each)",
+            t.live_writes,
+            t.live.as_secs_f64(),
+            t.live.as_secs_f64() * 1e3 / t.live_writes as f64
+        );
+    }
     Ok(RunSummary {
         read,
         applied,

@@ -51,6 +51,9 @@ pub struct ClockView {
     /// `pending` is three quarters full: the lateness must give (see `KafkaSource::frontier`).
     #[serde(default)]
     pub(super) crowded: bool,
+    /// Events the thread holds (pending or queued for its worker).
+    #[serde(default)]
+    pub(super) waiting: u64,
     /// A follower's thread at the end of its input asks the leader to extend the log of steps over
     /// its pending events (first, last).
     pub(super) release: Option<(Timestamp, Timestamp)>,
@@ -71,13 +74,21 @@ impl KafkaSource {
     /// to `--lateness` once no thread has been crowded for a minute. Each change is logged.
     fn lateness_in_force(&self) -> i64 {
         let configured = self.options.lateness;
-        let crowded = self.threads.iter().any(|t| t.lock().unwrap().view.crowded);
+        let (mut crowded, mut waiting) = (false, 0);
+        for thread in &self.threads {
+            let view = &thread.lock().unwrap().view;
+            crowded |= view.crowded;
+            waiting += view.waiting;
+        }
         let mut pressure = self.pressure.lock().unwrap();
-        let (lateness, changed) = &mut *pressure;
+        let (lateness, changed, waiting_then) = &mut *pressure;
         let since = changed.elapsed();
-        if crowded && *lateness > 0 && since >= Duration::from_secs(5) {
+        // Cut again only once the last cut has had time to work and the threads hold no fewer
+        // events than then (a cut drains `pending` into the dataflow, which takes a while).
+        if crowded && *lateness > 0 && since >= Duration::from_secs(5) && waiting >= *waiting_then {
             *lateness /= 2;
             *changed = std::time::Instant::now();
+            *waiting_then = waiting;
             warn!(
                 "kafka: the events within the lateness no longer fit in memory ({} waiting events at most per \
                  thread): the frontier now keeps {} s behind the live edge instead of {configured} s; older events \
@@ -88,6 +99,7 @@ impl KafkaSource {
         } else if !crowded && *lateness < configured && since >= Duration::from_secs(60) {
             *lateness = (*lateness * 2).clamp(1, configured);
             *changed = std::time::Instant::now();
+            *waiting_then = 0;
             info!("kafka: the frontier keeps {} s behind the live edge again (--lateness {configured} s)", *lateness);
         }
         *lateness

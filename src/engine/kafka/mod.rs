@@ -153,7 +153,7 @@ pub struct KafkaSource {
     /// from there on every accepted event goes to them (see `live_windows` and the threads).
     live_from: Arc<AtomicI64>,
     /// The lateness in force, and when it last changed (see `clock.rs`, `lateness_in_force`).
-    pressure: Mutex<(i64, std::time::Instant)>,
+    pressure: Mutex<(i64, std::time::Instant, u64)>,
 }
 /// What one source thread (or process) read.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -473,7 +473,7 @@ pub fn start(
         live: (processes == 1 && options.live_windows).then(|| Mutex::new(LiveWindows::new(options.retention))),
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
-        pressure: Mutex::new((options.lateness, std::time::Instant::now())),
+        pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
     let (archived, start_offsets) = match &options.bootstrap {

@@ -700,6 +700,7 @@ impl SourceThread {
             behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
             pressed: self.waiting_events() >= MAX_PENDING_EVENTS / 2,
             crowded: self.waiting_events() >= CROWDED_PENDING_EVENTS,
+            waiting: self.waiting_events() as u64,
             release: clock.view.release,
         };
         if view != clock.view {
