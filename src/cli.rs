@@ -521,8 +521,9 @@ pub struct RunArgs {
 
     /// Kafka: how far behind the latest event of the slowest partition the frontier stays; events
     /// older than the frontier on arrival are late (SPEC §2). The realtime windows do not wait for
-    /// it: they show every event up to the live edge (the frontier plus the lateness), rewritten
-    /// four times a second, and become final once the frontier passes their end.
+    /// it: they show the events up to the live edge (the latest event of the slowest partition),
+    /// rewritten four times a second, and become final once the frontier passes their end. When
+    /// the events within the lateness do not fit in memory, the lateness in force is cut (logged).
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = duration)]
     pub lateness: i64,
 

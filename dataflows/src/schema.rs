@@ -320,8 +320,9 @@ pub mod state_key {
     pub const SOURCE: &str = "source";
     /// The frontier `F` (RFC 3339): every table holds the results as of it.
     pub const FRONTIER: &str = "frontier";
-    /// The live edge `E` (RFC 3339): the realtime windows hold every accepted event before it
-    /// (written by a live source only; `E - frontier` is the allowed lateness, or less).
+    /// The live edge `E` (RFC 3339) of the realtime windows last written: they hold the accepted
+    /// events before it (written by a live source only; `E - frontier` is about the lateness in
+    /// force; at the end of a bounded stream `E` is the end frontier).
     pub const LIVE_EDGE: &str = "live_edge";
     /// Rows (or messages) read, valid or not.
     pub const ROWS_READ: &str = "rows_read";

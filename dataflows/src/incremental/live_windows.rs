@@ -218,7 +218,7 @@ impl LiveWindows {
         batch
     }
 
-    /// Windows held open, and events waiting for the edge (for logs and metrics).
+    /// Windows held open, and events waiting for the edge.
     pub fn sizes(&self) -> (usize, usize) {
         (self.open.len(), self.ahead.len())
     }

@@ -70,16 +70,20 @@ impl KafkaSource {
     /// the threads' `pending` (a stream faster than lateness × rate fits in memory). Then it is
     /// halved every few seconds while a thread is crowded, so the frontier moves and `pending`
     /// drains, instead of every partition pausing with the frontier stuck (the run would stall);
-    /// events older than the frontier on arrival are late, as ever, and counted. It doubles back
-    /// to `--lateness` once no thread has been crowded for a minute. Each change is logged.
+    /// events older than the frontier on arrival are late, as ever, and counted. While no thread
+    /// is crowded it doubles back, a minute after each change, up to `--lateness`. Each change is
+    /// logged. `--until` ends the run at the configured lateness all the same.
     fn lateness_in_force(&self) -> i64 {
         let configured = self.options.lateness;
-        let (mut crowded, mut waiting) = (false, 0);
+        let (mut crowded, mut waiting, mut behind) = (false, 0, false);
         for thread in &self.threads {
             let view = &thread.lock().unwrap().view;
             crowded |= view.crowded;
             waiting += view.waiting;
+            behind |= view.behind;
         }
+        // A backlog (a restart, a bootstrap) is read ahead of the frontier on purpose.
+        let crowded = crowded && !behind;
         let mut pressure = self.pressure.lock().unwrap();
         let (lateness, changed, waiting_then) = &mut *pressure;
         let since = changed.elapsed();

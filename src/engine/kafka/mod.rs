@@ -2,8 +2,9 @@
 //! partition (of all the run's workers, in every process), all sharing one clock.
 //!
 //! Each thread decodes its partitions' messages (after replaying their archived ones, for a
-//! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: `min over active
-//! partitions (latest event) − lateness`, where a partition is active until it has been idle for
+//! bootstrap) and feeds its own worker. The frontier (SPEC §2) is global: the live edge `min over
+//! active partitions (latest event)` less the lateness in force (`--lateness`, cut while the
+//! events within it do not fit in memory: `clock.rs`), where a partition is active until it has been idle for
 //! `--idle-timeout` and the broker confirms it has nothing more (when every partition is idle, the
 //! latest event counts). Steps are opened in one shared log that tiles event time:
 //! `--catch-up-step` long while a backlog is read (a partition not yet read to its end, or the

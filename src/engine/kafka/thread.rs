@@ -276,7 +276,10 @@ impl SourceThread {
                     self.advance_to(open)?;
                 }
                 self.source.add_live(&mut self.live);
-                if let (Some(until), Some(frontier)) = (self.source.options.until, self.source.frontier()) {
+                // With the configured lateness, not the lateness in force: where the run ends must
+                // not depend on memory pressure.
+                let complete = self.source.edge().map(|edge| edge - self.source.options.lateness);
+                if let (Some(until), Some(frontier)) = (self.source.options.until, complete) {
                     if frontier >= until {
                         self.source.finished.store(true, Ordering::SeqCst);
                     }
@@ -450,21 +453,33 @@ impl SourceThread {
     fn send(&mut self, feed: Feed) -> Result<()> {
         if self.outbox.is_empty() {
             match self.sender.try_send(feed) {
-                Ok(()) => return Ok(()),
+                Ok(()) => Ok(()),
                 Err(TrySendError::Full(feed)) => self.queue(feed),
-                Err(TrySendError::Disconnected(_)) => return self.worker_gone(),
+                Err(TrySendError::Disconnected(_)) => self.worker_gone(),
             }
         } else {
-            self.queue(feed);
+            self.queue(feed)
         }
-        Ok(())
     }
 
-    fn queue(&mut self, feed: Feed) {
+    fn queue(&mut self, feed: Feed) -> Result<()> {
         if let Feed::Events(events) = &feed {
             self.outbox_events += events.len();
         }
         self.outbox.push_back(feed);
+        // Bounded: a worker slower than the input for long holds the thread up again.
+        if self.outbox_events >= MAX_PENDING_EVENTS {
+            while self.outbox_events >= MAX_PENDING_EVENTS / 2 {
+                let feed = self.outbox.pop_front().expect("events are queued");
+                if let Feed::Events(events) = &feed {
+                    self.outbox_events -= events.len();
+                }
+                if self.sender.send(feed).is_err() {
+                    return self.worker_gone();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hands the worker what waits in `outbox`, as much as its channel takes (all of it, waiting,
@@ -699,8 +714,10 @@ impl SourceThread {
             at_end: self.partitions.iter().all(|p| p.at_end),
             behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
             pressed: self.waiting_events() >= MAX_PENDING_EVENTS / 2,
-            crowded: self.waiting_events() >= CROWDED_PENDING_EVENTS,
-            waiting: self.waiting_events() as u64,
+            // Only events that wait for their step: a shorter lateness drains them, not the
+            // events queued for a busy worker.
+            crowded: self.pending_events >= CROWDED_PENDING_EVENTS,
+            waiting: self.pending_events as u64,
             release: clock.view.release,
         };
         if view != clock.view {

@@ -633,7 +633,8 @@ impl HbaseStore {
 /// Every row of table `name` (only the `d` family when `cells`), in row-key order, handed to
 /// `each`; the scanner is closed whatever happens.
 fn scan(client: &mut Client, name: &[u8], cells: bool, mut each: impl FnMut(TRowResult)) -> thrift::Result<()> {
-    let columns = cells.then(|| vec![format!("{FAMILY}:").into_bytes()]);
+    // The family without a colon: HBase 2 reads `d:` as the empty qualifier of `d`.
+    let columns = cells.then(|| vec![FAMILY.as_bytes().to_vec()]);
     // Every field named: the generated `TScan::default()` sets them all (a timestamp of 0, a
     // batch size of 0), and HBase applies whatever is set: a time range [0, 0) finds nothing.
     let scan = TScan {
@@ -725,7 +726,8 @@ impl Sink for HbaseStore {
         self.with_retries("writing a batch", |client, names| {
             calls = 0;
             let mut send = Sender { client, calls: &mut calls, at: timestamp, table: None, rows: Vec::new() };
-            for id in batch.replace.iter().filter(|_| spec) {
+            // pipeline_state is the store's in either layout.
+            for id in batch.replace.iter().filter(|id| spec || **id == TableId::PipelineState) {
                 for key in scan_keys(send.client, &names[*id as usize])? {
                     send.push(&names[*id as usize], BatchMutation::new(key, row_delete()))?;
                 }
@@ -736,7 +738,7 @@ impl Sink for HbaseStore {
                     send.push(name, BatchMutation::new(key, seed_row_delete(*table)))?;
                 }
             }
-            for (id, key) in delete_keys.iter().filter(|_| spec) {
+            for (id, key) in delete_keys.iter().filter(|(id, _)| spec || *id == TableId::PipelineState) {
                 send.push(&names[*id as usize], BatchMutation::new(key.clone(), row_delete()))?;
             }
             for (table, key) in &seed.row_deletes {

@@ -70,6 +70,10 @@ pub struct SeedLayout {
     products: HashMap<i64, (Option<String>, Option<String>)>,
     top_view_keys: HashMap<(String, i64), Vec<u8>>,
     top_brand_keys: HashMap<(String, i64), Vec<Vec<u8>>>,
+    /// Top-product rows written before their product's catalog row (a live source writes its
+    /// windows ahead of the frontier the catalog is exact at): product → (window start, rank),
+    /// relabelled when the catalog row comes.
+    unlabeled: HashMap<i64, Vec<(String, i64)>>,
 }
 
 const EVENT_TYPES: [&str; 4] = ["view", "cart", "remove_from_cart", "purchase"];
@@ -154,7 +158,20 @@ impl SeedLayout {
         for (id, row) in &batch.upserts {
             if *id == TableId::Product {
                 let label = |i: usize| row[i].as_str().map(str::to_string);
-                self.products.insert(int(row, 0), (label(3), label(2)));
+                let product = int(row, 0);
+                let (brand, category) = (label(3), label(2));
+                // Rows written before the product's labels were known get them now.
+                for (start, rank) in self.unlabeled.remove(&product).unwrap_or_default() {
+                    let key = format!("{}_top_view_{rank:02}_{product}", window_ts(&start)).into_bytes();
+                    if self.top_view_keys.get(&(start, rank)) == Some(&key) {
+                        let cells = vec![
+                            put("metrics:brand", brand.clone().unwrap_or_else(|| "unknown".into())),
+                            put("metrics:category", category.clone().unwrap_or_else(|| "unknown".into())),
+                        ];
+                        out.puts.push((SeedTable::RealtimeStats, key, cells));
+                    }
+                }
+                self.products.insert(product, (brand, category));
             }
         }
         for (id, key) in &batch.deletes {
@@ -280,7 +297,16 @@ impl SeedLayout {
                 out.row_deletes.push((rt, old));
             }
         }
-        let (brand, category) = self.products.get(&product).cloned().unwrap_or_default();
+        let (brand, category) = match self.products.get(&product) {
+            Some(labels) => labels.clone(),
+            None => {
+                let waiting = self.unlabeled.entry(product).or_default();
+                if !waiting.iter().any(|(s, r)| s == start && *r == rank) {
+                    waiting.push((start.to_string(), rank));
+                }
+                (None, None)
+            }
+        };
         let avg_price = real(row, 4).map_or_else(String::new, |cents| format!("{:.2}", cents / 100.0));
         let cells = vec![
             put("metrics:rank", rank.to_string()),
@@ -470,5 +496,17 @@ mod tests {
         assert_eq!(second.row_deletes, vec![(SeedTable::RealtimeStats, b"20191001_0000_top_view_01_7".to_vec())]);
         let same = layout.changes(&top(8), "now");
         assert!(same.row_deletes.is_empty(), "rewriting the same rank deletes nothing");
+        // Its product's catalog row comes later (a live source's windows run ahead of the
+        // catalog): the row gets its labels then.
+        assert!(same.puts[0].2.iter().any(|m| m.value.as_deref() == Some(b"unknown".as_slice())));
+        let mut product: Row =
+            vec![Value::Int(8), Value::Int(1), Value::text("electronics.audio"), Value::text("sony")];
+        product.extend((0..9).map(|_| Value::Null));
+        let labels =
+            layout.changes(&WriteBatch { upserts: vec![(TableId::Product, product)], ..Default::default() }, "now");
+        assert_eq!(labels.puts.len(), 1);
+        assert_eq!(labels.puts[0].1, b"20191001_0000_top_view_01_8");
+        let values: Vec<&[u8]> = labels.puts[0].2.iter().filter_map(|m| m.value.as_deref()).collect();
+        assert_eq!(values, vec![b"sony".as_slice(), b"electronics.audio".as_slice()]);
     }
 }

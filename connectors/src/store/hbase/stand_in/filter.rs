@@ -41,10 +41,36 @@ pub(super) enum Comparator {
 
 impl Filter {
     /// Filters a row: `None` if it is left out, else the cells that remain (a row left without
-    /// cells is left out too, as in HBase).
+    /// cells is left out too, as in HBase). Row tests see the stored cells, as HBase's filters
+    /// see them before any filter reshapes what is returned.
     pub(super) fn apply(&self, key: &[u8], cells: Cells) -> Option<Cells> {
-        let cells = match self {
-            Filter::Prefix(prefix) => key.starts_with(prefix).then_some(cells)?,
+        if !self.keeps(key, &cells) {
+            return None;
+        }
+        let cells = self.shape(key, &cells, cells.clone());
+        (!cells.is_empty()).then_some(cells)
+    }
+
+    /// Does the row pass the filter's tests?
+    fn keeps(&self, key: &[u8], cells: &Cells) -> bool {
+        match self {
+            Filter::Prefix(prefix) => key.starts_with(prefix),
+            Filter::KeyOnly | Filter::FirstKeyOnly | Filter::ColumnPrefix(_) => true,
+            Filter::SingleColumnValue { column, op, comparator, filter_if_missing } => {
+                match cells.iter().find(|(c, _)| c == column) {
+                    Some((_, value)) => op.holds(comparator.compare(value)),
+                    None => !filter_if_missing,
+                }
+            }
+            Filter::And(first, second) => first.keeps(key, cells) && second.keeps(key, cells),
+            Filter::Or(first, second) => first.keeps(key, cells) || second.keeps(key, cells),
+        }
+    }
+
+    /// The cells a kept row returns (`stored`: the row's cells before any filter).
+    fn shape(&self, key: &[u8], stored: &Cells, cells: Cells) -> Cells {
+        match self {
+            Filter::Prefix(_) | Filter::SingleColumnValue { .. } => cells,
             Filter::KeyOnly => cells.into_iter().map(|(column, _)| (column, Vec::new())).collect(),
             Filter::FirstKeyOnly => cells.into_iter().take(1).collect(),
             Filter::ColumnPrefix(prefix) => cells
@@ -54,22 +80,13 @@ impl Filter {
                     qualifier.starts_with(prefix)
                 })
                 .collect(),
-            Filter::SingleColumnValue { column, op, comparator, filter_if_missing } => {
-                let passes = match cells.iter().find(|(c, _)| c == column) {
-                    Some((_, value)) => op.holds(comparator.compare(value)),
-                    None => !filter_if_missing,
-                };
-                passes.then_some(cells)?
-            }
-            Filter::And(first, second) => second.apply(key, first.apply(key, cells)?)?,
-            // A row passes when either side keeps it; the cells are those of the first side that
-            // keeps it (the filters here either keep a row whole or shape its cells alike).
-            Filter::Or(first, second) => match first.apply(key, cells.clone()) {
-                Some(kept) => kept,
-                None => second.apply(key, cells)?,
+            Filter::And(first, second) => second.shape(key, stored, first.shape(key, stored, cells)),
+            // The cells of the first side that keeps the row.
+            Filter::Or(first, second) => match first.keeps(key, stored) {
+                true => first.shape(key, stored, cells),
+                false => second.shape(key, stored, cells),
             },
-        };
-        (!cells.is_empty()).then_some(cells)
+        }
     }
 }
 
@@ -96,6 +113,8 @@ impl Comparator {
             Comparator::Binary(operand) => value.cmp(operand),
             Comparator::BinaryPrefix(operand) => value[..value.len().min(operand.len())].cmp(operand),
             Comparator::Substring(operand) => {
+                // HBase's SubstringComparator ignores case.
+                let (value, operand) = (value.to_ascii_lowercase(), operand.to_ascii_lowercase());
                 let found = operand.is_empty() || value.windows(operand.len()).any(|w| w == operand.as_slice());
                 if found {
                     Equal
@@ -344,6 +363,9 @@ mod tests {
         assert!(keep("SingleColumnValueFilter('d', 'dimension', !=, 'binary:brand')", "k").is_none());
         assert!(keep("SingleColumnValueFilter('d','segment',=,'binary:it''s')", "k").is_some());
         assert!(keep("SingleColumnValueFilter('d', 'dimension', =, 'substring:ran')", "k").is_some());
+        assert!(keep("SingleColumnValueFilter('d', 'dimension', =, 'substring:RAN')", "k").is_some());
+        // A row test sees the stored values, whatever another filter returns of them.
+        assert!(keep("KeyOnlyFilter() AND SingleColumnValueFilter('d', 'dimension', =, 'binary:brand')", "k").is_some());
         assert!(keep("SingleColumnValueFilter('d', 'dimension', >, 'binaryprefix:a')", "k").is_some());
         assert!(keep("SingleColumnValueFilter('d', 'missing', =, 'binary:x')", "k").is_some());
         assert!(keep("SingleColumnValueFilter('d', 'missing', =, 'binary:x', true, true)", "k").is_none());
