@@ -14,7 +14,7 @@ use cartflow_connectors::store::hbase::stand_in::StandIn;
 use cartflow_connectors::store::hbase::{HbaseStore, HbaseUrl, Protocol, Transport};
 use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::schema::{TableId, TABLES};
-use common::{batch_args, generated, shared_data};
+use common::{batch_args, generated, http_get, shared_data};
 
 /// A child process killed if the test fails before waiting for it (a run retries a missing HBase
 /// for ever).
@@ -31,16 +31,6 @@ fn cartflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
     command.args(["--log", "info"]);
     command
-}
-
-/// The body of a GET on a local server.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }
 
 /// A sample's value in Prometheus text.

@@ -430,16 +430,6 @@ fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equa
     }
 }
 
-/// The body of a GET on a local server.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
-}
-
 /// SPEC §2, §3.1: with the default lateness (10 minutes), a live stream's realtime windows are
 /// seconds behind it, not ten minutes: `simulate --rate 1000 --stamp-now` streams real rows as a
 /// live tracker would, and `run --serve` (a separate process, defaults) shows windows that change

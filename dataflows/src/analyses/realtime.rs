@@ -5,7 +5,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{events_between, mean};
 use crate::model::time::{floor_to, format_rfc3339, MINUTE};
 use crate::model::{Cents, Event, EventType, Symbol, Timestamp};
-use crate::schema::{Row, Value};
+use crate::schema::{Row, TableId, Value};
 
 pub const WINDOW_LENGTH: i64 = 5 * MINUTE;
 pub const SLIDE: i64 = MINUTE;
@@ -92,6 +92,24 @@ pub struct BrandActivity {
 }
 
 impl BrandActivity {
+    pub fn new(brand: Symbol) -> BrandActivity {
+        BrandActivity { brand, events: 0, views: 0, carts: 0, purchases: 0, revenue: 0 }
+    }
+
+    /// Counts an event of the brand.
+    pub fn add(&mut self, e: &Event) {
+        self.events += 1;
+        match e.event_type {
+            EventType::View => self.views += 1,
+            EventType::Cart => self.carts += 1,
+            EventType::Purchase => {
+                self.purchases += 1;
+                self.revenue += e.price;
+            }
+            EventType::RemoveFromCart => {}
+        }
+    }
+
     pub fn rank_key(&self) -> (std::cmp::Reverse<u64>, Symbol) {
         (std::cmp::Reverse(self.events), self.brand)
     }
@@ -108,6 +126,19 @@ impl BrandActivity {
             Value::Int(self.revenue),
         ]
     }
+}
+
+/// The deletes that remove a window's rows from the store (retention): the window and every
+/// rank of its top lists.
+pub fn window_deletes(start: Timestamp) -> Vec<(TableId, Row)> {
+    let start_text = Value::text(format_rfc3339(start));
+    let mut deletes = vec![(TableId::RealtimeWindow, vec![start_text.clone()])];
+    for rank in 1..=TOP_N as i64 {
+        for table in [TableId::RealtimeTopProduct, TableId::RealtimeTopBrand] {
+            deletes.push((table, vec![start_text.clone(), Value::Int(rank)]));
+        }
+    }
+    deletes
 }
 
 /// Rows of `realtime_window`, `realtime_top_product` and `realtime_top_brand`.
@@ -161,24 +192,7 @@ pub fn reference(events: &[Event], frontier: Timestamp, retention: i64, lateness
                 p.price_sum += e.price;
             }
             if let Some(brand) = e.brand {
-                let b = brands.entry(brand).or_insert(BrandActivity {
-                    brand,
-                    events: 0,
-                    views: 0,
-                    carts: 0,
-                    purchases: 0,
-                    revenue: 0,
-                });
-                b.events += 1;
-                match e.event_type {
-                    EventType::View => b.views += 1,
-                    EventType::Cart => b.carts += 1,
-                    EventType::Purchase => {
-                        b.purchases += 1;
-                        b.revenue += e.price;
-                    }
-                    EventType::RemoveFromCart => {}
-                }
+                brands.entry(brand).or_insert_with(|| BrandActivity::new(brand)).add(e);
             }
         }
         totals.active_users = users.len() as u64;

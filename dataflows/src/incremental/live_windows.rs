@@ -22,10 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
-use crate::model::time::format_rfc3339;
+use crate::analyses::realtime::{
+    window_deletes, window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH,
+};
 use crate::model::{Event, EventType, Symbol, Timestamp};
-use crate::schema::{TableId, Value, WriteBatch};
+use crate::schema::{TableId, WriteBatch};
 
 /// One open window's exact state.
 #[derive(Default)]
@@ -65,24 +66,7 @@ impl OpenWindow {
             _ => {}
         }
         if let Some(brand) = e.brand {
-            let b = self.brands.entry(brand).or_insert(BrandActivity {
-                brand,
-                events: 0,
-                views: 0,
-                carts: 0,
-                purchases: 0,
-                revenue: 0,
-            });
-            b.events += 1;
-            match e.event_type {
-                EventType::View => b.views += 1,
-                EventType::Cart => b.carts += 1,
-                EventType::Purchase => {
-                    b.purchases += 1;
-                    b.revenue += e.price;
-                }
-                EventType::RemoveFromCart => {}
-            }
+            self.brands.entry(brand).or_insert_with(|| BrandActivity::new(brand)).add(e);
         }
     }
 
@@ -207,13 +191,7 @@ impl LiveWindows {
         let expired: Vec<Timestamp> = self.written_final.range(..cutoff - self.retention).copied().collect();
         for start in expired {
             self.written_final.remove(&start);
-            let start_text = Value::text(format_rfc3339(start));
-            batch.deletes.push((TableId::RealtimeWindow, vec![start_text.clone()]));
-            for rank in 1..=TOP_N as i64 {
-                for table in [TableId::RealtimeTopProduct, TableId::RealtimeTopBrand] {
-                    batch.deletes.push((table, vec![start_text.clone(), Value::Int(rank)]));
-                }
-            }
+            batch.deletes.extend(window_deletes(start));
         }
         batch
     }
@@ -232,8 +210,10 @@ impl LiveWindows {
 mod tests {
     use super::*;
     use crate::analyses::realtime::reference;
+    use crate::model::time::format_rfc3339;
     use crate::model::time::MINUTE;
     use crate::schema::Row;
+    use crate::schema::Value;
 
     fn event(time: Timestamp, user: u64, product: u64, kind: EventType, brand: Option<&str>) -> Event {
         Event {

@@ -15,11 +15,11 @@ use smallvec::SmallVec;
 
 use super::output::{Output, StoreKey};
 use super::types::{Diff, Settings};
-use crate::analyses::realtime::{is_final, WindowTotals, TOP_N};
+use crate::analyses::realtime::{is_final, window_deletes, WindowTotals};
 use crate::analyses::CURRENT;
-use crate::model::time::{format_date, format_rfc3339, utc_date, DAY};
+use crate::model::time::{format_date, utc_date, DAY};
 use crate::model::Timestamp;
-use crate::schema::{Row, TableId, Value, WriteBatch};
+use crate::schema::{Row, TableId, WriteBatch};
 
 /// The changes of the records of one store key between two boundaries (usually one or two).
 type RecordChanges = SmallVec<[(Output, Diff); 2]>;
@@ -148,13 +148,7 @@ impl Materializer {
         let expired: Vec<Timestamp> = self.frozen.range(..boundary - self.retention).copied().collect();
         for start in expired {
             self.frozen.remove(&start);
-            let start_text = Value::text(format_rfc3339(start));
-            batch.deletes.push((TableId::RealtimeWindow, vec![start_text.clone()]));
-            for rank in 1..=TOP_N as i64 {
-                for table in [TableId::RealtimeTopProduct, TableId::RealtimeTopBrand] {
-                    batch.deletes.push((table, vec![start_text.clone(), Value::Int(rank)]));
-                }
-            }
+            batch.deletes.extend(window_deletes(start));
         }
 
         // Midnight: the current results become the day's snapshot.
