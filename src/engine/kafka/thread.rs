@@ -467,9 +467,13 @@ impl SourceThread {
             self.outbox_events += events.len();
         }
         self.outbox.push_back(feed);
-        // Bounded: a worker slower than the input for long holds the thread up again.
-        if self.outbox_events >= MAX_PENDING_EVENTS {
-            while self.outbox_events >= MAX_PENDING_EVENTS / 2 {
+        // Bounded: a worker slower than the input for long holds the thread up again. Reading a
+        // backlog, the worker is always the slower: the thread waits for it as soon as the
+        // channel is full, as before (a replay's memory does not grow by the outbox).
+        let behind = self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up);
+        let limit = if behind { READ_BATCH } else { MAX_PENDING_EVENTS };
+        if self.outbox_events >= limit {
+            while self.outbox_events >= limit / 2 {
                 let feed = self.outbox.pop_front().expect("events are queued");
                 if let Feed::Events(events) = &feed {
                     self.outbox_events -= events.len();
