@@ -439,6 +439,14 @@ fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equa
 #[test]
 fn live_windows_follow_a_stream_seconds_behind_it() {
     let Some(path) = shared_data("rees46-2019-oct-head.csv") else { return };
+    // One process of two workers, then two processes of one (process 1's partitions reach the
+    // live windows through its worker's reports to worker 0).
+    for processes in [1, 2] {
+        live_windows_follow_the_stream(&path, processes);
+    }
+}
+
+fn live_windows_follow_the_stream(path: &std::path::Path, processes: usize) {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
@@ -447,21 +455,33 @@ fn live_windows_follow_a_stream_seconds_behind_it() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()
     };
-    let mut args = simulate_args(path, &brokers);
+    let mut args = simulate_args(path.to_path_buf(), &brokers);
     args.max = false;
     args.rate = Some(1_000.0);
     args.stamp_now = true;
     let streaming = std::thread::spawn(move || simulate::run(&args).unwrap());
     let db = dir.path().join("live.db");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cartflow"))
-        .args(["run", "--quiet", "-w", "2", "--brokers", &brokers, "--topic", TOPIC, "--serve", &address, "--db"])
-        .arg(&db)
-        .arg("--rejects")
-        .arg(dir.path().join("rejects.csv"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let hosts = dir.path().join("hosts.txt");
+    let ports: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::fs::write(&hosts, ports.iter().map(|l| format!("{}\n", l.local_addr().unwrap())).collect::<String>()).unwrap();
+    drop(ports);
+    let mut children: Vec<_> = (0..processes)
+        .map(|process| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cartflow"));
+            command.args(["run", "--quiet", "--brokers", &brokers, "--topic", TOPIC, "--db"]).arg(&db);
+            command.arg("--rejects").arg(dir.path().join(format!("rejects-{process}.csv")));
+            if processes == 1 {
+                command.args(["-w", "2", "--serve", &address]);
+            } else {
+                command.args(["-w", "1", "-n", "2", "-p", &process.to_string(), "--hostfile"]).arg(&hosts);
+                if process == 0 {
+                    command.args(["--serve", &address]);
+                }
+            }
+            command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    let what = format!("-n {processes}");
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let time = |text: &serde_json::Value| {
         cartflow_dataflows::model::time::parse_event_time(text.as_str().unwrap().as_bytes()).unwrap()
@@ -477,25 +497,27 @@ fn live_windows_follow_a_stream_seconds_behind_it() {
         if let Some(row) = newest() {
             break row;
         }
-        assert!(std::time::Instant::now() < deadline, "no realtime window after 30 s");
+        assert!(std::time::Instant::now() < deadline, "{what}: no realtime window after 30 s");
     };
     std::thread::sleep(Duration::from_secs(3));
     let second = newest().unwrap();
     let health: serde_json::Value = serde_json::from_str(&http_get(&address, "/health")).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     streaming.join().unwrap();
-    assert_ne!(first, second, "the live windows move between two reads 3 s apart");
-    assert_eq!(second["final"], 0, "the newest window is open: {second}");
+    assert_ne!(first, second, "{what}: the live windows move between two reads 3 s apart");
+    assert_eq!(second["final"], 0, "{what}: the newest window is open: {second}");
     // The newest window started in the last five minutes and holds events up to the live edge,
     // seconds behind the clock; the frontier is the lateness (10 minutes) behind that.
     let start = time(&second["window_start"]);
-    assert!(now() - start <= 5 * 60 + 5, "the newest window starts at {start}, now {}", now());
+    assert!(now() - start <= 5 * 60 + 5, "{what}: the newest window starts at {start}, now {}", now());
     let edge_lag = health["live_edge_lag_seconds"].as_i64().unwrap();
-    assert!((0..=5).contains(&edge_lag), "{health}");
+    assert!((0..=5).contains(&edge_lag), "{what}: {health}");
     if let Some(frontier) = health["frontier"].as_str() {
         let frontier = cartflow_dataflows::model::time::parse_event_time(frontier.as_bytes()).unwrap();
-        assert!(time(&health["live_edge"]) - frontier >= 10 * 60, "{health}");
+        assert!(time(&health["live_edge"]) - frontier >= 10 * 60, "{what}: {health}");
     }
 }
 

@@ -48,6 +48,9 @@ pub struct News {
 pub enum Report {
     /// A batch of events was inserted (the live count, the earliest and the latest event).
     Applied { count: u64, earliest: Timestamp, latest: Timestamp },
+    /// A thread's events for the live windows, and the start of the step it has moved to (every
+    /// event of the thread before it is in this report or an earlier one).
+    Live { worker: usize, cutoff: Timestamp, events: Vec<Event> },
     /// A thread's safe offsets once `boundary` is written.
     Offsets { worker: usize, boundary: Timestamp, offsets: Vec<(i32, i64)> },
     /// Rejects for process 0's rejects file.
@@ -90,6 +93,7 @@ impl KafkaSource {
                 let mut steps = self.steps.lock().unwrap();
                 for (start, length) in news.steps {
                     steps.insert(start, length);
+                    self.opened(start, length);
                 }
                 drop(steps);
                 self.everyone_at_end.store(news.at_end, Ordering::SeqCst);
@@ -120,6 +124,7 @@ impl KafkaSource {
                 self.earliest.fetch_min(earliest, Ordering::SeqCst);
                 self.latest.fetch_max(latest, Ordering::SeqCst);
             }
+            Report::Live { worker, cutoff, events } => self.add_remote_live(worker, cutoff, events),
             Report::Offsets { worker, boundary, offsets } => {
                 self.threads[worker].lock().unwrap().offsets.push_back((boundary, offsets));
             }
@@ -167,11 +172,20 @@ pub struct KafkaLink {
     reports: Option<InputHandleVec<Time, Report>>,
     /// A follower's first worker forwards its process's rejects this often.
     last_rejects: Instant,
+    /// A follower's worker: the cutoff of its thread it last reported.
+    reported_cutoff: Timestamp,
 }
 
 impl KafkaLink {
     pub fn new(source: Arc<KafkaSource>, worker: usize) -> KafkaLink {
-        KafkaLink { source, worker, gossip: None, reports: None, last_rejects: Instant::now() }
+        KafkaLink {
+            source,
+            worker,
+            gossip: None,
+            reports: None,
+            last_rejects: Instant::now(),
+            reported_cutoff: Timestamp::MIN,
+        }
     }
 
     /// This is the first worker of a follower process.
@@ -184,6 +198,20 @@ impl KafkaLink {
         if let Some(reports) = &mut self.reports {
             reports.send(report);
             reports.flush();
+        }
+    }
+
+    /// A follower's worker: reports its thread's live events and cutoff to worker 0 when they
+    /// changed. Reports travel at the input's time, so they reach worker 0 at once and, at the
+    /// latest, before the dataflow passes the step the thread has moved to.
+    fn report_live(&mut self) {
+        if self.source.leader || !self.source.keeps_live() || self.reports.is_none() {
+            return;
+        }
+        let (cutoff, events) = self.source.take_outgoing_live(self.worker);
+        if !events.is_empty() || cutoff != self.reported_cutoff {
+            self.reported_cutoff = cutoff;
+            self.report(Report::Live { worker: self.worker, cutoff, events });
         }
     }
 
@@ -270,6 +298,7 @@ impl WorkerLink for KafkaLink {
     /// Sends what changed: the leader's news (from worker 0), or a follower thread's clock (from
     /// its worker).
     fn pump(&mut self) {
+        self.report_live();
         let message = if self.source.leader {
             (self.worker == 0).then(|| self.source.news()).flatten().map(Gossip::News)
         } else {
@@ -283,6 +312,8 @@ impl WorkerLink for KafkaLink {
 
     /// Moves the reports input with the worker's events input.
     fn advance_to(&mut self, time: Time) {
+        // The thread's events before its new step go at the old time.
+        self.report_live();
         if let Some(reports) = &mut self.reports {
             reports.advance_to(time);
             reports.flush();
@@ -311,6 +342,8 @@ impl WorkerLink for KafkaLink {
     }
 
     fn input_ended(&mut self, worker: &mut timely::worker::Worker, run_failed: bool) -> Option<Result<RunSummary>> {
+        // The thread has ended: its last live events (see `release_all`) are in its buffer.
+        self.report_live();
         let summary = (self.first_of_follower() && !run_failed).then(|| self.report_the_end(worker));
         // This worker's share of the input is in.
         self.reports = None;

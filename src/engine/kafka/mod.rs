@@ -29,6 +29,11 @@
 //! also tells it every report before the boundary has arrived. A follower's copy of the log may
 //! lag; the dataflow then falls back to the step grid, which only ends a step's joined work earlier.
 //!
+//! The live windows are process 0's: a follower's threads leave their accepted events in
+//! `outgoing_live`, and each follower worker reports them with its thread's cutoff ([`Report::Live`])
+//! at once, and always before its input passes that cutoff, so no window is written final while an
+//! event of it is still on the way.
+//!
 //! | file | what it owns |
 //! |---|---|
 //! | `mod.rs` | the options, the shared [`KafkaSource`] and its [`Source`] side: offsets per boundary, commits, the end |
@@ -89,7 +94,7 @@ pub struct KafkaSourceOptions {
     pub bootstrap: Option<(PathBuf, Option<Timestamp>)>,
     /// How long final realtime windows stay in the store (the live windows' retention).
     pub retention: i64,
-    /// Keep the realtime windows at the live edge (a run of one process).
+    /// Keep the realtime windows at the live edge.
     pub live_windows: bool,
 }
 
@@ -141,10 +146,12 @@ pub struct KafkaSource {
     accepted: Arc<AtomicU64>,
     /// This process's source threads, joined at the end.
     handles: Mutex<Vec<JoinHandle<Result<Counts>>>>,
-    /// The realtime windows at the live edge, fed by every thread (a run of one process; see
-    /// `live_windows`). With several processes each would see only its own partitions, so the
-    /// windows come from the dataflow, as of the frontier.
+    /// Process 0: the realtime windows at the live edge, fed by every thread of the run (see
+    /// `live_windows`; the followers' threads through `outgoing_live` and their workers' reports).
     live: Option<Mutex<LiveWindows>>,
+    /// Followers: per thread (by global index), accepted events for the live windows not yet
+    /// reported to worker 0.
+    outgoing_live: Vec<Mutex<Vec<Event>>>,
     /// Per thread (by global index), the start of the step it inserts at: an event before it is
     /// late there. The least of them is the live windows' cutoff (`i64::MIN`: no step yet).
     cutoffs: Vec<AtomicI64>,
@@ -220,14 +227,43 @@ impl KafkaSource {
         entries
     }
 
+    /// The source keeps live windows: in process 0, fed by its threads directly and by the other
+    /// processes' threads through their workers' reports (see `link.rs`).
+    pub(super) fn keeps_live(&self) -> bool {
+        self.options.live_windows
+    }
+
     /// A thread's accepted events for the live windows (it sends them before it moves its
-    /// cutoff, so no window is written final while an event of it waits in a thread).
-    pub(super) fn add_live(&self, events: &mut Vec<Event>) {
+    /// cutoff, so no window is written final while an event of it waits in a thread). In a
+    /// follower they wait in the thread's outgoing buffer for its worker, which reports them to
+    /// worker 0 before its input passes the thread's cutoff.
+    pub(super) fn add_live(&self, thread: usize, events: &mut Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(live) = &self.live {
+            live.lock().unwrap().add(events.drain(..));
+        } else if self.keeps_live() && !self.leader {
+            self.outgoing_live[thread].lock().unwrap().append(events);
+        }
+    }
+
+    /// Followers: a thread's cutoff and the live events it handed over before moving it (read in
+    /// this order: see `add_live`), for its worker to report to worker 0.
+    pub(super) fn take_outgoing_live(&self, thread: usize) -> (Timestamp, Vec<Event>) {
+        let cutoff = self.cutoffs[thread].load(Ordering::SeqCst);
+        (cutoff, std::mem::take(&mut *self.outgoing_live[thread].lock().unwrap()))
+    }
+
+    /// Leader: a follower thread's live events, then its cutoff (they were taken in the other
+    /// order, so every event before the cutoff is in).
+    pub(super) fn add_remote_live(&self, thread: usize, cutoff: Timestamp, events: Vec<Event>) {
         if let Some(live) = &self.live {
             if !events.is_empty() {
-                live.lock().unwrap().add(events.drain(..));
+                live.lock().unwrap().add(events);
             }
         }
+        self.cutoffs[thread].fetch_max(cutoff, Ordering::SeqCst);
     }
 
     /// A thread inserts at the step starting at `start` from now on.
@@ -244,6 +280,9 @@ impl KafkaSource {
             live.lock().unwrap().start_at(start);
             self.live_from.store(start, Ordering::SeqCst);
             info!("the realtime windows from {} on are kept at the live edge", format_rfc3339(start));
+        } else if self.keeps_live() {
+            // A follower: its threads send worker 0 their events from here on.
+            self.live_from.store(start, Ordering::SeqCst);
         }
     }
 
@@ -261,7 +300,8 @@ impl KafkaSource {
         // The cutoff is read before the windows are locked: a thread that moves its cutoff has
         // handed its events over first (see `add_live`).
         let cutoff = cutoff.or_else(|| {
-            let least = self.local.clone().map(|t| self.cutoffs[t].load(Ordering::SeqCst)).min()?;
+            // Every thread of the run: the followers' cutoffs arrive with their events.
+            let least = self.cutoffs.iter().map(|c| c.load(Ordering::SeqCst)).min()?;
             (least != Timestamp::MIN).then_some(least)
         })?;
         let mut live = live.lock().unwrap();
@@ -471,7 +511,8 @@ pub fn start(
         process: (process, processes),
         accepted: accepted.clone(),
         handles: Mutex::new(Vec::new()),
-        live: (processes == 1 && options.live_windows).then(|| Mutex::new(LiveWindows::new(options.retention))),
+        live: (process == 0 && options.live_windows).then(|| Mutex::new(LiveWindows::new(options.retention))),
+        outgoing_live: (0..total_workers).map(|_| Mutex::new(Vec::new())).collect(),
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
         pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),

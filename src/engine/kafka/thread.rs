@@ -157,7 +157,7 @@ impl SourceThread {
                 confirmed_at_end: false,
             })
             .collect();
-        let keeps_live = source.live.is_some();
+        let keeps_live = source.keeps_live();
         Ok(SourceThread {
             index,
             source,
@@ -275,7 +275,7 @@ impl SourceThread {
                 if let Some(open) = self.source.open_step() {
                     self.advance_to(open)?;
                 }
-                self.source.add_live(&mut self.live);
+                self.source.add_live(self.index, &mut self.live);
                 // With the configured lateness, not the lateness in force: where the run ends must
                 // not depend on memory pressure.
                 let complete = self.source.edge().map(|edge| edge - self.source.options.lateness);
@@ -523,7 +523,7 @@ impl SourceThread {
     fn start_step(&mut self, start: Timestamp, length: i64) -> Result<()> {
         self.flush()?;
         // The live windows get every accepted event before the cutoff moves past it.
-        self.source.add_live(&mut self.live);
+        self.source.add_live(self.index, &mut self.live);
         self.step = Some((start, length));
         self.source.set_cutoff(self.index, start);
         self.send(Feed::Step { start, earliest: None })?;
@@ -629,7 +629,7 @@ impl SourceThread {
         let offsets =
             self.partitions.iter().map(|p| (p.partition, p.first_not_applied.unwrap_or(p.next_offset))).collect();
         self.source.threads[self.index].lock().unwrap().final_offsets = offsets;
-        self.source.add_live(&mut self.live);
+        self.source.add_live(self.index, &mut self.live);
         self.flush()
     }
 
