@@ -19,6 +19,7 @@ use cartflow_dataflows::schema::state_key;
 use differential_dataflow::input::InputSession;
 use tracing::info;
 
+use super::live_writer::LiveWriter;
 use super::source::{Source, WorkerLink};
 use super::store_writer::StoreJob;
 
@@ -72,8 +73,8 @@ pub struct Driver {
     accepted: Arc<AtomicU64>,
     pub started: Instant,
     last_log: Instant,
-    /// When the live windows were last written.
-    live_written: Instant,
+    /// A live source's windows, written by a thread of their own (see `live_writer.rs`).
+    live: Option<LiveWriter>,
     quiet: bool,
     pub timings: Timings,
     /// The link to the other processes.
@@ -94,10 +95,6 @@ pub struct Timings {
     pub live: Duration,
 }
 
-/// How often worker 0 writes the realtime windows of a live source: events carry whole seconds,
-/// so an event is in the windows up to a second after it happened, plus up to this.
-const LIVE_WRITES_EVERY: Duration = Duration::from_millis(250);
-
 /// What the driver needs of the dataflow.
 pub struct Dataflow<'a> {
     pub worker: &'a mut timely::worker::Worker,
@@ -117,6 +114,7 @@ impl Driver {
         quiet: bool,
         link: Box<dyn WorkerLink>,
     ) -> Driver {
+        let live = LiveWriter::spawn(source.clone(), store.first_lane());
         Driver {
             store,
             source,
@@ -130,7 +128,7 @@ impl Driver {
             accepted,
             started: Instant::now(),
             last_log: Instant::now(),
-            live_written: Instant::now(),
+            live,
             quiet,
             timings: Timings::default(),
             link,
@@ -179,20 +177,13 @@ impl Driver {
         self.settle(PIPELINED_STEPS, dataflow)
     }
 
-    /// Writes the realtime windows of a live source at its live edge, every
-    /// [`LIVE_WRITES_EVERY`] (called from worker 0's loops, also while it waits for a step).
-    pub fn write_live(&mut self) -> Result<()> {
-        if self.live_written.elapsed() < LIVE_WRITES_EVERY {
-            return Ok(());
+    /// Stops the live windows' writer (before their last write, as of the end frontier).
+    pub fn stop_live(&mut self) {
+        if let Some(mut live) = self.live.take() {
+            let done = live.stop();
+            self.timings.live_writes = done.writes;
+            self.timings.live = done.building;
         }
-        self.live_written = Instant::now();
-        let live = self.source.live_writes().filter(|b| !b.is_empty());
-        self.timings.live += self.live_written.elapsed();
-        if let Some(batch) = live {
-            self.timings.live_writes += 1;
-            self.store.write(StoreJob::Batch(batch))?;
-        }
-        Ok(())
     }
 
     /// Writes every closed boundary the dataflow has passed, waiting (and working) until at most
@@ -208,8 +199,6 @@ impl Driver {
                     // Parks when there is nothing to do (waiting for the other workers): spinning
                     // would take a core from them and from the store writer.
                     self.link.pump();
-                    // A long step (a burst) does not hold the live windows back.
-                    self.write_live()?;
                     dataflow.worker.step_or_park(Some(Duration::from_millis(5)));
                 }
                 self.timings.dataflow += waiting.elapsed();

@@ -19,6 +19,7 @@
 //! | `worker.rs` | each worker's dataflow and loop: feeding workers, and worker 0 which also closes boundaries |
 //! | `driver.rs` | worker 0's boundaries: profile reloads, dates, writing each boundary the dataflow passed |
 //! | `store_writer.rs` | the store writer thread: materializing and writing boundaries, telling the source |
+//! | `live_writer.rs` | a live source's windows, written four times a second ahead of the store's queue |
 //! | `cluster.rs` | timely's configuration: threads, and a cluster of processes |
 //! | `operator_profile.rs` | time per dataflow operator (`CARTFLOW_PROFILE_OPERATORS=1`) |
 
@@ -27,6 +28,7 @@ pub mod config;
 mod driver;
 mod files;
 pub mod kafka;
+mod live_writer;
 pub mod operator_profile;
 pub mod source;
 mod store_writer;

@@ -195,10 +195,6 @@ fn lead(
     let mut feed = Some(feed);
     'feeding: while let Some(receiver) = &feed {
         driver.link.pump();
-        if let Err(e) = driver.write_live() {
-            failure = Some(e);
-            break 'feeding;
-        }
         match receiver.try_recv() {
             Ok(Feed::Step { start, earliest }) => {
                 let Some(step_start) = driver.step_start else {
@@ -306,6 +302,7 @@ fn finish(
         driver.settle(0, dataflow)?;
     }
     let source = driver.source.clone();
+    driver.stop_live();
     if let Some(batch) = frontier.and_then(|frontier| source.live_final(frontier)) {
         driver.store.write(StoreJob::Batch(batch))?;
     }
@@ -332,7 +329,7 @@ fn finish(
     );
     if t.live_writes > 0 {
         info!(
-            "worker 0 built {} writes of the live windows in {:.2}s ({:.2} ms each)",
+            "the live windows' writer built {} writes in {:.2}s ({:.2} ms each)",
             t.live_writes,
             t.live.as_secs_f64(),
             t.live.as_secs_f64() * 1e3 / t.live_writes as f64

@@ -6,6 +6,9 @@
 //! [`crate::store::hbase`]). Either way the frontier recorded in `pipeline_state` never runs ahead of the
 //! results it covers.
 
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+
 use anyhow::Result;
 pub use cartflow_dataflows::schema::WriteBatch;
 
@@ -24,10 +27,30 @@ impl Sink for Box<dyn Sink + Send> {
 /// A job is a [`WriteBatch`], or anything the thread first turns into one (see
 /// [`BackgroundSink::spawn_preparing`]). The first failure stops the writer; it is returned by the
 /// next [`BackgroundSink::write`] or by [`BackgroundSink::finish`].
+///
+/// Batches given to [`BackgroundSink::write_first`] skip the queue: the thread writes them
+/// before its next job, and between preparing a job and writing it (the live windows' writes
+/// must not wait behind a large boundary; they touch rows no queued job writes).
 pub struct BackgroundSink<J = WriteBatch> {
     sender: Option<std::sync::mpsc::SyncSender<J>>,
+    first: Arc<Mutex<Vec<WriteBatch>>>,
     writer: Option<std::thread::JoinHandle<Result<WriterStats>>>,
 }
+
+/// Where batches that skip a [`BackgroundSink`]'s queue wait (see [`BackgroundSink::first_lane`]):
+/// another thread may hold it and never waits to hand one over.
+#[derive(Clone)]
+pub struct FirstLane(Arc<Mutex<Vec<WriteBatch>>>);
+
+impl FirstLane {
+    /// Written before the sink's next queued job, after the batches given before it.
+    pub fn push(&self, batch: WriteBatch) {
+        self.0.lock().unwrap().push(batch);
+    }
+}
+
+/// How long the writer thread waits for a job before it looks at the batches that skip the queue.
+const FIRST_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the writer thread did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,25 +80,43 @@ impl<J: Send + 'static> BackgroundSink<J> {
         P: FnMut(J) -> WriteBatch + Send + 'static,
     {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<J>(depth);
+        let first: Arc<Mutex<Vec<WriteBatch>>> = Arc::default();
+        let skipping = first.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 let mut stats = WriterStats::default();
-                for job in receiver {
+                let write = |sink: &mut S, batch: &WriteBatch, stats: &mut WriterStats| -> Result<()> {
                     let started = std::time::Instant::now();
-                    let batch = prepare(job);
-                    let prepared = std::time::Instant::now();
-                    sink.write(&batch)?;
-                    stats.preparing += prepared - started;
-                    stats.busy += prepared.elapsed();
+                    sink.write(batch)?;
+                    stats.busy += started.elapsed();
                     stats.batches += 1;
                     stats.rows += (batch.upserts.len() + batch.deletes.len()) as u64;
+                    Ok(())
+                };
+                let write_first = |sink: &mut S, stats: &mut WriterStats| -> Result<()> {
+                    let batches = std::mem::take(&mut *skipping.lock().unwrap());
+                    batches.iter().try_for_each(|batch| write(sink, batch, stats))
+                };
+                loop {
+                    write_first(&mut sink, &mut stats)?;
+                    let job = match receiver.recv_timeout(FIRST_POLL) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    let started = std::time::Instant::now();
+                    let batch = prepare(job);
+                    stats.preparing += started.elapsed();
+                    write_first(&mut sink, &mut stats)?;
+                    write(&mut sink, &batch, &mut stats)?;
                 }
+                write_first(&mut sink, &mut stats)?;
                 stats.cpu = crate::progress::thread_cpu_time();
                 Ok(stats)
             })
             .expect("spawning the store writer");
-        BackgroundSink { sender: Some(sender), writer: Some(writer) }
+        BackgroundSink { sender: Some(sender), first, writer: Some(writer) }
     }
 }
 
@@ -89,6 +130,12 @@ impl<J> BackgroundSink<J> {
             anyhow::bail!("the store writer stopped");
         }
         Ok(())
+    }
+
+    /// The lane of batches that skip the queue (never waits): each is written before the next
+    /// job, after those pushed before it. For writes that touch no row a queued job writes.
+    pub fn first_lane(&self) -> FirstLane {
+        FirstLane(self.first.clone())
     }
 
     /// Waits until every queued batch is applied.
@@ -110,7 +157,6 @@ impl<J> Drop for BackgroundSink<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     /// Records the state entries of each batch; fails on the batch whose state says "fail".
     struct Recording(Arc<Mutex<Vec<String>>>);
@@ -142,6 +188,34 @@ mod tests {
         assert_eq!(stats.batches, 50);
         let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
         assert_eq!(*seen.lock().unwrap(), expected);
+    }
+
+    /// A sink that takes a while per batch, so that jobs queue behind it.
+    struct Slow(Recording);
+
+    impl Sink for Slow {
+        fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            self.0.write(batch)
+        }
+    }
+
+    #[test]
+    fn batches_written_first_skip_the_queue_in_their_own_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut sink = BackgroundSink::spawn(Slow(Recording(seen.clone())), 3);
+        for i in 0..4 {
+            sink.write(batch("frontier", &format!("b{i}"))).unwrap();
+        }
+        // b0 is being written, b1..b3 wait (the queue holds 3): l0 and l1 go before b1..b3.
+        let lane = sink.first_lane();
+        lane.push(batch("live_edge", "l0"));
+        lane.push(batch("live_edge", "l1"));
+        let stats = sink.finish().unwrap();
+        assert_eq!(stats.batches, 6);
+        let seen = seen.lock().unwrap().clone();
+        let at = |name: &str| seen.iter().position(|v| v == name).unwrap();
+        assert!(at("l0") < at("l1") && at("l1") < at("b2") && at("b1") < at("b2") && at("b2") < at("b3"), "{seen:?}");
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! The live windows' writer: a thread that takes the source's writes of its live windows four
+//! times a second and hands them to the store writer ahead of its queue. Worker 0 does not build
+//! them: a long dataflow step (a minute of a fast stream) or a full store queue would hold the
+//! live windows back by seconds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cartflow_connectors::store::FirstLane;
+
+use super::source::Source;
+
+/// How often the live windows are written: events carry whole seconds, so an event is in the
+/// windows up to a second after it happened, plus up to this.
+const LIVE_WRITES_EVERY: Duration = Duration::from_millis(250);
+
+/// What the thread did: writes handed over, and the time spent building them.
+#[derive(Default, Clone, Copy)]
+pub struct LiveWrites {
+    pub writes: u64,
+    pub building: Duration,
+}
+
+/// The running thread; stopped (and joined) by [`LiveWriter::stop`] or when dropped.
+pub struct LiveWriter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<LiveWrites>>,
+}
+
+impl LiveWriter {
+    /// Starts the thread when the source keeps live windows.
+    pub fn spawn(source: Arc<dyn Source>, lane: FirstLane) -> Option<LiveWriter> {
+        source.live_windows_from()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("live-windows".into())
+            .spawn(move || {
+                let mut done = LiveWrites::default();
+                while !stopping.load(Ordering::SeqCst) {
+                    std::thread::sleep(LIVE_WRITES_EVERY);
+                    let started = Instant::now();
+                    if let Some(batch) = source.live_writes().filter(|b| !b.is_empty()) {
+                        lane.push(batch);
+                        done.writes += 1;
+                    }
+                    done.building += started.elapsed();
+                }
+                done
+            })
+            .expect("spawning the live windows' writer");
+        Some(LiveWriter { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread once its current write is handed over; what it did.
+    pub fn stop(&mut self) -> LiveWrites {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for LiveWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
