@@ -528,7 +528,7 @@ pub struct RunArgs {
     pub lateness: i64,
 
     /// Kafka: the realtime windows as of the frontier, from the dataflow, instead of at the live
-    /// edge (for a replay where nobody watches them; with several processes they always are).
+    /// edge (for a replay where nobody watches them).
     #[arg(long)]
     pub no_live_windows: bool,
 

@@ -56,6 +56,9 @@ impl Inputs {
 
 /// Worker 0's state between boundaries.
 pub struct Driver {
+    /// A live source's windows, written by a thread of their own (see `live_writer.rs`); first,
+    /// so that it stops before the store's writer does.
+    live: Option<LiveWriter>,
     /// The store, materialized and written by its own thread (the next step is computed meanwhile).
     pub store: BackgroundSink<StoreJob>,
     pub source: Arc<dyn Source>,
@@ -73,15 +76,13 @@ pub struct Driver {
     accepted: Arc<AtomicU64>,
     pub started: Instant,
     last_log: Instant,
-    /// A live source's windows, written by a thread of their own (see `live_writer.rs`).
-    live: Option<LiveWriter>,
     quiet: bool,
     pub timings: Timings,
     /// The link to the other processes.
     pub link: Box<dyn WorkerLink>,
 }
 
-/// Where worker 0's time went at the boundaries, logged at the end of a run.
+/// Where worker 0's time went at the boundaries (and the live windows' writer's), logged at the end of a run.
 #[derive(Default)]
 pub struct Timings {
     /// Waiting for the dataflow to pass a boundary (worker 0 works on its share meanwhile).
@@ -90,7 +91,8 @@ pub struct Timings {
     pub collect: Duration,
     /// Waiting for the store writer to take a batch (it is busy with earlier ones).
     pub store_wait: Duration,
-    /// The live windows' writes (a live source): how many, and the time to build them.
+    /// The live windows' writes (a live source; their thread's, not worker 0's): how many, and
+    /// the time to build them.
     pub live_writes: u64,
     pub live: Duration,
 }

@@ -1,7 +1,9 @@
 //! The live windows' writer: a thread that takes the source's writes of its live windows four
 //! times a second and hands them to the store writer ahead of its queue. Worker 0 does not build
 //! them: a long dataflow step (a minute of a fast stream) or a full store queue would hold the
-//! live windows back by seconds.
+//! live windows back by seconds. At most one batch waits: while the store writer has not taken
+//! the last, the next is not built (the source's next write holds every change since), so a
+//! slow or failed store costs no memory here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cartflow_connectors::store::FirstLane;
+use tracing::warn;
 
 use super::source::Source;
 
@@ -39,8 +42,14 @@ impl LiveWriter {
             .name("live-windows".into())
             .spawn(move || {
                 let mut done = LiveWrites::default();
-                while !stopping.load(Ordering::SeqCst) {
-                    std::thread::sleep(LIVE_WRITES_EVERY);
+                loop {
+                    std::thread::park_timeout(LIVE_WRITES_EVERY);
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if !lane.is_empty() {
+                        continue;
+                    }
                     let started = Instant::now();
                     if let Some(batch) = source.live_writes().filter(|b| !b.is_empty()) {
                         lane.push(batch);
@@ -57,7 +66,12 @@ impl LiveWriter {
     /// Stops the thread once its current write is handed over; what it did.
     pub fn stop(&mut self) -> LiveWrites {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+        let Some(thread) = self.thread.take() else { return LiveWrites::default() };
+        thread.thread().unpark();
+        thread.join().unwrap_or_else(|_| {
+            warn!("the live windows' writer panicked: the live windows stopped before the end");
+            LiveWrites::default()
+        })
     }
 }
 

@@ -85,7 +85,7 @@ pub trait Source: Send + Sync {
 
     /// The realtime windows' writes since the last call, with the live edge (see
     /// [`cartflow_dataflows::incremental::live_windows`]); `None` when the source keeps none or
-    /// nothing changed. Worker 0 calls it four times a second.
+    /// nothing changed. A thread of worker 0's process calls it four times a second.
     fn live_writes(&self) -> Option<cartflow_dataflows::schema::WriteBatch> {
         None
     }

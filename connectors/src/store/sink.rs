@@ -28,7 +28,7 @@ impl Sink for Box<dyn Sink + Send> {
 /// [`BackgroundSink::spawn_preparing`]). The first failure stops the writer; it is returned by the
 /// next [`BackgroundSink::write`] or by [`BackgroundSink::finish`].
 ///
-/// Batches given to [`BackgroundSink::write_first`] skip the queue: the thread writes them
+/// Batches pushed onto its [`BackgroundSink::first_lane`] skip the queue: the thread writes them
 /// before its next job, and between preparing a job and writing it (the live windows' writes
 /// must not wait behind a large boundary; they touch rows no queued job writes).
 pub struct BackgroundSink<J = WriteBatch> {
@@ -46,6 +46,11 @@ impl FirstLane {
     /// Written before the sink's next queued job, after the batches given before it.
     pub fn push(&self, batch: WriteBatch) {
         self.0.lock().unwrap().push(batch);
+    }
+
+    /// Every batch pushed has been taken by the writer thread.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap().is_empty()
     }
 }
 

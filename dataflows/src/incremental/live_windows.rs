@@ -106,6 +106,9 @@ fn top<T: Copy, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K) -> Vec<T> {
 
 /// The live windows of a source (see the module doc).
 pub struct LiveWindows {
+    /// Events that reached a window after it was written final (never, unless the source's
+    /// cutoffs are wrong; the source logs and resets the count).
+    pub missed_final: u64,
     open: BTreeMap<Timestamp, OpenWindow>,
     /// Accepted events at or after the live edge, applied once it passes them.
     ahead: Vec<Event>,
@@ -121,6 +124,7 @@ pub struct LiveWindows {
 impl LiveWindows {
     pub fn new(retention: i64) -> LiveWindows {
         LiveWindows {
+            missed_final: 0,
             open: BTreeMap::new(),
             ahead: Vec::new(),
             edge: None,
@@ -149,9 +153,14 @@ impl LiveWindows {
     fn apply(&mut self, event: &Event) {
         for start in window_starts(event.time) {
             // A window already written as final takes no more events: the source's cutoff has
-            // passed its end, so none can arrive (a defensive check; it would be a late event).
-            if start >= self.from && !self.written_final.contains(&start) {
-                self.open.entry(start).or_default().add(event);
+            // passed its end, so none can arrive (a defensive check, counted: it would be an
+            // internal error, the final window short of an event).
+            if start >= self.from {
+                if self.written_final.contains(&start) {
+                    self.missed_final += 1;
+                } else {
+                    self.open.entry(start).or_default().add(event);
+                }
             }
         }
     }

@@ -24,6 +24,10 @@ use super::{Counts, KafkaSource};
 use crate::engine::source::{Source, WorkerLink};
 use crate::engine::RunSummary;
 
+/// How often a follower's worker reports its thread's live events between steps (the live windows
+/// are written four times a second).
+const LIVE_REPORTS_EVERY: Duration = Duration::from_millis(20);
+
 /// What travels between processes outside the dataflow's time: a follower thread's clock to the
 /// leader, and the leader's news to every worker.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -40,6 +44,9 @@ pub struct News {
     at_end: bool,
     /// `--until` is reached: every thread releases what it holds and ends.
     finished: bool,
+    /// Where the live windows take over (`i64::MAX`: not yet); read after `steps`, so a step
+    /// that starts them comes with it.
+    live_from: Timestamp,
 }
 
 /// What a follower's worker sends worker 0 at its input's time, so that worker 0 has it once the
@@ -77,7 +84,7 @@ impl KafkaSource {
             return None;
         }
         *told = (steps.last().map(|(s, _)| *s).or(told.0), at_end, finished);
-        Some(News { steps, at_end, finished })
+        Some(News { steps, at_end, finished, live_from: self.live_from() })
     }
 
     /// A message of the cluster's gossip, received by a worker of this process.
@@ -91,9 +98,13 @@ impl KafkaSource {
             }
             Gossip::News(news) if !self.leader => {
                 let mut steps = self.steps.lock().unwrap();
+                // Before the steps: a thread that sees the first live step sees where the live
+                // windows take over (as in the leader, where `opened` sets it under this lock).
+                if news.live_from != Timestamp::MAX && self.keeps_live() {
+                    self.live_from.store(news.live_from, Ordering::SeqCst);
+                }
                 for (start, length) in news.steps {
                     steps.insert(start, length);
-                    self.opened(start, length);
                 }
                 drop(steps);
                 self.everyone_at_end.store(news.at_end, Ordering::SeqCst);
@@ -172,8 +183,9 @@ pub struct KafkaLink {
     reports: Option<InputHandleVec<Time, Report>>,
     /// A follower's first worker forwards its process's rejects this often.
     last_rejects: Instant,
-    /// A follower's worker: the cutoff of its thread it last reported.
+    /// A follower's worker: the cutoff of its thread it last reported, and when.
     reported_cutoff: Timestamp,
+    last_live: Instant,
 }
 
 impl KafkaLink {
@@ -185,6 +197,7 @@ impl KafkaLink {
             reports: None,
             last_rejects: Instant::now(),
             reported_cutoff: Timestamp::MIN,
+            last_live: Instant::now(),
         }
     }
 
@@ -204,10 +217,18 @@ impl KafkaLink {
     /// A follower's worker: reports its thread's live events and cutoff to worker 0 when they
     /// changed. Reports travel at the input's time, so they reach worker 0 at once and, at the
     /// latest, before the dataflow passes the step the thread has moved to.
-    fn report_live(&mut self) {
+    ///
+    /// Worker 0 relies on one worker's reports arriving in the order sent (timely keeps the order
+    /// of one channel): a report's cutoff covers its events and every earlier report's.
+    fn report_live(&mut self, now: bool) {
         if self.source.leader || !self.source.keeps_live() || self.reports.is_none() {
             return;
         }
+        // Between steps, a few reports a second of many events rather than many of a few.
+        if !now && self.last_live.elapsed() < LIVE_REPORTS_EVERY {
+            return;
+        }
+        self.last_live = Instant::now();
         let (cutoff, events) = self.source.take_outgoing_live(self.worker);
         if !events.is_empty() || cutoff != self.reported_cutoff {
             self.reported_cutoff = cutoff;
@@ -298,7 +319,7 @@ impl WorkerLink for KafkaLink {
     /// Sends what changed: the leader's news (from worker 0), or a follower thread's clock (from
     /// its worker).
     fn pump(&mut self) {
-        self.report_live();
+        self.report_live(false);
         let message = if self.source.leader {
             (self.worker == 0).then(|| self.source.news()).flatten().map(Gossip::News)
         } else {
@@ -313,7 +334,7 @@ impl WorkerLink for KafkaLink {
     /// Moves the reports input with the worker's events input.
     fn advance_to(&mut self, time: Time) {
         // The thread's events before its new step go at the old time.
-        self.report_live();
+        self.report_live(true);
         if let Some(reports) = &mut self.reports {
             reports.advance_to(time);
             reports.flush();
@@ -343,7 +364,7 @@ impl WorkerLink for KafkaLink {
 
     fn input_ended(&mut self, worker: &mut timely::worker::Worker, run_failed: bool) -> Option<Result<RunSummary>> {
         // The thread has ended: its last live events (see `release_all`) are in its buffer.
-        self.report_live();
+        self.report_live(true);
         let summary = (self.first_of_follower() && !run_failed).then(|| self.report_the_end(worker));
         // This worker's share of the input is in.
         self.reports = None;

@@ -67,7 +67,7 @@ use cartflow_dataflows::schema::state_key;
 use cartflow_dataflows::schema::WriteBatch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::info;
+use tracing::{info, warn};
 
 use self::clock::ThreadClock;
 use self::link::KafkaLink;
@@ -280,9 +280,6 @@ impl KafkaSource {
             live.lock().unwrap().start_at(start);
             self.live_from.store(start, Ordering::SeqCst);
             info!("the realtime windows from {} on are kept at the live edge", format_rfc3339(start));
-        } else if self.keeps_live() {
-            // A follower: its threads send worker 0 their events from here on.
-            self.live_from.store(start, Ordering::SeqCst);
         }
     }
 
@@ -309,6 +306,10 @@ impl KafkaSource {
             live.advance_edge(edge);
         }
         let mut batch = live.write(cutoff);
+        let missed = std::mem::take(&mut live.missed_final);
+        if missed > 0 {
+            warn!("internal error: {missed} event(s) reached the live windows after their window was written final");
+        }
         if let Some(edge) = live.edge() {
             batch.state.push((state_key::LIVE_EDGE.into(), format_rfc3339(edge)));
         }

@@ -610,13 +610,17 @@ impl SourceThread {
                 "internal error: events pending before their thread's step"
             );
             self.source.extend_steps_to(self.index, first, last)?;
+            // Another thread may have opened the first live step meanwhile: the live windows
+            // take over from it here too (the steps below are read after it, so they see it).
+            let steps = self.source.steps_after(self.step.map(|(s, _)| s));
+            self.join_live_windows();
             if self.step.is_none() {
                 if let Some(&(first_step, _)) = self.source.steps_after(None).first() {
                     self.reject_pending_before(first_step)?;
                 }
                 self.accept_pending_for_live();
             }
-            for (start, length) in self.source.steps_after(self.step.map(|(s, _)| s)) {
+            for (start, length) in steps {
                 if self.pending.is_empty() {
                     break;
                 }
