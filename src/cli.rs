@@ -404,6 +404,11 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FILE")]
     pub sent_log: Option<PathBuf>,
 
+    /// Serve /metrics (Prometheus: messages sent, delivered and failed, process figures) and /health here, e.g.
+    /// 127.0.0.1:9464 (loopback unless told otherwise).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Do not log progress.
     #[arg(long)]
     pub quiet: bool,
@@ -452,6 +457,11 @@ pub struct ArchiveArgs {
     /// Stop once every partition has been read to its end.
     #[arg(long)]
     pub exit_at_end: bool,
+
+    /// Serve /metrics (Prometheus: messages read, events archived, rejects, files, flushes and the last flush time, the consumer lag per partition, process figures) and /health here, e.g.
+    /// 127.0.0.1:9464 (loopback unless told otherwise).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Do not log progress.
     #[arg(long)]

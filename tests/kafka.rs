@@ -572,3 +572,101 @@ fn the_live_windows_take_over_from_a_backlog_and_equal_batch() {
         assert_eq!(edge.is_some(), workers == 1, "-w {workers}: the live windows took over at the first live step");
     }
 }
+
+/// `simulate --metrics` and `archive --metrics` serve Prometheus text of their own while they run
+/// (separate processes, as under systemd): what they sent, delivered, read, archived and flushed,
+/// the archive's consumer lag per partition, the process figures, and none of a pipeline's
+/// (no frontier, no events in); `/health` answers ok with the job's name, `/api` is not there.
+#[test]
+fn archive_and_simulate_serve_their_own_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = generated(dir.path(), 3_000, 1, 53);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (simulate_at, archive_at) = (free(), free());
+    let cartflow = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cartflow"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let events_arg = events.to_str().unwrap();
+    let mut simulate = cartflow(&[
+        "simulate",
+        "--quiet",
+        "--input",
+        events_arg,
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--rate",
+        "1000",
+        "--metrics",
+        &simulate_at,
+    ]);
+    let root = dir.path().join("archive");
+    let mut archive = cartflow(&[
+        "archive",
+        "--quiet",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--root",
+        root.to_str().unwrap(),
+        "--flush-interval",
+        "1s",
+        "--metrics",
+        &archive_at,
+    ]);
+    // Mid-stream: simulate has sent some and not all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sending = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let text = http_get(&simulate_at, "/metrics");
+        if metric(&text, "cartflow_simulate_sent_total").is_some_and(|n| n > 0.0) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no simulate metrics after 30 s: {text}");
+    };
+    let sent = metric(&sending, "cartflow_simulate_sent_total").unwrap();
+    assert!(sent < 3_000.0, "simulate --rate 1000 is mid-stream after a few seconds: {sent}");
+    for name in ["cartflow_simulate_delivered_total", "cartflow_simulate_failed_total", "process_resident_memory_bytes"]
+    {
+        assert!(metric(&sending, name).is_some(), "{name} in {sending}");
+    }
+    assert!(!sending.contains("cartflow_events_in") && !sending.contains("cartflow_frontier"), "{sending}");
+    let health = http_get(&simulate_at, "/health");
+    assert!(health.contains("\"status\":\"ok\"") && health.contains("\"job\":\"simulate\""), "{health}");
+    assert!(http_get(&simulate_at, "/api/tables/funnel").contains("only /health and /metrics"));
+    assert!(simulate.wait().unwrap().success());
+
+    // The archive catches up with every event sent, flushing each second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let archived = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let text = http_get(&archive_at, "/metrics");
+        let lags = text.lines().filter(|l| l.starts_with("cartflow_kafka_consumer_lag{")).count();
+        if metric(&text, "cartflow_archive_events_total") == Some(3_000.0) && lags == 4 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "the archive's metrics never showed 3000 events: {text}");
+    };
+    let _ = archive.kill();
+    let _ = archive.wait();
+    assert_eq!(metric(&archived, "cartflow_archive_messages_total"), Some(3_000.0), "{archived}");
+    assert_eq!(metric(&archived, "cartflow_archive_rejected_total"), Some(0.0), "{archived}");
+    assert!(metric(&archived, "cartflow_archive_flushes_total").is_some_and(|n| n >= 1.0), "{archived}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    let flushed = metric(&archived, "cartflow_archive_last_flush_timestamp_seconds").unwrap();
+    assert!((now - flushed).abs() < 120.0, "{archived}");
+    assert!(!archived.contains("cartflow_simulate") && !archived.contains("cartflow_boundaries"), "{archived}");
+}

@@ -37,6 +37,12 @@ pub struct Metrics {
     consumer_lag: Mutex<BTreeMap<(String, i32), i64>>,
     /// Whether a job in this process reports (else `serve` mirrors the store).
     live: std::sync::atomic::AtomicBool,
+    /// The job is `archive` or `simulate`: no pipeline figures (events in, frontier, store).
+    not_a_pipeline: std::sync::atomic::AtomicBool,
+    /// The job's own counters (`archive`, `simulate`): name, help, value.
+    job_counters: Mutex<Vec<(&'static str, &'static str, Arc<AtomicU64>)>>,
+    /// The job's own times (Unix seconds; `i64::MIN`: none yet): name, help, value.
+    job_times: Mutex<Vec<(&'static str, &'static str, Arc<AtomicI64>)>>,
 }
 
 impl Default for Metrics {
@@ -53,6 +59,9 @@ impl Default for Metrics {
             store_outages: AtomicU64::new(0),
             consumer_lag: Mutex::default(),
             live: Default::default(),
+            not_a_pipeline: Default::default(),
+            job_counters: Mutex::default(),
+            job_times: Mutex::default(),
         }
     }
 }
@@ -66,6 +75,23 @@ impl Metrics {
     pub fn job_started(&self, events_in: Arc<AtomicU64>) {
         self.live.store(true, Ordering::SeqCst);
         lock(&self.events_in).push(events_in);
+    }
+
+    /// An `archive` or `simulate` job reports: its scrape has its own counters and times, the
+    /// process and the consumer lag, and none of the pipeline's figures.
+    pub fn job_without_pipeline(&self) {
+        self.live.store(true, Ordering::SeqCst);
+        self.not_a_pipeline.store(true, Ordering::SeqCst);
+    }
+
+    /// A counter of the job's (`name` without `_total`), read at every scrape.
+    pub fn job_counter(&self, name: &'static str, help: &'static str, value: Arc<AtomicU64>) {
+        lock(&self.job_counters).push((name, help, value));
+    }
+
+    /// A time of the job's, in Unix seconds (`name` without `_seconds`; `i64::MIN`: not yet).
+    pub fn job_time(&self, name: &'static str, help: &'static str, value: Arc<AtomicI64>) {
+        lock(&self.job_times).push((name, help, value));
     }
 
     pub fn is_live(&self) -> bool {
@@ -106,7 +132,17 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let frontier = self.frontier.load(Ordering::SeqCst);
         let live_edge = self.live_edge.load(Ordering::SeqCst);
+        let job_counters =
+            lock(&self.job_counters).iter().map(|(n, h, v)| (*n, *h, v.load(Ordering::Relaxed))).collect();
+        let job_times = lock(&self.job_times)
+            .iter()
+            .map(|(n, h, v)| (*n, *h, v.load(Ordering::SeqCst)))
+            .filter(|(_, _, v)| *v != i64::MIN)
+            .collect();
         Snapshot {
+            not_a_pipeline: self.not_a_pipeline.load(Ordering::SeqCst),
+            job_counters,
+            job_times,
             live_edge: (live_edge != i64::MIN).then_some(live_edge),
             events_in: lock(&self.events_in).iter().map(|c| c.load(Ordering::Relaxed)).sum(),
             rejected: lock(&self.rejected).iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -134,6 +170,10 @@ pub struct Snapshot {
     pub store_outages: Option<u64>,
     pub consumer_lag: BTreeMap<(String, i32), i64>,
     pub store_write: Option<Histogram>,
+    /// `archive` or `simulate`: the fields above but `consumer_lag` are not reported.
+    pub not_a_pipeline: bool,
+    pub job_counters: Vec<(&'static str, &'static str, u64)>,
+    pub job_times: Vec<(&'static str, &'static str, i64)>,
 }
 
 impl Snapshot {
@@ -219,7 +259,25 @@ fn gauge(
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.snapshot;
-        counter(&mut encoder, "cartflow_events_in", "Valid events accepted from the input.", s.events_in)?;
+        for (name, help, value) in &s.job_counters {
+            counter(&mut encoder, name, help, *value)?;
+        }
+        for (name, help, value) in &s.job_times {
+            gauge(&mut encoder, name, help, Some(&Unit::Seconds), *value)?;
+        }
+        if !s.not_a_pipeline {
+            self.encode_pipeline(&mut encoder)?;
+        }
+        self.encode_process(&mut encoder)
+    }
+}
+
+impl Collector {
+    /// A pipeline's figures (`run`, `serve`): events in, rejects, the frontier and live edge, the
+    /// store's writes.
+    fn encode_pipeline(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        counter(encoder, "cartflow_events_in", "Valid events accepted from the input.", s.events_in)?;
         {
             let mut metric = encoder.encode_descriptor(
                 "cartflow_rejected",
@@ -232,21 +290,21 @@ impl prometheus_client::collector::Collector for Collector {
             }
         }
         counter(
-            &mut encoder,
+            encoder,
             "cartflow_late_events",
             "Events older than the frontier on arrival, not applied.",
             s.rejected.get("late").copied().unwrap_or(0),
         )?;
         if let Some(frontier) = s.frontier {
             gauge(
-                &mut encoder,
+                encoder,
                 "cartflow_frontier_timestamp",
                 "The frontier of the results in the store (Unix time).",
                 Some(&Unit::Seconds),
                 frontier,
             )?;
             gauge(
-                &mut encoder,
+                encoder,
                 "cartflow_frontier_lag",
                 "Wall-clock time minus the frontier.",
                 Some(&Unit::Seconds),
@@ -255,14 +313,14 @@ impl prometheus_client::collector::Collector for Collector {
         }
         if let Some(edge) = s.live_edge {
             gauge(
-                &mut encoder,
+                encoder,
                 "cartflow_live_edge_timestamp",
                 "The live edge E of the realtime windows in the store (Unix time): every accepted event before it.",
                 Some(&Unit::Seconds),
                 edge,
             )?;
             gauge(
-                &mut encoder,
+                encoder,
                 "cartflow_live_edge_lag",
                 "Wall-clock time minus the live edge.",
                 Some(&Unit::Seconds),
@@ -270,7 +328,7 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
         }
         if let Some(boundaries) = s.boundaries {
-            counter(&mut encoder, "cartflow_boundaries", "Step boundaries written to the store.", boundaries)?;
+            counter(encoder, "cartflow_boundaries", "Step boundaries written to the store.", boundaries)?;
         }
         if let Some(histogram) = &s.store_write {
             histogram.encode(encoder.encode_descriptor(
@@ -281,11 +339,17 @@ impl prometheus_client::collector::Collector for Collector {
             )?)?;
         }
         if let Some(n) = s.store_failed_attempts {
-            counter(&mut encoder, "cartflow_store_failed_attempts", "Store writes that failed and were retried.", n)?;
+            counter(encoder, "cartflow_store_failed_attempts", "Store writes that failed and were retried.", n)?;
         }
         if let Some(n) = s.store_outages {
-            counter(&mut encoder, "cartflow_store_outages", "Periods during which the store could not be written.", n)?;
+            counter(encoder, "cartflow_store_outages", "Periods during which the store could not be written.", n)?;
         }
+        Ok(())
+    }
+
+    /// The process serving this scrape, the build it runs, and its Kafka consumer's lag.
+    fn encode_process(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
         // The process serving this scrape, and the build it runs.
         if let Some(process) = process_figures() {
             ConstCounter::new(process.cpu_seconds).encode(encoder.encode_descriptor(
@@ -295,15 +359,15 @@ impl prometheus_client::collector::Collector for Collector {
                 MetricType::Counter,
             )?)?;
             gauge(
-                &mut encoder,
+                encoder,
                 "process_resident_memory",
                 "Resident memory of the process.",
                 Some(&Unit::Bytes),
                 process.resident_bytes,
             )?;
-            gauge(&mut encoder, "process_open_fds", "Open file descriptors of the process.", None, process.open_fds)?;
+            gauge(encoder, "process_open_fds", "Open file descriptors of the process.", None, process.open_fds)?;
             gauge(
-                &mut encoder,
+                encoder,
                 "process_start_time",
                 "Start time of the process (Unix time).",
                 Some(&Unit::Seconds),

@@ -5,13 +5,17 @@
 //! The consumer group's offsets follow the flushes (for lag monitoring only).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cartflow_connectors::archive::{ArchiveWriter, ArchivedEvent};
+use cartflow_connectors::http::HttpServer;
 use cartflow_connectors::input::EventParser;
 use cartflow_connectors::input::{RejectLog, RejectReason};
 use cartflow_connectors::kafka::{self, partition_count, ConsumerLog, KafkaOptions};
+use cartflow_connectors::metrics::METRICS;
 use cartflow_connectors::progress::human;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -36,16 +40,18 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     let started = Instant::now();
     let (mut writer, next) = ArchiveWriter::open(&args.root)?;
     let options = KafkaOptions::new(&args.brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-archive")?;
-    let consumer = kafka::consumer(
-        &options,
-        &[
-            ("group.id", args.group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "true"),
-            ("auto.offset.reset", "earliest"),
-        ],
-    )?;
+    let mut defaults = vec![
+        ("group.id", args.group.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "true"),
+        ("auto.offset.reset", "earliest"),
+    ];
+    if args.metrics.is_some() {
+        // librdkafka's statistics every 5 s: the consumer lag per partition in /metrics.
+        defaults.push(("statistics.interval.ms", "5000"));
+    }
+    let consumer = kafka::consumer(&options, &defaults)?;
     let partitions = partition_count(consumer.client(), &args.topic, Duration::from_secs(30))?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
@@ -69,6 +75,11 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     let mut rejects = RejectLog::new(Some(rejects_path));
     let mut parser = EventParser::default();
     let mut summary = ArchiveSummary::default();
+    let metrics = ArchiveMetrics::default();
+    let _metrics_server = match args.metrics {
+        Some(listen) => Some(metrics.serve(listen)?),
+        None => None,
+    };
     let mut at_end = vec![false; partitions as usize];
     // Per partition, the offset after the last message read (to commit once flushed).
     let mut read_up_to: BTreeMap<i32, i64> = BTreeMap::new();
@@ -95,8 +106,10 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
                     };
                     writer.push(archived).map_err(|_| RejectReason::IdBeyondBigint)
                 });
+                metrics.messages.store(summary.messages, Ordering::Relaxed);
                 if let Err(reason) = archived {
                     summary.rejected += 1;
+                    metrics.rejected.store(summary.rejected, Ordering::Relaxed);
                     rejects.reject(&format!("{}[{partition}]", args.topic), offset as u64, reason, payload)?;
                 }
             }
@@ -122,6 +135,7 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
             summary.archived += stats.events;
             summary.files += stats.files;
             summary.bytes += stats.bytes;
+            metrics.flushed(&summary, stats.files > 0);
             commit(&consumer, &args.topic, &read_up_to);
         }
         if ended {
@@ -157,6 +171,45 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     );
     crate::report::job_figures("archive", summary.archived, summary.seconds)?;
     Ok(summary)
+}
+
+/// What `archive --metrics` reports, beside the process and the consumer lag.
+#[derive(Default)]
+struct ArchiveMetrics {
+    messages: Arc<AtomicU64>,
+    events: Arc<AtomicU64>,
+    rejected: Arc<AtomicU64>,
+    files: Arc<AtomicU64>,
+    flushes: Arc<AtomicU64>,
+    last_flush: Arc<AtomicI64>,
+}
+
+impl ArchiveMetrics {
+    fn serve(&self, listen: std::net::SocketAddr) -> Result<HttpServer> {
+        METRICS.job_without_pipeline();
+        METRICS.job_counter("cartflow_archive_messages", "Messages read from the topic.", self.messages.clone());
+        METRICS.job_counter("cartflow_archive_events", "Events written to the archive.", self.events.clone());
+        METRICS.job_counter("cartflow_archive_rejected", "Messages rejected (not archived).", self.rejected.clone());
+        METRICS.job_counter("cartflow_archive_files", "Parquet files written.", self.files.clone());
+        METRICS.job_counter("cartflow_archive_flushes", "Flushes that wrote files.", self.flushes.clone());
+        self.last_flush.store(i64::MIN, Ordering::SeqCst);
+        METRICS.job_time(
+            "cartflow_archive_last_flush_timestamp",
+            "When the last flush that wrote files completed (Unix time).",
+            self.last_flush.clone(),
+        );
+        HttpServer::start_metrics(listen, "archive")
+    }
+
+    fn flushed(&self, summary: &ArchiveSummary, wrote: bool) {
+        self.events.store(summary.archived, Ordering::Relaxed);
+        self.files.store(summary.files, Ordering::Relaxed);
+        if wrote {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.last_flush.store(now.as_secs() as i64, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Commits the read positions (everything before them is archived or rejected).

@@ -4,12 +4,16 @@
 //! after a late start (the schedule starts at the first event sent), and one pass over the input.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cartflow_connectors::http::HttpServer;
 use cartflow_connectors::input::ordered::read_events_in_time_order;
 use cartflow_connectors::input::RejectLog;
 use cartflow_connectors::kafka::{self, partition_count, KafkaOptions};
+use cartflow_connectors::metrics::METRICS;
 use cartflow_connectors::progress::human;
 use cartflow_dataflows::model::time::{format_rfc3339, midnight_of, utc_date};
 use cartflow_dataflows::model::Timestamp;
@@ -34,6 +38,26 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     }
     let options = KafkaOptions::new(&args.brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-simulate")?;
     let producer = kafka::producer(&options)?;
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let _metrics_server = match args.metrics {
+        Some(listen) => {
+            METRICS.job_without_pipeline();
+            METRICS.job_counter("cartflow_simulate_sent", "Events handed to the Kafka producer.", sent_total.clone());
+            let counter = producer.context();
+            METRICS.job_counter(
+                "cartflow_simulate_delivered",
+                "Events the broker acknowledged.",
+                counter.delivered.clone(),
+            );
+            METRICS.job_counter(
+                "cartflow_simulate_failed",
+                "Events the producer could not deliver.",
+                counter.failed.clone(),
+            );
+            Some(HttpServer::start_metrics(listen, "simulate")?)
+        }
+        None => None,
+    };
     let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30))?;
     info!(
         "simulate: {} input(s) in event-time order into topic '{}' ({partitions} partitions) at {}",
@@ -114,6 +138,7 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
                     return Ok(());
                 }
                 sent += 1;
+                sent_total.store(sent, Ordering::Relaxed);
                 if let Some(log) = &mut sent_log {
                     if sent.is_multiple_of(100) {
                         let now =

@@ -191,6 +191,7 @@ pub fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
         kafka_config: None,
         rejects: None,
         sent_log: None,
+        metrics: None,
         quiet: true,
     }
 }

@@ -48,6 +48,8 @@ pub struct ServeOptions {
 }
 
 struct AppState {
+    /// A job that serves its own metrics only (`archive`, `simulate`).
+    job: Option<&'static str>,
     db: Option<PathBuf>,
     token: Option<String>,
     max_lag: Option<i64>,
@@ -64,6 +66,15 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds and serves on a thread of its own (a small tokio runtime).
     pub fn start(options: ServeOptions) -> Result<HttpServer> {
+        HttpServer::start_for(options, None)
+    }
+
+    /// `/metrics` and `/health` of a job without a store (`archive`, `simulate`: `--metrics`).
+    pub fn start_metrics(listen: SocketAddr, job: &'static str) -> Result<HttpServer> {
+        HttpServer::start_for(ServeOptions { listen, db: None, token: None, max_lag: None }, Some(job))
+    }
+
+    fn start_for(options: ServeOptions, job: Option<&'static str>) -> Result<HttpServer> {
         let listener = std::net::TcpListener::bind(options.listen)
             .with_context(|| format!("binding the HTTP server to {}", options.listen))?;
         listener.set_nonblocking(true)?;
@@ -72,6 +83,7 @@ impl HttpServer {
             warn!("serving on {address}, beyond loopback, without a token: anyone who reaches it can read the results (set --token)");
         }
         let state = Arc::new(AppState {
+            job,
             db: options.db.clone(),
             token: options.token.clone(),
             max_lag: options.max_lag,
@@ -97,6 +109,9 @@ impl HttpServer {
             })
         })?;
         match &options.db {
+            _ if job.is_some() => {
+                info!("serving /health and /metrics of {} at http://{address}/", job.unwrap_or_default())
+            }
             Some(db) => info!(
                 "serving the dashboard at http://{address}/ and the API at http://{address}/api (store {})",
                 db.display()
@@ -200,6 +215,12 @@ async fn read_store<T: Send + 'static>(
     read: impl FnOnce(&SqliteStore) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let Some(db) = state.db.clone() else {
+        if let Some(job) = state.job {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("this is the metrics server of cartflow {job}: only /health and /metrics answer"),
+            ));
+        }
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "this server has no SQLite store (the run writes HBase): read the tables from HBase; /health and /metrics answer here".into(),
@@ -224,6 +245,10 @@ fn now_seconds() -> i64 {
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let uptime = state.started.elapsed().as_secs();
+    if let Some(job) = state.job {
+        // Alive and serving; how it is doing is in /metrics.
+        return Json(json!({ "status": "ok", "job": job, "uptime_seconds": uptime })).into_response();
+    }
     let entries = match state.db {
         Some(_) => read_store(&state, |store| Ok(store.state_entries()?)).await,
         // A run into HBase: its own frontier and live edge.

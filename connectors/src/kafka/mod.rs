@@ -7,7 +7,7 @@ pub mod message;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -199,8 +199,9 @@ pub fn consumer(options: &KafkaOptions, defaults: &[(&str, &str)]) -> Result<Bas
 /// A producer context that counts deliveries and failures and keeps the first failure's reason.
 #[derive(Default)]
 pub struct DeliveryCounter {
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
+    /// Shared with `/metrics` (`simulate --metrics`).
+    pub delivered: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
     pub first_error: Mutex<Option<String>>,
 }
 
