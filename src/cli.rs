@@ -458,6 +458,11 @@ pub struct ArchiveArgs {
     #[arg(long)]
     pub exit_at_end: bool,
 
+    /// Look for partitions added to the topic this often, and archive new ones from their
+    /// beginning (0s: never).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    pub partition_discovery: i64,
+
     /// Serve /metrics (Prometheus: messages read, events archived, rejects, files, flushes and the last flush time, the consumer lag per partition, process figures) and /health here, e.g.
     /// 127.0.0.1:9464 (loopback unless told otherwise).
     #[arg(long, value_name = "HOST:PORT")]
@@ -546,6 +551,11 @@ pub struct RunArgs {
     /// more, does not hold the frontier back. While the broker does not answer, no partition is idle.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub idle_timeout: i64,
+
+    /// Kafka: look for partitions added to the topic this often, and read new ones from their
+    /// beginning (0s: never).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    pub partition_discovery: i64,
 
     /// Kafka: the step while the frontier is more than a step of this length ahead (a backlog, a
     /// bootstrap from the archive): large steps replay several times faster. A multiple of

@@ -81,6 +81,9 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
         None => None,
     };
     let mut at_end = vec![false; partitions as usize];
+    let mut partitions = partitions;
+    let discovery = Duration::from_secs(args.partition_discovery.max(0) as u64);
+    let mut last_discovery = Instant::now();
     // Per partition, the offset after the last message read (to commit once flushed).
     let mut read_up_to: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_flush = Instant::now();
@@ -123,6 +126,26 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             None => {}
+        }
+        if !discovery.is_zero() && last_discovery.elapsed() >= discovery {
+            last_discovery = Instant::now();
+            // Partitions added while the archive runs: archived from their beginning.
+            if let Some(count) = kafka::partitions_now(consumer.client(), &args.topic, Duration::from_secs(1)) {
+                if count > partitions {
+                    let mut added = TopicPartitionList::new();
+                    for partition in partitions..count {
+                        let offset = next.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        added.add_partition_offset(&args.topic, partition, offset)?;
+                    }
+                    consumer.incremental_assign(&added).context("assigning new Kafka partitions")?;
+                    info!(
+                        "archive: topic '{}' has {count} partitions now (was {partitions}): archiving the new ones",
+                        args.topic
+                    );
+                    partitions = count;
+                    at_end.resize(count as usize, false);
+                }
+            }
         }
         let ended = args.exit_at_end && at_end.iter().all(|e| *e);
         if writer.buffered() >= args.batch_events

@@ -51,6 +51,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             settings,
             lateness: args.lateness,
             idle_timeout: Duration::from_secs(args.idle_timeout.max(0) as u64),
+            partition_discovery: Duration::from_secs(args.partition_discovery.max(0) as u64),
             until: args.until,
             exit_at_end: args.exit_at_end,
             dead_letter_topic: args.dead_letter_topic.clone(),

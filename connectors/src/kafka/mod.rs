@@ -124,15 +124,58 @@ pub fn parse_setting(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The first failure of this process's Kafka clients that no retry cures: the broker's certificate
+/// is not trusted, the TLS handshake fails, the credentials are refused, or the client speaks
+/// plaintext to a TLS listener. librdkafka only logs these and retries forever; the commands end at
+/// once with it instead, as a configuration error.
+static REFUSED: Mutex<Option<String>> = Mutex::new(None);
+
+/// librdkafka's log lines of such failures (they name no secret).
+const REFUSALS: [&str; 6] = [
+    "SSL handshake failed",
+    "certificate verify failed",
+    "SASL authentication error",
+    "Authentication failed",
+    "incorrect security.protocol configuration",
+    "SSL_CTX",
+];
+
+/// A client's log line: noted when it is a refusal, then logged as librdkafka's lines are.
+fn client_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    if REFUSALS.iter().any(|r| message.contains(r)) {
+        REFUSED.lock().unwrap().get_or_insert_with(|| {
+            format!(
+                "the Kafka brokers refuse this client: {message} (check security.protocol and the ssl.* and sasl.* \
+                 settings: --kafka-config, -X)"
+            )
+        });
+    }
+    rdkafka::client::DefaultClientContext.log(level, facility, message);
+}
+
+/// The failure of [`REFUSED`], if one happened.
+pub fn refused() -> Option<String> {
+    REFUSED.lock().unwrap().clone()
+}
+
 /// The number of partitions of `topic`, asking the cluster through a client (`consumer.client()`,
 /// `producer.client()`) (waits up to `timeout` for it to
 /// answer, and for the topic to exist).
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<i32> {
     let deadline = std::time::Instant::now() + timeout;
+    let answer_by = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let metadata = client
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .with_context(|| format!("asking the brokers about topic '{topic}'"))?;
+        // A second at a time: a TLS or SASL failure (seen in librdkafka's log) ends the wait.
+        let answer = client.fetch_metadata(Some(topic), Duration::from_secs(1));
+        if let Some(refused) = refused() {
+            return Err(config(refused));
+        }
+        let metadata = match answer {
+            Ok(metadata) => metadata,
+            // As long as one five-second request would have waited.
+            Err(_) if std::time::Instant::now() < answer_by.min(deadline) => continue,
+            Err(error) => return Err(error).with_context(|| format!("asking the brokers about topic '{topic}'")),
+        };
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         if let Some(found) = found {
             if found.error().is_none() && !found.partitions().is_empty() {
@@ -148,6 +191,14 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeou
 
 /// The partitions owned by `owner` of `owners` (workers of every process, numbered 0..): every
 /// `owners`-th one, so each partition has exactly one owner.
+/// The topic's partition count now, asked once (`None`: no answer within `timeout`, or no such
+/// topic): the metadata refresh that finds partitions added while a command runs.
+pub fn partitions_now<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Option<i32> {
+    let metadata = client.fetch_metadata(Some(topic), timeout).ok()?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+    (found.error().is_none() && !found.partitions().is_empty()).then(|| found.partitions().len() as i32)
+}
+
 pub fn owned_partitions(owner: usize, owners: usize, partitions: i32) -> Vec<i32> {
     (0..partitions).filter(|p| *p as usize % owners == owner).collect()
 }
@@ -157,6 +208,10 @@ pub fn owned_partitions(owner: usize, owners: usize, partitions: i32) -> Vec<i32
 pub struct ConsumerLog;
 
 impl ClientContext for ConsumerLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        client_log(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::error!("librdkafka: {error}: {reason}");
@@ -205,7 +260,11 @@ pub struct DeliveryCounter {
     pub first_error: Mutex<Option<String>>,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        client_log(level, facility, message);
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -85,6 +85,8 @@ pub struct KafkaSourceOptions {
     pub settings: Settings,
     pub lateness: i64,
     pub idle_timeout: Duration,
+    /// How often the threads look for partitions added to the topic (zero: never).
+    pub partition_discovery: Duration,
     pub until: Option<Timestamp>,
     pub exit_at_end: bool,
     /// Also produce late and malformed messages to this topic.
@@ -113,7 +115,7 @@ pub struct KafkaSource {
     /// Global indices of this process's workers (and source threads).
     local: std::ops::Range<usize>,
     /// Partitions read by other processes (process 0's first thread commits their offsets).
-    remote_partitions: Vec<i32>,
+    remote_partitions: Mutex<Vec<i32>>,
     /// Source threads of this process still running.
     running: std::sync::atomic::AtomicUsize,
     /// Rejects of this process's threads (a follower keeps them for process 0).
@@ -264,6 +266,20 @@ impl KafkaSource {
             }
         }
         self.cutoffs[thread].fetch_max(cutoff, Ordering::SeqCst);
+    }
+
+    /// The topic has `count` partitions now (a thread found new ones): those other processes
+    /// read join the ones process 0's first thread commits.
+    pub(super) fn topic_grew(&self, count: i32) {
+        let total = self.threads.len();
+        let owned_here: Vec<i32> =
+            self.local.clone().flat_map(|worker| owned_partitions(worker, total, count)).collect();
+        let mut remote = self.remote_partitions.lock().unwrap();
+        for partition in (0..count).filter(|p| !owned_here.contains(p)) {
+            if !remote.contains(&partition) {
+                remote.push(partition);
+            }
+        }
     }
 
     /// A thread inserts at the step starting at `start` from now on.
@@ -492,7 +508,7 @@ pub fn start(
         threads: (0..total_workers).map(|_| Mutex::new(ThreadClock::default())).collect(),
         leader: process == 0,
         local: local.clone(),
-        remote_partitions: (0..partitions as i32).filter(|p| !owned_here.contains(p)).collect(),
+        remote_partitions: Mutex::new((0..partitions as i32).filter(|p| !owned_here.contains(p)).collect()),
         running: std::sync::atomic::AtomicUsize::new(workers),
         rejects: rejects.clone(),
         everyone_at_end: AtomicBool::new(false),

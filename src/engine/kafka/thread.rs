@@ -107,6 +107,9 @@ pub(super) struct SourceThread {
     /// Where the live windows take over, as this thread has seen it (`i64::MAX`: not yet): its
     /// events from there on go to them.
     live_from: Timestamp,
+    /// The topic's partitions as this thread last found them, and when it last looked.
+    known_partitions: i32,
+    last_discovery: Instant,
 }
 
 impl SourceThread {
@@ -158,6 +161,7 @@ impl SourceThread {
             })
             .collect();
         let keeps_live = source.keeps_live();
+        let source_partitions = source.partitions as i32;
         Ok(SourceThread {
             index,
             source,
@@ -184,6 +188,8 @@ impl SourceThread {
             live: Vec::new(),
             keeps_live,
             live_from: Timestamp::MAX,
+            known_partitions: source_partitions,
+            last_discovery: now,
         })
     }
 
@@ -268,6 +274,7 @@ impl SourceThread {
                 last_publish = Instant::now();
                 self.now = last_publish;
                 self.confirm_idle_partitions();
+                self.discover_partitions()?;
                 self.publish();
                 if exit_at_end && self.source.all_at_end() {
                     return self.release_all();
@@ -703,6 +710,55 @@ impl SourceThread {
         }
     }
 
+    /// Partitions added to the topic while the run reads it: this thread's share of them (every
+    /// `workers`-th, as at the start) is read from the beginning. Until a new partition has an
+    /// event or is confirmed idle it holds the frontier back, as every partition does at the start.
+    fn discover_partitions(&mut self) -> Result<()> {
+        let every = self.source.options.partition_discovery;
+        if every.is_zero() || self.now.duration_since(self.last_discovery) < every {
+            return Ok(());
+        }
+        self.last_discovery = self.now;
+        let topic = self.source.options.topic.clone();
+        let Some(count) = kafka::partitions_now(self.consumer.client(), &topic, Duration::from_secs(1)) else {
+            return Ok(());
+        };
+        if count <= self.known_partitions {
+            return Ok(());
+        }
+        if self.index == 0 {
+            info!("kafka: topic '{topic}' has {count} partitions now (was {})", self.known_partitions);
+        }
+        self.known_partitions = count;
+        self.source.topic_grew(count);
+        let new: Vec<i32> = kafka::owned_partitions(self.index, self.source.threads.len(), count)
+            .into_iter()
+            .filter(|p| !self.partitions.iter().any(|q| q.partition == *p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in &new {
+            list.add_partition_offset(&topic, *partition, Offset::Beginning)?;
+        }
+        self.consumer.incremental_assign(&list).context("assigning new Kafka partitions")?;
+        info!("kafka source {}: reading new partition(s) {new:?} of '{topic}' from the beginning", self.index);
+        let now = Instant::now();
+        self.partitions.extend(new.into_iter().map(|partition| PartitionClock {
+            partition,
+            latest: None,
+            last_message: now,
+            next_offset: 0,
+            caught_up: false,
+            first_not_applied: None,
+            at_end: false,
+            last_check: None,
+            confirmed_at_end: false,
+        }));
+        Ok(())
+    }
+
     /// Events held by this thread: waiting for their step, or for the worker to take them.
     fn waiting_events(&self) -> usize {
         self.pending_events + self.outbox_events
@@ -763,8 +819,8 @@ impl SourceThread {
         let durable = self.source.durable.lock().unwrap().clone();
         let mut list = TopicPartitionList::new();
         // Process 0's first thread also commits the partitions other processes read.
-        let remote = if self.index == 0 { self.source.remote_partitions.as_slice() } else { &[] };
-        for partition in self.partitions.iter().map(|p| p.partition).chain(remote.iter().copied()) {
+        let remote = if self.index == 0 { self.source.remote_partitions.lock().unwrap().clone() } else { Vec::new() };
+        for partition in self.partitions.iter().map(|p| p.partition).chain(remote) {
             if let Some(&offset) = durable.get(&partition) {
                 if self.committed.get(&partition) != Some(&offset) {
                     let _ = list.add_partition_offset(&self.source.options.topic, partition, Offset::Offset(offset));
