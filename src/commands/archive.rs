@@ -52,7 +52,10 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
         defaults.push(("statistics.interval.ms", "5000"));
     }
     let consumer = kafka::consumer(&options, &defaults)?;
-    let partitions = partition_count(consumer.client(), &args.topic, Duration::from_secs(30))?;
+    let partitions = partition_count(consumer.client(), &args.topic, Duration::from_secs(30), || {
+        // Nothing is assigned yet: this serves librdkafka's events (its log) only.
+        let _ = consumer.poll(Duration::ZERO);
+    })?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         let offset = next.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o));

@@ -58,7 +58,9 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
         }
         None => None,
     };
-    let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30))?;
+    let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30), || {
+        producer.poll(Duration::ZERO);
+    })?;
     info!(
         "simulate: {} input(s) in event-time order into topic '{}' ({partitions} partitions) at {}",
         args.input.len(),

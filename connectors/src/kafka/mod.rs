@@ -161,12 +161,21 @@ pub fn refused() -> Option<String> {
 /// The number of partitions of `topic`, asking the cluster through a client (`consumer.client()`,
 /// `producer.client()`) (waits up to `timeout` for it to
 /// answer, and for the topic to exist).
-pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<i32> {
+///
+/// `serve` polls the client (`consumer.poll(Duration::ZERO)`, `producer.poll(Duration::ZERO)`):
+/// librdkafka's log lines reach [`refused`] only when it is polled.
+pub fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+    mut serve: impl FnMut(),
+) -> Result<i32> {
     let deadline = std::time::Instant::now() + timeout;
     let answer_by = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         // A second at a time: a TLS or SASL failure (seen in librdkafka's log) ends the wait.
         let answer = client.fetch_metadata(Some(topic), Duration::from_secs(1));
+        serve();
         if let Some(refused) = refused() {
             return Err(config(refused));
         }

@@ -484,7 +484,10 @@ pub fn start(
     accepted: Arc<AtomicU64>,
 ) -> Result<Started> {
     let probe = kafka::consumer(&options.kafka, &[])?;
-    let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30))?;
+    let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30), || {
+        // Nothing is assigned to the probe: this serves librdkafka's events (its log) only.
+        let _ = probe.poll(Duration::ZERO);
+    })?;
     drop(probe);
     let total_workers = workers * processes;
     let local = process * workers..(process + 1) * workers;
