@@ -7,7 +7,7 @@
 #    (the live edge passing it), and to the exact tables (the frontier), p50 and p99, at a steady
 #    10 k and 100 k events/s for FRESH_SECONDS (default 180) each (`simulate --rate --stamp-now`,
 #    `run` with the default lateness and steps), with the run's RSS every 10 s.
-# Usage: [PART=all|throughput|freshness] [FRESH_SECONDS=180] [FRESH_RATES="10000 100000"] scripts/bench-kafka.sh [EVENTS]   (default 7000000, enough for 70 s at 100 k/s; CARTFLOW, TANSU as in e2e-kafka.sh)
+# Usage: [PART=all|throughput|freshness] [FRESH_SECONDS=180] [FRESH_RATES="10000 100000"] [RUN_ARGS="--lateness 1m ..."] scripts/bench-kafka.sh [EVENTS]   (default 7000000, enough for 70 s at 100 k/s; CARTFLOW, TANSU as in e2e-kafka.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-7000000}
@@ -55,7 +55,7 @@ seconds=${FRESH_SECONDS:-180}
 for rate in ${FRESH_RATES:-10000 100000}; do
     say "freshness at $rate events/s (simulate --rate $rate --stamp-now, $seconds s; run with the default lateness and steps)"
     "$BIN" --log warn run --brokers "$BROKERS" --topic "fresh-$rate" -w 2 --idle-timeout 5s \
-        --db "$WORK/fresh-$rate.db" --commit-log "$WORK/commits-$rate.csv" --quiet &
+        --db "$WORK/fresh-$rate.db" --commit-log "$WORK/commits-$rate.csv" --quiet ${RUN_ARGS:-} &
     run_pid=$!
     pids+=("$run_pid")
     sleep 2

@@ -57,6 +57,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
             inputs.dates.to_collection(scope),
             &settings,
             shared.source.clone().step_ends(),
+            shared.source.live_windows_from(),
         );
         // Every result goes to worker 0, the store's single writer.
         // The collecting operator moves each received container into the buffer (no copy) and

@@ -46,9 +46,10 @@ pub fn build<'s>(
     dates: Coll<'s, chrono::NaiveDate>,
     settings: &Settings,
     step_ends: Option<StepEnds>,
+    live_windows_from: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
 ) -> Coll<'s, Output> {
     let deltas = per_user::dataflow(events.clone(), profiles.clone(), settings, step_ends);
-    realtime::dataflow(&deltas, settings)
+    realtime::dataflow(&deltas, settings, live_windows_from)
         .concat(funnel::dataflow(deltas.funnel))
         .concat(recommendations::dataflow(deltas.scores))
         .concat(brands::dataflow(deltas.brands))

@@ -8,6 +8,8 @@
 
 use std::cmp::Reverse;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use differential_dataflow::difference::{Multiply, Semigroup};
 use differential_dataflow::ExchangeData;
@@ -21,8 +23,20 @@ use super::types::{Coll, Diff, Settings};
 use crate::analyses::realtime::{window_starts, BrandActivity, ProductViews, WindowTotals, TOP_N, WINDOW_LENGTH};
 use crate::model::{Symbol, Timestamp};
 
-pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output> {
-    let windows = sum_by_key(deltas.windows.clone()).map(|(start, Sums(s))| {
+/// `live_windows_from`: a live source keeps the windows from this start on itself (see
+/// `live_windows.rs`), so their contributions are dropped here, before any state holds them. It
+/// is set once, before any event of those windows is inserted, so a window's additions and its
+/// later retractions are dropped alike.
+pub fn dataflow<'s>(
+    deltas: &Deltas<'s>,
+    settings: &Settings,
+    live_windows_from: Option<Arc<AtomicI64>>,
+) -> Coll<'s, Output> {
+    // Windows from this start on are not kept here (`i64::MAX`: every window is).
+    let kept_before = move || live_windows_from.as_ref().map_or(Timestamp::MAX, |from| from.load(Ordering::SeqCst));
+    let windows_kept_before = kept_before.clone();
+    let windows = deltas.windows.clone().filter(move |(start, _)| *start < windows_kept_before());
+    let windows = sum_by_key(windows).map(|(start, Sums(s))| {
         let totals = WindowTotals {
             active_users: s[USERS] as u64,
             total_events: s[EVENTS] as u64,
@@ -37,6 +51,7 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output
         deltas.minute_views.clone(),
         "Realtime: top products",
         settings,
+        kept_before.clone(),
         |product_id: &u64, Sums([views, price_sum]): &Sums<2>| (Reverse(*views as u64), *product_id, *price_sum),
     )
     .map(|(start, (rank, (Reverse(views), product_id, price_sum)))| {
@@ -47,6 +62,7 @@ pub fn dataflow<'s>(deltas: &Deltas<'s>, settings: &Settings) -> Coll<'s, Output
         deltas.minute_brands.clone(),
         "Realtime: top brands",
         settings,
+        kept_before,
         |brand: &Symbol, s: &Sums<5>| (Reverse(s.0[0] as u64), *brand, *s),
     )
     .map(|(start, (rank, (_, brand, Sums(s))))| {
@@ -71,6 +87,7 @@ fn top_per_window<'s, I, R, V>(
     per_minute: Coll<'s, ((Timestamp, I), R)>,
     name: &str,
     settings: &Settings,
+    kept_before: impl Fn() -> Timestamp + 'static,
     view: impl Fn(&I, &R) -> V + 'static,
 ) -> Coll<'s, (Timestamp, (u32, V))>
 where
@@ -79,8 +96,11 @@ where
     V: ExchangeData + Ord,
 {
     let settings = *settings;
-    let per_window = per_minute.flat_map(|((minute, item), sums)| {
-        window_starts(minute).map(move |start| ((start, item.clone()), sums.clone()))
+    let per_window = per_minute.flat_map(move |((minute, item), sums)| {
+        let before = kept_before();
+        window_starts(minute)
+            .filter(move |start| *start < before)
+            .map(move |start| ((start, item.clone()), sums.clone()))
     });
     let final_at =
         move |start: &Timestamp| Some(settings.boundary_at_or_after(start + WINDOW_LENGTH + settings.lateness));

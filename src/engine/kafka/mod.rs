@@ -360,8 +360,9 @@ impl Source for KafkaSource {
         }
     }
 
+    /// In every process (the followers' dataflows leave those windows too).
     fn live_windows_from(&self) -> Option<Arc<AtomicI64>> {
-        self.live.as_ref().map(|_| self.live_from.clone())
+        self.keeps_live().then(|| self.live_from.clone())
     }
 
     fn live_writes(&self) -> Option<WriteBatch> {
