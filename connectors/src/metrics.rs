@@ -86,12 +86,17 @@ impl Metrics {
 
     /// A counter of the job's (`name` without `_total`), read at every scrape.
     pub fn job_counter(&self, name: &'static str, help: &'static str, value: Arc<AtomicU64>) {
-        lock(&self.job_counters).push((name, help, value));
+        let mut counters = lock(&self.job_counters);
+        // Registered again (a second job in the process): the newer counter replaces the older.
+        counters.retain(|(n, _, _)| *n != name);
+        counters.push((name, help, value));
     }
 
     /// A time of the job's, in Unix seconds (`name` without `_seconds`; `i64::MIN`: not yet).
     pub fn job_time(&self, name: &'static str, help: &'static str, value: Arc<AtomicI64>) {
-        lock(&self.job_times).push((name, help, value));
+        let mut times = lock(&self.job_times);
+        times.retain(|(n, _, _)| *n != name);
+        times.push((name, help, value));
     }
 
     pub fn is_live(&self) -> bool {

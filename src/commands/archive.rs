@@ -53,8 +53,8 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     }
     let consumer = kafka::consumer(&options, &defaults)?;
     let partitions = partition_count(consumer.client(), &args.topic, Duration::from_secs(30), || {
-        // Nothing is assigned yet: this serves librdkafka's events (its log) only.
-        let _ = consumer.poll(Duration::ZERO);
+        kafka::drain_events(&consumer);
+        consumer.context().refused.get()
     })?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {

@@ -43,6 +43,16 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
     if args.lateness < 0 || args.lateness % MINUTE != 0 {
         return Err(exit::config("--lateness must be a whole number of minutes"));
     }
+    if args.brokers.is_some() && args.partition_discovery > args.lateness {
+        // A partition added to the topic is read from its beginning once found: its events older
+        // than the frontier by then are late.
+        tracing::warn!(
+            "--partition-discovery {} s is longer than --lateness {} s: events written to a new partition before \
+             the run finds it may be late",
+            args.partition_discovery,
+            args.lateness
+        );
+    }
     let input = match &args.brokers {
         Some(brokers) => InputConfig::Kafka(KafkaSourceOptions {
             kafka: KafkaOptions::new(brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-run")?,

@@ -59,7 +59,10 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
         None => None,
     };
     let partitions = partition_count(producer.client(), &args.topic, Duration::from_secs(30), || {
-        producer.poll(Duration::ZERO);
+        for _ in 0..100 {
+            producer.poll(Duration::ZERO);
+        }
+        producer.context().refused.get()
     })?;
     info!(
         "simulate: {} input(s) in event-time order into topic '{}' ({partitions} partitions) at {}",

@@ -124,59 +124,63 @@ pub fn parse_setting(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The first failure of this process's Kafka clients that no retry cures: the broker's certificate
-/// is not trusted, the TLS handshake fails, the credentials are refused, or the client speaks
-/// plaintext to a TLS listener. librdkafka only logs these and retries forever; the commands end at
-/// once with it instead, as a configuration error.
-static REFUSED: Mutex<Option<String>> = Mutex::new(None);
-
-/// librdkafka's log lines of such failures (they name no secret).
-const REFUSALS: [&str; 6] = [
-    "SSL handshake failed",
-    "certificate verify failed",
-    "SASL authentication error",
-    "Authentication failed",
-    "incorrect security.protocol configuration",
-    "SSL_CTX",
-];
-
-/// A client's log line: noted when it is a refusal, then logged as librdkafka's lines are.
-fn client_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-    if REFUSALS.iter().any(|r| message.contains(r)) {
-        REFUSED.lock().unwrap().get_or_insert_with(|| {
-            format!(
-                "the Kafka brokers refuse this client: {message} (check security.protocol and the ssl.* and sasl.* \
-                 settings: --kafka-config, -X)"
-            )
-        });
-    }
-    rdkafka::client::DefaultClientContext.log(level, facility, message);
+/// A failure no retry cures, as librdkafka reports it to a client's error callback: the broker's
+/// certificate is not trusted, or the credentials are refused (`__SSL`, `__AUTHENTICATION`). A
+/// connection reset during a handshake (a broker restarting, a proxy without its backend) is a
+/// transport error, and is retried. librdkafka itself retries all of them forever; the commands
+/// end at once on these instead, as a configuration error. The reason names no secret.
+fn refusal(error: &KafkaError, reason: &str) -> Option<String> {
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)).then(|| {
+        format!(
+            "the Kafka brokers refuse this client: {reason} (check security.protocol and the ssl.* and sasl.* \
+             settings: --kafka-config, -X)"
+        )
+    })
 }
 
-/// The failure of [`REFUSED`], if one happened.
-pub fn refused() -> Option<String> {
-    REFUSED.lock().unwrap().clone()
+/// The first refusal (see [`refusal`]) one client saw.
+#[derive(Default)]
+pub struct Refused(Mutex<Option<String>>);
+
+impl Refused {
+    fn note(&self, error: &KafkaError, reason: &str) {
+        if let Some(refused) = refusal(error, reason) {
+            self.0.lock().unwrap().get_or_insert(refused);
+        }
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 /// The number of partitions of `topic`, asking the cluster through a client (`consumer.client()`,
 /// `producer.client()`) (waits up to `timeout` for it to
 /// answer, and for the topic to exist).
 ///
-/// `serve` polls the client (`consumer.poll(Duration::ZERO)`, `producer.poll(Duration::ZERO)`):
-/// librdkafka's log lines reach [`refused`] only when it is polled.
+/// `serve` polls the client and returns its refusal, if any (the error callback runs only when
+/// the client is polled): `|| { drain(&consumer); consumer.context().refused.get() }`.
+/// Serves every event a consumer has queued (up to a bound), before any partition is assigned.
+pub fn drain_events(consumer: &BaseConsumer<ConsumerLog>) {
+    for _ in 0..1_000 {
+        if consumer.poll(Duration::ZERO).is_none() {
+            return;
+        }
+    }
+}
+
 pub fn partition_count<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
     timeout: Duration,
-    mut serve: impl FnMut(),
+    mut serve: impl FnMut() -> Option<String>,
 ) -> Result<i32> {
     let deadline = std::time::Instant::now() + timeout;
     let answer_by = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        // A second at a time: a TLS or SASL failure (seen in librdkafka's log) ends the wait.
+        // A second at a time: a refused certificate or credential ends the wait.
         let answer = client.fetch_metadata(Some(topic), Duration::from_secs(1));
-        serve();
-        if let Some(refused) = refused() {
+        if let Some(refused) = serve() {
             return Err(config(refused));
         }
         let metadata = match answer {
@@ -198,8 +202,6 @@ pub fn partition_count<C: ClientContext>(
     }
 }
 
-/// The partitions owned by `owner` of `owners` (workers of every process, numbered 0..): every
-/// `owners`-th one, so each partition has exactly one owner.
 /// The topic's partition count now, asked once (`None`: no answer within `timeout`, or no such
 /// topic): the metadata refresh that finds partitions added while a command runs.
 pub fn partitions_now<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Option<i32> {
@@ -208,20 +210,23 @@ pub fn partitions_now<C: ClientContext>(client: &Client<C>, topic: &str, timeout
     (found.error().is_none() && !found.partitions().is_empty()).then(|| found.partitions().len() as i32)
 }
 
+/// The partitions owned by `owner` of `owners` (workers of every process, numbered 0..): every
+/// `owners`-th one, so each partition has exactly one owner.
 pub fn owned_partitions(owner: usize, owners: usize, partitions: i32) -> Vec<i32> {
     (0..partitions).filter(|p| *p as usize % owners == owner).collect()
 }
 
 /// The consumers' context: librdkafka's errors are logged, except the end-of-partition events
-/// that `enable.partition.eof` asks for (they also arrive through `poll`, where they are used).
-pub struct ConsumerLog;
+/// that `enable.partition.eof` asks for (they also arrive through `poll`, where they are used);
+/// a refusal is kept (see [`refusal`]).
+#[derive(Default)]
+pub struct ConsumerLog {
+    pub refused: Refused,
+}
 
 impl ClientContext for ConsumerLog {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        client_log(level, facility, message);
-    }
-
     fn error(&self, error: KafkaError, reason: &str) {
+        self.refused.note(&error, reason);
         if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
@@ -256,7 +261,7 @@ impl ConsumerLog {
 pub fn consumer(options: &KafkaOptions, defaults: &[(&str, &str)]) -> Result<BaseConsumer<ConsumerLog>> {
     options
         .config(defaults)
-        .create_with_context(ConsumerLog)
+        .create_with_context(ConsumerLog::default())
         .map_err(|e| creation_error(e, "creating a Kafka consumer", &options.brokers))
 }
 
@@ -267,11 +272,13 @@ pub struct DeliveryCounter {
     pub delivered: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
     pub first_error: Mutex<Option<String>>,
+    pub refused: Refused,
 }
 
 impl ClientContext for DeliveryCounter {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        client_log(level, facility, message);
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.refused.note(&error, reason);
+        tracing::error!("librdkafka: {error}: {reason}");
     }
 }
 

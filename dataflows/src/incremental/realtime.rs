@@ -25,8 +25,11 @@ use crate::model::{Symbol, Timestamp};
 
 /// `live_windows_from`: a live source keeps the windows from this start on itself (see
 /// `live_windows.rs`), so their contributions are dropped here, before any state holds them. It
-/// is set once, before any event of those windows is inserted, so a window's additions and its
-/// later retractions are dropped alike.
+/// changes once, from `i64::MAX`, in every process before its inputs pass the first live step
+/// (the leader sets it as it opens that step; a follower before it inserts the step from the
+/// leader's news), and the per-user stage emits at a time only once every input has passed it:
+/// so a window's additions and its later retractions are dropped alike, and no window before it
+/// is touched.
 pub fn dataflow<'s>(
     deltas: &Deltas<'s>,
     settings: &Settings,

@@ -486,8 +486,9 @@ pub fn start(
 ) -> Result<Started> {
     let probe = kafka::consumer(&options.kafka, &[])?;
     let partitions = partition_count(probe.client(), &options.topic, Duration::from_secs(30), || {
-        // Nothing is assigned to the probe: this serves librdkafka's events (its log) only.
-        let _ = probe.poll(Duration::ZERO);
+        // Nothing is assigned to the probe: this serves librdkafka's events only.
+        kafka::drain_events(&probe);
+        probe.context().refused.get()
     })?;
     drop(probe);
     let total_workers = workers * processes;
