@@ -5,6 +5,7 @@
 //! tokio's blocking pool. Bound to loopback by default; with a token, everything but `/` (a page
 //! without data) and `/health` needs `Authorization: Bearer <token>`.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +20,10 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cartflow_dataflows::model::time::{format_rfc3339, parse_instant_arg};
-use cartflow_dataflows::schema::{state_key, table_named, Kind, Table, TableId, TABLES};
+use cartflow_dataflows::model::time::{
+    floor_to, format_date, format_rfc3339, parse_event_time, parse_instant_arg, utc_date, DAY, HOUR,
+};
+use cartflow_dataflows::schema::{cmp_keys, state_key, table_named, Kind, Row, Table, TableId, TABLES};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -33,6 +36,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Rows a table request returns unless `limit` says otherwise, and the most it may ask for.
 const DEFAULT_LIMIT: u64 = 1_000;
 const MAX_LIMIT: u64 = 100_000;
+/// The most values one column's filter may list (`product_id=1,2,3`, `brand=a&brand=b`).
+const MAX_ANY_OF: usize = 100;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -79,7 +84,9 @@ impl HttpServer {
             .with_context(|| format!("binding the HTTP server to {}", options.listen))?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
-        if !address.ip().is_loopback() && options.token.is_none() {
+        if !address.ip().is_loopback() && job.is_some() {
+            warn!("serving metrics on {address}, beyond loopback: anyone who reaches it can read them");
+        } else if !address.ip().is_loopback() && options.token.is_none() {
             warn!("serving on {address}, beyond loopback, without a token: anyone who reaches it can read the results (set --token)");
         }
         let state = Arc::new(AppState {
@@ -167,6 +174,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/tables/{table}", get(table_rows))
         .route("/api/state", get(pipeline_state))
         .route("/api/snapshots", get(snapshots))
+        .route("/api/activity", get(activity))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -334,15 +342,25 @@ async fn api_index() -> Json<serde_json::Value> {
         .collect();
     Json(json!({
         "tables": tables,
-        "endpoints": ["/health", "/metrics", "/api/tables/{table}", "/api/state", "/api/snapshots"],
+        "endpoints": ["/health", "/metrics", "/api/tables/{table}", "/api/state", "/api/snapshots", "/api/activity"],
         "parameters": {
-            "<column>": "rows whose column equals the value",
+            "<column>": format!(
+                "rows whose column equals the value; repeat the parameter (or, for an integer column, give a comma-separated list such as product_id=1,2,3) for rows equal to any of up to {MAX_ANY_OF} values (one such column per request)"
+            ),
             "snapshot": "current, latest (the newest day) or YYYY-MM-DD (funnel, recommendation, brand_performance)",
             "segment": "funnel: the segment (with dimension=all|category|brand); recommendation: AGE_GROUP/REGION; brand_performance: the age group",
             "from, to": "from <= time < to, RFC 3339 or a date: window_start of the realtime tables, the snapshot day of the snapshot tables",
             "order": "asc (default) or desc, by primary key (or by `sort`, then the key)",
             "sort": "a column to order by before the key (with order=desc: largest first)",
             "limit": format!("at most this many rows (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
+        },
+        "activity": {
+            "url": "/api/activity",
+            "rows": "per day or hour: the realtime windows inside it summed (total_events, views, carts, removes, purchases, revenue_cents: exact, from the 5-minute windows that tile it), peak_active_users (the most users of any of its windows), windows (how many lie inside it) and final (all of them are)",
+            "parameters": {
+                "by": "day (default) or hour",
+                "from, to": "from <= window start < to, RFC 3339 or a date, rounded down to a whole day or hour",
+            },
         },
     }))
 }
@@ -367,6 +385,8 @@ fn parameters(table: &Table) -> Vec<&'static str> {
 struct TableRequest {
     query: StoreQuery,
     latest_snapshot: bool,
+    /// A column filter listing several values: rows whose column equals any of them.
+    any_of: Option<(String, Vec<String>)>,
 }
 
 fn day(name: &str, text: &str) -> Result<String, ApiError> {
@@ -381,6 +401,8 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
     let mut query = StoreQuery { limit: Some(DEFAULT_LIMIT), ..StoreQuery::all(table) };
     let mut latest_snapshot = false;
     let (mut from, mut to) = (None, None);
+    // Column filters with their values, in the order given.
+    let mut filters: Vec<(String, Vec<String>)> = Vec::new();
     let allowed = parameters(table);
     for (name, value) in params {
         let name = name.as_str();
@@ -454,20 +476,49 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
             }
             column => {
                 let kind = table.columns[table.column_index(column).expect("checked above")].kind;
-                let valid = match kind {
-                    Kind::Int => value.parse::<u64>().is_ok() || value.parse::<i64>().is_ok(),
-                    Kind::Real => value.parse::<f64>().is_ok(),
-                    Kind::Text => true,
-                };
-                if !valid {
-                    return Err(ApiError::bad_request(format!(
-                        "{column} is an {} column; '{value}' is not one",
-                        kind_name(kind)
-                    )));
+                // An integer column takes a comma-separated list (no id has a comma); a repeated
+                // column lists values of any column.
+                let values: Vec<&str> =
+                    if kind == Kind::Int { value.split(',').collect() } else { vec![value.as_str()] };
+                for value in values {
+                    let valid = match kind {
+                        Kind::Int => value.parse::<u64>().is_ok() || value.parse::<i64>().is_ok(),
+                        Kind::Real => value.parse::<f64>().is_ok(),
+                        Kind::Text => true,
+                    };
+                    if !valid {
+                        return Err(ApiError::bad_request(format!(
+                            "{column} is an {} column; '{value}' is not one",
+                            kind_name(kind)
+                        )));
+                    }
+                    match filters.iter().position(|(c, _)| c.as_str() == column) {
+                        Some(i) => filters[i].1.push(value.to_string()),
+                        None => filters.push((column.to_string(), vec![value.to_string()])),
+                    }
                 }
-                query.equals.push((column.to_string(), value));
             }
         }
+    }
+    let (single, several): (Vec<_>, Vec<_>) = filters.into_iter().partition(|(_, values)| values.len() == 1);
+    for (column, values) in single {
+        for value in values {
+            query.equals.push((column.clone(), value));
+        }
+    }
+    if several.len() > 1 {
+        let names: Vec<&str> = several.iter().map(|(c, _)| c.as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "only one column may list several values, not {}",
+            names.join(" and ")
+        )));
+    }
+    let any_of = several.into_iter().next();
+    if let Some((column, values)) = any_of.as_ref().filter(|(_, values)| values.len() > MAX_ANY_OF) {
+        return Err(ApiError::bad_request(format!(
+            "{column} lists {} values; at most {MAX_ANY_OF} are allowed",
+            values.len()
+        )));
     }
     if from.is_some() || to.is_some() {
         let column = if table.has_snapshots() { "snapshot" } else { "window_start" };
@@ -477,7 +528,21 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
         }
         query.ranges.push((column.into(), from, to));
     }
-    Ok(TableRequest { query, latest_snapshot })
+    Ok(TableRequest { query, latest_snapshot, any_of })
+}
+
+/// Orders rows as the store's `ORDER BY` does: by the `sort` column (if any), then by the key;
+/// with `order=desc` all reversed.
+fn sort_rows(table: &Table, query: &StoreQuery, rows: &mut [Row]) {
+    let by = query.sort_by.as_deref().and_then(|c| table.column_index(c));
+    rows.sort_by(|a, b| {
+        let order = by.map_or(Ordering::Equal, |i| a[i].total_cmp(&b[i])).then_with(|| cmp_keys(a, b, table.key_len));
+        if query.descending {
+            order.reverse()
+        } else {
+            order
+        }
+    });
 }
 
 async fn table_rows(
@@ -490,14 +555,32 @@ async fn table_rows(
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no table '{name}' (tables: {})", names.join(", "))));
     };
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
-    let TableRequest { mut query, latest_snapshot } = table_request(table, params)?;
+    let TableRequest { mut query, latest_snapshot, any_of } = table_request(table, params)?;
     read_store(&state, move |store| {
         let mut snapshot = None;
         if latest_snapshot {
             snapshot = store.snapshots(table.id)?.into_iter().find(|s| s != "current");
             query.equals.push(("snapshot".into(), snapshot.clone().unwrap_or_else(|| "none".into())));
         }
-        let rows = store.query(&query)?;
+        let rows = match any_of {
+            None => store.query(&query)?,
+            // One read per listed value (each a few rows by key), merged in the order asked for.
+            Some((column, values)) => {
+                let mut rows = Vec::new();
+                for value in values {
+                    let mut one = query.clone();
+                    one.equals.push((column.clone(), value));
+                    rows.extend(store.query(&one)?);
+                }
+                sort_rows(table, &query, &mut rows);
+                // A value listed twice (or as `7` and `07`) gives its rows once.
+                rows.dedup_by(|a, b| cmp_keys(a, b, table.key_len).is_eq());
+                if let Some(limit) = query.limit {
+                    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                }
+                rows
+            }
+        };
         let frontier = store.state(state_key::FRONTIER)?;
         Ok(Json(json!({
             "table": table.name,
@@ -521,6 +604,120 @@ async fn snapshots(State(state): State<Arc<AppState>>) -> Result<Json<serde_json
             object.insert(table.name.into(), json!(store.snapshots(table.id)?));
         }
         Ok(Json(serde_json::Value::Object(object)))
+    })
+    .await
+}
+
+/// The realtime windows' columns summed per bucket by `/api/activity`.
+const ACTIVITY_SUMS: [&str; 6] = ["total_events", "views", "carts", "removes", "purchases", "revenue_cents"];
+
+#[derive(Default)]
+struct ActivityBucket {
+    /// Windows wholly inside the bucket, and those of them not final yet.
+    windows: u64,
+    open: u64,
+    /// [`ACTIVITY_SUMS`] over the windows that tile the bucket.
+    sums: [i64; 6],
+    peak_active_users: i64,
+}
+
+/// Per bucket of `unit` seconds (a day or an hour), from the windows wholly inside it: the sums
+/// over the windows that tile it (those starting at a multiple of their length, 5 minutes: every
+/// event is in exactly one of them, so the sums are exact) and the most active users of any of its
+/// windows. Buckets without a window have no row.
+fn activity_buckets(table: &Table, rows: &[Row], unit: i64) -> Vec<serde_json::Value> {
+    let column = |name: &str| table.column_index(name).expect("a realtime_window column");
+    let (start_at, end_at, users_at, final_at) =
+        (column("window_start"), column("window_end"), column("active_users"), column("final"));
+    let summed: Vec<usize> = ACTIVITY_SUMS.iter().map(|&name| column(name)).collect();
+    let mut buckets: BTreeMap<i64, ActivityBucket> = BTreeMap::new();
+    for row in rows {
+        let time = |i: usize| row[i].as_str().and_then(|t| parse_event_time(t.as_bytes()));
+        let (Some(start), Some(end)) = (time(start_at), time(end_at)) else { continue };
+        let bucket = floor_to(start, unit);
+        if end <= start || end > bucket + unit {
+            // It reaches into the next bucket.
+            continue;
+        }
+        let entry = buckets.entry(bucket).or_default();
+        entry.windows += 1;
+        if row[final_at].as_i64() != Some(1) {
+            entry.open += 1;
+        }
+        entry.peak_active_users = entry.peak_active_users.max(row[users_at].as_i64().unwrap_or(0));
+        if start.rem_euclid(end - start) == 0 {
+            for (sum, &i) in entry.sums.iter_mut().zip(&summed) {
+                *sum += row[i].as_i64().unwrap_or(0);
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(start, bucket)| {
+            let mut object = serde_json::Map::new();
+            object.insert("start".into(), format_rfc3339(start).into());
+            object.insert("end".into(), format_rfc3339(start + unit).into());
+            object.insert("day".into(), format_date(utc_date(start)).into());
+            object.insert("windows".into(), bucket.windows.into());
+            object.insert("final".into(), (bucket.open == 0).into());
+            for (name, sum) in ACTIVITY_SUMS.iter().zip(bucket.sums) {
+                object.insert(name.to_string(), sum.into());
+            }
+            object.insert("peak_active_users".into(), bucket.peak_active_users.into());
+            serde_json::Value::Object(object)
+        })
+        .collect()
+}
+
+/// `/api/activity?by=day|hour&from=…&to=…`: the realtime windows summed per day or per hour, the
+/// trends of the dashboard in a few small rows.
+async fn activity(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
+    let (mut unit, mut from, mut to) = (DAY, None, None);
+    for (name, value) in params {
+        match name.as_str() {
+            "by" => {
+                unit = match value.as_str() {
+                    "day" => DAY,
+                    "hour" => HOUR,
+                    other => return Err(ApiError::bad_request(format!("by must be day or hour, not '{other}'"))),
+                };
+            }
+            "from" | "to" => {
+                let t = parse_instant_arg(&value).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+                if name == "from" {
+                    from = Some(t);
+                } else {
+                    to = Some(t);
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter '{other}' for /api/activity: it takes by (day or hour), from and to"
+                )))
+            }
+        }
+    }
+    let table = TableId::RealtimeWindow.table();
+    let mut query = StoreQuery::all(table);
+    let (from, to) = (from.map(|t| floor_to(t, unit)), to.map(|t| floor_to(t, unit)));
+    if from.is_some() || to.is_some() {
+        query.ranges.push(("window_start".into(), from.map(format_rfc3339), to.map(format_rfc3339)));
+    }
+    let by = if unit == DAY { "day" } else { "hour" };
+    read_store(&state, move |store| {
+        let rows = store.query(&query)?;
+        let buckets = activity_buckets(table, &rows, unit);
+        let frontier = store.state(state_key::FRONTIER)?;
+        Ok(Json(json!({
+            "by": by,
+            "frontier": frontier,
+            "count": buckets.len(),
+            "rows": buckets,
+        })))
     })
     .await
 }
