@@ -201,6 +201,17 @@ fn the_api_filters_checks_its_parameters_and_honours_the_token() {
     by_views.sort_by(|a, b| b[views].total_cmp(&a[views]).then_with(|| b[0].total_cmp(&a[0])));
     let got = get_json(address, &format!("/api/tables/product?product_id={list}&sort=views&order=desc"), token);
     assert_eq!(got["rows"].as_array().unwrap(), &as_json(&by_views));
+    // Two categories of many products each (one written twice, as 7 and 07 would be), sorted and
+    // limited: the same rows as filtering and sorting every product here.
+    let category = product.column_index("category_id").unwrap();
+    let with_category: Vec<&Row> = products.iter().filter(|r| r[category].as_i64().is_some()).collect();
+    let (a, b) = (&with_category[0][category], &with_category[with_category.len() - 1][category]);
+    let mut in_both: Vec<&Row> = products.iter().filter(|r| &r[category] == a || &r[category] == b).collect();
+    in_both.sort_by(|x, y| y[views].total_cmp(&x[views]).then_with(|| y[0].total_cmp(&x[0])));
+    in_both.truncate(3);
+    let got =
+        get_json(address, &format!("/api/tables/product?category_id={a},{b},{a}&sort=views&order=desc&limit=3"), token);
+    assert_eq!(got["rows"].as_array().unwrap(), &as_json(&in_both));
     let brand_performance = table_named("brand_performance").unwrap();
     let ranked = store
         .query(&Query {

@@ -5,7 +5,6 @@
 //! tokio's blocking pool. Bound to loopback by default; with a token, everything but `/` (a page
 //! without data) and `/health` needs `Authorization: Bearer <token>`.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +22,7 @@ use axum::{Json, Router};
 use cartflow_dataflows::model::time::{
     floor_to, format_date, format_rfc3339, parse_event_time, parse_instant_arg, utc_date, DAY, HOUR,
 };
-use cartflow_dataflows::schema::{cmp_keys, state_key, table_named, Kind, Row, Table, TableId, TABLES};
+use cartflow_dataflows::schema::{state_key, table_named, Kind, Row, Table, TableId, TABLES};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -531,20 +530,6 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
     Ok(TableRequest { query, latest_snapshot, any_of })
 }
 
-/// Orders rows as the store's `ORDER BY` does: by the `sort` column (if any), then by the key;
-/// with `order=desc` all reversed.
-fn sort_rows(table: &Table, query: &StoreQuery, rows: &mut [Row]) {
-    let by = query.sort_by.as_deref().and_then(|c| table.column_index(c));
-    rows.sort_by(|a, b| {
-        let order = by.map_or(Ordering::Equal, |i| a[i].total_cmp(&b[i])).then_with(|| cmp_keys(a, b, table.key_len));
-        if query.descending {
-            order.reverse()
-        } else {
-            order
-        }
-    });
-}
-
 async fn table_rows(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -562,25 +547,9 @@ async fn table_rows(
             snapshot = store.snapshots(table.id)?.into_iter().find(|s| s != "current");
             query.equals.push(("snapshot".into(), snapshot.clone().unwrap_or_else(|| "none".into())));
         }
-        let rows = match any_of {
-            None => store.query(&query)?,
-            // One read per listed value (each a few rows by key), merged in the order asked for.
-            Some((column, values)) => {
-                let mut rows = Vec::new();
-                for value in values {
-                    let mut one = query.clone();
-                    one.equals.push((column.clone(), value));
-                    rows.extend(store.query(&one)?);
-                }
-                sort_rows(table, &query, &mut rows);
-                // A value listed twice (or as `7` and `07`) gives its rows once.
-                rows.dedup_by(|a, b| cmp_keys(a, b, table.key_len).is_eq());
-                if let Some(limit) = query.limit {
-                    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-                }
-                rows
-            }
-        };
+        // A list is one `IN` read: ordered, limited and consistent as any other.
+        query.any_of = any_of;
+        let rows = store.query(&query)?;
         let frontier = store.state(state_key::FRONTIER)?;
         Ok(Json(json!({
             "table": table.name,
@@ -625,7 +594,9 @@ struct ActivityBucket {
 /// over the windows that tile it (those starting at a multiple of their length, 5 minutes: every
 /// event is in exactly one of them, so the sums are exact) and the most active users of any of its
 /// windows. Buckets without a window have no row.
-fn activity_buckets(table: &Table, rows: &[Row], unit: i64) -> Vec<serde_json::Value> {
+/// `final`: every window in the bucket is final and the frontier has passed its end (no event
+/// can still land in it).
+fn activity_buckets(table: &Table, rows: &[Row], unit: i64, frontier: Option<i64>) -> Vec<serde_json::Value> {
     let column = |name: &str| table.column_index(name).expect("a realtime_window column");
     let (start_at, end_at, users_at, final_at) =
         (column("window_start"), column("window_end"), column("active_users"), column("final"));
@@ -659,7 +630,8 @@ fn activity_buckets(table: &Table, rows: &[Row], unit: i64) -> Vec<serde_json::V
             object.insert("end".into(), format_rfc3339(start + unit).into());
             object.insert("day".into(), format_date(utc_date(start)).into());
             object.insert("windows".into(), bucket.windows.into());
-            object.insert("final".into(), (bucket.open == 0).into());
+            let complete = frontier.is_some_and(|f| f >= start + unit);
+            object.insert("final".into(), (bucket.open == 0 && complete).into());
             for (name, sum) in ACTIVITY_SUMS.iter().zip(bucket.sums) {
                 object.insert(name.to_string(), sum.into());
             }
@@ -710,8 +682,9 @@ async fn activity(
     let by = if unit == DAY { "day" } else { "hour" };
     read_store(&state, move |store| {
         let rows = store.query(&query)?;
-        let buckets = activity_buckets(table, &rows, unit);
         let frontier = store.state(state_key::FRONTIER)?;
+        let at = frontier.as_deref().and_then(|f| parse_event_time(f.as_bytes()));
+        let buckets = activity_buckets(table, &rows, unit, at);
         Ok(Json(json!({
             "by": by,
             "frontier": frontier,

@@ -105,6 +105,8 @@ pub struct Query {
     pub table: &'static Table,
     /// `(column, value)`: equality on the column, the value compared with SQLite's column affinity.
     pub equals: Vec<(String, String)>,
+    /// `(column, values)`: the column equals any of the values (`IN`).
+    pub any_of: Option<(String, Vec<String>)>,
     /// `(column, from, to)`: `from <= column < to` (either bound optional), for text columns such
     /// as times and snapshot days, which order as text.
     pub ranges: Vec<(String, Option<String>, Option<String>)>,
@@ -118,7 +120,15 @@ pub struct Query {
 impl Query {
     /// Every row of `table`, ordered by primary key.
     pub fn all(table: &'static Table) -> Query {
-        Query { table, equals: Vec::new(), ranges: Vec::new(), descending: false, sort_by: None, limit: None }
+        Query {
+            table,
+            equals: Vec::new(),
+            any_of: None,
+            ranges: Vec::new(),
+            descending: false,
+            sort_by: None,
+            limit: None,
+        }
     }
 }
 
@@ -174,6 +184,15 @@ impl SqliteStore {
             let kind = column_kind(column)?;
             values.push((kind, filter_value(kind, value)));
             conditions.push(format!("{} = ?{}", quoted(column), values.len()));
+        }
+        if let Some((column, any)) = &query.any_of {
+            let kind = column_kind(column)?;
+            let mut places = Vec::new();
+            for value in any {
+                values.push((kind, filter_value(kind, value)));
+                places.push(format!("?{}", values.len()));
+            }
+            conditions.push(format!("{} IN ({})", quoted(column), places.join(", ")));
         }
         for (column, from, to) in &query.ranges {
             let kind = column_kind(column)?;
