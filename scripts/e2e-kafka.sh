@@ -22,11 +22,7 @@ PROFILES=$WORK/data/users.csv
 FIRST=$(sed -n 2p "$EVENTS_CSV" | cut -d, -f1)
 LAST=$(tail -n 1 "$EVENTS_CSV" | cut -d, -f1)
 # The split: 40 % of the events' time span.
-MID=$(python3 -c "
-from datetime import datetime, timezone
-f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
-t = f('$FIRST') + 0.4 * (f('$LAST') - f('$FIRST'))
-print(datetime.fromtimestamp(t - t % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+MID=$(span_at "$EVENTS_CSV" 0.4)
 say "events $FIRST .. $LAST; the archive takes them up to $MID"
 
 "$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --max --to "$MID" --quiet

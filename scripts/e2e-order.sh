@@ -81,11 +81,7 @@ PROFILES=$WORK/data/users.csv
 FIRST=$(sed -n 2p "$EVENTS_CSV" | cut -d, -f1)
 LAST=$(tail -n 1 "$EVENTS_CSV" | cut -d, -f1)
 # --until: 60 % of the events' time span, a whole minute.
-UNTIL=$(python3 -c "
-from datetime import datetime, timezone
-f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
-t = f('$FIRST') + 0.6 * (f('$LAST') - f('$FIRST'))
-print(datetime.fromtimestamp(t - t % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))")
+UNTIL=$(span_at "$EVENTS_CSV" 0.6)
 say "generated $EVENTS events $FIRST .. $LAST; --until $UNTIL"
 
 sent=$("$BIN" simulate --input "$EVENTS_CSV" --brokers "$BROKERS" --topic staging --max --quiet 2>&1 | tail -n 1)

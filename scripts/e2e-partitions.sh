@@ -70,16 +70,8 @@ EVENTS_CSV=$WORK/data/events.csv
 PROFILES=$WORK/data/users.csv
 FIRST=$(sed -n 2p "$EVENTS_CSV" | cut -d, -f1)
 LAST=$(tail -n 1 "$EVENTS_CSV" | cut -d, -f1)
-# at FRACTION: the whole minute at FRACTION of the events' time span.
-at() {
-    python3 -c "
-from datetime import datetime, timezone
-f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
-t = f('$FIRST') + $1 * (f('$LAST') - f('$FIRST'))
-print(datetime.fromtimestamp(t - t % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))"
-}
-T1=$(at 0.4)
-T2=$(at 0.7)
+T1=$(span_at "$EVENTS_CSV" 0.4)
+T2=$(span_at "$EVENTS_CSV" 0.7)
 say "generated $EVENTS events $FIRST .. $LAST; the topic grows at $T1, run --until $T2"
 
 say "archive and run -w 2 --until $T2 start on the topic of 2 partitions (--partition-discovery 1s)"

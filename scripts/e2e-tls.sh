@@ -105,12 +105,8 @@ ROWS=$(($(wc -l <"$EVENTS_CSV") - 1))
 FIRST=$(sed -n 2p "$EVENTS_CSV" | cut -d, -f1)
 LAST=$(tail -n 1 "$EVENTS_CSV" | cut -d, -f1)
 # T1, T2: a third and two thirds of the events' time span, whole minutes.
-read -r T1 T2 < <(python3 -c "
-from datetime import datetime, timezone
-f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
-a, b = f('$FIRST'), f('$LAST')
-at = lambda x: datetime.fromtimestamp(x - x % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-print(at(a + (b - a) / 3), at(a + 2 * (b - a) / 3))")
+T1=$(span_at "$EVENTS_CSV" 0.3333333)
+T2=$(span_at "$EVENTS_CSV" 0.6666667)
 say "3. generated $ROWS events $FIRST .. $LAST; simulate --max over TLS: zstd to $T1, lz4 to $T2, snappy after"
 # part NAME CODEC RANGE...: simulate over TLS with CODEC; sets DELIVERED to its delivered count.
 part() {

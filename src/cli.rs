@@ -405,7 +405,7 @@ pub struct SimulateArgs {
     pub sent_log: Option<PathBuf>,
 
     /// Serve /metrics (Prometheus: messages sent, delivered and failed, process figures) and /health here, e.g.
-    /// 127.0.0.1:9464 (loopback unless told otherwise).
+    /// 127.0.0.1:9464 (no token: keep it on loopback or a private network).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
@@ -464,7 +464,7 @@ pub struct ArchiveArgs {
     pub partition_discovery: i64,
 
     /// Serve /metrics (Prometheus: messages read, events archived, rejects, files, flushes and the last flush time, the consumer lag per partition, process figures) and /health here, e.g.
-    /// 127.0.0.1:9464 (loopback unless told otherwise).
+    /// 127.0.0.1:9464 (no token: keep it on loopback or a private network).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 

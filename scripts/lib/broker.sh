@@ -31,6 +31,17 @@ sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in sockets: s.bind(("127.0.0.1", 0))
 print("\n".join("127.0.0.1:%d" % s.getsockname()[1] for s in sockets))' "$2" >"$1"
 }
+# span_at CSV FRACTION: the whole minute at FRACTION of the time span of an events CSV (in time
+# order: its first and last rows), as RFC 3339.
+span_at() {
+    python3 - "$(sed -n 2p "$1" | cut -d, -f1)" "$(tail -n 1 "$1" | cut -d, -f1)" "$2" <<'PY'
+import sys
+from datetime import datetime, timezone
+f = lambda s: datetime.strptime(s, '%Y-%m-%d %H:%M:%S UTC').replace(tzinfo=timezone.utc).timestamp()
+t = f(sys.argv[1]) + float(sys.argv[3]) * (f(sys.argv[2]) - f(sys.argv[1]))
+print(datetime.fromtimestamp(t - t % 60, timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
+PY
+}
 wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # The S3 bucket of BROKER_STORAGE=s3: a moto server and an empty bucket `tansu`.

@@ -78,7 +78,8 @@ pub trait Source: Send + Sync {
 
     /// The source keeps the realtime windows itself, at its live edge (a live source whose
     /// frontier trails the input by the lateness), from the window start this holds on
-    /// (`i64::MAX` until the source knows it): the dataflow's windows from there are not written.
+    /// (`i64::MAX` until the source knows it): the dataflow computes no windows from there, and the
+    /// materializer writes none. Every process of the run answers it (their dataflows read it).
     fn live_windows_from(&self) -> Option<Arc<AtomicI64>> {
         None
     }
