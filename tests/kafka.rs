@@ -293,6 +293,42 @@ fn an_idle_partition_does_not_hold_the_frontier_back() {
     assert_eq!(store.state(&format!("kafka_offset/{TOPIC}/0")).unwrap().as_deref(), Some("3"));
 }
 
+/// A backlog shorter than one catch-up step: every thread reads its partitions to the end before
+/// any step opens, and the log of steps starts at the earliest event of any thread (not that of
+/// the thread released first), so no event is late. Partition 1 (thread 1) holds the earliest
+/// events; whichever thread is released first, runs repeated to show it.
+#[test]
+fn a_backlog_within_one_catch_up_step_loses_no_event_to_the_thread_released_first() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let mut sent = 0;
+    for (partition, hours) in [(1, 0..2), (0, 3..6)] {
+        for hour in hours {
+            for minute in (0..60).step_by(7) {
+                let value = format!(
+                    r#"{{"event_time":"2019-10-01T{hour:02}:{minute:02}:00Z","event_type":"view","product_id":1,"category_id":"2","price":1.5,"user_id":{sent},"user_session":"s"}}"#
+                );
+                producer.send(BaseRecord::<str, str>::to(TOPIC).partition(partition).key("k").payload(&value)).unwrap();
+                sent += 1;
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for attempt in 0..4 {
+        let db = dir.path().join(format!("short-{attempt}.db"));
+        let mut args = kafka_run_args(&brokers, db.clone(), 2, 60);
+        args.catch_up_step = 86_400;
+        args.group = format!("short-{attempt}");
+        let summary = run::run(&args).unwrap();
+        assert_eq!((summary.applied, summary.late), (sent, 0), "attempt {attempt}");
+        let store = SqliteStore::open_read_only(&db).unwrap();
+        assert_eq!(store.state("frontier").unwrap().as_deref(), Some("2019-10-01T05:57:00Z"), "attempt {attempt}");
+    }
+}
+
 /// `--kafka-config FILE` (librdkafka properties, the format every Kafka tool reads) configures
 /// `simulate` and `run`, with `-X` on top; a property librdkafka refuses, or a line that is not
 /// `key=value`, is a configuration error (exit code 78) naming the setting but not its value; a

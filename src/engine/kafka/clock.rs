@@ -226,6 +226,11 @@ impl KafkaSource {
         let time = last;
         let mut steps = self.steps.lock().unwrap();
         if steps.is_empty() {
+            // The log starts at the earliest event any thread holds, not this thread's: every
+            // thread may reach the end of its input before a step opens, and the one released
+            // first would otherwise make the others' earlier events late.
+            let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().view.earliest_seen).min();
+            let first = earliest.map_or(first, |e| e.min(first));
             steps.insert(self.options.settings.step_start(first), step);
         }
         loop {

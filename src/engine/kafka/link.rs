@@ -91,10 +91,12 @@ impl KafkaSource {
     pub(super) fn on_gossip(&self, gossip: Gossip) {
         match gossip {
             Gossip::Clock { worker, view } if self.leader && !self.local.contains(&worker) => {
-                if let Some((first, last)) = view.release {
+                let release = view.release;
+                // The view first: the log of steps starts at the earliest event of every view.
+                self.threads[worker].lock().unwrap().view = view;
+                if let Some((first, last)) = release {
                     self.extend_log(first, last);
                 }
-                self.threads[worker].lock().unwrap().view = view;
             }
             Gossip::News(news) if !self.leader => {
                 let mut steps = self.steps.lock().unwrap();
