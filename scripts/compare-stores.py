@@ -5,7 +5,7 @@ import sqlite3
 import sys
 
 TABLES = ["realtime_window", "realtime_top_product", "realtime_top_brand", "funnel", "recommendation",
-          "brand_performance", "product", "category", "demographics"]
+          "brand_performance", "product", "category", "demographics", "daily_sales"]
 
 
 def rows(db, table):

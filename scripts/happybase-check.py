@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import happybase
 
 TABLES = ["realtime_window", "realtime_top_product", "realtime_top_brand", "funnel", "recommendation",
-          "brand_performance", "product", "category", "demographics", "pipeline_state"]
+          "brand_performance", "product", "category", "demographics", "daily_sales", "pipeline_state"]
 SNAPSHOT_TABLES = ["funnel", "recommendation", "brand_performance"]
 FAMILY = b"d"
 MIN_ROWS = 1000          # fewer rows compared than this means an empty or missing store

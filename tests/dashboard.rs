@@ -570,6 +570,7 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
     }
     // The funnel of the segment shown, drawn: all, at the current snapshot.
     assert_funnel_drawn(&dom, &api("/api/tables/funnel?snapshot=current&dimension=all&segment=all")["rows"][0]);
+    assert_eq!(element_text(&dom, "revenue-segment"), "all events");
 
     // A brand's funnel and trend, as a click on it shows them (and a link keeps them).
     let brand_url = format!("{url}&trend=brand:{}", encoded(top_brand));
@@ -593,6 +594,26 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
         let shown = cell(&dom, "trend-days", &row, "brand_revenue_cents");
         assert_shown(shown, &day["revenue_cents"], &format!("{top_brand}: 7-day revenue of {row}"));
     }
+    // The revenue and purchases per day charted are the brand's daily_sales rows, which differ
+    // from all's: a page ignoring the segment would fail here.
+    for id in ["revenue-segment", "purchases-segment"] {
+        assert_eq!(element_text(&dom, id), format!("brand {top_brand}"), "#{id}");
+    }
+    let sales = |segment: &str| api(&format!("/api/tables/daily_sales?{segment}&from=2000-01-01&sort=day&limit=100"));
+    let (brand_sales, all_sales) = (sales(&segment), sales("dimension=all&segment=all"));
+    assert!(brand_sales["count"].as_u64().unwrap() >= 1, "{brand_sales}");
+    for day in brand_sales["rows"].as_array().unwrap() {
+        let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
+        for (field, column) in [("segment_revenue_cents", "revenue_cents"), ("segment_purchases", "purchases")] {
+            let shown = cell(&dom, "trend-days", &row, field);
+            assert_shown(shown, &day[column], &format!("{top_brand}: {column} of {row}"));
+        }
+    }
+    let per_day = |sales: &Json| -> Vec<(Json, Json, Json)> {
+        let rows = sales["rows"].as_array().unwrap();
+        rows.iter().map(|r| (r["day"].clone(), r["revenue_cents"].clone(), r["purchases"].clone())).collect()
+    };
+    assert_ne!(per_day(&brand_sales), per_day(&all_sales), "{top_brand}'s daily sales equal all's");
 
     // Screenshots at a desktop's and a phone's width.
     for (size, name, url, least) in

@@ -68,6 +68,7 @@ pub fn compute(events: &[Event], profiles: &Profiles, frontier: Timestamp, setti
     out.extend(TableId::Product, catalog.products);
     out.extend(TableId::Category, catalog.categories);
     out.extend(TableId::Demographics, analyses::catalog::demographics_reference(profiles, frontier));
+    out.extend(TableId::DailySales, analyses::daily_sales::reference(events));
     out.sort();
     out
 }

@@ -33,6 +33,7 @@ pub enum TableId {
     Product,
     Category,
     Demographics,
+    DailySales,
     PipelineState,
 }
 
@@ -132,6 +133,14 @@ pub const TABLES: &[Table] = &[
         name: "demographics",
         key_len: 2,
         columns: columns!(region: Text, age_group: Text, users: Int),
+    },
+    // Not in SPEC §4 (see `analyses::daily_sales`).
+    Table {
+        id: TableId::DailySales,
+        name: "daily_sales",
+        key_len: 3,
+        columns: columns!(day: Text, dimension: Text, segment: Text, events: Int, views: Int, carts: Int,
+            removes: Int, purchases: Int, revenue_cents: Int),
     },
     Table { id: TableId::PipelineState, name: "pipeline_state", key_len: 1, columns: columns!(key: Text, value: Text) },
 ];
@@ -244,7 +253,7 @@ mod tests {
             names.dedup();
             assert_eq!(names.len(), table.columns.len(), "duplicate column in {}", table.name);
         }
-        assert_eq!(TABLES.len(), 10);
+        assert_eq!(TABLES.len(), 11);
         assert!(table_named("funnel").unwrap().has_snapshots());
         assert!(!table_named("product").unwrap().has_snapshots());
     }
@@ -309,7 +318,11 @@ pub struct WriteBatch {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.replace.is_empty() && self.upserts.is_empty() && self.deletes.is_empty() && self.state.is_empty()
+        self.replace.is_empty()
+            && self.upserts.is_empty()
+            && self.deletes.is_empty()
+            && self.state.is_empty()
+           
     }
 }
 

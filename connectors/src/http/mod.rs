@@ -347,8 +347,8 @@ async fn api_index() -> Json<serde_json::Value> {
                 "rows whose column equals the value; repeat the parameter (or, for an integer column, give a comma-separated list such as product_id=1,2,3) for rows equal to any of up to {MAX_ANY_OF} values (one such column per request)"
             ),
             "snapshot": "current, latest (the newest day) or YYYY-MM-DD (funnel, recommendation, brand_performance)",
-            "segment": "funnel: the segment (with dimension=all|category|brand); recommendation: AGE_GROUP/REGION; brand_performance: the age group",
-            "from, to": "from <= time < to, RFC 3339 or a date: window_start of the realtime tables, the snapshot day of the snapshot tables",
+            "segment": "funnel and daily_sales: the segment (with dimension=all|category|brand); recommendation: AGE_GROUP/REGION; brand_performance: the age group",
+            "from, to": "from <= time < to, RFC 3339 or a date: window_start of the realtime tables, the snapshot day of the snapshot tables, the day of daily_sales",
             "order": "asc (default) or desc, by primary key (or by `sort`, then the key)",
             "sort": "a column to order by before the key (with order=desc: largest first)",
             "limit": format!("at most this many rows (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
@@ -373,6 +373,9 @@ fn parameters(table: &Table) -> Vec<&'static str> {
     }
     if matches!(table.id, TableId::Funnel | TableId::Recommendation | TableId::BrandPerformance) {
         names.push("segment");
+    }
+    if table.id == TableId::DailySales {
+        names.extend(["from", "to"]);
     }
     if matches!(table.id, TableId::RealtimeWindow | TableId::RealtimeTopProduct | TableId::RealtimeTopBrand) {
         names.extend(["from", "to"]);
@@ -447,7 +450,7 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
                 }
             },
             "segment" => match table.id {
-                TableId::Funnel => query.equals.push(("segment".into(), value)),
+                TableId::Funnel | TableId::DailySales => query.equals.push(("segment".into(), value)),
                 TableId::BrandPerformance => query.equals.push(("age_group".into(), value)),
                 _ => {
                     let Some((age_group, region)) = value.split_once('/') else {
@@ -460,7 +463,7 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
                 }
             },
             "from" | "to" => {
-                let bound = if table.has_snapshots() {
+                let bound = if table.has_snapshots() || table.id == TableId::DailySales {
                     day(name, &value)?
                 } else {
                     format_rfc3339(
@@ -520,7 +523,11 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
         )));
     }
     if from.is_some() || to.is_some() {
-        let column = if table.has_snapshots() { "snapshot" } else { "window_start" };
+        let column = match table.id {
+            TableId::DailySales => "day",
+            _ if table.has_snapshots() => "snapshot",
+            _ => "window_start",
+        };
         if table.has_snapshots() && to.is_none() {
             // Day snapshots sort before `current` as text; a range means days only.
             to = Some("9999-12-31".into());

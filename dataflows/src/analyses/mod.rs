@@ -5,6 +5,7 @@
 
 pub mod brands;
 pub mod catalog;
+pub mod daily_sales;
 pub mod funnel;
 pub mod realtime;
 pub mod recommendations;

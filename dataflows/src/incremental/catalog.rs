@@ -1,14 +1,18 @@
 //! SPEC §3.5 incrementally: the cumulative catalog, with the per-product and per-category
 //! aggregates carried as semigroup differences (the input only grows, so min/max need no
-//! retraction), and demographics as profiles joined with the frontier's date.
+//! retraction), demographics as profiles joined with the frontier's date, and the daily sales
+//! (not in SPEC §3) as sums per day and segment.
 
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
 use super::current_state::{accumulate_by_key, distinct};
+use super::operators::{sum_by_key, sum_within_batches, Sums};
 use super::output::Output;
 use super::types::{Coll, Diff, ProfileRecord};
 use crate::analyses::catalog::{CategoryOrigin, ProductStats};
+use crate::analyses::daily_sales;
+use crate::analyses::funnel::segments_of;
 use crate::model::profile::age_group;
 use crate::model::Event;
 
@@ -90,6 +94,15 @@ pub fn dataflow<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
         },
     );
     products.concat(categories)
+}
+
+/// Sales per UTC day and funnel segment (`analyses::daily_sales`): sums that only grow.
+pub fn daily_sales<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
+    let contributions = sum_within_batches(events, |e: Event| {
+        let (day, sums) = (daily_sales::day_of(e.time), Sums(daily_sales::sums_of(&e)));
+        segments_of(&e).map(move |segment| ((day, segment), sums))
+    });
+    sum_by_key(contributions).map(|((day, segment), Sums(sums))| Output::DailySales(day, segment, sums))
 }
 
 /// Profiles per (region, age group), ages at the date of the frontier (`dates` holds one date).

@@ -53,6 +53,7 @@ pub fn build<'s>(
         .concat(funnel::dataflow(deltas.funnel))
         .concat(recommendations::dataflow(deltas.scores))
         .concat(brands::dataflow(deltas.brands))
+        .concat(catalog::daily_sales(events.clone()))
         .concat(catalog::dataflow(events))
         .concat(catalog::demographics(profiles, dates))
 }

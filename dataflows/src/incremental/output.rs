@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analyses::brands::BrandStats;
 use crate::analyses::catalog::{self, CategoryOrigin, ProductStats};
+use crate::analyses::daily_sales::{self, DaySums};
 use crate::analyses::funnel::{self, FunnelStats};
 use crate::analyses::realtime::{BrandActivity, ProductViews, WindowTotals};
 use crate::analyses::recommendations::{self, ProductScore};
@@ -25,6 +26,8 @@ pub enum Output {
     /// Category id, origin, distinct products, events.
     Category(u64, CategoryOrigin, u64, u64),
     Demographics(Symbol, AgeGroup, u64),
+    /// Day start, funnel segment, the day's totals.
+    DailySales(Timestamp, funnel::Segment, DaySums),
 }
 
 /// The primary key of an [`Output`]'s row (see [`Output::store_key`]), ordered by table first and,
@@ -40,6 +43,7 @@ pub enum StoreKey {
     Product(u64),
     Category(u64),
     Demographics(Symbol, AgeGroup),
+    DailySales(Timestamp, funnel::Segment),
 }
 
 impl Output {
@@ -54,6 +58,7 @@ impl Output {
             Output::Product(..) => TableId::Product,
             Output::Category(..) => TableId::Category,
             Output::Demographics(..) => TableId::Demographics,
+            Output::DailySales(..) => TableId::DailySales,
         }
     }
 
@@ -83,6 +88,7 @@ impl Output {
             Output::Product(id, _) => StoreKey::Product(*id),
             Output::Category(id, ..) => StoreKey::Category(*id),
             Output::Demographics(region, age, _) => StoreKey::Demographics(*region, *age),
+            Output::DailySales(day, segment, _) => StoreKey::DailySales(*day, *segment),
         }
     }
 
@@ -99,6 +105,7 @@ impl Output {
             Output::Product(id, stats) => stats.row(*id),
             Output::Category(id, origin, products, events) => catalog::category_row(*id, *origin, *products, *events),
             Output::Demographics(region, age, users) => catalog::demographics_row(*region, *age, *users),
+            Output::DailySales(day, segment, sums) => daily_sales::row(*day, *segment, sums),
         }
     }
 }
