@@ -228,9 +228,10 @@ impl KafkaSource {
         if steps.is_empty() {
             // The log starts at the earliest event any thread holds, not this thread's: every
             // thread may reach the end of its input before a step opens, and the one released
-            // first would otherwise make the others' earlier events late.
+            // first would otherwise make the others' earlier events late. Not after the frontier
+            // either: an event read since a view was published is not late unless before it.
             let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().view.earliest_seen).min();
-            let first = earliest.map_or(first, |e| e.min(first));
+            let first = earliest.into_iter().chain(self.frontier()).fold(first, Timestamp::min);
             steps.insert(self.options.settings.step_start(first), step);
         }
         loop {

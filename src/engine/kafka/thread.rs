@@ -610,6 +610,8 @@ impl SourceThread {
     /// The end of the input: the log of steps is extended over every pending event (in `--step`
     /// steps), and the thread moves through it, applying them.
     fn release_all(&mut self) -> Result<()> {
+        // What this thread holds now, for where the log of steps starts (see `extend_log`).
+        self.publish();
         self.join_live_windows();
         if let (Some((&first, _)), Some((&last, _))) = (self.pending.first_key_value(), self.pending.last_key_value()) {
             anyhow::ensure!(
