@@ -97,7 +97,8 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Working directory: the generated data, the store and its rejects (kept; data/ is reused).
+    /// Working directory: the generated data, the store and its rejects (kept; data/ is reused, the
+    /// store of an earlier demo is replaced).
     #[arg(long, default_value = "cartflow-demo", value_name = "DIR")]
     pub dir: PathBuf,
 
@@ -698,7 +699,7 @@ pub enum OutputFormat {
 #[derive(Args, Debug)]
 pub struct QueryArgs {
     /// Table: realtime_window, realtime_top_product, realtime_top_brand, funnel, recommendation,
-    /// brand_performance, product, category, demographics, pipeline_state.
+    /// brand_performance, product, category, demographics, daily_sales, pipeline_state.
     #[arg(value_name = "TABLE")]
     pub table: String,
 

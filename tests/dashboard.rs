@@ -615,6 +615,23 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
     };
     assert_ne!(per_day(&brand_sales), per_day(&all_sales), "{top_brand}'s daily sales equal all's");
 
+    // A category's trend the same way: the category with the most revenue on a day.
+    let best = api("/api/tables/daily_sales?dimension=category&sort=revenue_cents&order=desc&limit=1");
+    let category = best["rows"][0]["segment"].as_str().unwrap().to_string();
+    let (dom, stderr) =
+        headless(&chromium, &profile, DESKTOP, "--dump-dom", &format!("{url}&trend=category:{}", encoded(&category)));
+    assert!(console_lines(&stderr).is_empty(), "console messages: {:#?}", console_lines(&stderr));
+    assert_eq!(element_text(&dom, "revenue-segment"), format!("category {category}"));
+    let category_sales = sales(&format!("dimension=category&segment={}", encoded(&category)));
+    assert_ne!(per_day(&category_sales), per_day(&all_sales), "{category}'s daily sales equal all's");
+    for day in category_sales["rows"].as_array().unwrap() {
+        let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
+        for (field, column) in [("segment_revenue_cents", "revenue_cents"), ("segment_purchases", "purchases")] {
+            let shown = cell(&dom, "trend-days", &row, field);
+            assert_shown(shown, &day[column], &format!("{category}: {column} of {row}"));
+        }
+    }
+
     // Screenshots at a desktop's and a phone's width.
     for (size, name, url, least) in
         [(DESKTOP, "dashboard.png", &url, 20_000), (PHONE, "dashboard-phone.png", &brand_url, 10_000)]

@@ -144,3 +144,49 @@ fn bad_settings_are_refused_with_a_reason() {
     args.step = Some(60);
     assert!(format!("{:#}", run::run(&args).unwrap_err()).contains("whole minute"));
 }
+
+/// SPEC §7, continuity: a run over a store that holds results builds its own beside them; a
+/// reader polling through the whole run never sees an empty table or a frontier that went back,
+/// sees the rebuild's progress meanwhile, and ends with the new results (equal to batch).
+#[test]
+fn a_run_over_a_store_with_results_never_shows_readers_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 3, 31);
+    let batch_db = dir.path().join("batch.db");
+    batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone())).unwrap();
+    let db = dir.path().join("run.db");
+    // The store first holds the results of the first two days.
+    run::run(&run_args(vec![events.clone()], Some(users.clone()), Some("2019-12-02T00:00:00Z"), db.clone())).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut rebuilding_seen, mut last) = (0u64, 0u64, String::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let store = SqliteStore::open_read_only(&db).unwrap();
+                let windows: i64 = store.count(TableId::RealtimeWindow).unwrap();
+                let products: i64 = store.count(TableId::Product).unwrap();
+                let frontier = store.state("frontier").unwrap().unwrap_or_default();
+                assert!(
+                    windows > 0 && products > 0,
+                    "read {reads}: an empty table ({windows} windows, {products} products)"
+                );
+                assert!(frontier >= last, "read {reads}: the frontier went back from {last} to {frontier}");
+                rebuilding_seen += store.state("rebuild_frontier").unwrap().is_some_and(|f| !f.is_empty()) as u64;
+                last = frontier;
+                reads += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            (reads, rebuilding_seen, last)
+        })
+    };
+    let mut args = run_args(vec![events], Some(users), None, db.clone());
+    args.step = Some(60); // many boundaries: the reader reads between them
+    run::run(&args).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (reads, rebuilding_seen, last) = reader.join().unwrap();
+    assert!(rebuilding_seen > 0, "{reads} reads never saw the rebuild's progress");
+    let batch_frontier = SqliteStore::open_read_only(&batch_db).unwrap().state("frontier").unwrap().unwrap();
+    assert_eq!(last, batch_frontier, "{reads} reads");
+    assert_same_results(&batch_db, &db, "a run over an earlier run's store");
+}

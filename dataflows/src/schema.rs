@@ -314,6 +314,9 @@ pub struct WriteBatch {
     pub deletes: Vec<(TableId, Row)>,
     /// `pipeline_state` entries: frontier, source offsets, counters.
     pub state: Vec<(String, String)>,
+    /// The writer's last batch: a store rebuilt beside its old results switches to the new ones
+    /// now, even when they are behind the old (see `Sink::start_over`).
+    pub complete: bool,
 }
 
 impl WriteBatch {
@@ -322,7 +325,7 @@ impl WriteBatch {
             && self.upserts.is_empty()
             && self.deletes.is_empty()
             && self.state.is_empty()
-           
+            && !self.complete
     }
 }
 

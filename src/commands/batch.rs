@@ -121,5 +121,6 @@ pub fn full_replacement(tables: &TableSet, state: Vec<(String, String)>) -> Writ
         upserts: tables.iter().flat_map(|(id, rows)| rows.iter().map(move |row| (id, row.clone()))).collect(),
         deletes: Vec::new(),
         state,
+        complete: true,
     }
 }

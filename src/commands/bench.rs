@@ -68,6 +68,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(String::from),
     )?;
     let workers = args.workers.to_string();
+    // A run over an earlier bench's store would also build its results beside the old ones.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("run.db{suffix}")));
+    }
     let incremental = child(
         &dir,
         "run",

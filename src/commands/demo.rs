@@ -3,6 +3,8 @@
 //! the five-minute windows move while you watch) into an embedded SQLite store, and serves the
 //! dashboard on it.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use cartflow_connectors::http::{HttpServer, ServeOptions};
 use cartflow_connectors::store::sqlite::SqliteStore;
@@ -37,6 +39,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .context("generating the demo's data")?;
     }
     let db = args.dir.join("cartflow.db");
+    // The demo shows a replay from the start: an earlier demo's store goes (a run over it would
+    // keep showing its results until the replay caught up with them).
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing the earlier demo's {}", file.display()))?;
+        }
+    }
     // The store exists (with its tables) before the dashboard asks for it.
     drop(SqliteStore::open(&db)?);
     let server =

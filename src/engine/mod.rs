@@ -46,7 +46,6 @@ use cartflow_connectors::progress::human;
 use cartflow_connectors::store::StoreTarget;
 use cartflow_dataflows::model::time::format_rfc3339;
 use cartflow_dataflows::model::{Profiles, Timestamp};
-use cartflow_dataflows::schema::{WriteBatch, TABLES};
 use tracing::{info, warn};
 
 pub use self::config::{ClusterConfig, EngineConfig, InputConfig, ServeConfig};
@@ -107,11 +106,10 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
     }
     changes.sort_by_key(|(at, _)| *at);
 
-    // Starts with empty tables (results and pipeline_state), as a replay from the beginning.
+    // Starts with empty tables (results and pipeline_state), as a replay from the beginning;
+    // SQLite builds them beside the results it holds, which readers see until the run catches up.
     if writes {
-        let mut store = config.store.open()?;
-        store.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() })?;
-        drop(store);
+        config.store.open()?.start_over()?;
     }
     // `--serve`: the dashboard and API follow the store as the run writes it (stopped at the end).
     // With HBase, only /health and /metrics answer (the tables are read from HBase).

@@ -311,7 +311,7 @@ fn finish(
     state.push((state_key::LATE.to_string(), late.to_string()));
     state.push((state_key::EVENTS_ACCEPTED.to_string(), applied.to_string()));
     state.extend(source.final_state());
-    driver.store.write(StoreJob::Batch(WriteBatch { state, ..Default::default() }))?;
+    driver.store.write(StoreJob::Batch(WriteBatch { state, complete: true, ..Default::default() }))?;
     let writer = driver.store.finish()?;
     source.finish()?;
     let t = &driver.timings;

@@ -233,7 +233,7 @@ async fn read_store<T: Send + 'static>(
             "this server has no SQLite store (the run writes HBase): read the tables from HBase; /health and /metrics answer here".into(),
         ));
     };
-    tokio::task::spawn_blocking(move || read(&SqliteStore::open_read_only(&db)?))
+    tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&db)?.in_one_read(read))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the read failed: {e}")))?
 }
@@ -449,8 +449,9 @@ fn table_request(table: &'static Table, params: Vec<(String, String)>) -> Result
                     query.equals.push(("snapshot".into(), value));
                 }
             },
-            "segment" => match table.id {
-                TableId::Funnel | TableId::DailySales => query.equals.push(("segment".into(), value)),
+            // daily_sales' segment is a plain column (it may list several values).
+            "segment" if table.id != TableId::DailySales => match table.id {
+                TableId::Funnel => query.equals.push(("segment".into(), value)),
                 TableId::BrandPerformance => query.equals.push(("age_group".into(), value)),
                 _ => {
                     let Some((age_group, region)) = value.split_once('/') else {

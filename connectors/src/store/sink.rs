@@ -14,11 +14,25 @@ pub use cartflow_dataflows::schema::WriteBatch;
 
 pub trait Sink {
     fn write(&mut self, batch: &WriteBatch) -> Result<()>;
+
+    /// Before a run that recomputes everything: the store starts with empty tables. By default it
+    /// empties them; a store that can keep showing readers its results until the run has caught
+    /// up does that instead (SQLite: see [`crate::store::sqlite`]).
+    fn start_over(&mut self) -> Result<()> {
+        self.write(&WriteBatch {
+            replace: cartflow_dataflows::schema::TABLES.iter().map(|t| t.id).collect(),
+            ..Default::default()
+        })
+    }
 }
 
 impl Sink for Box<dyn Sink + Send> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         (**self).write(batch)
+    }
+
+    fn start_over(&mut self) -> Result<()> {
+        (**self).start_over()
     }
 }
 

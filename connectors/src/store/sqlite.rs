@@ -1,33 +1,78 @@
 //! The embedded store: SQLite with exactly the tables, columns and keys of SPEC §4, in WAL mode,
 //! every [`WriteBatch`] in one transaction.
+//!
+//! A run that starts over on a store holding results ([`Sink::start_over`]) never blanks it for
+//! readers (SPEC §7, continuity): it writes its tables beside the old ones, under the prefix
+//! [`REBUILD_PREFIX`], and switches them in by renaming, in one transaction, once its frontier has
+//! reached the old one (or at its last batch). Until then readers see the old tables, and in the
+//! old `pipeline_state` the rebuild's progress under `rebuild_frontier`. The database holds both
+//! meanwhile.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use cartflow_dataflows::schema::{Kind, Row, Table, TableId, Value, TABLES};
+use cartflow_dataflows::schema::{state_key, Kind, Row, Table, TableId, Value, TABLES};
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
 use crate::store::{Sink, WriteBatch};
 
+/// The prefix of the tables a rebuild writes beside the ones readers see.
+pub const REBUILD_PREFIX: &str = "next_";
+
+/// The old `pipeline_state`'s entry for how far a rebuild beside it has come.
+pub const REBUILD_FRONTIER: &str = "rebuild_frontier";
+
 pub struct SqliteStore {
     conn: Connection,
+    /// A rebuild in progress (see the module's doc).
+    rebuilding: Option<Rebuild>,
     /// Per table (by `TableId as usize`): its upsert and delete-by-key statements' SQL, built once
     /// (formatting them per row was a fifth of the writer's time).
     statements: Vec<(String, String)>,
 }
 
-fn statements() -> Vec<(String, String)> {
+/// A rebuild beside the tables readers see: how far those go, and how far the rebuild has come.
+#[derive(Debug, Default)]
+struct Rebuild {
+    old_frontier: String,
+    old_live_edge: Option<String>,
+    frontier: Option<String>,
+    live_edge: Option<String>,
+}
+
+impl Rebuild {
+    /// The rebuild shows readers at least what they see: its frontier has reached theirs, and its
+    /// live windows reach as far as theirs did. (Fixed-width RFC 3339 times order as text.)
+    fn caught_up(&self) -> bool {
+        let Some(frontier) = &self.frontier else { return false };
+        let windows_reach = self.live_edge.as_ref().unwrap_or(frontier);
+        *frontier >= self.old_frontier && self.old_live_edge.as_ref().is_none_or(|old| windows_reach >= old)
+    }
+
+    fn note(&mut self, state: &[(String, String)]) {
+        for (key, value) in state {
+            match key.as_str() {
+                state_key::FRONTIER => self.frontier = Some(value.clone()),
+                state_key::LIVE_EDGE => self.live_edge = Some(value.clone()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The upsert and delete statements of every table, for tables named with `prefix`.
+fn statements(prefix: &str) -> Vec<(String, String)> {
     let mut statements = vec![(String::new(), String::new()); TABLES.len()];
     for table in TABLES {
+        let name = quoted(&format!("{prefix}{}", table.name));
         let upsert = format!(
-            "INSERT OR REPLACE INTO {} VALUES ({})",
-            quoted(table.name),
+            "INSERT OR REPLACE INTO {name} VALUES ({})",
             (1..=table.columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
         );
         let condition: Vec<String> =
             table.key_columns().iter().enumerate().map(|(i, c)| format!("{} = ?{}", quoted(c.name), i + 1)).collect();
-        let delete = format!("DELETE FROM {} WHERE {}", quoted(table.name), condition.join(" AND "));
+        let delete = format!("DELETE FROM {name} WHERE {}", condition.join(" AND "));
         statements[table.id as usize] = (upsert, delete);
     }
     statements
@@ -39,6 +84,10 @@ fn quoted(name: &str) -> String {
 
 /// `CREATE TABLE` for a SPEC §4 table.
 pub fn create_table_sql(table: &Table) -> String {
+    create_table_sql_named(table, table.name)
+}
+
+fn create_table_sql_named(table: &Table, name: &str) -> String {
     let columns: Vec<String> = table
         .columns
         .iter()
@@ -56,7 +105,7 @@ pub fn create_table_sql(table: &Table) -> String {
     let key: Vec<String> = table.key_columns().iter().map(|c| quoted(c.name)).collect();
     format!(
         "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({})) WITHOUT ROWID",
-        quoted(table.name),
+        quoted(name),
         columns.join(", "),
         key.join(", ")
     )
@@ -150,7 +199,71 @@ impl SqliteStore {
         for table in TABLES {
             conn.execute(&create_table_sql(table), []).with_context(|| format!("creating table {}", table.name))?;
         }
-        Ok(SqliteStore { conn, statements: statements() })
+        let mut store = SqliteStore { conn, rebuilding: None, statements: statements("") };
+        // A rebuild another connection began (the run's start) goes on here.
+        if store.has_table(&format!("{REBUILD_PREFIX}pipeline_state"))? {
+            for table in TABLES {
+                // A rebuild begun by an older version may lack a newer table.
+                store.conn.execute(&create_table_sql_named(table, &format!("{REBUILD_PREFIX}{}", table.name)), [])?;
+            }
+            let mut rebuild = Rebuild {
+                old_frontier: store.state(state_key::FRONTIER)?.unwrap_or_default(),
+                old_live_edge: store.state(state_key::LIVE_EDGE)?,
+                ..Default::default()
+            };
+            let next_state = format!("SELECT key, value FROM {}", quoted(&format!("{REBUILD_PREFIX}pipeline_state")));
+            let entries: Vec<(String, String)> = store
+                .conn
+                .prepare(&next_state)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rebuild.note(&entries);
+            store.rebuilding = Some(rebuild);
+            store.statements = statements(REBUILD_PREFIX);
+        }
+        Ok(store)
+    }
+
+    fn has_table(&self, name: &str) -> Result<bool> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)";
+        Ok(self.conn.query_row(sql, [name], |r| r.get(0))?)
+    }
+
+    /// Drops the tables of a rebuild (one that was given up, or left by a killed run).
+    fn drop_rebuild(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for table in TABLES {
+            tx.execute(&format!("DROP TABLE IF EXISTS {}", quoted(&format!("{REBUILD_PREFIX}{}", table.name))), [])?;
+        }
+        tx.execute("DELETE FROM pipeline_state WHERE key = ?1", [REBUILD_FRONTIER])?;
+        tx.commit()?;
+        self.conn.flush_prepared_statement_cache();
+        self.statements = statements("");
+        self.rebuilding = None;
+        Ok(())
+    }
+
+    /// A rebuild is in progress: writes go to the tables beside the ones readers see.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.is_some()
+    }
+
+    /// Switches the rebuilt tables in, in one transaction: readers see the old tables or the new,
+    /// never neither.
+    fn switch_in(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for table in TABLES {
+            let name = quoted(table.name);
+            let next = quoted(&format!("{REBUILD_PREFIX}{}", table.name));
+            tx.execute(&format!("DROP TABLE IF EXISTS {name}"), [])?;
+            tx.execute(&format!("ALTER TABLE {next} RENAME TO {name}"), [])?;
+        }
+        tx.commit()?;
+        // The cached statements name the tables that were renamed.
+        self.conn.flush_prepared_statement_cache();
+        self.statements = statements("");
+        self.rebuilding = None;
+        Ok(())
     }
 
     /// Opens an existing store for reading; a missing file is an error, not a new empty store.
@@ -161,7 +274,7 @@ impl SqliteStore {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .with_context(|| format!("opening SQLite store {}", path.display()))?;
-        Ok(SqliteStore { conn, statements: statements() })
+        Ok(SqliteStore { conn, rebuilding: None, statements: statements("") })
     }
 
     pub fn query(&self, query: &Query) -> Result<Vec<Row>> {
@@ -242,6 +355,25 @@ impl SqliteStore {
         Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
+    /// Runs `read` in one read transaction: all its queries see the same state of the store (an
+    /// API answer never pairs rows of one boundary with the frontier of the next).
+    pub fn in_one_read<T, E: From<anyhow::Error>>(
+        &self,
+        read: impl FnOnce(&SqliteStore) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.conn.execute_batch("BEGIN").map_err(|e| E::from(e.into()))?;
+        let result = read(self);
+        // A read transaction has nothing to commit; ending it cannot lose anything.
+        let _ = self.conn.execute_batch("COMMIT");
+        result
+    }
+
+    /// The number of rows of a table.
+    pub fn count(&self, table: TableId) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM {}", quoted(table.table().name));
+        Ok(self.conn.query_row(&sql, [], |r| r.get(0))?)
+    }
+
     /// Every `pipeline_state` entry.
     pub fn state_entries(&self) -> Result<std::collections::BTreeMap<String, String>> {
         let mut statement = self.conn.prepare("SELECT key, value FROM pipeline_state")?;
@@ -260,10 +392,40 @@ impl SqliteStore {
 }
 
 impl Sink for SqliteStore {
+    /// Empty tables, or, when the store holds results, empty tables beside them (see the module's
+    /// doc): readers keep the old results until the new ones have caught up.
+    fn start_over(&mut self) -> Result<()> {
+        // A rebuild left by a killed run starts again from nothing.
+        self.drop_rebuild()?;
+        let frontier = self.state(state_key::FRONTIER)?.filter(|f| !f.is_empty());
+        let Some(frontier) = frontier else {
+            return self.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() });
+        };
+        let tx = self.conn.transaction()?;
+        for table in TABLES {
+            tx.execute(&create_table_sql_named(table, &format!("{REBUILD_PREFIX}{}", table.name)), [])?;
+        }
+        tx.execute("INSERT OR REPLACE INTO pipeline_state VALUES (?1, '')", [REBUILD_FRONTIER])?;
+        tx.commit()?;
+        self.conn.flush_prepared_statement_cache();
+        self.statements = statements(REBUILD_PREFIX);
+        tracing::info!(
+            "the store holds results as of {frontier}: this run writes its own beside them, and readers keep \
+             seeing those until it has caught up"
+        );
+        self.rebuilding = Some(Rebuild {
+            old_frontier: frontier,
+            old_live_edge: self.state(state_key::LIVE_EDGE)?,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        let prefix = if self.rebuilding.is_some() { REBUILD_PREFIX } else { "" };
         let tx = self.conn.transaction()?;
         for table in &batch.replace {
-            tx.execute(&format!("DELETE FROM {}", quoted(table.table().name)), [])?;
+            tx.execute(&format!("DELETE FROM {}", quoted(&format!("{prefix}{}", table.table().name))), [])?;
         }
         // Rows come grouped by table: each table's statement is looked up once per run of rows.
         let mut current: Option<(TableId, rusqlite::CachedStatement<'_>)> = None;
@@ -282,10 +444,40 @@ impl Sink for SqliteStore {
                 .execute(params_from_iter(table.columns.iter().zip(row).map(|(c, v)| Bind(c.kind, v))))?;
         }
         drop(current);
+        let state = format!("INSERT OR REPLACE INTO {} VALUES (?1, ?2)", quoted(&format!("{prefix}pipeline_state")));
         for (key, value) in &batch.state {
-            tx.prepare_cached("INSERT OR REPLACE INTO pipeline_state VALUES (?1, ?2)")?.execute([key, value])?;
+            tx.prepare_cached(&state)?.execute([key, value])?;
+        }
+        let frontier = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER).map(|(_, v)| v);
+        if let (Some(_), Some(frontier)) = (&self.rebuilding, frontier) {
+            // Readers of the old tables see how far the rebuild has come.
+            tx.prepare_cached("INSERT OR REPLACE INTO pipeline_state VALUES (?1, ?2)")?
+                .execute([REBUILD_FRONTIER, frontier.as_str()])?;
         }
         tx.commit()?;
+        let Some(rebuild) = &mut self.rebuilding else { return Ok(()) };
+        rebuild.note(&batch.state);
+        let old = rebuild.old_frontier.clone();
+        if rebuild.caught_up() {
+            self.switch_in()?;
+            tracing::info!("the rebuilt store has caught up with the old one ({old}): readers now see it");
+        } else if rebuild.live_edge.is_some() {
+            // Live windows mean the source has read its backlog: the old results came from other
+            // input (another topic, a reset one), and waiting would show them for good.
+            self.switch_in()?;
+            tracing::warn!(
+                "this run is live but behind the results the store held ({old}): readers now see its results"
+            );
+        } else if batch.complete && rebuild.frontier.is_some() {
+            self.switch_in()?;
+            tracing::warn!(
+                "the run ended behind the results the store held ({old}): readers now see its results, as of an \
+                 earlier frontier"
+            );
+        } else if batch.complete {
+            self.drop_rebuild()?;
+            tracing::warn!("the run produced no results: the store keeps those it held ({old})");
+        }
         Ok(())
     }
 }
@@ -323,5 +515,82 @@ mod tests {
         assert_eq!(store.state("frontier").unwrap().as_deref(), Some("x"));
         let sql = create_table_sql(TableId::Funnel.table());
         assert!(sql.contains("PRIMARY KEY (\"snapshot\", \"dimension\", \"segment\")"), "{sql}");
+    }
+
+    fn boundary(users: i64, frontier: &str) -> WriteBatch {
+        let row = vec![Value::text("mazowieckie"), Value::text("25-34"), Value::Int(users)];
+        WriteBatch {
+            upserts: vec![(TableId::Demographics, row)],
+            state: vec![("frontier".into(), frontier.into())],
+            ..Default::default()
+        }
+    }
+
+    /// What a reader sees: the users of the one demographics row, and the frontier.
+    fn seen(path: &Path) -> (Vec<Row>, Option<String>) {
+        let reader = SqliteStore::open_read_only(path).unwrap();
+        (reader.read_table(TableId::Demographics).unwrap(), reader.state("frontier").unwrap())
+    }
+
+    #[test]
+    fn starting_over_on_results_keeps_them_for_readers_until_the_new_ones_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        // An empty store starts over in place.
+        store.start_over().unwrap();
+        assert!(!store.is_rebuilding());
+        store.write(&boundary(7, "2019-12-02T00:00:00Z")).unwrap();
+        let old = seen(&path);
+        assert_eq!(old.1.as_deref(), Some("2019-12-02T00:00:00Z"));
+
+        store.start_over().unwrap();
+        assert!(store.is_rebuilding());
+        // Another connection (the run's writer thread) goes on with the rebuild.
+        let mut writer = SqliteStore::open(&path).unwrap();
+        assert!(writer.is_rebuilding());
+        writer.write(&boundary(1, "2019-12-01T00:00:00Z")).unwrap();
+        assert_eq!(seen(&path), old, "behind the old frontier: readers see the old results");
+        let reader = SqliteStore::open_read_only(&path).unwrap();
+        assert_eq!(reader.state(REBUILD_FRONTIER).unwrap().as_deref(), Some("2019-12-01T00:00:00Z"));
+        writer.write(&boundary(9, "2019-12-02T00:00:00Z")).unwrap();
+        assert!(!writer.is_rebuilding());
+        let new = seen(&path);
+        assert_eq!(new.0[0][2], Value::Int(9), "caught up: readers see the new results");
+        assert_eq!(new.1.as_deref(), Some("2019-12-02T00:00:00Z"));
+        assert_eq!(reader.state(REBUILD_FRONTIER).unwrap(), None, "the old pipeline_state went with the old tables");
+        writer.write(&boundary(10, "2019-12-02T00:01:00Z")).unwrap();
+        assert_eq!(seen(&path).0[0][2], Value::Int(10), "written in place after the switch");
+        let tables: i64 = writer
+            .conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'next_%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(tables, 0);
+
+        // A run that ends behind the old frontier: its last batch switches all the same.
+        writer.start_over().unwrap();
+        writer.write(&boundary(3, "2019-12-01T12:00:00Z")).unwrap();
+        assert_eq!(seen(&path).0[0][2], Value::Int(10));
+        writer.write(&WriteBatch { complete: true, ..Default::default() }).unwrap();
+        assert_eq!(seen(&path), (vec![boundary(3, "").upserts[0].1.clone()], Some("2019-12-01T12:00:00Z".into())));
+
+        // A run that produces nothing leaves the results readers see, and no rebuild behind.
+        writer.start_over().unwrap();
+        writer.write(&WriteBatch { complete: true, ..Default::default() }).unwrap();
+        assert!(!writer.is_rebuilding());
+        assert_eq!(seen(&path).1.as_deref(), Some("2019-12-01T12:00:00Z"));
+        assert!(!writer.has_table("next_pipeline_state").unwrap());
+
+        // Live windows ahead of the frontier: the rebuild switches in once its own reach as far.
+        let live = |edge: &str| WriteBatch { state: vec![("live_edge".into(), edge.into())], ..Default::default() };
+        writer.write(&live("2019-12-01T12:10:00Z")).unwrap();
+        writer.start_over().unwrap();
+        writer.write(&boundary(4, "2019-12-01T12:05:00Z")).unwrap();
+        assert!(writer.is_rebuilding(), "past the old frontier, not the old live edge");
+        writer.write(&live("2019-12-01T12:11:00Z")).unwrap();
+        assert!(!writer.is_rebuilding());
+        assert_eq!(seen(&path), (vec![boundary(4, "").upserts[0].1.clone()], Some("2019-12-01T12:05:00Z".into())));
     }
 }
