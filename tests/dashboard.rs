@@ -524,15 +524,23 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
     let labelled = format!("<span class=\"plabel\" data-product-id=\"{id}\">{}</span>", label(id));
     assert!(dom.contains(&labelled), "the first recommendation: {labelled}");
 
-    // Trends: revenue, purchases and events per day as /api/activity sums them, the daily funnel
-    // snapshots of the segment shown (all), the top brand's revenue in brand_performance's daily
-    // snapshots, and the newest day's hours.
+    // Trends: revenue and purchases per day from daily_sales' all/all rows (exact for every day,
+    // unlike the windows, kept for the retention only), events per day as /api/activity sums them,
+    // the daily funnel snapshots of the segment shown (all), the top brand's revenue in
+    // brand_performance's daily snapshots, and the newest day's hours.
     let days = api("/api/activity?by=day");
     let day_rows = days["rows"].as_array().unwrap();
     assert!(!day_rows.is_empty(), "{days}");
     for day in day_rows {
         let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
-        for field in ["revenue_cents", "purchases", "total_events"] {
+        assert_shown(cell(&dom, "trend-days", &row, "total_events"), &day["total_events"], &format!("events of {row}"));
+    }
+    let sales = |segment: &str| api(&format!("/api/tables/daily_sales?{segment}&from=2000-01-01&sort=day&limit=100"));
+    let all_sales = sales("dimension=all&segment=all");
+    assert!(all_sales["count"].as_u64().unwrap() >= 2, "{all_sales}");
+    for day in all_sales["rows"].as_array().unwrap() {
+        let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
+        for field in ["revenue_cents", "purchases"] {
             assert_shown(cell(&dom, "trend-days", &row, field), &day[field], &format!("{field} of {row}"));
         }
     }
@@ -599,14 +607,21 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_api_numbers() {
     for id in ["revenue-segment", "purchases-segment"] {
         assert_eq!(element_text(&dom, id), format!("brand {top_brand}"), "#{id}");
     }
-    let sales = |segment: &str| api(&format!("/api/tables/daily_sales?{segment}&from=2000-01-01&sort=day&limit=100"));
-    let (brand_sales, all_sales) = (sales(&segment), sales("dimension=all&segment=all"));
+    let brand_sales = sales(&segment);
     assert!(brand_sales["count"].as_u64().unwrap() >= 1, "{brand_sales}");
     for day in brand_sales["rows"].as_array().unwrap() {
         let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
         for (field, column) in [("segment_revenue_cents", "revenue_cents"), ("segment_purchases", "purchases")] {
             let shown = cell(&dom, "trend-days", &row, field);
             assert_shown(shown, &day[column], &format!("{top_brand}: {column} of {row}"));
+        }
+    }
+    // Beside them all events' from the same daily_sales request (it lists both segments).
+    for day in all_sales["rows"].as_array().unwrap() {
+        let row = format!("data-day=\"{}\"", day["day"].as_str().unwrap());
+        for field in ["revenue_cents", "purchases"] {
+            let shown = cell(&dom, "trend-days", &row, field);
+            assert_shown(shown, &day[field], &format!("{top_brand} page: all's {field} of {row}"));
         }
     }
     let per_day = |sales: &Json| -> Vec<(Json, Json, Json)> {
