@@ -7,7 +7,8 @@
 #     and killed;
 #   at the end the archive is completed and a last `run --bootstrap --exit-at-end` reads to the end
 #   of the topic. Its store must equal `batch` on the same events, table by table, and the archive
-#   must hold every offset exactly once (DuckDB).
+#   must hold every offset exactly once (DuckDB). A reader polls the store every 200 ms through the
+#   whole sitting and never sees an empty table or a frontier that went back (SPEC §7).
 # Usage: scripts/crash-safety.sh [EVENTS] [KILLS] [RATE]   (defaults 1000000 10 20000; SEED=n
 #        repeats a sitting's random moments; CARTFLOW, TANSU as in e2e-kafka.sh). CI runs a short
 #        sitting: 150000 events, 3 kills each.
@@ -55,6 +56,11 @@ pids+=("$simulate_pid")
 archive_loop=$!
 pids+=("$archive_loop")
 
+# A reader of the store through every kill and restart (scripts/lib/poll_store.py).
+python3 scripts/lib/poll_store.py "$WORK/live.db" "$WORK/stop-reader" 0.2 > "$WORK/reader.log" 2>&1 &
+reader_pid=$!
+pids+=("$reader_pid")
+
 # The engine: killed KILLS times, each time after a random while, restarted from the archive.
 for i in $(seq "$KILLS"); do
     "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 --profiles "$PROFILES" \
@@ -72,6 +78,14 @@ say "the stream is in; the archive completes, then run --bootstrap reads to the 
 "$BIN" --log warn archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --quiet
 "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 --profiles "$PROFILES" \
     --db "$WORK/live.db" --exit-at-end --quiet
+touch "$WORK/stop-reader"
+reader_ok=0
+wait "$reader_pid" || reader_ok=$?
+sed 's/^/   /' "$WORK/reader.log"
+if [ "$reader_ok" -ne 0 ]; then
+    say "FAILED: a reader saw the store empty or rewound"
+    exit 1
+fi
 "$BIN" --log warn batch --input "$EVENTS_CSV" --profiles "$PROFILES" --db "$WORK/batch.db" --quiet
 python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
 python3 scripts/check-archive.py "$WORK/archive" "$WORK/batch.db"

@@ -27,6 +27,8 @@ pub struct SqliteStore {
     conn: Connection,
     /// A rebuild in progress (see the module's doc).
     rebuilding: Option<Rebuild>,
+    /// [`LIVE_GRACE`] (shorter in tests).
+    live_grace: std::time::Duration,
     /// Per table (by `TableId as usize`): its upsert and delete-by-key statements' SQL, built once
     /// (formatting them per row was a fifth of the writer's time).
     statements: Vec<(String, String)>,
@@ -39,7 +41,15 @@ struct Rebuild {
     old_live_edge: Option<String>,
     frontier: Option<String>,
     live_edge: Option<String>,
+    /// When the rebuild's live windows began (its source had read its backlog).
+    live_since: Option<std::time::Instant>,
 }
+
+/// How long a rebuild whose source is live may stay behind the old results before it switches in
+/// anyway. Live, its frontier catches up within seconds (the steps from its last large one to the
+/// live edge); one still behind after this came from other input (another topic, a reset one),
+/// and waiting would show readers the old results for good.
+const LIVE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Rebuild {
     /// The rebuild shows readers at least what they see: its frontier has reached theirs, and its
@@ -54,7 +64,10 @@ impl Rebuild {
         for (key, value) in state {
             match key.as_str() {
                 state_key::FRONTIER => self.frontier = Some(value.clone()),
-                state_key::LIVE_EDGE => self.live_edge = Some(value.clone()),
+                state_key::LIVE_EDGE => {
+                    self.live_edge = Some(value.clone());
+                    self.live_since.get_or_insert_with(std::time::Instant::now);
+                }
                 _ => {}
             }
         }
@@ -199,7 +212,7 @@ impl SqliteStore {
         for table in TABLES {
             conn.execute(&create_table_sql(table), []).with_context(|| format!("creating table {}", table.name))?;
         }
-        let mut store = SqliteStore { conn, rebuilding: None, statements: statements("") };
+        let mut store = SqliteStore { conn, rebuilding: None, live_grace: LIVE_GRACE, statements: statements("") };
         // A rebuild another connection began (the run's start) goes on here.
         if store.has_table(&format!("{REBUILD_PREFIX}pipeline_state"))? {
             for table in TABLES {
@@ -274,7 +287,7 @@ impl SqliteStore {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .with_context(|| format!("opening SQLite store {}", path.display()))?;
-        Ok(SqliteStore { conn, rebuilding: None, statements: statements("") })
+        Ok(SqliteStore { conn, rebuilding: None, live_grace: LIVE_GRACE, statements: statements("") })
     }
 
     pub fn query(&self, query: &Query) -> Result<Vec<Row>> {
@@ -461,12 +474,12 @@ impl Sink for SqliteStore {
         if rebuild.caught_up() {
             self.switch_in()?;
             tracing::info!("the rebuilt store has caught up with the old one ({old}): readers now see it");
-        } else if rebuild.live_edge.is_some() {
-            // Live windows mean the source has read its backlog: the old results came from other
-            // input (another topic, a reset one), and waiting would show them for good.
+        } else if rebuild.live_since.is_some_and(|since| since.elapsed() >= self.live_grace) {
             self.switch_in()?;
             tracing::warn!(
-                "this run is live but behind the results the store held ({old}): readers now see its results"
+                "this run has been live for {} s but is behind the results the store held ({old}), which came from \
+                 other input: readers now see its results",
+                self.live_grace.as_secs()
             );
         } else if batch.complete && rebuild.frontier.is_some() {
             self.switch_in()?;
@@ -592,5 +605,16 @@ mod tests {
         writer.write(&live("2019-12-01T12:11:00Z")).unwrap();
         assert!(!writer.is_rebuilding());
         assert_eq!(seen(&path), (vec![boundary(4, "").upserts[0].1.clone()], Some("2019-12-01T12:05:00Z".into())));
+
+        // Live but behind the old results for longer than the grace: they came from other input.
+        writer.live_grace = std::time::Duration::from_millis(50);
+        writer.start_over().unwrap();
+        writer.write(&boundary(5, "2019-12-01T08:00:00Z")).unwrap();
+        writer.write(&live("2019-12-01T08:30:00Z")).unwrap();
+        assert!(writer.is_rebuilding(), "live, within the grace");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        writer.write(&live("2019-12-01T08:31:00Z")).unwrap();
+        assert!(!writer.is_rebuilding(), "live, past the grace");
+        assert_eq!(seen(&path).1.as_deref(), Some("2019-12-01T08:00:00Z"));
     }
 }
