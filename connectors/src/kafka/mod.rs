@@ -187,7 +187,19 @@ pub fn partition_count<C: ClientContext>(
             Ok(metadata) => metadata,
             // As long as one five-second request would have waited.
             Err(_) if std::time::Instant::now() < answer_by.min(deadline) => continue,
-            Err(error) => return Err(error).with_context(|| format!("asking the brokers about topic '{topic}'")),
+            Err(error) => {
+                // librdkafka hands a client its errors a while after they happen (seen: all at
+                // once, 3 to 5 s in): a refusal that comes within a little longer still ends the
+                // command as one, not as an unreachable broker to retry.
+                let grace = std::time::Instant::now() + Duration::from_secs(3);
+                while std::time::Instant::now() < grace {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Some(refused) = serve() {
+                        return Err(config(refused));
+                    }
+                }
+                return Err(error).with_context(|| format!("asking the brokers about topic '{topic}'"));
+            }
         };
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         if let Some(found) = found {
