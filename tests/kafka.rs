@@ -326,6 +326,9 @@ fn a_backlog_within_one_catch_up_step_loses_no_event_to_the_thread_released_firs
         assert_eq!((summary.applied, summary.late), (sent, 0), "attempt {attempt}");
         let store = SqliteStore::open_read_only(&db).unwrap();
         assert_eq!(store.state("frontier").unwrap().as_deref(), Some("2019-10-01T05:57:00Z"), "attempt {attempt}");
+        // The log's first step is a live one, as `open_step` would have opened it: the live
+        // windows kept every window, up to the end.
+        assert_eq!(store.state("live_edge").unwrap(), store.state("frontier").unwrap(), "attempt {attempt}");
     }
 }
 

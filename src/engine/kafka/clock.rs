@@ -232,7 +232,14 @@ impl KafkaSource {
             // either: an event read since a view was published is not late unless before it.
             let earliest = self.threads.iter().filter_map(|t| t.lock().unwrap().view.earliest_seen).min();
             let first = earliest.into_iter().chain(self.frontier()).fold(first, Timestamp::min);
-            steps.insert(self.options.settings.step_start(first), step);
+            let start = self.options.settings.step_start(first);
+            steps.insert(start, step);
+            // As `open_step` would have opened the first step: a live one, where the live windows
+            // take over, unless a backlog is still being read in larger steps.
+            let settings = &self.options.settings;
+            if !(settings.retire > settings.step && self.catching_up()) {
+                self.opened(start, step);
+            }
         }
         loop {
             let (&start, &length) = steps.last_key_value().expect("not empty");
