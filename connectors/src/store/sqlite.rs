@@ -3,10 +3,11 @@
 //!
 //! A run that starts over on a store holding results ([`Sink::start_over`]) never blanks it for
 //! readers (SPEC §7, continuity): it writes its tables beside the old ones, under the prefix
-//! [`REBUILD_PREFIX`], and switches them in by renaming, in one transaction, once its frontier has
-//! reached the old one (or at its last batch). Until then readers see the old tables, and in the
-//! old `pipeline_state` the rebuild's progress under `rebuild_frontier`. The database holds both
-//! meanwhile.
+//! [`REBUILD_PREFIX`], and switches them in by renaming, in one transaction, once it shows at least
+//! what readers see (see `Rebuild::caught_up`), or earlier when it cannot (a bounded run's last
+//! batch, a live source still behind after [`LIVE_GRACE`]). Until then readers see the old tables,
+//! and in the old `pipeline_state` the rebuild's progress under `rebuild_frontier`. The database
+//! holds both meanwhile.
 
 use std::path::Path;
 
@@ -72,6 +73,11 @@ impl Rebuild {
             }
         }
     }
+}
+
+/// A table's name in a rebuild beside it.
+fn rebuild_name(table: &Table) -> String {
+    format!("{REBUILD_PREFIX}{}", table.name)
 }
 
 /// The upsert and delete statements of every table, for tables named with `prefix`.
@@ -217,7 +223,7 @@ impl SqliteStore {
         if store.has_table(&format!("{REBUILD_PREFIX}pipeline_state"))? {
             for table in TABLES {
                 // A rebuild begun by an older version may lack a newer table.
-                store.conn.execute(&create_table_sql_named(table, &format!("{REBUILD_PREFIX}{}", table.name)), [])?;
+                store.conn.execute(&create_table_sql_named(table, &rebuild_name(table)), [])?;
             }
             let mut rebuild = Rebuild {
                 old_frontier: store.state(state_key::FRONTIER)?.unwrap_or_default(),
@@ -246,14 +252,20 @@ impl SqliteStore {
     fn drop_rebuild(&mut self) -> Result<()> {
         let tx = self.conn.transaction()?;
         for table in TABLES {
-            tx.execute(&format!("DROP TABLE IF EXISTS {}", quoted(&format!("{REBUILD_PREFIX}{}", table.name))), [])?;
+            tx.execute(&format!("DROP TABLE IF EXISTS {}", quoted(&rebuild_name(table))), [])?;
         }
         tx.execute("DELETE FROM pipeline_state WHERE key = ?1", [REBUILD_FRONTIER])?;
         tx.commit()?;
+        self.write_in_place();
+        Ok(())
+    }
+
+    /// Writes go to the tables readers see again (the cached statements may name dropped or
+    /// renamed tables).
+    fn write_in_place(&mut self) {
         self.conn.flush_prepared_statement_cache();
         self.statements = statements("");
         self.rebuilding = None;
-        Ok(())
     }
 
     /// A rebuild is in progress: writes go to the tables beside the ones readers see.
@@ -267,15 +279,12 @@ impl SqliteStore {
         let tx = self.conn.transaction()?;
         for table in TABLES {
             let name = quoted(table.name);
-            let next = quoted(&format!("{REBUILD_PREFIX}{}", table.name));
+            let next = quoted(&rebuild_name(table));
             tx.execute(&format!("DROP TABLE IF EXISTS {name}"), [])?;
             tx.execute(&format!("ALTER TABLE {next} RENAME TO {name}"), [])?;
         }
         tx.commit()?;
-        // The cached statements name the tables that were renamed.
-        self.conn.flush_prepared_statement_cache();
-        self.statements = statements("");
-        self.rebuilding = None;
+        self.write_in_place();
         Ok(())
     }
 
@@ -416,7 +425,7 @@ impl Sink for SqliteStore {
         };
         let tx = self.conn.transaction()?;
         for table in TABLES {
-            tx.execute(&create_table_sql_named(table, &format!("{REBUILD_PREFIX}{}", table.name)), [])?;
+            tx.execute(&create_table_sql_named(table, &rebuild_name(table)), [])?;
         }
         tx.execute("INSERT OR REPLACE INTO pipeline_state VALUES (?1, '')", [REBUILD_FRONTIER])?;
         tx.commit()?;
@@ -457,9 +466,9 @@ impl Sink for SqliteStore {
                 .execute(params_from_iter(table.columns.iter().zip(row).map(|(c, v)| Bind(c.kind, v))))?;
         }
         drop(current);
-        let state = format!("INSERT OR REPLACE INTO {} VALUES (?1, ?2)", quoted(&format!("{prefix}pipeline_state")));
+        let state = &self.statements[TableId::PipelineState as usize].0;
         for (key, value) in &batch.state {
-            tx.prepare_cached(&state)?.execute([key, value])?;
+            tx.prepare_cached(state)?.execute([key, value])?;
         }
         let frontier = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER).map(|(_, v)| v);
         if let (Some(_), Some(frontier)) = (&self.rebuilding, frontier) {

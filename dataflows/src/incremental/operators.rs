@@ -70,8 +70,8 @@ where
     accumulate_by_key(updates, "SumByKey")
 }
 
-/// The sums `contributions` makes of each record, added up per key within each container a
-/// worker receives, before they are exchanged and wait for their time: a record per key and batch
+/// The sums `contributions` makes of each record, added up per key and time within each
+/// activation's input (per stamp), before they are exchanged and wait for their time: a record per key and batch
 /// instead of several per input record (a day's sales per segment otherwise held three records an
 /// event until their step closed).
 pub fn sum_within_batches<'s, D, K, I, const N: usize>(
