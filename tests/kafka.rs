@@ -10,6 +10,7 @@ use std::time::Duration;
 use cartflow::cli::RunArgs;
 use cartflow::commands::{run, simulate};
 use cartflow_connectors::store::sqlite::SqliteStore;
+use common::every_write::EveryWrite;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -397,9 +398,12 @@ fn a_kafka_config_file_configures_every_command() {
 /// partition 1's messages reversed in runs of up to 8 minutes of event time and partition 3's in
 /// runs of up to 5, so events arrive minutes out of order, across partitions read in parallel. Steps open as the frontier moves (1-minute catch-up steps), so the lateness
 /// decides. Nothing is late, and every table, the live windows (kept by the source at its live
-/// edge) included, ends equal to `batch`; `pipeline_state` has the live edge.
+/// edge) included, ends equal to `batch`; `pipeline_state` has the live edge. At every write
+/// (boundary or live write) the store is read: the windows ended by the frontier `F` are final and
+/// equal `batch`'s, later ones open and growing, never beyond `batch`'s (`common/every_write.rs`);
+/// and at every 180th boundary the whole store equals `batch --until F`.
 #[test]
-fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equal_batch() {
+fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equal_batch_at_every_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let (events, users) = generated(dir.path(), 20_000, 1, 31);
     let cluster = MockCluster::new(1).unwrap();
@@ -451,18 +455,32 @@ fn events_out_of_order_within_the_lateness_are_applied_and_the_live_windows_equa
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let batch_db = dir.path().join("batch.db");
-    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
+        .unwrap();
     for workers in [1, 2] {
+        let what = format!("events out of order, -w {workers}");
         let db = dir.path().join(format!("live-{workers}.db"));
         let mut args = kafka_run_args(&brokers, db.clone(), workers, 60);
         args.group = format!("live-{workers}");
         args.profiles = Some(users.clone());
         args.catch_up_step = 60;
         args.rejects = Some(dir.path().join(format!("rejects-{workers}.csv")));
-        let summary = run::run(&args).unwrap();
+        // The store is read after every write (every boundary, every live write); at every
+        // 180th boundary it is copied and compared with `batch --until F` below.
+        let every_write = EveryWrite::new(&db, &batch_db, &dir.path().join(format!("copies-{workers}")), 180);
+        let mut config = run::config(&args).unwrap();
+        config.after_write = Some(every_write.after_write());
+        let summary = cartflow::engine::run(&config).unwrap();
         let rejects = std::fs::read_to_string(dir.path().join(format!("rejects-{workers}.csv"))).unwrap_or_default();
         assert_eq!((summary.late, summary.applied), (0, sent.delivered), "-w {workers}: {rejects}");
-        assert_same_results(&batch_db, &db, &format!("events out of order, -w {workers}"));
+        assert_same_results(&batch_db, &db, &what);
+        let (writes, boundaries, copies) = every_write.assert_held(&what);
+        assert!(
+            writes > boundaries,
+            "{what}: live writes between the boundaries ({writes} writes, {boundaries} boundaries)"
+        );
+        assert!(copies >= 5, "{what}: {copies} copies");
+        every_write.assert_copies_equal_batch(&events, Some(&users), &what);
         let store = SqliteStore::open_read_only(&db).unwrap();
         let (edge, frontier) = (store.state("live_edge").unwrap(), store.state("frontier").unwrap());
         assert!(edge.is_some() && edge == frontier, "at the end the live edge is the frontier: {edge:?} {frontier:?}");

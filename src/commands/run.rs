@@ -92,6 +92,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
         cluster: ClusterConfig { processes: args.processes, process: args.process, hostfile: args.hostfile.clone() },
         serve: args.serve.map(|listen| ServeConfig { listen, token: args.token.clone(), max_lag: args.max_lag }),
         commit_log: args.commit_log.clone(),
+        after_write: None,
         quiet: args.quiet,
     })
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cartflow_connectors::input::ordered::OrderOptions;
-use cartflow_connectors::store::StoreTarget;
+use cartflow_connectors::store::{AfterWrite, StoreTarget};
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::Timestamp;
 
@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub serve: Option<ServeConfig>,
     /// `--commit-log`: when each boundary was committed.
     pub commit_log: Option<PathBuf>,
+    /// Called once each write is in the store (no command line: for programs embedding the
+    /// engine; the tests read the store at every boundary with it).
+    pub after_write: Option<AfterWrite>,
     /// No progress lines.
     pub quiet: bool,
 }
@@ -58,6 +61,7 @@ impl EngineConfig {
             cluster: ClusterConfig::single(),
             serve: None,
             commit_log: None,
+            after_write: None,
             quiet: false,
         }
     }

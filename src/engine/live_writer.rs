@@ -51,8 +51,7 @@ impl LiveWriter {
                         continue;
                     }
                     let started = Instant::now();
-                    if let Some(batch) = source.live_writes().filter(|b| !b.is_empty()) {
-                        lane.push(batch);
+                    if source.live_writes(&mut |batch| lane.push(batch)) {
                         done.writes += 1;
                     }
                     done.building += started.elapsed();

@@ -84,10 +84,20 @@ pub trait Source: Send + Sync {
         None
     }
 
-    /// The realtime windows' writes since the last call, with the live edge (see
-    /// [`cartflow_dataflows::incremental::live_windows`]); `None` when the source keeps none or
-    /// nothing changed. A thread of worker 0's process calls it four times a second.
-    fn live_writes(&self) -> Option<cartflow_dataflows::schema::WriteBatch> {
+    /// The open realtime windows changed since the last call, with the live edge (see
+    /// [`cartflow_dataflows::incremental::live_windows`]), handed to `deliver` (the store
+    /// writer's first lane) while the windows are locked; `false` when the source keeps none or
+    /// had nothing to write. A thread of worker 0's process calls it four times a second.
+    fn live_writes(&self, _deliver: &mut dyn FnMut(cartflow_dataflows::schema::WriteBatch)) -> bool {
+        false
+    }
+
+    /// The realtime windows that end at or before `boundary`, written final with it (the store
+    /// writer adds them to the boundary's batch, so a window is final exactly when the store's
+    /// frontier has passed its end, SPEC §3.1); and the deletes of those past the retention.
+    /// Every open-window write built before is in the store writer's first lane by then, so it
+    /// is written before them.
+    fn live_finals(&self, _boundary: Timestamp) -> Option<cartflow_dataflows::schema::WriteBatch> {
         None
     }
 

@@ -28,6 +28,9 @@ pub enum StoreJob {
         state: Vec<(String, String)>,
     },
     Batch(WriteBatch),
+    /// The run's end frontier: the live windows' last writes as of it ([`Source::live_final`]),
+    /// built here, after the boundaries queued before it took their finals.
+    LiveFinal(Timestamp),
 }
 
 /// Starts the writer thread over `store`.
@@ -44,19 +47,24 @@ pub fn spawn(
         )),
         None => None,
     };
-    let sink = TellsTheSource { store, source, commit_log };
+    let sink = TellsTheSource { store, source: source.clone(), commit_log };
     Ok(BackgroundSink::spawn_preparing(sink, 2, move |job| match job {
         StoreJob::Boundary { boundary, first_event, changes, state } => {
             if let Some(first) = first_event {
                 materializer.note_event(first);
             }
             let mut batch = materializer.advance(boundary, changes);
+            if let Some(finals) = source.live_finals(boundary) {
+                batch.upserts.extend(finals.upserts);
+                batch.deletes.extend(finals.deletes);
+            }
             batch.state.push((state_key::FRONTIER.into(), format_rfc3339(boundary)));
             batch.state.push((state_key::SOURCE.into(), job_name.into()));
             batch.state.extend(state);
             batch
         }
         StoreJob::Batch(batch) => batch,
+        StoreJob::LiveFinal(frontier) => source.live_final(frontier).unwrap_or_default(),
     }))
 }
 

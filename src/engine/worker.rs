@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
+use cartflow_connectors::store::Observed;
 use cartflow_dataflows::incremental::materialize::Materializer;
 use cartflow_dataflows::incremental::{self, logical, Diff, Output, Time};
 use cartflow_dataflows::model::time::end_frontier_after;
@@ -175,7 +176,11 @@ fn lead(
         Some(from) => Materializer::new(settings, config.retention).without_windows_from(from),
         None => Materializer::new(settings, config.retention),
     };
-    let store = store_writer::spawn(config.store.open()?, materializer, source.clone(), config.commit_log.as_deref())?;
+    let mut sink = config.store.open()?;
+    if let Some(after) = &config.after_write {
+        sink = Box::new(Observed { inner: sink, after: after.clone() });
+    }
+    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref())?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
         store,
@@ -304,8 +309,8 @@ fn finish(
     }
     let source = driver.source.clone();
     driver.stop_live();
-    if let Some(batch) = frontier.and_then(|frontier| source.live_final(frontier)) {
-        driver.store.write(StoreJob::Batch(batch))?;
+    if let Some(frontier) = frontier {
+        driver.store.write(StoreJob::LiveFinal(frontier))?;
     }
     let mut state = crate::report::state_entries(source.name(), &read, &rejects, applied, after_until, frontier);
     state.push((state_key::LATE.to_string(), late.to_string()));

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use self::hbase::{HbaseStore, HbaseUrl};
-pub use self::sink::{BackgroundSink, FirstLane, Sink, WriteBatch, WriterStats};
+pub use self::sink::{AfterWrite, BackgroundSink, FirstLane, Observed, Sink, WriteBatch, WriterStats};
 use self::sqlite::SqliteStore;
 
 /// Where results go: `--db PATH` (SQLite, the embedded default) or `--store URL`.

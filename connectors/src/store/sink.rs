@@ -26,6 +26,36 @@ pub trait Sink {
     }
 }
 
+/// Called once each batch is in the store, on the thread that wrote it, before the next batch is
+/// written: a program embedding the engine (the tests) reads the store there exactly as of each
+/// boundary and each live write.
+#[derive(Clone)]
+pub struct AfterWrite(pub Arc<dyn Fn(&WriteBatch) + Send + Sync>);
+
+impl std::fmt::Debug for AfterWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterWrite(..)")
+    }
+}
+
+/// A sink that calls [`AfterWrite`] after each write.
+pub struct Observed<S> {
+    pub inner: S,
+    pub after: AfterWrite,
+}
+
+impl<S: Sink> Sink for Observed<S> {
+    fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        self.inner.write(batch)?;
+        (self.after.0)(batch);
+        Ok(())
+    }
+
+    fn start_over(&mut self) -> Result<()> {
+        self.inner.start_over()
+    }
+}
+
 impl Sink for Box<dyn Sink + Send> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         (**self).write(batch)

@@ -8,10 +8,11 @@
 //! distinct users, counts, sums and top lists can be kept exactly while events arrive in any
 //! order, with no retraction. So the windows a live source shows are kept here, outside the
 //! dataflow: per open window, the set of its users and buyers, its counts, and its products' and
-//! brands' tallies; each accepted event goes to its five windows. A window is written whenever it
-//! changed, and once the source's late cutoff (no event before it can be accepted any more) has
-//! passed its end it is written one last time with `final = 1` and forgotten; it leaves the store
-//! with the retention, as the materializer does for the dataflow's windows.
+//! brands' tallies; each accepted event goes to its five windows. An open window is written
+//! whenever it changed ([`LiveWindows::write_open`]); once the frontier has passed its end it is
+//! written one last time with `final = 1`, in the same store write as that frontier
+//! ([`LiveWindows::write_finals`]), and forgotten; it leaves the store with the retention, as the
+//! materializer does for the dataflow's windows.
 //!
 //! The rows come from the same builders as the batch reference (`analyses::realtime`), ranked by
 //! the same keys, so a final window is byte-identical to `batch`'s and a window still open equals
@@ -179,11 +180,20 @@ impl LiveWindows {
         }
     }
 
-    /// The writes that bring the store's windows up to date: every window changed since the last
-    /// call, with `final = 1` for those whose end is at or before `cutoff` (no event before the
-    /// cutoff can be accepted any more), which are then forgotten; and the deletes of final
-    /// windows whose start left the retention `[cutoff - retention, …)`.
+    /// The writes that bring the store's windows up to date: [`LiveWindows::write_finals`] as of
+    /// `cutoff`, then [`LiveWindows::write_open`].
     pub fn write(&mut self, cutoff: Timestamp) -> WriteBatch {
+        let mut batch = self.write_finals(cutoff);
+        let open = self.write_open();
+        batch.upserts.extend(open.upserts);
+        batch
+    }
+
+    /// The windows whose end is at or before `cutoff` (no event before it can be accepted any
+    /// more), written with `final = 1` and forgotten; and the deletes of final windows whose start
+    /// left the retention `[cutoff - retention, …)`. The engine calls it with each boundary it
+    /// writes, so that a window is final exactly when the store's frontier has passed its end.
+    pub fn write_finals(&mut self, cutoff: Timestamp) -> WriteBatch {
         // Every event before the cutoff is in: at the end of a bounded stream the source closes
         // steps past the live edge, and the events waiting for the edge there must come first.
         self.advance_edge(cutoff);
@@ -194,13 +204,19 @@ impl LiveWindows {
             window.write(start, true, &mut batch);
             self.written_final.insert(start);
         }
-        for (start, window) in self.open.iter_mut().filter(|(_, w)| w.changed) {
-            window.write(*start, false, &mut batch);
-        }
         let expired: Vec<Timestamp> = self.written_final.range(..cutoff - self.retention).copied().collect();
         for start in expired {
             self.written_final.remove(&start);
             batch.deletes.extend(window_deletes(start));
+        }
+        batch
+    }
+
+    /// Every open window changed since the last call, with `final = 0`.
+    pub fn write_open(&mut self) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (start, window) in self.open.iter_mut().filter(|(_, w)| w.changed) {
+            window.write(*start, false, &mut batch);
         }
         batch
     }

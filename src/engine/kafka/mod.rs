@@ -304,24 +304,29 @@ impl KafkaSource {
         self.live_from.load(Ordering::SeqCst)
     }
 
-    /// The live windows' writes as of the threads' least cutoff and the live edge.
-    fn live_batch(&self, cutoff: Option<Timestamp>, edge: Option<Timestamp>) -> Option<WriteBatch> {
-        let live = self.live.as_ref()?;
+    /// The live windows' writes: the finals through `finals_through` (if any), then, with
+    /// `open`, the open windows changed since the last write, with the live edge. `deliver` is
+    /// called while the windows are locked, so that a batch built before a boundary's finals
+    /// (see [`Source::live_finals`]) is handed to the store writer before them.
+    fn live_batch(
+        &self,
+        finals_through: Option<Timestamp>,
+        edge: Option<Timestamp>,
+        open: bool,
+        deliver: &mut dyn FnMut(WriteBatch),
+    ) {
+        let Some(live) = self.live.as_ref() else { return };
         if self.live_from() == Timestamp::MAX {
-            return None;
+            return;
         }
-        // The cutoff is read before the windows are locked: a thread that moves its cutoff has
-        // handed its events over first (see `add_live`).
-        let cutoff = cutoff.or_else(|| {
-            // Every thread of the run: the followers' cutoffs arrive with their events.
-            let least = self.cutoffs.iter().map(|c| c.load(Ordering::SeqCst)).min()?;
-            (least != Timestamp::MIN).then_some(least)
-        })?;
         let mut live = live.lock().unwrap();
         if let Some(edge) = edge {
             live.advance_edge(edge);
         }
-        let mut batch = live.write(cutoff);
+        let mut batch = finals_through.map(|f| live.write_finals(f)).unwrap_or_default();
+        if open {
+            batch.upserts.extend(live.write_open().upserts);
+        }
         let missed = std::mem::take(&mut live.missed_final);
         if missed > 0 {
             warn!("internal error: {missed} event(s) reached the live windows after their window was written final");
@@ -329,7 +334,7 @@ impl KafkaSource {
         if let Some(edge) = live.edge() {
             batch.state.push((state_key::LIVE_EDGE.into(), format_rfc3339(edge)));
         }
-        Some(batch)
+        deliver(batch);
     }
 
     /// Stops every source thread (a worker failed).
@@ -365,12 +370,28 @@ impl Source for KafkaSource {
         self.keeps_live().then(|| self.live_from.clone())
     }
 
-    fn live_writes(&self) -> Option<WriteBatch> {
-        self.live_batch(None, self.edge())
+    fn live_writes(&self, deliver: &mut dyn FnMut(WriteBatch)) -> bool {
+        let edge = self.edge();
+        let mut delivered = false;
+        self.live_batch(None, edge, true, &mut |batch| {
+            if !batch.is_empty() {
+                deliver(batch);
+                delivered = true;
+            }
+        });
+        delivered
+    }
+
+    fn live_finals(&self, boundary: Timestamp) -> Option<WriteBatch> {
+        let mut finals = None;
+        self.live_batch(Some(boundary), None, false, &mut |batch| finals = Some(batch));
+        finals
     }
 
     fn live_final(&self, frontier: Timestamp) -> Option<WriteBatch> {
-        self.live_batch(Some(frontier), Some(frontier))
+        let mut last = None;
+        self.live_batch(Some(frontier), Some(frontier), true, &mut |batch| last = Some(batch));
+        last
     }
 
     fn at_boundary(&self, boundary: Timestamp) -> (Option<Timestamp>, Vec<(String, String)>) {
