@@ -8,9 +8,32 @@ import sys
 import duckdb
 
 
-def main(root, store):
+def connect(root):
+    """DuckDB, able to read `root`: a local directory, or s3://bucket/prefix through its httpfs
+    extension (from PyPI's duckdb-extension-httpfs: DuckDB cannot download it offline), pointed at
+    the AWS_* variables' endpoint and keys."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if root.startswith("s3://"):
+        import glob
+        import os
+        from urllib.parse import urlparse
+
+        import duckdb_extension_httpfs
+        found = glob.glob(os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), "extensions",
+                                       "v" + duckdb.__version__, "httpfs.duckdb_extension"))
+        if not found:
+            sys.exit(f"no httpfs extension for DuckDB {duckdb.__version__} in duckdb-extension-httpfs")
+        con.execute(f"LOAD '{found[0]}'")
+        endpoint = urlparse(os.environ["AWS_ENDPOINT"])
+        con.execute(f"""CREATE SECRET (TYPE s3, KEY_ID '{os.environ["AWS_ACCESS_KEY_ID"]}',
+            SECRET '{os.environ["AWS_SECRET_ACCESS_KEY"]}', REGION '{os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}',
+            ENDPOINT '{endpoint.netloc}', USE_SSL {str(endpoint.scheme == "https").lower()}, URL_STYLE 'path')""")
+    return con
+
+
+def main(root, store):
+    con = connect(root)
     table = f"read_parquet('{root}/raw/events/*/*/*/*/*.parquet', hive_partitioning = true)"
     rows, distinct, revenue, misplaced = con.execute(f"""
         SELECT count(*),

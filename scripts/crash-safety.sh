@@ -32,6 +32,19 @@ print(c.execute(\"SELECT value FROM pipeline_state WHERE key = 'frontier'\").fet
 
 say "tansu on $BROKERS, $EVENTS events at $RATE/s, $KILLS kills of archive and of run, seed $SEED"
 start_broker user-events
+# ARCHIVE_STORE=s3: the archive on S3 (moto's server, the bucket cartflow-archive), read back by
+# DuckDB's httpfs (DUCKDB_HTTPFS_PYTHON: a Python whose duckdb loads it, see .ci/run).
+ROOT=$WORK/archive
+CHECK_PYTHON=python3
+if [ "${ARCHIVE_STORE:-local}" = s3 ]; then
+    [ -n "${AWS_ENDPOINT:-}" ] || start_storage
+    python3 -c 'import boto3, os
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT"]).create_bucket(
+    Bucket="cartflow-archive", CreateBucketConfiguration={"LocationConstraint": os.environ["AWS_DEFAULT_REGION"]})'
+    ROOT=s3://cartflow-archive/shop/history
+    CHECK_PYTHON=${DUCKDB_HTTPFS_PYTHON:?"set DUCKDB_HTTPFS_PYTHON to a Python with duckdb and duckdb-extension-httpfs of one version"}
+fi
+say "the archive at $ROOT"
 "$BIN" --log warn generate --out "$WORK/data" --events "$EVENTS" --days 3 --quiet
 EVENTS_CSV=$WORK/data/events.csv
 PROFILES=$WORK/data/users.csv
@@ -44,7 +57,7 @@ pids+=("$simulate_pid")
 # The archive: killed KILLS times at random moments over the stream, restarted each time.
 (
     for i in $(seq "$KILLS"); do
-        "$BIN" --log warn archive --brokers "$BROKERS" --root "$WORK/archive" --batch-events 20000 \
+        "$BIN" --log warn archive --brokers "$BROKERS" --root "$ROOT" --batch-events 20000 \
             --flush-interval 2s --quiet &
         pid=$!
         sleep "$(pause 1 $((2 * stream_seconds / KILLS)))"
@@ -63,7 +76,7 @@ pids+=("$reader_pid")
 
 # The engine: killed KILLS times, each time after a random while, restarted from the archive.
 for i in $(seq "$KILLS"); do
-    "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 --profiles "$PROFILES" \
+    "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$ROOT" -w 2 --profiles "$PROFILES" \
         --db "$WORK/live.db" --idle-timeout 5s --quiet &
     pid=$!
     pids+=("$pid")
@@ -75,8 +88,8 @@ done
 wait "$archive_loop"
 wait "$simulate_pid"
 say "the stream is in; the archive completes, then run --bootstrap reads to the end of the topic"
-"$BIN" --log warn archive --brokers "$BROKERS" --root "$WORK/archive" --exit-at-end --quiet
-"$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$WORK/archive" -w 2 --profiles "$PROFILES" \
+"$BIN" --log warn archive --brokers "$BROKERS" --root "$ROOT" --exit-at-end --quiet
+"$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$ROOT" -w 2 --profiles "$PROFILES" \
     --db "$WORK/live.db" --exit-at-end --quiet
 touch "$WORK/stop-reader"
 reader_ok=0
@@ -88,5 +101,5 @@ if [ "$reader_ok" -ne 0 ]; then
 fi
 "$BIN" --log warn batch --input "$EVENTS_CSV" --profiles "$PROFILES" --db "$WORK/batch.db" --quiet
 python3 scripts/compare-stores.py "$WORK/batch.db" "$WORK/live.db"
-python3 scripts/check-archive.py "$WORK/archive" "$WORK/batch.db"
+"$CHECK_PYTHON" scripts/check-archive.py "$ROOT" "$WORK/batch.db"
 say "passed (seed $SEED)"

@@ -425,8 +425,11 @@ pub struct ArchiveArgs {
     #[arg(long, default_value = "user-events", value_name = "NAME")]
     pub topic: String,
 
-    /// The archive's root directory (created if missing).
-    #[arg(long, value_name = "PATH")]
+    /// The archive's root: a local directory (created if missing), or an object store URL:
+    /// s3://bucket/prefix (credentials and endpoint from the AWS_* variables or ~/.aws),
+    /// gs://bucket/prefix (GOOGLE_*), az://container/prefix (AZURE_*), hdfs://namenode:port/path
+    /// (a build with --features hdfs).
+    #[arg(long, value_name = "PATH|URL")]
     pub root: PathBuf,
 
     /// Flush once this many events are buffered.
@@ -476,8 +479,9 @@ pub struct ArchiveArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct HiveDdlArgs {
-    /// The archive's root directory.
-    #[arg(long, value_name = "PATH")]
+    /// The archive's root: a local directory or an object store URL (see `archive --root`);
+    /// the statements name its location as Hive does (s3a://, hdfs://).
+    #[arg(long, value_name = "PATH|URL")]
     pub root: PathBuf,
 
     /// Table name.
@@ -488,7 +492,8 @@ pub struct HiveDdlArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Events: REES46 CSV files (plain or gzip), directories of them, or roots of a Parquet
-    /// archive (written by `archive`), in any mix and any order: they are read in event-time order
+    /// archive (written by `archive`; a local directory or an object store URL such as
+    /// s3://bucket/prefix, see `archive --root`), in any mix and any order: they are read in event-time order
     /// whatever the order of their rows and files (files with rows out of order are sorted first,
     /// see --tmp-dir). A bounded input has no late events.
     #[arg(long, short, num_args = 1.., value_name = "PATH", required_unless_present = "brokers", conflicts_with = "brokers")]

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cartflow::commands::{batch, run};
-use cartflow_connectors::archive::{ArchiveWriter, ArchivedEvent};
+use cartflow_connectors::archive::{ArchiveRoot, ArchiveWriter, ArchivedEvent};
 use cartflow_connectors::input::ordered::{read_events_in_time_order, survey, OrderOptions};
 use cartflow_connectors::input::{read_events, RejectLog};
 use common::*;
@@ -144,7 +144,7 @@ fn an_archive_beside_csv_files_is_merged_in_time_order() {
     let lines = data_lines(&events);
     let (early, late) = lines.split_at(lines.len() / 2);
     let root = dir.path().join("archive");
-    let (mut writer, _) = ArchiveWriter::open(&root).unwrap();
+    let (mut writer, _) = ArchiveWriter::open(&ArchiveRoot::local(&root).unwrap()).unwrap();
     let mut offset = 0;
     let early = write_csv(&dir.path().join("early.csv"), early, false);
     read_events(&[early], &mut RejectLog::new(None), false, |event, session| {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cartflow_connectors::archive::{ArchiveWriter, ArchivedEvent};
+use cartflow_connectors::archive::{ArchiveRoot, ArchiveWriter, ArchivedEvent};
 use cartflow_connectors::http::HttpServer;
 use cartflow_connectors::input::EventParser;
 use cartflow_connectors::input::{RejectLog, RejectReason};
@@ -38,7 +38,8 @@ pub struct ArchiveSummary {
 
 pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     let started = Instant::now();
-    let (mut writer, next) = ArchiveWriter::open(&args.root)?;
+    let root = ArchiveRoot::from_arg(&args.root).map_err(crate::exit::as_config)?;
+    let (mut writer, next) = ArchiveWriter::open(&root)?;
     let options = KafkaOptions::new(&args.brokers, args.kafka_config.as_deref(), &args.settings, "cartflow-archive")?;
     let mut defaults = vec![
         ("group.id", args.group.as_str()),
@@ -65,15 +66,20 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     info!(
         "archive: topic '{}' ({partitions} partitions) into {}; resuming at {}",
         args.topic,
-        args.root.display(),
+        root,
         if next.is_empty() {
             "the beginning".to_string()
         } else {
             next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
         }
     );
+    // By default beside the archive on a local disk, else in the working directory.
     let rejects_path = args.rejects.clone().unwrap_or_else(|| {
-        args.root.join("_cartflow").join(format!("rejects-{}.csv", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")))
+        let name = format!("rejects-{}.csv", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+        match root.local_path() {
+            Some(dir) => dir.join("_cartflow").join(name),
+            None => std::path::PathBuf::from(format!("cartflow-archive-{name}")),
+        }
     });
     let mut rejects = RejectLog::new(Some(rejects_path));
     let mut parser = EventParser::default();
@@ -93,6 +99,8 @@ pub fn run(args: &ArchiveArgs) -> Result<ArchiveSummary> {
     let mut last_log = Instant::now();
     let flush_interval = Duration::from_secs(args.flush_interval.max(1) as u64);
     loop {
+        // One writer per archive: the lease is renewed every few seconds (a cheap check between).
+        writer.keep_lease()?;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let (partition, offset) = (message.partition(), message.offset());
@@ -253,9 +261,10 @@ fn commit(consumer: &BaseConsumer<ConsumerLog>, topic: &str, read_up_to: &BTreeM
 
 /// `cartflow hive-ddl`: the statements that make the archive a Hive table.
 pub fn hive_ddl(args: &HiveDdlArgs, out: &mut impl std::io::Write) -> Result<()> {
-    if !cartflow_connectors::archive::is_archive(&args.root) {
-        anyhow::bail!("{} is not an archive (it has no raw/events)", args.root.display());
+    let root = ArchiveRoot::from_arg(&args.root).map_err(crate::exit::as_config)?;
+    if !cartflow_connectors::archive::is_archive(&root) {
+        anyhow::bail!("{root} is not an archive (it has no raw/events)");
     }
-    out.write_all(cartflow_connectors::archive::hive_ddl(&args.root, &args.table)?.as_bytes())?;
+    out.write_all(cartflow_connectors::archive::hive_ddl(&root, &args.table)?.as_bytes())?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod archive_flow;
 pub mod every_write;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,74 @@ impl Tansu {
 }
 
 impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's S3 server (PyPI `moto[server]`) on a free loopback port with one empty bucket, and the
+/// `AWS_*` variables that point a client at it; killed when dropped. `None` (with a visible
+/// message) when moto is not installed; under CI a missing moto fails instead.
+pub struct Moto {
+    pub endpoint: String,
+    pub bucket: String,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Option<Moto> {
+        let installed = std::process::Command::new("python3")
+            .args(["-c", "import moto.server, boto3"])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !installed {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("moto (pip install 'moto[server]') is missing under CI");
+            }
+            eprintln!("SKIPPED: moto is not installed (pip install 'moto[server]')");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto");
+        let moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), bucket: bucket.to_string(), child };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed().as_secs() < 30, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let created = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='cartflow', \
+                 aws_secret_access_key='cartflow', region_name='us-east-1').create_bucket(Bucket=sys.argv[2])",
+                &moto.endpoint,
+                bucket,
+            ])
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "creating the bucket: {}", String::from_utf8_lossy(&created.stderr));
+        Some(moto)
+    }
+
+    /// The variables an S3 client (cartflow's, through `object_store`) reads.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "cartflow".into()),
+            ("AWS_SECRET_ACCESS_KEY", "cartflow".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -268,4 +337,14 @@ pub fn http_get(address: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// `run` from Kafka: `--brokers`, `--step` seconds, `-w`, to the end of the topic.
+pub fn kafka_run_args(brokers: &str, db: PathBuf, workers: usize, step: i64) -> RunArgs {
+    let mut args = run_args(Vec::new(), None, None, db);
+    args.brokers = Some(brokers.to_string());
+    args.step = Some(step);
+    args.workers = workers;
+    args.exit_at_end = true;
+    args
 }

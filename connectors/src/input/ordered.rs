@@ -572,7 +572,10 @@ pub fn read_events_in_time_order(
 
 /// CSV files (directories expanded) and archive roots.
 fn split_inputs(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-    let (archives, csv): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| archive::is_archive(p));
+    let (archives, csv): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| {
+        archive::store::is_url(&p.to_string_lossy())
+            || archive::ArchiveRoot::local(p).is_ok_and(|root| archive::is_archive(&root))
+    });
     let csv = if csv.is_empty() { Vec::new() } else { resolve_inputs(&csv)? };
     Ok((csv, archives))
 }
@@ -783,6 +786,7 @@ impl ArchiveStream {
         let reader = std::thread::Builder::new()
             .name("cartflow-archive-reader".into())
             .spawn(move || {
+                let root = archive::ArchiveRoot::from_arg(&root)?;
                 let mut bad_files = Vec::new();
                 let mut batch = Vec::with_capacity(4_096);
                 let open = std::cell::Cell::new(true);
@@ -790,7 +794,7 @@ impl ArchiveStream {
                     &root,
                     since,
                     || open.get(),
-                    |path, error| bad_files.push((path.display().to_string(), format!("{error:#}"))),
+                    |key, error| bad_files.push((format!("{root}/{key}"), format!("{error:#}"))),
                     |archived| {
                         batch.push(archived.clone());
                         if batch.len() == 4_096 {

@@ -561,22 +561,22 @@ pub fn start(
         pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic.
-    let (archived, start_offsets) = match &options.bootstrap {
+    let (archive_root, archived, start_offsets) = match &options.bootstrap {
         Some((root, since)) => {
-            if !archive::is_archive(root) {
-                anyhow::bail!("--bootstrap {}: not an archive (it has no raw/events)", root.display());
+            let root = archive::ArchiveRoot::from_arg(root)?;
+            if !archive::is_archive(&root) {
+                anyhow::bail!("--bootstrap {root}: not an archive (it has no raw/events)");
             }
-            // One listing for both, taken between flushes of a running `archive`.
-            let (files, next) = archive::snapshot(root, *since)?;
+            // The files and the hand-over offsets of one commit, whatever `archive` writes meanwhile.
+            let (files, next) = archive::snapshot(&root, *since)?;
             info!(
-                "bootstrap: {} archived file(s) from {}, then the topic from offsets {}",
+                "bootstrap: {} archived file(s) from {root}, then the topic from offsets {}",
                 files.len(),
-                root.display(),
                 next.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
             );
-            (files, next)
+            (Some(root), files, next)
         }
-        None => (Vec::new(), BTreeMap::new()),
+        None => (None, Vec::new(), BTreeMap::new()),
     };
     let mut receivers = Vec::new();
     let mut handles = Vec::new();
@@ -584,7 +584,9 @@ pub fn start(
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Feed>(16);
         receivers.push(receiver);
         let owned = owned_partitions(worker, total_workers, partitions);
-        let replay = Replay::new(archived.iter().filter(|f| owned.contains(&f.partition)).cloned().collect(), &owned);
+        let replay = archive_root.as_ref().and_then(|root| {
+            Replay::new(root, archived.iter().filter(|f| owned.contains(&f.partition)).cloned().collect(), &owned)
+        });
         let thread = SourceThread::new(
             worker,
             owned,

@@ -1,21 +1,21 @@
 //! A bootstrap's replay of the archive: each source thread reads its partitions' archived files
 //! in offset order (the order the topic gave them), the partitions interleaved by event time.
 
+use cartflow_connectors::archive::{self, ArchiveFile, ArchiveRoot, ArchivedEvent};
 use std::collections::VecDeque;
-use std::path::PathBuf;
-
-use cartflow_connectors::archive::{self, ArchiveFile, ArchivedEvent};
 
 /// A thread's share of the archive, read per partition in offset order (the order the topic gave
 /// them), the partitions interleaved by event time.
 pub(super) struct Replay {
+    root: ArchiveRoot,
     pub(super) partitions: Vec<(VecDeque<ArchiveFile>, VecDeque<ArchivedEvent>)>,
     pub(super) symbols: rustc_hash::FxHashMap<String, cartflow_dataflows::model::Symbol>,
-    pub(super) bad_files: Vec<(PathBuf, String)>,
+    /// Files that could not be read (their keys under the root), with why.
+    pub(super) bad_files: Vec<(String, String)>,
 }
 
 impl Replay {
-    pub(super) fn new(files: Vec<ArchiveFile>, owned: &[i32]) -> Option<Replay> {
+    pub(super) fn new(root: &ArchiveRoot, files: Vec<ArchiveFile>, owned: &[i32]) -> Option<Replay> {
         if files.is_empty() {
             return None;
         }
@@ -27,7 +27,7 @@ impl Replay {
                 (VecDeque::from(mine), VecDeque::new())
             })
             .collect();
-        Some(Replay { partitions, symbols: Default::default(), bad_files: Vec::new() })
+        Some(Replay { root: root.clone(), partitions, symbols: Default::default(), bad_files: Vec::new() })
     }
 
     /// The next archived event, or `None` once every partition's files are read.
@@ -44,9 +44,9 @@ impl Replay {
                 }
                 let mut events = Vec::new();
                 for file in group {
-                    match archive::read_file(&file.path, &mut self.symbols) {
+                    match archive::read_file(&self.root, &file, &mut self.symbols) {
                         Ok(mut found) => events.append(&mut found),
-                        Err(error) => self.bad_files.push((file.path, format!("{error:#}"))),
+                        Err(error) => self.bad_files.push((file.key, format!("{error:#}"))),
                     }
                 }
                 events.sort_unstable_by_key(|e| e.offset);

@@ -320,10 +320,9 @@ impl SourceThread {
     /// The archive is replayed: the thread goes on with its partitions on the topic.
     fn end_replay(&mut self) -> Result<()> {
         if let Some(replay) = self.replay.take() {
-            for (path, error) in replay.bad_files {
-                warn!("bootstrap: skipped {}: {error}", path.display());
-                let source = path.display().to_string();
-                self.rejects.lock().unwrap().reject(&source, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
+            for (key, error) in replay.bad_files {
+                warn!("bootstrap: skipped {key}: {error}");
+                self.rejects.lock().unwrap().reject(&key, 0, RejectReason::BadArchiveFile, error.as_bytes())?;
             }
             info!(
                 "kafka source {}: {} archived events replayed; reading the topic from offsets {}",

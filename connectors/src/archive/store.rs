@@ -1,0 +1,299 @@
+//! Where an archive lives: a local directory, or an object store (`s3://`, `gs://`, `az://`
+//! through the `object_store` crate, credentials from each store's usual environment variables;
+//! `hdfs://` through `hdfs-native-object-store`), behind one small interface of whole-object
+//! puts (plain, or only if absent), gets, listings and deletes. The commit protocol (see the
+//! module above) needs nothing else: no rename, no lock, so one code path serves every store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// An archive's root: where it is (as the user wrote it) and the store behind it.
+#[derive(Clone)]
+pub struct ArchiveRoot {
+    /// As given (`s3://bucket/prefix`, or a local path), for messages.
+    shown: String,
+    kind: Kind,
+    /// An object store's client; for a local directory, set once the directory exists (shared by
+    /// the root's clones), so that reading a root nobody wrote yet finds nothing and creates
+    /// nothing.
+    store: Arc<std::sync::OnceLock<Arc<dyn ObjectStore>>>,
+    /// The root's prefix inside the store (empty for a local directory: the store is rooted there).
+    prefix: ObjectPath,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Local(PathBuf),
+    /// `scheme://bucket/prefix` (s3, gs, az, hdfs).
+    Remote {
+        scheme: String,
+        authority: String,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for ArchiveRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArchiveRoot({})", self.shown)
+    }
+}
+
+impl std::fmt::Display for ArchiveRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Whether `text` names an object store (`scheme://…`) rather than a local path.
+pub fn is_url(text: &str) -> bool {
+    text.split_once("://")
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    Ok(Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the object store's runtime")?,
+    ))
+}
+
+impl ArchiveRoot {
+    /// A root as given on the command line: a URL (`s3://bucket/prefix`, `gs://`, `az://`,
+    /// `hdfs://namenode:port/path`) or a local directory (created when written).
+    pub fn from_arg(path: &Path) -> Result<ArchiveRoot> {
+        let text = path.to_string_lossy();
+        if is_url(&text) {
+            ArchiveRoot::parse_url(&text)
+        } else {
+            ArchiveRoot::local(path)
+        }
+    }
+
+    /// A local directory (not created until something is written).
+    pub fn local(path: &Path) -> Result<ArchiveRoot> {
+        Ok(ArchiveRoot {
+            shown: path.display().to_string(),
+            kind: Kind::Local(path.to_path_buf()),
+            store: Arc::default(),
+            prefix: ObjectPath::default(),
+            runtime: runtime()?,
+        })
+    }
+
+    fn with_store(shown: String, kind: Kind, store: Arc<dyn ObjectStore>, prefix: String) -> Result<ArchiveRoot> {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(store);
+        Ok(ArchiveRoot { shown, kind, store: Arc::new(cell), prefix: ObjectPath::from(prefix), runtime: runtime()? })
+    }
+
+    /// The store; for a local directory `None` until it exists (or, with `create`, created).
+    fn store(&self, create: bool) -> Result<Option<&Arc<dyn ObjectStore>>> {
+        if let Some(store) = self.store.get() {
+            return Ok(Some(store));
+        }
+        let Kind::Local(path) = &self.kind else { unreachable!("an object store's client is set when parsed") };
+        if !path.is_dir() {
+            if !create {
+                return Ok(None);
+            }
+            std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        let local = object_store::local::LocalFileSystem::new_with_prefix(path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .with_automatic_cleanup(true);
+        let _ = self.store.set(Arc::new(local));
+        Ok(self.store.get())
+    }
+
+    /// Creates a local root's directory (a writer's first step); nothing for an object store.
+    pub fn create(&mut self) -> Result<()> {
+        self.store(true).map(|_| ())
+    }
+
+    fn parse_url(text: &str) -> Result<ArchiveRoot> {
+        let url = url::Url::parse(text).with_context(|| format!("{text} is not a URL"))?;
+        let scheme = url.scheme().to_string();
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        if authority.is_empty() {
+            bail!("{text}: no bucket (or namenode) in the URL");
+        }
+        let prefix = url.path().trim_matches('/').to_string();
+        let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&authority)
+                    .build()
+                    .with_context(|| format!("{text}: the S3 settings (AWS_* variables)"))?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&authority)
+                    .build()
+                    .with_context(|| format!("{text}: the Google Cloud Storage settings (GOOGLE_* variables)"))?,
+            ),
+            "az" | "azure" | "abfs" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&authority)
+                    .build()
+                    .with_context(|| format!("{text}: the Azure settings (AZURE_* variables)"))?,
+            ),
+            "hdfs" | "viewfs" => hdfs_store(text, &scheme, &authority)?,
+            other => bail!("{text}: unknown scheme {other}:// (s3://, gs://, az://, hdfs:// or a local path)"),
+        };
+        let kind = Kind::Remote {
+            scheme: if scheme == "s3a" { "s3".into() } else { scheme },
+            authority,
+            prefix: prefix.clone(),
+        };
+        ArchiveRoot::with_store(text.to_string(), kind, store, prefix)
+    }
+
+    /// A root in a store built elsewhere (tests: `object_store`'s in-memory store), named
+    /// `scheme://authority/prefix`.
+    pub fn in_store(shown: &str, store: Arc<dyn ObjectStore>) -> Result<ArchiveRoot> {
+        let url = url::Url::parse(shown).with_context(|| format!("{shown} is not a URL"))?;
+        let prefix = url.path().trim_matches('/').to_string();
+        let kind = Kind::Remote {
+            scheme: url.scheme().to_string(),
+            authority: url.host_str().unwrap_or_default().to_string(),
+            prefix: prefix.clone(),
+        };
+        ArchiveRoot::with_store(shown.to_string(), kind, store, prefix)
+    }
+
+    /// The local directory, for a local root.
+    pub fn local_path(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Local(path) => Some(path),
+            Kind::Remote { .. } => None,
+        }
+    }
+
+    fn key(&self, relative: &str) -> ObjectPath {
+        let mut key = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            key = key.clone().join(part);
+        }
+        key
+    }
+
+    /// `relative` as Hive, Spark and Trino name it: `s3a://bucket/prefix/relative`,
+    /// `hdfs://namenode:port/path/relative`, or the local directory's absolute path.
+    pub fn location(&self, relative: &str) -> String {
+        match &self.kind {
+            Kind::Local(path) => {
+                let path = path.join(relative);
+                std::fs::canonicalize(&path).unwrap_or(path).display().to_string()
+            }
+            Kind::Remote { scheme, authority, prefix } => {
+                let scheme = if scheme == "s3" { "s3a" } else { scheme };
+                let path =
+                    [prefix.as_str(), relative].iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
+                format!("{scheme}://{authority}/{path}")
+            }
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Writes an object whole (replacing one of the same name).
+    pub fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
+        let key = self.key(relative);
+        let store = self.store(true)?.expect("created");
+        self.block_on(store.put(&key, PutPayload::from(bytes)))
+            .with_context(|| format!("writing {self}/{relative}"))?;
+        Ok(())
+    }
+
+    /// Writes an object only if none of that name exists: `false` when one does (another writer
+    /// was first). The store decides atomically (S3 `If-None-Match`, a hard link locally).
+    pub fn put_new(&self, relative: &str, bytes: Bytes) -> Result<bool> {
+        let key = self.key(relative);
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let store = self.store(true)?.expect("created");
+        match self.block_on(store.put_opts(&key, PutPayload::from(bytes), options)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(error) => Err(error).with_context(|| format!("writing {self}/{relative}")),
+        }
+    }
+
+    /// An object's bytes, or `None` when there is none.
+    pub fn get(&self, relative: &str) -> Result<Option<Bytes>> {
+        let key = self.key(relative);
+        let Some(store) = self.store(false)? else { return Ok(None) };
+        let result = self.block_on(async {
+            match store.get(&key).await {
+                Ok(found) => found.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(error) => Err(error),
+            }
+        });
+        result.with_context(|| format!("reading {self}/{relative}"))
+    }
+
+    /// Every object under `relative/` (at any depth), as paths relative to the root, sorted.
+    pub fn list(&self, relative: &str) -> Result<Vec<String>> {
+        if let Kind::Local(path) = &self.kind {
+            if !path.join(relative).is_dir() {
+                return Ok(Vec::new());
+            }
+        }
+        let prefix = self.key(relative);
+        let Some(store) = self.store(false)? else { return Ok(Vec::new()) };
+        let listed: Vec<object_store::ObjectMeta> = self
+            .block_on(store.list(Some(&prefix)).try_collect())
+            .with_context(|| format!("listing {self}/{relative}"))?;
+        let strip = self.prefix.as_ref().len();
+        let mut keys: Vec<String> = listed
+            .into_iter()
+            .map(|meta| {
+                let key = meta.location.as_ref();
+                key[strip..].trim_start_matches('/').to_string()
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes an object (none is fine).
+    pub fn delete(&self, relative: &str) -> Result<()> {
+        let key = self.key(relative);
+        let Some(store) = self.store(false)? else { return Ok(()) };
+        match self.block_on(store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("deleting {self}/{relative}")),
+        }
+    }
+}
+
+#[cfg(feature = "hdfs")]
+fn hdfs_store(text: &str, _scheme: &str, _authority: &str) -> Result<Arc<dyn ObjectStore>> {
+    let url = url::Url::parse(text)?;
+    let base = format!("{}://{}", url.scheme(), url.authority());
+    Ok(Arc::new(
+        hdfs_native_object_store::HdfsObjectStoreBuilder::new()
+            .with_url(&base)
+            .build()
+            .with_context(|| format!("{text}: connecting to the namenode"))?,
+    ))
+}
+
+#[cfg(not(feature = "hdfs"))]
+fn hdfs_store(text: &str, _scheme: &str, _authority: &str) -> Result<Arc<dyn ObjectStore>> {
+    bail!("{text}: this cartflow was built without HDFS (cargo build --features hdfs)")
+}
