@@ -27,8 +27,8 @@ say "$EVENTS events in tansu (4 partitions); $PAIRS pairs, local disk then S3 (m
 once() {
     local name=$1 root=$2
     /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN" --log warn archive --brokers "$BROKERS" --root "$root" \
-        --exit-at-end --idle-timeout 3s --quiet >"$WORK/$name.log" 2>&1 || {
-        cat "$WORK/$name.log"
+        --exit-at-end --quiet >"$WORK/$name.log" 2>&1 || {
+        cat "$WORK/$name.log" >&2
         exit 1
     }
     read -r wall user sys rss <"$WORK/time"

@@ -426,7 +426,8 @@ pub struct ArchiveArgs {
     pub topic: String,
 
     /// The archive's root: a local directory (created if missing), or an object store URL:
-    /// s3://bucket/prefix (credentials and endpoint from the AWS_* variables or ~/.aws),
+    /// s3://bucket/prefix (credentials, region and endpoint from the AWS_* variables, else the
+    /// AWS CLI's ~/.aws/credentials and ~/.aws/config of AWS_PROFILE),
     /// gs://bucket/prefix (GOOGLE_*), az://container/prefix (AZURE_*), hdfs://namenode:port/path
     /// (a build with --features hdfs).
     #[arg(long, value_name = "PATH|URL")]

@@ -627,8 +627,15 @@ impl ArchiveWriter {
         for (key, bytes) in encoded {
             self.root.put(&key, bytes)?;
         }
+        for key in &files {
+            self.root.sync(key)?;
+        }
         let commit = Commit { number, writer: self.writer.clone(), files: files.clone(), next: next.clone() };
-        if !self.root.put_new(&commit_key(number), Bytes::from(serde_json::to_vec(&commit)?))? {
+        let committed = self.root.put_new(&commit_key(number), Bytes::from(serde_json::to_vec(&commit)?))?;
+        if committed {
+            self.root.sync(&commit_key(number))?;
+        }
+        if !committed {
             // Another writer committed this flush first: what this one wrote must not count.
             let winner: BTreeSet<String> = read_commit(&self.root, number)?.files.into_iter().collect();
             for key in files.iter().filter(|k| !winner.contains(*k)) {

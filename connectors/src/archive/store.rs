@@ -132,10 +132,10 @@ impl ArchiveRoot {
         let prefix = url.path().trim_matches('/').to_string();
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
             "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
+                with_aws_files(object_store::aws::AmazonS3Builder::from_env())
                     .with_bucket_name(&authority)
                     .build()
-                    .with_context(|| format!("{text}: the S3 settings (AWS_* variables)"))?,
+                    .with_context(|| format!("{text}: the S3 settings (AWS_* variables, ~/.aws)"))?,
             ),
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -270,6 +270,19 @@ impl ArchiveRoot {
         Ok(keys)
     }
 
+    /// On a local disk, forces a written object to the disk (object_store's local puts do not),
+    /// so that a commit never outlives its files in a power loss; object stores are durable once
+    /// a put returns.
+    pub fn sync(&self, relative: &str) -> Result<()> {
+        if let Kind::Local(dir) = &self.kind {
+            let path = dir.join(relative);
+            std::fs::File::open(&path)
+                .and_then(|file| file.sync_all())
+                .with_context(|| format!("syncing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Deletes an object (none is fine).
     pub fn delete(&self, relative: &str) -> Result<()> {
         let key = self.key(relative);
@@ -279,6 +292,57 @@ impl ArchiveRoot {
             Err(error) => Err(error).with_context(|| format!("deleting {self}/{relative}")),
         }
     }
+}
+
+/// The AWS CLI's files, read where its variables are not set (`object_store` reads the variables
+/// only): the keys of `AWS_PROFILE` (else `default`) from `~/.aws/credentials`
+/// (`AWS_SHARED_CREDENTIALS_FILE`), its region from `~/.aws/config` (`AWS_CONFIG_FILE`).
+fn with_aws_files(builder: object_store::aws::AmazonS3Builder) -> object_store::aws::AmazonS3Builder {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let credentials = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".aws/credentials"));
+    let config = std::env::var_os("AWS_CONFIG_FILE").map(PathBuf::from).unwrap_or_else(|| home.join(".aws/config"));
+    let mut builder = builder;
+    let keys_set = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+    if !keys_set {
+        let found = ini_section(&credentials, &profile);
+        for (name, key) in [
+            ("aws_access_key_id", Key::AccessKeyId),
+            ("aws_secret_access_key", Key::SecretAccessKey),
+            ("aws_session_token", Key::Token),
+        ] {
+            if let Some(value) = found.get(name) {
+                builder = builder.with_config(key, value);
+            }
+        }
+    }
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        let section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
+        if let Some(region) = ini_section(&config, &section).get("region") {
+            builder = builder.with_region(region);
+        }
+    }
+    builder
+}
+
+/// The `key = value` lines of `[section]` in an INI file (none when it is absent).
+fn ini_section(path: &Path, section: &str) -> std::collections::HashMap<String, String> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else { return found };
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+        } else if inside {
+            if let Some((key, value)) = line.split_once('=') {
+                found.insert(key.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+    found
 }
 
 #[cfg(feature = "hdfs")]
@@ -316,6 +380,16 @@ mod tests {
         assert!(!dir.path().join("archive").exists());
         let unknown = ArchiveRoot::from_arg(Path::new("ftp://host/archive")).unwrap_err().to_string();
         assert!(unknown.contains("unknown scheme ftp://"), "{unknown}");
+    }
+
+    #[test]
+    fn the_aws_cli_files_are_read_by_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "[default]\naws_access_key_id = AKIA1\n\n[shop]\naws_access_key_id=AKIA2\n").unwrap();
+        assert_eq!(ini_section(&path, "shop").get("aws_access_key_id").map(String::as_str), Some("AKIA2"));
+        assert_eq!(ini_section(&path, "default").get("aws_access_key_id").map(String::as_str), Some("AKIA1"));
+        assert!(ini_section(&dir.path().join("absent"), "default").is_empty());
     }
 
     /// No namenode runs on these machines: an `hdfs://` root is built, names its location, and a
