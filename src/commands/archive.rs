@@ -262,7 +262,7 @@ fn commit(consumer: &BaseConsumer<ConsumerLog>, topic: &str, read_up_to: &BTreeM
 /// `cartflow hive-ddl`: the statements that make the archive a Hive table.
 pub fn hive_ddl(args: &HiveDdlArgs, out: &mut impl std::io::Write) -> Result<()> {
     let root = ArchiveRoot::from_arg(&args.root).map_err(crate::exit::as_config)?;
-    if !cartflow_connectors::archive::is_archive(&root) {
+    if !cartflow_connectors::archive::is_archive(&root)? {
         anyhow::bail!("{root} is not an archive (it has no raw/events)");
     }
     out.write_all(cartflow_connectors::archive::hive_ddl(&root, &args.table)?.as_bytes())?;

@@ -309,7 +309,7 @@ fn finish(
     }
     let source = driver.source.clone();
     driver.stop_live();
-    if let Some(frontier) = frontier {
+    if let Some(frontier) = frontier.filter(|_| source.live_windows_from().is_some()) {
         driver.store.write(StoreJob::LiveFinal(frontier))?;
     }
     let mut state = crate::report::state_entries(source.name(), &read, &rejects, applied, after_until, frontier);

@@ -231,6 +231,17 @@ impl EveryWrite {
                 describe(batch)
             ));
         }
+        // Rows of ended windows are compared once, when they end; that none is open again later
+        // (an open write landing after the final one) is checked at every write.
+        let reopened: i64 = connection
+            .query_row("SELECT COUNT(*) FROM realtime_window WHERE final = 0 AND window_end <= ?1", [&frontier], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if reopened != 0 {
+            violations
+                .push(format!("write {write}, frontier {frontier}: {reopened} ended window(s) open in the store"));
+        }
         seen.checked_through = frontier.clone();
         seen.frontier = frontier.clone();
         if new_boundary && !frontier.is_empty() {

@@ -3,8 +3,9 @@
 //! Hive-partitioned table by Hive, Spark, Trino and DuckDB. The root is a local directory or an
 //! object store (`s3://bucket/prefix`, `gs://`, `az://`, `hdfs://`; see [`store`]).
 //!
-//! A file holds one partition's events of one hour from one flush, and is named by the partition
-//! and its offset range: `part-PPPPP-FFFFFFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLLLLLL.parquet`.
+//! A file holds one partition's events of one hour from one flush, and is named by the partition,
+//! its offset range and its writer: `part-PPPPP-FFFFFFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLLLLLL-<writer>.parquet`
+//! (the writer's token keeps two writers of the same offsets off each other's files).
 //!
 //! **The commit** needs no rename and no lock, which object stores do not have. Flush `n`:
 //! 1. writes its intent, `_cartflow/intents/<n>-<writer>.json` (the files it is about to write);
@@ -12,19 +13,22 @@
 //! 3. writes `_cartflow/commits/<n>.json` only if no commit `n` exists (`PutMode::Create`: S3's
 //!    `If-None-Match`, a hard link on a local disk): its files and, per partition, the offset
 //!    after the highest one archived (`next`). This is the commit point; a second writer of the
-//!    same root loses here and stops, deleting what it wrote;
+//!    same root loses here (or when it finds its lease taken, just before) and stops, deleting
+//!    what it wrote;
 //! 4. deletes its intent.
 //!
 //! Readers take the newest commit and list the data: a file counts when its last offset is below
 //! its partition's `next` (a flush writes only offsets at or above the last commit's `next`, so an
-//! uncommitted file never counts). A crash leaves at most one uncommitted intent; the next writer
-//! deletes its files before it writes anything. So every offset the archive holds is held once,
+//! uncommitted file never counts). The next writer deletes the files of every intent without its
+//! commit before it writes anything; an intent numbered above the newest commit (its writer may
+//! only be stalled) is first fenced: the next writer writes that commit itself, with no files and
+//! the offsets unchanged, so the stalled writer's commit fails. So every offset the archive holds is held once,
 //! and below `next` every message of a partition is archived: the next run resumes there.
 //!
-//! One writer per root: a lease (`_cartflow/lease.json`, taken only if absent, renewed at every
-//! flush and every [`LEASE_RENEW`]) that another writer respects until it expires ([`LEASE_TTL`]),
-//! or at once when it names a process of this machine that is gone; and, should two writers still
-//! meet, the commit above.
+//! One writer per root: a lease (`_cartflow/lease.json`, taken only if absent, renewed every
+//! [`LEASE_RENEW`] and before each commit) that another writer respects until it expires
+//! ([`LEASE_TTL`]), or at once when it names a process of this machine (same boot, same pid
+//! namespace) that is gone; and, should two writers still meet, the commit and the fence above.
 //!
 //! Archives written before commits existed (no `_cartflow/commits/`) are read by their file names,
 //! and get a first commit when a writer next opens them.
@@ -154,17 +158,22 @@ pub struct ArchiveFile {
     pub last_offset: i64,
 }
 
-fn file_name(partition: i32, first: i64, last: i64) -> String {
-    format!("part-{partition:05}-{first:020}-{last:020}.parquet")
+/// `part-<partition>-<first offset>-<last offset>-<writer>.parquet`: the writer's token keeps two
+/// writers that read the same offsets (one about to lose the commit) off each other's files.
+fn file_name(partition: i32, first: i64, last: i64, writer_token: &str) -> String {
+    format!("part-{partition:05}-{first:020}-{last:020}-{writer_token}.parquet")
 }
 
+/// Partition, first and last offset of a file name (with or without the writer's token: archives
+/// from before commits have none).
 fn parse_file_name(name: &str) -> Option<(i32, i64, i64)> {
     let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
     let mut parts = rest.split('-');
     let partition = parts.next()?.parse().ok()?;
     let first = parts.next()?.parse().ok()?;
     let last = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((partition, first, last))
+    let token_ok = parts.next().is_none_or(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()));
+    (token_ok && parts.next().is_none()).then_some((partition, first, last))
 }
 
 fn parse_key(key: &str) -> Option<ArchiveFile> {
@@ -251,14 +260,16 @@ pub fn snapshot(root: &ArchiveRoot, since: Option<Timestamp>) -> Result<(Vec<Arc
     Ok((kept, next))
 }
 
-/// Files below `next` overlap only when a second writer lost a commit race after writing, and has
-/// not yet deleted its files: then only the files a commit lists count.
+/// Within one hour of one partition, committed files never overlap (each flush writes one file
+/// there, of offsets above the last commit's). They overlap only when a writer that lost a commit
+/// race has not yet deleted its files: then only the files a commit lists count, and those from
+/// before commits (named without a writer, below the first commit's offsets).
 fn without_strays(root: &ArchiveRoot, files: Vec<ArchiveFile>) -> Result<Vec<ArchiveFile>> {
-    let mut by_partition: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    let mut by_hour: BTreeMap<(i32, Timestamp), Vec<(i64, i64)>> = BTreeMap::new();
     for f in &files {
-        by_partition.entry(f.partition).or_default().push((f.first_offset, f.last_offset));
+        by_hour.entry((f.partition, f.hour)).or_default().push((f.first_offset, f.last_offset));
     }
-    let overlapping = by_partition.values_mut().any(|ranges| {
+    let overlapping = by_hour.values_mut().any(|ranges| {
         ranges.sort();
         ranges.windows(2).any(|w| w[1].0 <= w[0].1)
     });
@@ -266,15 +277,35 @@ fn without_strays(root: &ArchiveRoot, files: Vec<ArchiveFile>) -> Result<Vec<Arc
         return Ok(files);
     }
     let mut committed = BTreeSet::new();
+    let mut before_commits = BTreeMap::new();
     for number in commit_numbers(root)? {
-        committed.extend(read_commit(root, number)?.files);
+        let commit = read_commit(root, number)?;
+        if number == 0 {
+            before_commits = commit.next.clone();
+        }
+        committed.extend(commit.files);
     }
-    Ok(files.into_iter().filter(|f| committed.contains(&f.key)).collect())
+    Ok(files
+        .into_iter()
+        .filter(|f| {
+            committed.contains(&f.key)
+                || (!has_writer(&f.key) && before_commits.get(&f.partition).is_some_and(|n| f.last_offset < *n))
+        })
+        .collect())
 }
 
-/// Whether `root` holds an archive (files under `raw/events`, or a commit).
-pub fn is_archive(root: &ArchiveRoot) -> bool {
-    root.list(EVENTS).is_ok_and(|keys| !keys.is_empty()) || commit_numbers(root).is_ok_and(|c| !c.is_empty())
+/// Whether a file's name carries its writer (every file written since commits exist does).
+fn has_writer(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .and_then(|name| name.strip_suffix(".parquet"))
+        .is_some_and(|name| name.split('-').count() == 5)
+}
+
+/// Whether `root` holds an archive (files under `raw/events`, or a commit); an error when the
+/// store cannot be read (wrong credentials, no such bucket), rather than "no archive".
+pub fn is_archive(root: &ArchiveRoot) -> Result<bool> {
+    Ok(root.any(COMMITS)? || root.any(EVENTS)?)
 }
 
 /// Every committed file of the hours at or after `since`, in hour order.
@@ -407,9 +438,23 @@ pub struct FlushStats {
 struct Lease {
     writer: String,
     host: String,
+    /// The kernel's boot id and the process's pid namespace: a pid means this process only on
+    /// the same boot, in the same namespace (containers may share a host name).
+    #[serde(default)]
+    boot: String,
+    #[serde(default)]
+    pid_namespace: String,
     pid: u32,
     /// Milliseconds since the epoch.
     expires: i64,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|b| b.trim().to_string()).unwrap_or_default()
+}
+
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid").map(|l| l.display().to_string()).unwrap_or_default()
 }
 
 fn host_name() -> String {
@@ -427,6 +472,8 @@ impl Lease {
         Lease {
             writer: writer.to_string(),
             host: host_name(),
+            boot: boot_id(),
+            pid_namespace: pid_namespace(),
             pid: std::process::id(),
             expires: now_ms() + LEASE_TTL.as_millis() as i64,
         }
@@ -435,7 +482,12 @@ impl Lease {
     /// Expired, or held by a process of this machine that is gone (killed: its successor need
     /// not wait for the expiry).
     fn is_stale(&self) -> bool {
-        self.expires < now_ms() || (self.host == host_name() && !Path::new(&format!("/proc/{}", self.pid)).exists())
+        let here = self.host == host_name()
+            && !self.boot.is_empty()
+            && self.boot == boot_id()
+            && !self.pid_namespace.is_empty()
+            && self.pid_namespace == pid_namespace();
+        self.expires < now_ms() || (here && !Path::new(&format!("/proc/{}", self.pid)).exists())
     }
 
     fn bytes(&self) -> Bytes {
@@ -476,6 +528,8 @@ pub struct ArchiveWriter {
     root: ArchiveRoot,
     /// This writer's name in its commits, intents and lease.
     writer: String,
+    /// Its token in file names (see [`file_name`]).
+    token: String,
     last_commit: u64,
     lease_renewed: Instant,
     buffers: BTreeMap<(Timestamp, i32), Vec<ArchivedEvent>>,
@@ -492,10 +546,13 @@ impl ArchiveWriter {
         root.create()?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let writer = format!("{}.{}.{nanos}", host_name().replace(['/', '-'], "_"), std::process::id());
+        let token =
+            format!("{:012x}", (nanos as u64 ^ u64::from(std::process::id()).rotate_left(40)) & 0xffff_ffff_ffff);
         take_lease(&root, &writer)?;
         let mut opened = ArchiveWriter {
             root,
             writer,
+            token,
             last_commit: 0,
             lease_renewed: Instant::now(),
             buffers: BTreeMap::new(),
@@ -509,7 +566,7 @@ impl ArchiveWriter {
 
     fn recover(&mut self) -> Result<()> {
         let root = &self.root;
-        let (last, next) = match commit_numbers(root)?.last() {
+        let (mut last, mut next) = match commit_numbers(root)?.last() {
             Some(&number) => (number, read_commit(root, number)?.next),
             None => {
                 // An archive from before commits (or a new one): its file names say what it holds.
@@ -534,28 +591,38 @@ impl ArchiveWriter {
             }
         };
         // Intents without their commit: a crashed flush's files (or a losing writer's), deleted.
+        // A flush numbered above the newest commit might still commit (its writer stalled past
+        // its lease), so its number is taken first: a commit with no files and the offsets
+        // unchanged, written only if absent. Its writer's own commit then fails, and it stops.
         let mut removed = remove_local_staging_files(root)?;
-        for key in root.list(INTENTS)? {
-            let Some(name) =
-                key.strip_prefix(INTENTS).and_then(|k| k.strip_prefix('/')).and_then(|k| k.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            let Some((number, writer)) = name.split_once('-').and_then(|(n, w)| Some((n.parse::<u64>().ok()?, w)))
-            else {
-                continue;
-            };
-            let commit = if number <= last { Some(read_commit(root, number)?) } else { None };
-            if commit.as_ref().is_some_and(|c| c.writer == writer) {
-                root.delete(&key)?;
-                continue;
+        let mut intents: Vec<(u64, String, String)> = root
+            .list(INTENTS)?
+            .into_iter()
+            .filter_map(|key| {
+                let name = key.strip_prefix(INTENTS)?.strip_prefix('/')?.strip_suffix(".json")?;
+                let (number, writer) = name.split_once('-')?;
+                Some((number.parse::<u64>().ok()?, writer.to_string(), key.clone()))
+            })
+            .collect();
+        intents.sort();
+        for (number, writer, key) in intents {
+            while last < number {
+                let fence =
+                    Commit { number: last + 1, writer: self.writer.clone(), files: Vec::new(), next: next.clone() };
+                root.put_new(&commit_key(last + 1), Bytes::from(serde_json::to_vec(&fence)?))?;
+                // Whichever commit is there now (the fence, or the flush's own) stands.
+                last += 1;
+                next = read_commit(root, last)?.next;
             }
-            let committed: BTreeSet<String> = commit.map(|c| c.files.into_iter().collect()).unwrap_or_default();
-            if let Some(bytes) = root.get(&key)? {
-                let intent: Intent = json(root, &key, &bytes)?;
-                for file in intent.files.iter().filter(|f| !committed.contains(*f)) {
-                    root.delete(file)?;
-                    removed += 1;
+            let commit = read_commit(root, number)?;
+            if commit.writer != writer {
+                let listed: BTreeSet<String> = commit.files.into_iter().collect();
+                if let Some(bytes) = root.get(&key)? {
+                    let intent: Intent = json(root, &key, &bytes)?;
+                    for file in intent.files.iter().filter(|f| !listed.contains(*f)) {
+                        root.delete(file)?;
+                        removed += 1;
+                    }
                 }
             }
             root.delete(&key)?;
@@ -588,6 +655,10 @@ impl ArchiveWriter {
         if self.lease_renewed.elapsed() < LEASE_RENEW {
             return Ok(());
         }
+        self.renew_lease()
+    }
+
+    fn renew_lease(&mut self) -> Result<()> {
         let held: Option<Lease> = match self.root.get(LEASE)? {
             Some(bytes) => Some(json(&self.root, LEASE, &bytes)?),
             None => None,
@@ -612,7 +683,7 @@ impl ArchiveWriter {
         for ((hour, partition), events) in std::mem::take(&mut self.buffers) {
             let first = events.iter().map(|e| e.offset).min().expect("a buffer is never empty");
             let last = events.iter().map(|e| e.offset).max().expect("a buffer is never empty");
-            let key = format!("{EVENTS}/{}/{}", hour_path(hour), file_name(partition, first, last));
+            let key = format!("{EVENTS}/{}/{}", hour_path(hour), file_name(partition, first, last, &self.token));
             let entry = next.entry(partition).or_insert(0);
             *entry = (*entry).max(last + 1);
             let bytes = encode(&events)?;
@@ -627,22 +698,27 @@ impl ArchiveWriter {
         for (key, bytes) in encoded {
             self.root.put(&key, bytes)?;
         }
-        for key in &files {
-            self.root.sync(key)?;
-        }
-        let commit = Commit { number, writer: self.writer.clone(), files: files.clone(), next: next.clone() };
-        let committed = self.root.put_new(&commit_key(number), Bytes::from(serde_json::to_vec(&commit)?))?;
-        if committed {
-            self.root.sync(&commit_key(number))?;
-        }
-        if !committed {
-            // Another writer committed this flush first: what this one wrote must not count.
-            let winner: BTreeSet<String> = read_commit(&self.root, number)?.files.into_iter().collect();
-            for key in files.iter().filter(|k| !winner.contains(*k)) {
+        // Still this root's writer? (A flush can outlast its lease; the commit decides anyway.)
+        let lost = match self.renew_lease() {
+            Err(error) => Some(format!("{error:#}")),
+            Ok(()) => {
+                let commit = Commit { number, writer: self.writer.clone(), files: files.clone(), next: next.clone() };
+                (!self.root.put_new(&commit_key(number), Bytes::from(serde_json::to_vec(&commit)?))?).then(|| {
+                    format!(
+                        "another `cartflow archive` committed to {} (its flush {number}): this writer stops",
+                        self.root
+                    )
+                })
+            }
+        };
+        if let Some(why) = lost {
+            // What this writer wrote must not count: its files go (names carry its token, so no
+            // other writer's file has one of them), then its intent.
+            for key in &files {
                 self.root.delete(key)?;
             }
             self.root.delete(&intent)?;
-            bail!("another `cartflow archive` committed to {} (its flush {number}): this writer stops", self.root);
+            bail!(why);
         }
         self.root.delete(&intent)?;
         self.last_commit = number;
@@ -654,7 +730,6 @@ impl ArchiveWriter {
         let highest: BTreeMap<String, i64> = self.next.iter().map(|(p, o)| (p.to_string(), *o - 1)).collect();
         let offsets = serde_json::json!({ "highest_offset": highest, "next_offset": next });
         self.root.put("_cartflow/offsets.json", Bytes::from(serde_json::to_vec_pretty(&offsets)?))?;
-        self.keep_lease()?;
         Ok(stats)
     }
 }
@@ -777,7 +852,7 @@ pub fn read_in_time_order(
     mut on_bad_file: impl FnMut(&str, &anyhow::Error),
     mut on_event: impl FnMut(&ArchivedEvent) -> Result<()>,
 ) -> Result<()> {
-    if !is_archive(root) {
+    if !is_archive(root)? {
         bail!("{root} is not an archive (it has no raw/events)");
     }
     let mut symbols = FxHashMap::default();
@@ -881,10 +956,9 @@ mod tests {
             assert!(recorded.contains("\"0\": 7") && recorded.contains("\"1\": 4"), "{recorded}");
             assert_eq!(read_all(&root), vec![events[2].clone(), events[0].clone(), events[1].clone()]);
             let keys: Vec<String> = files(&root, None).unwrap().iter().map(|f| f.key.clone()).collect();
-            assert_eq!(
-                keys[0],
-                "raw/events/year=2019/month=12/day=01/hour=10/part-00000-00000000000000000005-00000000000000000005.parquet"
-            );
+            let first =
+                "raw/events/year=2019/month=12/day=01/hour=10/part-00000-00000000000000000005-00000000000000000005-";
+            assert!(keys[0].starts_with(first) && keys[0].ends_with(".parquet"), "{keys:?}");
             let ddl = hive_ddl(&root, "raw_events").unwrap();
             assert!(ddl.contains("PARTITION (year='2019', month='12', day='01', hour='11')"), "{ddl}");
             assert!(ddl.contains(&format!("LOCATION '{}'", root.location("raw/events"))), "{ddl}");
@@ -899,7 +973,7 @@ mod tests {
             writer.flush().unwrap();
             // Flush 2 crashed after its intent and one of its files, before its commit.
             let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
-            let key = format!("{EVENTS}/{hour}/{}", file_name(0, 1, 2));
+            let key = format!("{EVENTS}/{hour}/{}", file_name(0, 1, 2, &writer.token));
             let intent = Intent { files: vec![key.clone()] };
             root.put(&intent_key(2, &writer.writer), Bytes::from(serde_json::to_vec(&intent).unwrap())).unwrap();
             root.put(
@@ -931,13 +1005,48 @@ mod tests {
             second.push(archived("2019-12-01T10:00:01Z", 0, 1)).unwrap();
             second.flush().unwrap();
             first.push(archived("2019-12-01T10:00:00Z", 0, 0)).unwrap();
+            assert!(first.renew_lease().is_err(), "{root}: the second holds the lease");
             let error = first.flush().unwrap_err().to_string();
-            assert!(error.contains("committed to"), "{root}: {error}");
+            assert!(error.contains("another `cartflow archive`"), "{root}: {error}");
             let (listed, next) = snapshot(&root, None).unwrap();
             assert_eq!(next, BTreeMap::from([(0, 2)]));
             assert_eq!(listed.iter().map(|f| (f.first_offset, f.last_offset)).collect::<Vec<_>>(), vec![(0, 1)]);
-            assert_eq!(root.list(EVENTS).unwrap().len(), 1, "{root}: the loser's file is gone");
-            assert!(first.keep_lease().is_err() || first.lease_renewed.elapsed() < LEASE_RENEW);
+            assert_eq!(root.list(EVENTS).unwrap().len(), 1, "{root}: the loser wrote nothing");
+            // A loser's file not yet deleted overlaps a committed one in its hour: it does not count.
+            let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
+            root.put(
+                &format!("{EVENTS}/{hour}/{}", file_name(0, 0, 0, "stray")),
+                encode(&[archived("2019-12-01T10:00:00Z", 0, 0)]).unwrap(),
+            )
+            .unwrap();
+            let (listed, _) = snapshot(&root, None).unwrap();
+            assert_eq!(listed.iter().map(|f| (f.first_offset, f.last_offset)).collect::<Vec<_>>(), vec![(0, 1)]);
+        }
+    }
+
+    #[test]
+    fn a_flush_that_outlived_its_lease_is_fenced_and_its_files_deleted_before_the_next_writer_writes() {
+        for (_dir, root) in roots() {
+            let (mut stalled, _) = ArchiveWriter::open(&root).unwrap();
+            stalled.push(archived("2019-12-01T10:00:00Z", 0, 0)).unwrap();
+            stalled.flush().unwrap();
+            // Its next flush wrote its intent and a file, then stalled past its lease.
+            let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
+            let key = format!("{EVENTS}/{hour}/{}", file_name(0, 1, 1, &stalled.token));
+            let intent = Intent { files: vec![key.clone()] };
+            root.put(&intent_key(2, &stalled.writer), Bytes::from(serde_json::to_vec(&intent).unwrap())).unwrap();
+            root.put(&key, encode(&[archived("2019-12-01T10:00:01Z", 0, 1)]).unwrap()).unwrap();
+            root.delete(LEASE).unwrap();
+            let (_next_writer, next) = ArchiveWriter::open(&root).unwrap();
+            assert_eq!(next, BTreeMap::from([(0, 1)]));
+            assert_eq!(commit_numbers(&root).unwrap(), vec![0, 1, 2], "{root}: flush 2 is fenced");
+            assert!(root.get(&key).unwrap().is_none(), "{root}: the stalled flush's file is gone");
+            // The stalled writer wakes up: its commit 2 fails, so its files never count.
+            stalled.push(archived("2019-12-01T10:00:01Z", 0, 1)).unwrap();
+            assert!(stalled.flush().is_err());
+            assert_eq!(root.list(EVENTS).unwrap().len(), 1, "{root}: the stalled writer deleted what it wrote");
+            assert_eq!(snapshot(&root, None).unwrap().1, BTreeMap::from([(0, 1)]));
+            assert_eq!(snapshot(&root, None).unwrap().0.len(), 1);
         }
     }
 
@@ -946,19 +1055,27 @@ mod tests {
         for (_dir, mut root) in roots() {
             root.create().unwrap();
             let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
+            let legacy_name = |first: i64, last: i64| format!("part-00003-{first:020}-{last:020}.parquet");
             for (first, last) in [(0, 1), (2, 2)] {
                 let events: Vec<ArchivedEvent> =
                     (first..=last).map(|o| archived("2019-12-01T10:00:00Z", 3, o)).collect();
-                root.put(&format!("{EVENTS}/{hour}/{}", file_name(3, first, last)), encode(&events).unwrap()).unwrap();
+                root.put(&format!("{EVENTS}/{hour}/{}", legacy_name(first, last)), encode(&events).unwrap()).unwrap();
             }
             // A temporary file of the old protocol's crashed flush.
-            root.put(&format!("{EVENTS}/{hour}/.tmp-{}", file_name(3, 3, 3)), Bytes::from_static(b"half")).unwrap();
-            assert!(is_archive(&root));
+            root.put(&format!("{EVENTS}/{hour}/.tmp-{}", legacy_name(3, 3)), Bytes::from_static(b"half")).unwrap();
+            assert!(is_archive(&root).unwrap());
             assert_eq!(read_all(&root).len(), 3);
             let (_, next) = ArchiveWriter::open(&root).unwrap();
             assert_eq!(next, BTreeMap::from([(3, 3)]));
             assert_eq!(commit_numbers(&root).unwrap(), vec![0]);
             assert_eq!(root.list(EVENTS).unwrap().len(), 2, "{root}: the temporary file is gone");
+            assert_eq!(snapshot(&root, None).unwrap().0.len(), 2);
+            // A stray overlapping them (a losing writer's) does not hide them.
+            root.put(
+                &format!("{EVENTS}/{hour}/{}", file_name(3, 1, 2, "stray")),
+                encode(&[archived("2019-12-01T10:00:00Z", 3, 1)]).unwrap(),
+            )
+            .unwrap();
             assert_eq!(snapshot(&root, None).unwrap().0.len(), 2);
         }
     }

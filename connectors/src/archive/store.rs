@@ -92,7 +92,9 @@ impl ArchiveRoot {
     fn with_store(shown: String, kind: Kind, store: Arc<dyn ObjectStore>, prefix: String) -> Result<ArchiveRoot> {
         let cell = std::sync::OnceLock::new();
         let _ = cell.set(store);
-        Ok(ArchiveRoot { shown, kind, store: Arc::new(cell), prefix: ObjectPath::from(prefix), runtime: runtime()? })
+        // The URL's path is percent-encoded: the key is its decoded form.
+        let prefix = ObjectPath::from_url_path(&prefix).with_context(|| format!("{shown}: not a valid key prefix"))?;
+        Ok(ArchiveRoot { shown, kind, store: Arc::new(cell), prefix, runtime: runtime()? })
     }
 
     /// The store; for a local directory `None` until it exists (or, with `create`, created).
@@ -109,7 +111,10 @@ impl ArchiveRoot {
         }
         let local = object_store::local::LocalFileSystem::new_with_prefix(path)
             .with_context(|| format!("opening {}", path.display()))?
-            .with_automatic_cleanup(true);
+            .with_automatic_cleanup(true)
+            // A put is synced with its directory: a commit never outlives its files in a power
+            // loss (object stores are durable once a put returns).
+            .with_fsync(true);
         let _ = self.store.set(Arc::new(local));
         Ok(self.store.get())
     }
@@ -270,17 +275,17 @@ impl ArchiveRoot {
         Ok(keys)
     }
 
-    /// On a local disk, forces a written object to the disk (object_store's local puts do not),
-    /// so that a commit never outlives its files in a power loss; object stores are durable once
-    /// a put returns.
-    pub fn sync(&self, relative: &str) -> Result<()> {
-        if let Kind::Local(dir) = &self.kind {
-            let path = dir.join(relative);
-            std::fs::File::open(&path)
-                .and_then(|file| file.sync_all())
-                .with_context(|| format!("syncing {}", path.display()))?;
+    /// Whether any object lies under `relative/` (one listing page, not the whole listing).
+    pub fn any(&self, relative: &str) -> Result<bool> {
+        if let Kind::Local(path) = &self.kind {
+            if !path.join(relative).is_dir() {
+                return Ok(false);
+            }
         }
-        Ok(())
+        let prefix = self.key(relative);
+        let Some(store) = self.store(false)? else { return Ok(false) };
+        let first = self.block_on(async { store.list(Some(&prefix)).try_next().await });
+        Ok(first.with_context(|| format!("listing {self}/{relative}"))?.is_some())
     }
 
     /// Deletes an object (none is fine).

@@ -574,7 +574,7 @@ pub fn read_events_in_time_order(
 fn split_inputs(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (archives, csv): (Vec<PathBuf>, Vec<PathBuf>) = paths.iter().cloned().partition(|p| {
         archive::store::is_url(&p.to_string_lossy())
-            || archive::ArchiveRoot::local(p).is_ok_and(|root| archive::is_archive(&root))
+            || archive::ArchiveRoot::local(p).is_ok_and(|root| archive::is_archive(&root).unwrap_or(false))
     });
     let csv = if csv.is_empty() { Vec::new() } else { resolve_inputs(&csv)? };
     Ok((csv, archives))

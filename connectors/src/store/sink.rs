@@ -74,7 +74,9 @@ impl Sink for Box<dyn Sink + Send> {
 ///
 /// Batches pushed onto its [`BackgroundSink::first_lane`] skip the queue: the thread writes them
 /// before its next job, and between preparing a job and writing it (the live windows' writes
-/// must not wait behind a large boundary; they touch rows no queued job writes).
+/// must not wait behind a large boundary). A queued job may write the same rows only when it
+/// prepares them after every lane batch built before it was pushed (the live windows' finals:
+/// the lane batch is built and pushed under the windows' lock, which preparing a boundary takes).
 pub struct BackgroundSink<J = WriteBatch> {
     sender: Option<std::sync::mpsc::SyncSender<J>>,
     first: Arc<Mutex<Vec<WriteBatch>>>,
@@ -182,7 +184,7 @@ impl<J> BackgroundSink<J> {
     }
 
     /// The lane of batches that skip the queue (never waits): each is written before the next
-    /// job, after those pushed before it. For writes that touch no row a queued job writes.
+    /// job, after those pushed before it (see the type's doc for rows a job writes too).
     pub fn first_lane(&self) -> FirstLane {
         FirstLane(self.first.clone())
     }

@@ -107,8 +107,9 @@ fn top<T: Copy, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K) -> Vec<T> {
 
 /// The live windows of a source (see the module doc).
 pub struct LiveWindows {
-    /// Events that reached a window after it was written final (never, unless the source's
-    /// cutoffs are wrong; the source logs and resets the count).
+    /// Events that reached a window after it was written final (never, unless an event before
+    /// a boundary reached the windows after the boundary was written; the source logs and resets
+    /// the count).
     pub missed_final: u64,
     open: BTreeMap<Timestamp, OpenWindow>,
     /// Accepted events at or after the live edge, applied once it passes them.

@@ -564,7 +564,7 @@ pub fn start(
     let (archive_root, archived, start_offsets) = match &options.bootstrap {
         Some((root, since)) => {
             let root = archive::ArchiveRoot::from_arg(root)?;
-            if !archive::is_archive(&root) {
+            if !archive::is_archive(&root)? {
                 anyhow::bail!("--bootstrap {root}: not an archive (it has no raw/events)");
             }
             // The files and the hand-over offsets of one commit, whatever `archive` writes meanwhile.

@@ -46,7 +46,9 @@ impl Replay {
                 for file in group {
                     match archive::read_file(&self.root, &file, &mut self.symbols) {
                         Ok(mut found) => events.append(&mut found),
-                        Err(error) => self.bad_files.push((file.key, format!("{error:#}"))),
+                        Err(error) => {
+                            self.bad_files.push((format!("{}/{}", self.root, file.key), format!("{error:#}")))
+                        }
                     }
                 }
                 events.sort_unstable_by_key(|e| e.offset);
