@@ -200,8 +200,15 @@ impl LiveWindows {
         self.advance_edge(cutoff);
         let mut batch = WriteBatch::default();
         let finished: Vec<Timestamp> = self.open.range(..=cutoff - WINDOW_LENGTH).map(|(s, _)| *s).collect();
+        let kept_from = cutoff - self.retention;
         for start in finished {
             let mut window = self.open.remove(&start).expect("listed above");
+            if start < kept_from {
+                // Ended already past the retention (one shorter than a window): not kept, and
+                // its open rows go (a final upsert beside its delete would outlive it).
+                batch.deletes.extend(window_deletes(start));
+                continue;
+            }
             window.write(start, true, &mut batch);
             self.written_final.insert(start);
         }
@@ -339,6 +346,25 @@ mod tests {
         assert_eq!(store.rows(TableId::RealtimeTopProduct), expected.top_products);
         assert_eq!(store.rows(TableId::RealtimeTopBrand), expected.top_brands);
         assert_eq!(live.sizes().1, 0, "no event left waiting for the edge");
+    }
+
+    #[test]
+    fn with_a_retention_shorter_than_a_window_an_ended_window_is_deleted_not_written_final() {
+        let mut live = LiveWindows::new(2 * MINUTE);
+        let start = 1_575_158_400; // 2019-12-01T00:00:00Z
+        live.advance_edge(start + MINUTE);
+        live.add([event(start + 10, 1, 7, EventType::View, None)]);
+        let open = live.write_open();
+        let windows: Vec<&Row> =
+            open.upserts.iter().filter(|(t, _)| *t == TableId::RealtimeWindow).map(|(_, row)| row).collect();
+        assert!(!windows.is_empty() && windows.iter().all(|row| row[11] == Value::Int(0)));
+        let finals = live.write_finals(start + 5 * MINUTE + 3 * MINUTE);
+        assert!(
+            finals.upserts.iter().all(|(_, row)| row[0] != Value::Text(format_rfc3339(start))),
+            "{:?}",
+            finals.upserts
+        );
+        assert!(!finals.deletes.is_empty(), "its open rows are deleted");
     }
 
     #[test]
