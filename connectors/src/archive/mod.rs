@@ -907,13 +907,25 @@ mod tests {
     }
 
     /// Every test runs on a local directory and on an object store (in memory: the same calls an
-    /// S3 bucket answers; `tests/archive_s3.rs` runs them against moto's S3 server).
+    /// S3 bucket answers; `tests/archive_s3.rs` runs `archive` itself against moto's S3 server).
     fn roots() -> Vec<(tempfile::TempDir, ArchiveRoot)> {
         let local = tempfile::tempdir().unwrap();
         let root = ArchiveRoot::local(&local.path().join("archive")).unwrap();
         let memory =
             ArchiveRoot::in_store("memory://bucket/prefix", Arc::new(object_store::memory::InMemory::new())).unwrap();
         vec![(local, root), (tempfile::tempdir().unwrap(), memory)]
+    }
+
+    /// `writer`'s flush 2 as a crash or a stall leaves it: its intent and its one file (of
+    /// `events`, partition 0, the hour of 10:00), no commit. Returns the file's key.
+    fn uncommitted_flush(root: &ArchiveRoot, writer: &ArchiveWriter, events: &[ArchivedEvent]) -> String {
+        let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
+        let (first, last) = (events[0].offset, events[events.len() - 1].offset);
+        let key = format!("{EVENTS}/{hour}/{}", file_name(0, first, last, &writer.token));
+        let intent = Intent { files: vec![key.clone()] };
+        root.put(&intent_key(2, &writer.writer), Bytes::from(serde_json::to_vec(&intent).unwrap())).unwrap();
+        root.put(&key, encode(events).unwrap()).unwrap();
+        key
     }
 
     fn read_all(root: &ArchiveRoot) -> Vec<ArchivedEvent> {
@@ -972,15 +984,11 @@ mod tests {
             writer.push(archived("2019-12-01T10:00:00Z", 0, 0)).unwrap();
             writer.flush().unwrap();
             // Flush 2 crashed after its intent and one of its files, before its commit.
-            let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
-            let key = format!("{EVENTS}/{hour}/{}", file_name(0, 1, 2, &writer.token));
-            let intent = Intent { files: vec![key.clone()] };
-            root.put(&intent_key(2, &writer.writer), Bytes::from(serde_json::to_vec(&intent).unwrap())).unwrap();
-            root.put(
-                &key,
-                encode(&[archived("2019-12-01T10:00:01Z", 0, 1), archived("2019-12-01T10:00:02Z", 0, 2)]).unwrap(),
-            )
-            .unwrap();
+            let key = uncommitted_flush(
+                &root,
+                &writer,
+                &[archived("2019-12-01T10:00:01Z", 0, 1), archived("2019-12-01T10:00:02Z", 0, 2)],
+            );
             std::mem::forget(writer); // killed: its lease stays (this process lives, so it waits for the expiry)
             root.delete(LEASE).unwrap();
             let (listed, next) = snapshot(&root, None).unwrap();
@@ -1031,11 +1039,7 @@ mod tests {
             stalled.push(archived("2019-12-01T10:00:00Z", 0, 0)).unwrap();
             stalled.flush().unwrap();
             // Its next flush wrote its intent and a file, then stalled past its lease.
-            let hour = hour_path(parse_event_time(b"2019-12-01T10:00:00Z").unwrap());
-            let key = format!("{EVENTS}/{hour}/{}", file_name(0, 1, 1, &stalled.token));
-            let intent = Intent { files: vec![key.clone()] };
-            root.put(&intent_key(2, &stalled.writer), Bytes::from(serde_json::to_vec(&intent).unwrap())).unwrap();
-            root.put(&key, encode(&[archived("2019-12-01T10:00:01Z", 0, 1)]).unwrap()).unwrap();
+            let key = uncommitted_flush(&root, &stalled, &[archived("2019-12-01T10:00:01Z", 0, 1)]);
             root.delete(LEASE).unwrap();
             let (_next_writer, next) = ArchiveWriter::open(&root).unwrap();
             assert_eq!(next, BTreeMap::from([(0, 1)]));
