@@ -554,6 +554,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_live_windows: bool,
 
+    /// Kafka: take checkpoints of the engine's state in DIR (every `--checkpoint-every`, at a
+    /// boundary on the 5-minute grid, and on SIGTERM before exiting), and on start continue from
+    /// the newest usable one instead of replaying all history: the store is not emptied and its
+    /// frontier never moves back. A checkpoint that is damaged, of another format, taken with other
+    /// steps, workers, profiles or topic, or newer than the store, is logged and passed over (the
+    /// run then starts from the beginning, as without this option).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+
+    /// How often to take a checkpoint (with `--checkpoint-dir`; 0: at every boundary on the grid).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration)]
+    pub checkpoint_every: i64,
+
     /// Kafka: a partition without messages for this long, which the broker confirms has nothing
     /// more, does not hold the frontier back. While the broker does not answer, no partition is idle.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]

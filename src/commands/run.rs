@@ -12,6 +12,7 @@ use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::time::MINUTE;
 
 use crate::cli::RunArgs;
+use crate::engine::checkpoint::CheckpointConfig;
 use crate::engine::config::FILE_STEP;
 use crate::engine::kafka::KafkaSourceOptions;
 pub use crate::engine::RunSummary;
@@ -68,6 +69,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
             retention: args.retention,
             live_windows: !args.no_live_windows,
+            resume: None,
         }),
         None => InputConfig::Files {
             paths: args.input.clone(),
@@ -93,6 +95,10 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
         serve: args.serve.map(|listen| ServeConfig { listen, token: args.token.clone(), max_lag: args.max_lag }),
         commit_log: args.commit_log.clone(),
         after_write: None,
+        checkpoint: args
+            .checkpoint_dir
+            .clone()
+            .map(|dir| CheckpointConfig { dir, every: Duration::from_secs(args.checkpoint_every.max(0) as u64) }),
         quiet: args.quiet,
     })
 }

@@ -38,6 +38,8 @@ pub struct EngineConfig {
     /// Called once each write is in the store (no command line: for programs embedding the
     /// engine; the tests read the store at every boundary with it).
     pub after_write: Option<AfterWrite>,
+    /// `--checkpoint-dir`: take checkpoints, and continue from the newest usable one.
+    pub checkpoint: Option<super::checkpoint::CheckpointConfig>,
     /// No progress lines.
     pub quiet: bool,
 }
@@ -62,6 +64,7 @@ impl EngineConfig {
             serve: None,
             commit_log: None,
             after_write: None,
+            checkpoint: None,
             quiet: false,
         }
     }

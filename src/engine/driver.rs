@@ -144,6 +144,30 @@ impl Driver {
         }
     }
 
+    /// Continues from a checkpoint at `boundary`: the dataflow's operators hold the state as of it
+    /// (the profiles in force then, the demographics at its date), so the inputs move there with
+    /// nothing inserted, and the profile changes before it are in force already.
+    pub fn restore(
+        &mut self,
+        boundary: Timestamp,
+        date: Option<chrono::NaiveDate>,
+        boundaries: u64,
+        inputs: &mut Inputs,
+    ) {
+        while self.changes.first().is_some_and(|(at, _)| *at <= boundary) {
+            self.profiles = self.changes.remove(0).1;
+        }
+        self.date = date;
+        self.boundaries = boundaries;
+        self.step_start = Some(boundary);
+        inputs.advance_all(logical(boundary));
+    }
+
+    /// The demographics' date at the last boundary.
+    pub fn date(&self) -> Option<chrono::NaiveDate> {
+        self.date
+    }
+
     /// Completes the step ending at `boundary` and writes the store as of `boundary`.
     pub fn close(&mut self, boundary: Timestamp, dataflow: &mut Dataflow<'_>) -> Result<()> {
         let now = logical(self.step_start.expect("a step is open"));

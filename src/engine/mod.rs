@@ -23,6 +23,7 @@
 //! | `cluster.rs` | timely's configuration: threads, and a cluster of processes |
 //! | `operator_profile.rs` | time per dataflow operator (`CARTFLOW_PROFILE_OPERATORS=1`) |
 
+pub mod checkpoint;
 mod cluster;
 pub mod config;
 mod driver;
@@ -63,6 +64,8 @@ pub struct RunSummary {
     pub boundaries: u64,
     pub frontier: Option<Timestamp>,
     pub elapsed: Duration,
+    /// The checkpoint's boundary this run continued from.
+    pub resumed_from: Option<Timestamp>,
 }
 
 impl RunSummary {
@@ -106,9 +109,19 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
     }
     changes.sort_by_key(|(at, _)| *at);
 
-    // Starts with empty tables (results and pipeline_state), as a replay from the beginning;
+    // With checkpoints: continue from the newest usable one, with the store as it is. Otherwise
+    // start with empty tables (results and pipeline_state), as a replay from the beginning;
     // SQLite builds them beside the results it holds, which readers see until the run catches up.
-    if writes {
+    let mut config = config.clone();
+    let (checkpoints, restored) = match config.checkpoint.clone() {
+        Some(checkpoint) => {
+            let (coordinator, restored) = checkpoints_of(&mut config, checkpoint, writes)?;
+            (Some(coordinator), restored)
+        }
+        None => (None, None),
+    };
+    let config = &config;
+    if writes && restored.is_none() {
         config.store.open()?.start_over()?;
     }
     // `--serve`: the dashboard and API follow the store as the run writes it (stopped at the end).
@@ -160,6 +173,8 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
         accepted,
         done: AtomicBool::new(false),
         summary: Mutex::new(None),
+        checkpoints: checkpoints.clone(),
+        restored,
     });
     let worker_shared = shared.clone();
     let guards = timely::execute(cluster, move |worker| {
@@ -189,8 +204,12 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
         );
         return Ok(RunSummary::of_share(read));
     }
+    if let Some(checkpoints) = &checkpoints {
+        checkpoints.finish();
+    }
     let summary = shared.summary.lock().unwrap().take().context("worker 0 did not report")?;
-    let summary = summary.map_err(anyhow::Error::msg)?;
+    let mut summary = summary.map_err(anyhow::Error::msg)?;
+    summary.resumed_from = shared.restored.as_ref().map(|r| r.0.manifest.frontier);
     info!(
         "applied {} events in {:.1}s ({} events/s), {} boundaries, frontier {}",
         summary.applied,
@@ -207,4 +226,56 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
         server.stop()?;
     }
     Ok(summary)
+}
+
+/// `--checkpoint-dir`: the coordinator of this run's checkpoints, and the checkpoint it continues
+/// from (with the store's frontier), if one is usable; the Kafka source is told where to resume.
+fn checkpoints_of(
+    config: &mut EngineConfig,
+    checkpoint: checkpoint::CheckpointConfig,
+    writes: bool,
+) -> Result<(Arc<checkpoint::Coordinator>, Option<checkpoint::Restore>)> {
+    let InputConfig::Kafka(options) = &mut config.input else {
+        bail!("--checkpoint-dir: checkpoints are taken from a Kafka source (a bounded input is replayed)");
+    };
+    if config.cluster.processes > 1 {
+        bail!("--checkpoint-dir: a run of several processes does not take checkpoints yet");
+    }
+    let identity = checkpoint::Identity {
+        format: checkpoint::FORMAT,
+        settings: config.settings,
+        retention: config.retention,
+        workers: config.workers,
+        processes: config.cluster.processes,
+        source: format!("kafka topic '{}'{}", options.topic, if options.live_windows { ", live windows" } else { "" }),
+        profiles: checkpoint::profiles_digest(config.profiles.as_deref(), &config.profiles_at)?,
+    };
+    let stop = checkpoint::on_sigterm();
+    let coordinator = Arc::new(checkpoint::Coordinator::new(checkpoint.clone(), identity.clone(), stop));
+    if !writes {
+        return Ok((coordinator, None));
+    }
+    let state = config.store.open()?.resume()?;
+    let Some(state) = state else {
+        warn!("--checkpoint-dir: this store cannot tell its frontier; the run starts from the beginning");
+        return Ok((coordinator, None));
+    };
+    let frontier_of =
+        |key: &str| state.get(key).and_then(|v| cartflow_dataflows::model::time::parse_event_time(v.as_bytes()));
+    let store_frontier = frontier_of(cartflow_dataflows::schema::state_key::FRONTIER);
+    let Some(loaded) = checkpoint::newest_usable(&checkpoint.dir, &identity, store_frontier)? else {
+        return Ok((coordinator, None));
+    };
+    let mut resume: kafka::KafkaResume = serde_json::from_value(loaded.manifest.source.clone())
+        .context("the checkpoint's Kafka positions do not read back")?;
+    resume.store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
+    info!(
+        "continuing from the checkpoint at {} ({}); the store's frontier is {}",
+        loaded.manifest.frontier_text,
+        loaded.dir.display(),
+        store_frontier.map(format_rfc3339).unwrap_or_default()
+    );
+    options.resume = Some(Box::new(resume));
+    let store_frontier = store_frontier.expect("a usable checkpoint is at or before the store's frontier");
+    Ok((coordinator, Some(Arc::new((loaded, store_frontier)))))
 }

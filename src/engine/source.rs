@@ -76,6 +76,12 @@ pub trait Source: Send + Sync {
         (None, Vec::new())
     }
 
+    /// The source's positions at a boundary the store holds (`state`: what was written with it),
+    /// for a checkpoint's manifest; `None` when this source cannot continue from a checkpoint.
+    fn checkpoint(&self, _boundary: Timestamp, _state: &[(String, String)]) -> Option<serde_json::Value> {
+        None
+    }
+
     /// The source keeps the realtime windows itself, at its live edge (a live source whose
     /// frontier trails the input by the lateness), from the window start this holds on
     /// (`i64::MAX` until the source knows it): the dataflow computes no windows from there, and the

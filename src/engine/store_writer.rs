@@ -31,6 +31,19 @@ pub enum StoreJob {
     /// The run's end frontier: the live windows' last writes as of it ([`Source::live_final`]),
     /// built here, after the boundaries queued before it took their finals.
     LiveFinal(Timestamp),
+    /// For a checkpoint: once every job before it is in the store, the materializer's state and
+    /// the `pipeline_state` entries written with the last boundary (writes nothing).
+    Snapshot(std::sync::mpsc::SyncSender<Snapshot>),
+}
+
+/// The materializer's state, and the `pipeline_state` entries of the last boundary written.
+pub type Snapshot = (Vec<u8>, Vec<(String, String)>);
+
+/// A run restored from a checkpoint: the materializer's state, and the store's frontier (boundaries
+/// up to it are not written again).
+pub struct Restored {
+    pub materializer: Vec<u8>,
+    pub store_frontier: Timestamp,
 }
 
 /// Starts the writer thread over `store`.
@@ -39,7 +52,14 @@ pub fn spawn(
     mut materializer: Materializer,
     source: Arc<dyn Source>,
     commit_log: Option<&Path>,
+    restored: Option<Restored>,
 ) -> Result<BackgroundSink<StoreJob>> {
+    let mut written_through = None;
+    if let Some(restored) = restored {
+        materializer.restore(&restored.materializer).context("restoring the materializer")?;
+        written_through = Some(restored.store_frontier);
+    }
+    let mut last_state: Vec<(String, String)> = Vec::new();
     let job_name = source.name();
     let commit_log = match commit_log {
         Some(path) => Some(std::io::BufWriter::new(
@@ -61,7 +81,19 @@ pub fn spawn(
             batch.state.push((state_key::FRONTIER.into(), format_rfc3339(boundary)));
             batch.state.push((state_key::SOURCE.into(), job_name.into()));
             batch.state.extend(state);
+            last_state.clone_from(&batch.state);
+            // Restored from a checkpoint older than the store: the store holds this boundary's
+            // results, or later ones (the same, since results are determined by the events);
+            // writing them again would move the frontier back.
+            if written_through.is_some_and(|through| boundary <= through) {
+                return WriteBatch::default();
+            }
             batch
+        }
+        StoreJob::Snapshot(reply) => {
+            let bytes = materializer.snapshot().unwrap_or_default();
+            let _ = reply.send((bytes, last_state.clone()));
+            WriteBatch::default()
         }
         StoreJob::Batch(batch) => batch,
         StoreJob::LiveFinal(frontier) => source.live_final(frontier).unwrap_or_default(),
@@ -79,6 +111,9 @@ struct TellsTheSource {
 
 impl Sink for TellsTheSource {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let started = Instant::now();
         self.store.write(batch)?;
         let frontier = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER).map(|(_, v)| v.as_str());

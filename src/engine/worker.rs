@@ -7,12 +7,14 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cartflow_connectors::store::Observed;
+use cartflow_dataflows::incremental::checkpoint::Registry;
 use cartflow_dataflows::incremental::materialize::Materializer;
 use cartflow_dataflows::incremental::{self, logical, Diff, Output, Time};
 use cartflow_dataflows::model::time::end_frontier_after;
-use cartflow_dataflows::model::Profiles;
+use cartflow_dataflows::model::time::format_rfc3339;
+use cartflow_dataflows::model::{Profiles, Timestamp};
 use cartflow_dataflows::schema::{state_key, WriteBatch};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -20,6 +22,7 @@ use timely::dataflow::operators::{Exchange, Operator, Probe};
 use timely::dataflow::ProbeHandle;
 use tracing::info;
 
+use super::checkpoint::{Coordinator, Manifest, Parts, Restore};
 use super::config::EngineConfig;
 use super::driver::{boundaries_up_to, Dataflow, Driver, Inputs, ProfileChange, ResultBuffer, PIPELINED_STEPS};
 use super::operator_profile::OperatorProfile;
@@ -39,6 +42,10 @@ pub struct Shared {
     pub accepted: Arc<AtomicU64>,
     pub done: AtomicBool,
     pub summary: Mutex<Option<Result<RunSummary, String>>>,
+    /// `--checkpoint-dir`: the checkpoints being taken.
+    pub checkpoints: Option<Arc<Coordinator>>,
+    /// The checkpoint this run continues from, and the store's frontier.
+    pub restored: Option<Restore>,
 }
 
 /// One worker: builds the dataflow, then feeds it (and, on worker 0, closes the boundaries) until
@@ -51,6 +58,15 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
     let operator_profile = OperatorProfile::register(worker);
     let mut link = shared.source.clone().link(worker.index());
     let dataflow = worker.next_dataflow_index();
+    // Each stateful operator registers its state (for checkpoints), restored when continuing.
+    if shared.checkpoints.is_some() || shared.restored.is_some() {
+        let states = match &shared.restored {
+            Some(restored) => Registry::parse(&restored.0.workers[worker.index()])
+                .context("the checkpoint's worker state does not read back")?,
+            None => Default::default(),
+        };
+        incremental::checkpoint::install(states);
+    }
     let (probe, reports_probe) = worker.dataflow::<Time, _, _>(|scope| {
         let results = incremental::build(
             inputs.events.to_collection(scope),
@@ -82,14 +98,15 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
         let reports_probe = link.attach(scope, &probe);
         (probe, reports_probe)
     });
+    let registry = incremental::checkpoint::take().map_err(|e| anyhow::anyhow!("restoring the checkpoint: {e}"))?;
     let link_dataflow = link.build(worker);
 
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
     let feed = shared.feeds.lock().unwrap()[local].take().expect("each worker takes its feed once");
     if worker.index() == 0 {
-        lead(worker, shared, inputs, feed, &probe, reports_probe, &outputs, link)?;
+        lead(worker, shared, inputs, feed, &probe, reports_probe, &outputs, link, registry.as_ref())?;
     } else {
-        follow(worker, shared, inputs, feed, &probe, link.as_mut());
+        follow(worker, shared, inputs, feed, &probe, link.as_mut(), registry.as_ref())?;
     }
     operator_profile.report(worker.index());
     if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
@@ -112,7 +129,39 @@ fn follow(
     feed: Receiver<Feed>,
     probe: &ProbeHandle<Time>,
     link: &mut dyn WorkerLink,
-) {
+    registry: Option<&Registry>,
+) -> Result<()> {
+    let local = worker.index() - shared.config.cluster.process * shared.config.workers;
+    // A checkpoint in progress: this worker's state once its probe has passed the boundary
+    // (worker 0 holds its inputs there until every worker's part is in).
+    let contribute = |probe: &ProbeHandle<Time>| -> Result<()> {
+        if let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) {
+            if let Some(boundary) = checkpoints.wanted(local) {
+                if !probe.less_than(&logical(boundary)) {
+                    checkpoints.contribute(local, registry.snapshot()?);
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Some(restored) = &shared.restored {
+        let mut inputs = inputs;
+        inputs.events.advance_to(logical(restored.0.manifest.frontier));
+        inputs.events.flush();
+        return follow_from(worker, shared, inputs, feed, probe, link, contribute);
+    }
+    follow_from(worker, shared, inputs, feed, probe, link, contribute)
+}
+
+fn follow_from(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    inputs: Inputs,
+    feed: Receiver<Feed>,
+    probe: &ProbeHandle<Time>,
+    link: &mut dyn WorkerLink,
+    contribute: impl Fn(&ProbeHandle<Time>) -> Result<()>,
+) -> Result<()> {
     // Worker 0 alone feeds the profiles and dates: this worker's close now (a pattern with `..`
     // would keep them open until the function returns, and the dataflow would never complete).
     let Inputs { events: mut events_in, profiles, dates } = inputs;
@@ -143,6 +192,7 @@ fn follow(
             }
             Err(TryRecvError::Disconnected) => break,
         }
+        contribute(probe)?;
     }
     // The input is read: this worker's events input closes.
     drop((events_in, feed));
@@ -152,7 +202,9 @@ fn follow(
     while !shared.done.load(Ordering::SeqCst) && !probe.done() {
         link.pump();
         worker.step_or_park(Some(Duration::from_millis(20)));
+        contribute(probe)?;
     }
+    Ok(())
 }
 
 /// Worker 0: feeds its share, closes every boundary the source announces and writes it; at the
@@ -168,6 +220,7 @@ fn lead(
     reports_probe: Option<ProbeHandle<Time>>,
     outputs: &ResultBuffer,
     link: Box<dyn WorkerLink>,
+    registry: Option<&Registry>,
 ) -> Result<()> {
     let config = &shared.config;
     let settings = config.settings;
@@ -180,7 +233,11 @@ fn lead(
     if let Some(after) = &config.after_write {
         sink = Box::new(Observed { inner: sink, after: after.clone() });
     }
-    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref())?;
+    let restored = shared
+        .restored
+        .as_ref()
+        .map(|r| store_writer::Restored { materializer: r.0.materializer.clone(), store_frontier: r.1 });
+    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), restored)?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
         store,
@@ -191,7 +248,13 @@ fn lead(
         config.quiet,
         link,
     );
-    driver.insert_initial_profiles(&mut inputs);
+    match &shared.restored {
+        Some(restored) => {
+            let manifest = &restored.0.manifest;
+            driver.restore(manifest.frontier, manifest.date, manifest.boundaries, &mut inputs);
+        }
+        None => driver.insert_initial_profiles(&mut inputs),
+    }
     let mut dataflow = Dataflow { worker, inputs, probe, outputs };
     let mut failure: Option<anyhow::Error> = None;
 
@@ -215,6 +278,23 @@ fn lead(
                     if let Err(e) = driver.close(boundary, &mut dataflow) {
                         failure = Some(e);
                         break 'feeding;
+                    }
+                }
+                if let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) {
+                    if driver.step_start == Some(start) && checkpoints.due(start) {
+                        if let Err(e) =
+                            take_checkpoint(checkpoints, registry, start, &mut driver, &mut dataflow, shared)
+                        {
+                            failure = Some(e);
+                            break 'feeding;
+                        }
+                        if checkpoints.stop_requested.load(Ordering::SeqCst) {
+                            // SIGTERM: the store holds the boundary and the checkpoint is written;
+                            // what the run holds beyond it is read again after a restart.
+                            checkpoints.finish();
+                            info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
+                            std::process::exit(0);
+                        }
                     }
                 }
             }
@@ -284,6 +364,62 @@ fn lead(
     Ok(())
 }
 
+/// Takes a checkpoint at `boundary`, the step just closed (see `checkpoint.rs`): waits until the
+/// store holds it, snapshots the materializer and every worker's operators, and hands them to the
+/// checkpoint writer. Worker 0's inputs stay at `boundary` meanwhile.
+fn take_checkpoint(
+    checkpoints: &Coordinator,
+    registry: &Registry,
+    boundary: Timestamp,
+    driver: &mut Driver,
+    dataflow: &mut Dataflow<'_>,
+    shared: &Shared,
+) -> Result<()> {
+    let began = std::time::Instant::now();
+    driver.settle(0, dataflow)?;
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    driver.store.write(StoreJob::Snapshot(reply))?;
+    let (materializer, state) = answer.recv().context("the store writer stopped")?;
+    let Some(source) = driver.source.checkpoint(boundary, &state) else {
+        anyhow::bail!("this source cannot continue from a checkpoint");
+    };
+    let held = began.elapsed();
+    checkpoints.open_round(boundary, shared.config.workers);
+    checkpoints.contribute(0, registry.snapshot()?);
+    let parts = loop {
+        if let Some(parts) = checkpoints.take_parts() {
+            break parts;
+        }
+        driver.link.pump();
+        dataflow.worker.step_or_park(Some(Duration::from_micros(500)));
+    };
+    let manifest = Manifest {
+        identity: checkpoints.identity.clone(),
+        frontier: boundary,
+        frontier_text: format_rfc3339(boundary),
+        written_at: format_rfc3339(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        ),
+        boundaries: driver.boundaries,
+        date: driver.date(),
+        source,
+        files: Vec::new(),
+    };
+    let parts = Parts::new(manifest, parts, materializer);
+    let bytes = parts.bytes();
+    let serialized = began.elapsed();
+    checkpoints.submit(parts)?;
+    info!(
+        "checkpoint at {}: {:.1} MB of state; the boundary's step waited {:.0} ms for the store and {:.0} ms for the \
+         snapshots (written in the background)",
+        format_rfc3339(boundary),
+        bytes as f64 / 1e6,
+        held.as_secs_f64() * 1e3,
+        (serialized - held).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
 /// The input has ended: closes the boundaries up to the end frontier, writes the run's final
 /// `pipeline_state` and waits for the store writer.
 fn finish(
@@ -349,5 +485,6 @@ fn finish(
         boundaries: driver.boundaries,
         frontier,
         elapsed: driver.started.elapsed(),
+        resumed_from: None,
     })
 }

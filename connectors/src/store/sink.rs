@@ -24,6 +24,13 @@ pub trait Sink {
             ..Default::default()
         })
     }
+
+    /// Before a run that continues from a checkpoint: the store's `pipeline_state` as it stands
+    /// (a rebuild left by a killed run is dropped: the results readers see stay), or `None` when
+    /// this store cannot tell, and the run must start over.
+    fn resume(&mut self) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        Ok(None)
+    }
 }
 
 /// Called once each batch is in the store, on the thread that wrote it, before the next batch is
@@ -54,9 +61,17 @@ impl<S: Sink> Sink for Observed<S> {
     fn start_over(&mut self) -> Result<()> {
         self.inner.start_over()
     }
+
+    fn resume(&mut self) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        self.inner.resume()
+    }
 }
 
 impl Sink for Box<dyn Sink + Send> {
+    fn resume(&mut self) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        (**self).resume()
+    }
+
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         (**self).write(batch)
     }

@@ -443,6 +443,11 @@ impl Sink for SqliteStore {
         Ok(())
     }
 
+    fn resume(&mut self) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        self.drop_rebuild()?;
+        Ok(Some(self.state_entries()?))
+    }
+
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         let prefix = if self.rebuilding.is_some() { REBUILD_PREFIX } else { "" };
         let tx = self.conn.transaction()?;

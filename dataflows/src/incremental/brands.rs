@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 
+use super::current_state::join_map;
 use super::deltas::brand_slots::{BUYERS, CARTS, PURCHASES, REVENUE, USERS, VIEWERS, VIEWS};
 use super::deltas::BrandDelta;
 use super::operators::{sum_by_key, top_k, Sums};
@@ -31,7 +32,6 @@ pub fn dataflow<'s>(changes: Coll<'s, BrandDelta>) -> Coll<'s, Output> {
         |(_, brand)| *brand,
     )
     .map(|((), (rank, (_, brand)))| (brand, rank));
-    stats
-        .map(|((brand, age), stats)| (brand, (age, stats)))
-        .join_map(ranks, |brand, (age, stats), rank| Output::Brand(*brand, *age, *rank, *stats))
+    let stats = stats.map(|((brand, age), stats)| (brand, (age, stats)));
+    join_map(stats, ranks, "Brands: ranked", |brand, (age, stats), rank| Output::Brand(*brand, *age, *rank, *stats))
 }

@@ -6,7 +6,7 @@
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
-use super::current_state::{accumulate_by_key, distinct};
+use super::current_state::{accumulate_by_key, distinct, join_map};
 use super::operators::{sum_by_key, sum_within_batches, Sums};
 use super::output::Output;
 use super::types::{Coll, Diff, ProfileRecord};
@@ -107,12 +107,11 @@ pub fn daily_sales<'s>(events: Coll<'s, Event>) -> Coll<'s, Output> {
 
 /// Profiles per (region, age group), ages at the date of the frontier (`dates` holds one date).
 pub fn demographics<'s>(profiles: Coll<'s, ProfileRecord>, dates: Coll<'s, chrono::NaiveDate>) -> Coll<'s, Output> {
-    let profiles_by_group = profiles
-        .map(|(_user, profile)| ((), profile))
-        .join_map(dates.map(|date| ((), date)), |_, profile, date| {
-            (profile.region, age_group(profile.birth_date, *date))
-        })
-        .map(|key| (key, 1 as Diff));
+    let profiles = profiles.map(|(_user, profile)| ((), profile));
+    let profiles_by_group = join_map(profiles, dates.map(|date| ((), date)), "Catalog: ages", |_, profile, date| {
+        (profile.region, age_group(profile.birth_date, *date))
+    })
+    .map(|key| (key, 1 as Diff));
     accumulate_by_key(profiles_by_group, "Catalog: demographics")
         .map(|((region, age), users)| Output::Demographics(region, age, users as u64))
 }

@@ -22,6 +22,10 @@ use rustc_hash::FxHashMap;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator};
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
 use super::types::{Coll, Diff, Time};
 
 /// Updates as they arrived: whole containers (see [`file_by_time`]).
@@ -59,17 +63,22 @@ pub fn updates<D>(updates: Updates<D>) -> impl Iterator<Item = (D, Diff)> {
 
 /// Routes `collection` by `route`, and hands `logic` the updates of each time (not consolidated) in
 /// time order, once no more updates at that time can arrive; `logic` pushes the output's changes.
-fn in_time_order<'s, D, O, L>(
+/// `state` is what the operator keeps from one time to the next, registered for checkpoints under
+/// `name` (see [`super::checkpoint`]); `logic` gets it with each time's updates.
+fn in_time_order<'s, D, O, S, L>(
     collection: Coll<'s, D>,
     name: &str,
     route: impl Fn(&D) -> u64 + 'static,
+    state: impl FnOnce() -> S,
     mut logic: L,
 ) -> Coll<'s, O>
 where
     D: ExchangeData,
     O: differential_dataflow::Data,
-    L: FnMut(Time, Updates<D>, &mut Vec<(O, Diff)>) + 'static,
+    S: Serialize + DeserializeOwned + 'static,
+    L: FnMut(&mut S, Time, Updates<D>, &mut Vec<(O, Diff)>) + 'static,
 {
+    let state = checkpoint::state(name, state);
     let pact = Exchange::new(move |(data, _, _): &(D, Time, Diff)| route(data));
     collection
         .inner
@@ -87,7 +96,7 @@ where
                         break; // updates at this time may still arrive
                     }
                     let (time, (capability, updates)) = entry.remove_entry();
-                    logic(time, updates, &mut changes);
+                    logic(&mut state.borrow_mut(), time, updates, &mut changes);
                     let mut timed: Vec<(O, Time, Diff)> = changes.drain(..).map(|(o, diff)| (o, time, diff)).collect();
                     if !timed.is_empty() {
                         output.session(&capability).give_container(&mut timed);
@@ -98,19 +107,129 @@ where
         .as_collection()
 }
 
+/// The join of `left` and `right` on their keys, `logic(key, left value, right value)` per pair of
+/// records (multiplicities multiplied), like differential's `join_map`, keeping only the current
+/// records of each side in hash maps: at each time the changes are the left's changes against the
+/// right as it was, plus the left as it is now against the right's changes.
+pub fn join_map<'s, K, A, B, O>(
+    left: Coll<'s, (K, A)>,
+    right: Coll<'s, (K, B)>,
+    name: &str,
+    logic: impl Fn(&K, &A, &B) -> O + 'static,
+) -> Coll<'s, O>
+where
+    K: ExchangeData + std::hash::Hash + Eq,
+    A: ExchangeData + std::hash::Hash + Eq,
+    B: ExchangeData + std::hash::Hash + Eq,
+    O: differential_dataflow::Data,
+{
+    type Side<K, V> = FxHashMap<K, FxHashMap<V, Diff>>;
+    let state = checkpoint::state(name, || (Side::<K, A>::default(), Side::<K, B>::default()));
+    let by_key_left = Exchange::new(|((key, _), _, _): &((K, A), Time, Diff)| key.hashed());
+    let by_key_right = Exchange::new(|((key, _), _, _): &((K, B), Time, Diff)| key.hashed());
+    left.inner
+        .binary_frontier(right.inner, by_key_left, by_key_right, name, move |_, _| {
+            let mut pending_left: BTreeMap<Time, Pending<(K, A)>> = BTreeMap::new();
+            let mut pending_right: BTreeMap<Time, Pending<(K, B)>> = BTreeMap::new();
+            move |(left_in, left_frontier), (right_in, right_frontier), output| {
+                left_in.for_each_stamp(|capability, containers| {
+                    for container in containers {
+                        file_by_time(&mut pending_left, container, |time| capability.delayed(time, 0));
+                    }
+                });
+                right_in.for_each_stamp(|capability, containers| {
+                    for container in containers {
+                        file_by_time(&mut pending_right, container, |time| capability.delayed(time, 0));
+                    }
+                });
+                loop {
+                    let next = [pending_left.keys().next(), pending_right.keys().next()].into_iter().flatten().min();
+                    let Some(&time) = next else { break };
+                    if left_frontier.less_equal(&time) || right_frontier.less_equal(&time) {
+                        break; // updates at this time may still arrive
+                    }
+                    let from_left = pending_left.remove(&time);
+                    let from_right = pending_right.remove(&time);
+                    let capability = match (&from_left, &from_right) {
+                        (Some((c, _)), _) | (None, Some((c, _))) => c.clone(),
+                        (None, None) => unreachable!("a time is taken because something waits at it"),
+                    };
+                    let (lefts, rights) = &mut *state.borrow_mut();
+                    let mut out: Vec<(O, Time, Diff)> = Vec::new();
+                    // The left's changes against the right before this time...
+                    if let Some((_, updates)) = from_left {
+                        for ((key, a), diff) in self::updates(updates) {
+                            if let Some(matches) = rights.get(&key) {
+                                for (b, d) in matches {
+                                    out.push((logic(&key, &a, b), time, diff * d));
+                                }
+                            }
+                            add_to_side(lefts, key, a, diff);
+                        }
+                    }
+                    // ...then the left as it is now against the right's changes.
+                    if let Some((_, updates)) = from_right {
+                        for ((key, b), diff) in self::updates(updates) {
+                            if let Some(matches) = lefts.get(&key) {
+                                for (a, d) in matches {
+                                    out.push((logic(&key, a, &b), time, diff * d));
+                                }
+                            }
+                            add_to_side(rights, key, b, diff);
+                        }
+                    }
+                    if !out.is_empty() {
+                        output.session(&capability).give_container(&mut out);
+                    }
+                }
+            }
+        })
+        .as_collection()
+}
+
+/// Adds `diff` to a side of [`join_map`]: a record at zero leaves, and a key without records.
+fn add_to_side<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
+    side: &mut FxHashMap<K, FxHashMap<V, Diff>>,
+    key: K,
+    value: V,
+    diff: Diff,
+) {
+    match side.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(FxHashMap::from_iter([(value, diff)]));
+        }
+        Entry::Occupied(mut values) => {
+            match values.get_mut().entry(value) {
+                Entry::Vacant(slot) => {
+                    slot.insert(diff);
+                }
+                Entry::Occupied(mut count) => {
+                    *count.get_mut() += diff;
+                    if *count.get() == 0 {
+                        count.remove();
+                    }
+                }
+            }
+            if values.get().is_empty() {
+                values.remove();
+            }
+        }
+    }
+}
+
 /// The distinct records of `collection` (those of positive multiplicity), like differential's
 /// `distinct_total`.
 pub fn distinct<'s, K>(collection: Coll<'s, K>, name: &str) -> Coll<'s, K>
 where
     K: ExchangeData + Ord + std::hash::Hash,
 {
-    let mut counts: FxHashMap<K, Diff> = FxHashMap::default();
     let mut delta: FxHashMap<K, Diff> = FxHashMap::default();
     in_time_order(
         collection,
         name,
         |key: &K| key.hashed(),
-        move |_, updates, changes| {
+        FxHashMap::<K, Diff>::default,
+        move |counts, _, updates, changes| {
             for (key, diff) in self::updates(updates) {
                 *delta.entry(key).or_insert(0) += diff;
             }
@@ -141,13 +260,13 @@ where
     K: ExchangeData + Ord + std::hash::Hash,
     R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
 {
-    let mut totals: FxHashMap<K, R> = FxHashMap::default();
     let mut deltas: FxHashMap<K, R> = FxHashMap::default();
     in_time_order(
         collection,
         name,
         |(key, _): &(K, R)| key.hashed(),
-        move |_, updates, changes| {
+        FxHashMap::<K, R>::default,
+        move |totals, _, updates, changes| {
             for ((key, value), diff) in self::updates(updates) {
                 let value = value.multiply(&diff);
                 match deltas.entry(key) {
@@ -184,8 +303,12 @@ where
 
 /// Per-key state of an operator that re-derives a key's output once per time: the states, and the
 /// keys touched at the current time with the output each had before it.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize + std::hash::Hash + Eq, S: Serialize"))]
+#[serde(bound(deserialize = "K: DeserializeOwned + std::hash::Hash + Eq, S: DeserializeOwned"))]
 struct Touched<K, S, B> {
     states: FxHashMap<K, (S, u64)>,
+    #[serde(skip)]
     touched: Vec<(K, B)>,
     stamp: u64,
 }
@@ -224,6 +347,8 @@ impl<K: std::hash::Hash + Eq + Clone, S, B> Touched<K, S, B> {
 }
 
 /// One group's values in order and its current `k` least.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "V: Serialize + Ord", deserialize = "V: DeserializeOwned + Ord"))]
 struct Ordered<V> {
     values: BTreeMap<V, Diff>,
     least: Vec<V>,
@@ -238,12 +363,12 @@ where
     K: ExchangeData + Ord + std::hash::Hash,
     V: ExchangeData + Ord,
 {
-    let mut groups: Touched<K, Ordered<V>, Vec<V>> = Touched::new();
     in_time_order(
         collection,
         name,
         |(key, _): &(K, V)| key.hashed(),
-        move |_, updates, changes| {
+        Touched::<K, Ordered<V>, Vec<V>>::new,
+        move |groups, _, updates, changes| {
             groups.begin();
             for ((key, value), diff) in self::updates(updates) {
                 let new = || Ordered { values: BTreeMap::new(), least: Vec::new() };
@@ -265,6 +390,11 @@ where
 
 /// One group's accumulated items and a prefix of its ranking, kept lazily (see
 /// [`accumulate_least_k`]).
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "I: Serialize + std::hash::Hash + Eq, R: Serialize, V: Serialize",
+    deserialize = "I: DeserializeOwned + std::hash::Hash + Eq, R: DeserializeOwned, V: DeserializeOwned"
+))]
 struct Tally<I, R, V> {
     /// Each item's total and whether it is a member.
     items: FxHashMap<I, (R, bool)>,
@@ -425,15 +555,14 @@ where
     R: ExchangeData + Ord + Semigroup + Multiply<Diff, Output = R>,
     V: ExchangeData + Ord,
 {
-    let mut groups: FxHashMap<G, Tally<I, R, V>> = FxHashMap::default();
     // Groups whose k best changed at the current time: only they are looked at again.
     let mut changed: Vec<G> = Vec::new();
-    let mut forgetting: BTreeMap<Time, Vec<G>> = BTreeMap::new();
     in_time_order(
         collection,
         name,
         |((group, _), _): &((G, I), R)| group.hashed(),
-        move |time, updates, changes| {
+        Tallies::<G, I, R, V>::default,
+        move |Tallies { groups, forgetting }, time, updates, changes| {
             while let Some(entry) = forgetting.first_entry().filter(|e| *e.key() <= time) {
                 for group in entry.remove() {
                     groups.remove(&group);
@@ -461,6 +590,24 @@ where
             }
         },
     )
+}
+
+/// The state of [`accumulate_least_k`]: each group's tally, and the groups to drop per time.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "G: Serialize + std::hash::Hash + Eq, I: Serialize + std::hash::Hash + Eq, R: Serialize, V: Serialize",
+    deserialize = "G: DeserializeOwned + std::hash::Hash + Eq, I: DeserializeOwned + std::hash::Hash + Eq, R: \
+                   DeserializeOwned, V: DeserializeOwned"
+))]
+struct Tallies<G, I, R, V> {
+    groups: FxHashMap<G, Tally<I, R, V>>,
+    forgetting: BTreeMap<Time, Vec<G>>,
+}
+
+impl<G, I, R, V> Default for Tallies<G, I, R, V> {
+    fn default() -> Self {
+        Tallies { groups: FxHashMap::default(), forgetting: BTreeMap::new() }
+    }
 }
 
 /// A ranked value of a key: `(key, (rank, value))`.

@@ -59,6 +59,17 @@ impl Materializer {
         self
     }
 
+    /// What the materializer keeps between boundaries, for a checkpoint.
+    pub fn snapshot(&self) -> bincode::Result<Vec<u8>> {
+        bincode::serialize(&(&self.open_windows, &self.frozen, &self.snapshot_records, self.first_event))
+    }
+
+    /// Continues from a [`Materializer::snapshot`].
+    pub fn restore(&mut self, bytes: &[u8]) -> bincode::Result<()> {
+        (self.open_windows, self.frozen, self.snapshot_records, self.first_event) = bincode::deserialize(bytes)?;
+        Ok(())
+    }
+
     /// The earliest applied event: daily snapshots start at the first midnight after it.
     pub fn note_event(&mut self, time: Timestamp) {
         self.first_event = Some(self.first_event.map_or(time, |t| t.min(time)));

@@ -23,6 +23,7 @@
 
 pub mod brands;
 pub mod catalog;
+pub mod checkpoint;
 pub mod current_state;
 pub mod deltas;
 pub mod funnel;

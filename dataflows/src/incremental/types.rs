@@ -22,7 +22,7 @@ pub type ProfileRecord = (u64, Profile);
 
 /// How the driver cuts time into steps, which the dataflows rely on (dataflows/README.md, "Time,
 /// steps and exactness").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     /// Step between boundaries in seconds: a whole number of minutes that divides a day, so that
     /// every midnight is a boundary.

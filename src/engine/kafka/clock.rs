@@ -27,6 +27,10 @@ pub(super) struct ThreadClock {
     /// The offsets safe at the end of the run (every message read is applied, late, rejected or
     /// after `--until`).
     pub(super) final_offsets: Vec<(i32, i64)>,
+    /// The next offset to read per partition, and what the thread has read, as of its last
+    /// publish (for a checkpoint).
+    pub(super) read_to: Vec<(i32, i64)>,
+    pub(super) counts: super::Counts,
 }
 
 /// What the frontier and the steps depend on in a thread's state (sent to the leader by followers).

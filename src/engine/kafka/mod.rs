@@ -98,6 +98,30 @@ pub struct KafkaSourceOptions {
     pub retention: i64,
     /// Keep the realtime windows at the live edge.
     pub live_windows: bool,
+    /// Continue from a checkpoint: its positions (the archive is not replayed).
+    pub resume: Option<Box<KafkaResume>>,
+}
+
+/// Where a checkpoint leaves the Kafka source (in its manifest), to continue from its boundary.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct KafkaResume {
+    /// The checkpoint's boundary: every event before it is in the restored state.
+    pub frontier: Timestamp,
+    /// Per partition, the offset before which every message is applied, late or rejected as of
+    /// `frontier` (what the store holds with that boundary): reading starts there.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Per partition, how far the threads had read when the checkpoint was taken: a message
+    /// before it and before `frontier` was applied or counted then, and is skipped now; one after
+    /// it and before `frontier` is late, as it would have been.
+    pub read_to: BTreeMap<i32, i64>,
+    /// Where the live windows had taken over from the dataflow's, if they had.
+    pub live_from: Option<Timestamp>,
+    /// What the threads had read by then (the run's counts go on from there).
+    pub counts: Counts,
+    /// The live edge the store holds (not in the manifest: read from the store on restore): the
+    /// open windows are not written until the edge is back there, so they never shrink.
+    #[serde(skip)]
+    pub store_live_edge: Option<Timestamp>,
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
@@ -164,6 +188,33 @@ pub struct KafkaSource {
     live_from: Arc<AtomicI64>,
     /// The lateness in force, and when it last changed (see `clock.rs`, `lateness_in_force`).
     pressure: Mutex<(i64, std::time::Instant, u64)>,
+}
+
+impl KafkaSource {
+    /// The source's positions at `boundary` for a checkpoint, from what the store holds with it
+    /// (`state`: the offsets) and what the threads have read so far.
+    fn resume_at(&self, boundary: Timestamp, state: &[(String, String)]) -> KafkaResume {
+        let prefix = state_key::kafka_offset(&self.options.topic, 0);
+        let prefix = prefix.trim_end_matches('0');
+        let offsets =
+            state.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.parse().ok()?, v.parse().ok()?))).collect();
+        let mut read_to = BTreeMap::new();
+        let mut counts = Counts::default();
+        for thread in &self.threads {
+            let clock = thread.lock().unwrap();
+            read_to.extend(clock.read_to.iter().copied());
+            counts.add(&clock.counts);
+        }
+        let live_from = self.live_from();
+        KafkaResume {
+            frontier: boundary,
+            offsets,
+            read_to,
+            live_from: (live_from != Timestamp::MAX).then_some(live_from),
+            counts,
+            store_live_edge: None,
+        }
+    }
 }
 /// What one source thread (or process) read.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -370,8 +421,21 @@ impl Source for KafkaSource {
         self.keeps_live().then(|| self.live_from.clone())
     }
 
+    fn checkpoint(&self, boundary: Timestamp, state: &[(String, String)]) -> Option<serde_json::Value> {
+        if self.process.1 > 1 {
+            return None;
+        }
+        serde_json::to_value(self.resume_at(boundary, state)).ok()
+    }
+
     fn live_writes(&self, deliver: &mut dyn FnMut(WriteBatch)) -> bool {
         let edge = self.edge();
+        // Restored: the store holds open windows up to the edge of the run before, which this
+        // run reads again; written before the edge is back there, they would shrink.
+        let hold = self.options.resume.as_ref().and_then(|r| r.store_live_edge);
+        if hold.is_some_and(|hold| edge.is_none_or(|edge| edge < hold)) {
+            return false;
+        }
         let mut delivered = false;
         self.live_batch(None, edge, true, &mut |batch| {
             if !batch.is_empty() {
@@ -560,8 +624,28 @@ pub fn start(
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
         pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),
     });
-    // A bootstrap: the archive's files, and where each partition continues on the topic.
+    // A bootstrap: the archive's files, and where each partition continues on the topic. From a
+    // checkpoint: its offsets, and the log of steps continues at its boundary (one step of the
+    // log ends there, as if it had been opened).
+    if let Some(resume) = &options.resume {
+        let step = options.settings.step;
+        source.steps.lock().unwrap().insert(resume.frontier - step, step);
+        if let Some(from) = resume.live_from {
+            if let Some(live) = &source.live {
+                live.lock().unwrap().start_at(resume.frontier);
+            }
+            source.live_from.store(from, Ordering::SeqCst);
+        }
+        info!(
+            "resuming at {} from offsets {}",
+            format_rfc3339(resume.frontier),
+            resume.offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+        );
+    }
     let (archive_root, archived, start_offsets) = match &options.bootstrap {
+        _ if options.resume.is_some() => {
+            (None, Vec::new(), options.resume.as_ref().map(|r| r.offsets.clone()).unwrap_or_default())
+        }
         Some((root, since)) => {
             let root = archive::ArchiveRoot::from_arg(root)?;
             if !archive::is_archive(&root)? {

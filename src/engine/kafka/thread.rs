@@ -107,6 +107,9 @@ pub(super) struct SourceThread {
     /// Where the live windows take over, as this thread has seen it (`i64::MAX`: not yet): its
     /// events from there on go to them.
     live_from: Timestamp,
+    /// Restored from a checkpoint: its boundary, and how far each partition had been read (see
+    /// `KafkaResume`).
+    resumed: Option<(Timestamp, BTreeMap<i32, i64>)>,
     /// The topic's partitions as this thread last found them, and when it last looked.
     known_partitions: i32,
     last_discovery: Instant,
@@ -162,6 +165,14 @@ impl SourceThread {
             .collect();
         let keeps_live = source.keeps_live();
         let source_partitions = source.partitions as i32;
+        let resume = options.resume.clone();
+        let resume = resume.as_ref();
+        // The first thread of process 0 carries the checkpoint's counts on.
+        let counts = match resume {
+            Some(resume) if index == 0 => resume.counts.clone(),
+            _ => Counts::default(),
+        };
+        let step = options.settings.step;
         Ok(SourceThread {
             index,
             source,
@@ -175,9 +186,9 @@ impl SourceThread {
             pending: BTreeMap::new(),
             pending_events: 0,
             paused: false,
-            step: None,
+            step: resume.map(|r| (r.frontier - step, step)),
             batch: Vec::with_capacity(READ_BATCH),
-            counts: Counts::default(),
+            counts,
             committed: BTreeMap::new(),
             now,
             payload: Vec::new(),
@@ -187,7 +198,8 @@ impl SourceThread {
             outbox_events: 0,
             live: Vec::new(),
             keeps_live,
-            live_from: Timestamp::MAX,
+            live_from: resume.and_then(|r| r.live_from).unwrap_or(Timestamp::MAX),
+            resumed: resume.map(|r| (r.frontier, r.read_to.clone())),
             known_partitions: source_partitions,
             last_discovery: now,
         })
@@ -373,6 +385,17 @@ impl SourceThread {
             self.counts.after_until += 1;
             clock.first_not_applied.get_or_insert(offset);
             return Ok(moved);
+        }
+        if let Some((frontier, read_to)) = &self.resumed {
+            if event.time < *frontier {
+                if read_to.get(&partition).is_some_and(|r| offset < *r) {
+                    // Applied (or counted late) before the checkpoint: in the restored state.
+                    return Ok(moved);
+                }
+                self.counts.late += 1;
+                self.reject(partition, offset, RejectReason::Late, raw)?;
+                return Ok(moved);
+            }
         }
         let step = self.source.options.settings.step_start(event.time);
         match self.step {
@@ -789,6 +812,9 @@ impl SourceThread {
             clock.view = view;
             clock.changed = true;
         }
+        clock.read_to.clear();
+        clock.read_to.extend(self.partitions.iter().map(|p| (p.partition, p.next_offset)));
+        clock.counts = self.counts.clone();
     }
 
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes

@@ -3,6 +3,7 @@
 //! deltas (slots as in [`crate::incremental::deltas::brand_slots`]).
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::{count, insert_in_time_order, UserState, Visit};
@@ -16,7 +17,7 @@ use crate::model::{AgeGroup, Cents, EventType, Symbol, Timestamp};
 type Memberships = SmallVec<[((Option<AgeGroup>, u8), u32); 4]>;
 
 /// One event of a (user, brand) over the last 7 days.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(super) struct BrandEvent {
     pub(super) time: Timestamp,
     pub(super) event_type: EventType,
@@ -26,7 +27,7 @@ pub(super) struct BrandEvent {
 
 /// A (user, brand) over the last 7 days: its events in time order and how many of them make the
 /// user count at each (age group, distinct-user slot).
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub(super) struct BrandState {
     pub(super) events: SmallVec<[BrandEvent; 2]>,
     memberships: Memberships,
@@ -34,6 +35,7 @@ pub(super) struct BrandState {
 
 /// Brand performance's changes at the current time from the (user, brand) pairs of this worker's
 /// users over the last 7 days (kept in [`UserState::brands`]).
+#[derive(Serialize, Deserialize)]
 pub(super) struct Brands {
     pub(super) settings: Settings,
     /// Per (brand, age group or `*`), slots as in [`brand_slots`].

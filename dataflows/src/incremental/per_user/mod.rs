@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -48,6 +49,7 @@ use self::pairs::{PairEvent, PairState, Pairs};
 use self::realtime::Realtime;
 use self::scores::{add_scores, score_slot};
 use self::user_keyed::UserKeyed;
+use super::checkpoint;
 use super::current_state::{file_by_time, updates, Updates};
 use super::deltas::{BrandDelta, Deltas, FunnelDelta, MinuteBrandDelta, MinuteViewsDelta, ScoreDelta, WindowDelta};
 use super::operators::Sums;
@@ -76,7 +78,7 @@ struct Emitted {
 }
 
 /// Work a key has at a later time: its oldest events leave their window.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 enum Visit {
     Pair(u64, u64),
     Brand(u64, Symbol),
@@ -118,12 +120,22 @@ pub fn dataflow<'s>(
     let mut funnel_out: DeltaOutput<_> = OutputBuilder::from(funnel_out);
     let mut scores_out: DeltaOutput<_> = OutputBuilder::from(scores_out);
     let mut brands_out: DeltaOutput<_> = OutputBuilder::from(brands_out);
-    builder.build(move |_initial| {
-        let mut stage = UserStage::new(settings);
+    // The users' entries and the visits due later outlive a time: they are the stage's state in a
+    // checkpoint (the visits' capabilities are made again from the initial ones on a restore).
+    let kept = checkpoint::state("Per user", || Kept { stage: UserStage::new(settings), visits: BTreeMap::new() });
+    builder.build(move |initial| {
         let mut waiting_events: Waiting<Updates<Event>> = BTreeMap::new();
         let mut waiting_profiles: Waiting<Updates<ProfileRecord>> = BTreeMap::new();
-        let mut visits: Waiting<Vec<Visit>> = BTreeMap::new();
+        let mut visit_capabilities: BTreeMap<Time, Capabilities> = kept
+            .borrow()
+            .visits
+            .keys()
+            .map(|at| (*at, std::array::from_fn(|port| initial[port].delayed(at))))
+            .collect();
+        drop(initial);
         move |frontiers| {
+            let mut kept = kept.borrow_mut();
+            let Kept { stage, visits } = &mut *kept;
             let (events_frontier, profiles_frontier) = (&frontiers[0], &frontiers[1]);
             events_in.for_each_stamp(|capability, containers| {
                 for container in containers {
@@ -156,7 +168,8 @@ pub fn dataflow<'s>(
                     updates
                 });
                 let mut due: Vec<(Time, Visit)> = Vec::new();
-                if let Some((c, visits_now)) = visits.remove(&time) {
+                if let Some(visits_now) = visits.remove(&time) {
+                    let c = visit_capabilities.remove(&time).expect("every time with visits has capabilities");
                     capabilities.get_or_insert(c);
                     due.extend(visits_now.into_iter().map(|visit| (time, visit)));
                 }
@@ -185,7 +198,8 @@ pub fn dataflow<'s>(
                     |limit, t| limit.min(*t),
                 );
                 while let Some(entry) = visits.first_entry().filter(|e| *e.key() < limit) {
-                    let (at, (_, visits_then)) = entry.remove_entry();
+                    let (at, visits_then) = entry.remove_entry();
+                    visit_capabilities.remove(&at);
                     due.extend(visits_then.into_iter().map(|visit| (at, visit)));
                 }
                 stage.apply(time, profile_updates.unwrap_or_default(), due, new_events.unwrap_or_default());
@@ -198,10 +212,10 @@ pub fn dataflow<'s>(
                             due_now.push((at, visit));
                             continue;
                         }
-                        let slot = visits
+                        visit_capabilities
                             .entry(at)
-                            .or_insert_with(|| (std::array::from_fn(|port| caps[port].delayed(&at)), Vec::new()));
-                        slot.1.push(visit);
+                            .or_insert_with(|| std::array::from_fn(|port| caps[port].delayed(&at)));
+                        visits.entry(at).or_default().push(visit);
                     }
                     if due_now.is_empty() {
                         break;
@@ -228,6 +242,14 @@ pub fn dataflow<'s>(
     }
 }
 
+/// What the stage keeps from one time to the next: its users' entries, and the visits due at
+/// later times.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    stage: UserStage,
+    visits: BTreeMap<Time, Vec<Visit>>,
+}
+
 /// One of the stage's outputs.
 type DeltaOutput<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, Diff)>>>;
 
@@ -248,7 +270,7 @@ fn give<D: Clone + 'static>(
 /// What the stage keeps per user of this worker, in one entry so that an event, a visit or a
 /// pair's funnel change costs one probe for all of it. A user without profile, open minutes,
 /// reach, products or brands has no entry.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct UserState {
     profile: Option<Profile>,
     /// The minutes with events (and whether one was a purchase), until their windows are final.
@@ -273,16 +295,19 @@ impl UserState {
 
 /// This worker's share of the stage: its users' entries, each analysis's changes at the current
 /// time, and the visits to schedule.
+#[derive(Serialize, Deserialize)]
 struct UserStage {
     settings: Settings,
     users: FxHashMap<u64, UserState>,
     pairs: Pairs,
     brands: Brands,
     /// Visits to schedule, filled by `apply`.
+    #[serde(skip)]
     scheduled: Vec<(Time, Visit)>,
     realtime: Realtime,
     /// This time's deltas, ready to emit: the realtime ones go here directly, the others are
     /// summed per key in `pairs` and `brands` first.
+    #[serde(skip)]
     out: Emitted,
 }
 

@@ -3,6 +3,7 @@
 //! in time order, their insertion and their expiry.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::funnel::{change_funnel, first_times, record_first_time, FirstTimesBySegment};
@@ -15,7 +16,7 @@ use crate::model::profile::unknown_symbol;
 use crate::model::{AgeGroup, EventType, Symbol, Timestamp};
 
 /// One non-removal event of a (user, product) pair, with the user's age group at its date.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(super) struct PairEvent {
     pub(super) time: Timestamp,
     pub(super) event_type: EventType,
@@ -26,7 +27,7 @@ pub(super) struct PairEvent {
 
 /// A (user, product) pair over the last 24 hours: its events in time order, and how many of them
 /// there are per (type, age group) (the recommendation segments it counts in).
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub(super) struct PairState {
     pub(super) events: SmallVec<[PairEvent; 2]>,
     pub(super) per_type_age: SmallVec<[((u8, AgeGroup), u32); 2]>,
@@ -34,6 +35,7 @@ pub(super) struct PairState {
 
 /// The funnel's and the recommendations' changes at the current time from the (user, product)
 /// pairs of this worker's users over the last 24 hours (kept in [`UserState::pairs`]).
+#[derive(Serialize, Deserialize)]
 pub(super) struct Pairs {
     pub(super) settings: Settings,
     pub(super) funnel_out: FxHashMap<funnel::Segment, [i64; 12]>,

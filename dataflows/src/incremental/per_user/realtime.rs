@@ -2,6 +2,7 @@
 //! what this worker has added to each open window's totals, retracted when the window is final.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use super::{Emitted, UserStage, UserState, Visit};
 use crate::analyses::realtime::{window_starts, SLIDE, WINDOW_LENGTH};
@@ -15,7 +16,7 @@ use crate::model::{Event, EventType, Symbol, Timestamp};
 /// were active in each minute (a user counts once per window; its minutes are in [`UserState`]).
 /// Views and brand activity per minute are sent once and never retracted: the tops forget a
 /// window's tally themselves once it is final (see [`crate::incremental::realtime`]).
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub(super) struct Realtime {
     windows: FxHashMap<Timestamp, [i64; 8]>,
     /// Per minute, the users holding it in their `minutes`.

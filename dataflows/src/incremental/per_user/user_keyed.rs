@@ -13,7 +13,11 @@ use rustc_hash::FxHashMap;
 /// A list up to this many keys, a hash map beyond.
 const LIST_MAX: usize = 16;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "K: serde::Serialize + Eq + Hash, V: serde::Serialize",
+    deserialize = "K: serde::de::DeserializeOwned + Eq + Hash, V: serde::de::DeserializeOwned"
+))]
 pub enum UserKeyed<K, V> {
     List(Vec<(K, V)>),
     Map(FxHashMap<K, V>),

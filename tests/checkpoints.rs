@@ -1,0 +1,105 @@
+//! Checkpoints (`run --checkpoint-dir`) against librdkafka's mock cluster: a run stopped part way
+//! continues from its newest checkpoint, with the store as it left it, and ends equal to `batch`
+//! over every event; a damaged checkpoint is passed over for the one before it, and with none
+//! usable the run starts from the beginning, as without checkpoints.
+
+mod common;
+
+use std::path::Path;
+
+use cartflow::commands::{run, simulate};
+use cartflow_connectors::store::sqlite::SqliteStore;
+use cartflow_dataflows::model::time::parse_instant_arg;
+use common::*;
+use rdkafka::mocking::MockCluster;
+
+/// The checkpoints in `dir` with a manifest, oldest first.
+fn checkpoints(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).filter(|p| p.join("manifest").exists()).collect())
+        .unwrap_or_default();
+    found.sort_by_key(|p| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let mut parts = name.trim_start_matches("checkpoint-").split('-').map(|x| x.parse::<i64>().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    });
+    found
+}
+
+fn frontier(db: &Path) -> String {
+    SqliteStore::open_read_only(db).unwrap().state("frontier").unwrap().unwrap()
+}
+
+#[test]
+fn a_run_continues_from_its_checkpoint_and_equals_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 3, 23);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let sent = simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
+        .unwrap();
+
+    for (workers, step, catch_up) in [(1, 60, 3_600), (2, 60, 4 * 3_600), (2, 300, 3_600)] {
+        let what = format!("-w {workers}, --step {step}s, --catch-up-step {catch_up}s");
+        let db = dir.path().join(format!("run-{workers}-{step}-{catch_up}.db"));
+        let checkpoint_dir = dir.path().join(format!("checkpoints-{workers}-{step}-{catch_up}"));
+        let args = |until: Option<&str>, group: &str| {
+            let mut args = kafka_run_args(&brokers, db.clone(), workers, step);
+            args.profiles = Some(users.clone());
+            args.catch_up_step = catch_up;
+            args.until = until.map(|t| parse_instant_arg(t).unwrap());
+            args.group = format!("{group}-{workers}-{step}-{catch_up}");
+            args.checkpoint_dir = Some(checkpoint_dir.clone());
+            args.checkpoint_every = 0;
+            args
+        };
+
+        // The first run stops part way (as a crash would, its store and checkpoints stay).
+        let first = run::run(&args(Some("2019-12-02T13:00:00Z"), "first")).unwrap();
+        assert_eq!(first.resumed_from, None, "{what}: nothing to continue from");
+        assert_eq!(frontier(&db), "2019-12-02T13:00:00Z");
+        let taken = checkpoints(&checkpoint_dir);
+        assert_eq!(taken.len(), 2, "{what}: the newest two are kept: {taken:?}");
+
+        // The second continues from the newest checkpoint and reads on to the end of the topic.
+        let second = run::run(&args(None, "second")).unwrap();
+        let resumed = second.resumed_from.unwrap_or_else(|| panic!("{what}: the second run did not continue"));
+        assert!(resumed <= parse_instant_arg("2019-12-02T13:00:00Z").unwrap(), "{what}");
+        assert_eq!(second.late, 0, "{what}");
+        assert_same_results(&batch_db, &db, &format!("{what}, continued from a checkpoint"));
+        // Counts carry on from the checkpoint's (approximately: see the README).
+        assert!(second.applied > 0, "{what}");
+
+        // A damaged newest checkpoint (a flipped bit, a cut file) is passed over for the one before.
+        let taken = checkpoints(&checkpoint_dir);
+        let newest = taken.last().unwrap();
+        let worker = newest.join("worker-0.bin");
+        let mut bytes = std::fs::read(&worker).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(&worker, &bytes).unwrap();
+        let third = run::run(&args(None, "third")).unwrap();
+        let older = parse_checkpoint_frontier(&taken[taken.len() - 2]);
+        assert_eq!(third.resumed_from, Some(older), "{what}: the checkpoint before the damaged one");
+        assert_same_results(&batch_db, &db, &format!("{what}, after a damaged checkpoint"));
+
+        // None usable (every one cut short): the run starts from the beginning.
+        for path in checkpoints(&checkpoint_dir) {
+            let manifest = path.join("manifest");
+            let text = std::fs::read(&manifest).unwrap();
+            std::fs::write(&manifest, &text[..text.len() - 7]).unwrap();
+        }
+        let fourth = run::run(&args(None, "fourth")).unwrap();
+        assert_eq!(fourth.resumed_from, None, "{what}");
+        assert_eq!(fourth.applied, sent.sent, "{what}");
+        assert_same_results(&batch_db, &db, &format!("{what}, from the beginning"));
+    }
+}
+
+fn parse_checkpoint_frontier(path: &Path) -> i64 {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    name.trim_start_matches("checkpoint-").split('-').next().unwrap().parse().unwrap()
+}
