@@ -12,6 +12,10 @@
 # Usage: scripts/crash-safety.sh [EVENTS] [KILLS] [RATE]   (defaults 1000000 10 20000; SEED=n
 #        repeats a sitting's random moments; CARTFLOW, TANSU as in e2e-kafka.sh). CI runs a short
 #        sitting: 150000 events, 3 kills each.
+#        CHECKPOINTS=1: every `run` also takes checkpoints (`--checkpoint-dir`, one at every boundary on
+#        the 5-minute grid, so kills land while one is written too) and continues from them; the
+#        last restart of the loop is stopped with SIGTERM (it must checkpoint and exit 0), and at
+#        least one restart must have continued from a checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-1000000}
@@ -74,13 +78,31 @@ python3 scripts/lib/poll_store.py "$WORK/live.db" "$WORK/stop-reader" 0.2 > "$WO
 reader_pid=$!
 pids+=("$reader_pid")
 
-# The engine: killed KILLS times, each time after a random while, restarted from the archive.
+# The engine: killed KILLS times, each time after a random while, restarted from the archive
+# (or from its newest checkpoint).
+checkpointing=()
+if [ "${CHECKPOINTS:-0}" = 1 ]; then
+    checkpointing=(--checkpoint-dir "$WORK/checkpoints" --checkpoint-every 0)
+fi
 for i in $(seq "$KILLS"); do
-    "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$ROOT" -w 2 --profiles "$PROFILES" \
-        --db "$WORK/live.db" --idle-timeout 5s --quiet &
+    "$BIN" --log info run --brokers "$BROKERS" --bootstrap "$ROOT" -w 2 --profiles "$PROFILES" \
+        --db "$WORK/live.db" --idle-timeout 5s --quiet "${checkpointing[@]}" >> "$WORK/run.log" 2>&1 &
     pid=$!
     pids+=("$pid")
     sleep "$(pause 2 $((2 * stream_seconds / KILLS + 2)))"
+    if [ "${CHECKPOINTS:-0}" = 1 ] && [ "$i" = "$KILLS" ]; then
+        # systemd's stop: a checkpoint at the next boundary on the grid, then exit 0.
+        kill -TERM "$pid" 2>/dev/null || true
+        stopped=0
+        wait "$pid" || stopped=$?
+        if [ "$stopped" -ne 0 ] || ! grep -q "stopped (SIGTERM) after the checkpoint" "$WORK/run.log"; then
+            say "FAILED: run did not checkpoint and exit 0 on SIGTERM (exit $stopped)"
+            tail -20 "$WORK/run.log"
+            exit 1
+        fi
+        echo "   run stopped by SIGTERM ($i/$KILLS) at frontier $(frontier "$WORK/live.db")"
+        continue
+    fi
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "   run killed ($i/$KILLS) at frontier $(frontier "$WORK/live.db")"
@@ -90,7 +112,17 @@ wait "$simulate_pid"
 say "the stream is in; the archive completes, then run --bootstrap reads to the end of the topic"
 "$BIN" --log warn archive --brokers "$BROKERS" --root "$ROOT" --exit-at-end --quiet
 "$BIN" --log warn run --brokers "$BROKERS" --bootstrap "$ROOT" -w 2 --profiles "$PROFILES" \
-    --db "$WORK/live.db" --exit-at-end --quiet
+    --db "$WORK/live.db" --exit-at-end --quiet "${checkpointing[@]}" --log info >> "$WORK/run.log" 2>&1
+if [ "${CHECKPOINTS:-0}" = 1 ]; then
+    resumed=$(grep -c "continuing from the checkpoint" "$WORK/run.log" || true)
+    taken=$(grep -c "written to .*checkpoint-" "$WORK/run.log" || true)
+    echo "   $taken checkpoint(s) written, $resumed restart(s) continued from one"
+    grep -h "is not used:" "$WORK/run.log" | sed 's/^/   /' | tail -5 || true
+    if [ "$resumed" -lt 1 ]; then
+        say "FAILED: no restart continued from a checkpoint"
+        exit 1
+    fi
+fi
 touch "$WORK/stop-reader"
 reader_ok=0
 wait "$reader_pid" || reader_ok=$?
