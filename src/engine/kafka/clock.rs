@@ -31,6 +31,8 @@ pub(super) struct ThreadClock {
     /// publish (for a checkpoint).
     pub(super) read_to: Vec<(i32, i64)>,
     pub(super) counts: super::Counts,
+    /// Recent messages rejected as late (see `KafkaResume::late_offsets`).
+    pub(super) late_offsets: Vec<(i32, i64)>,
 }
 
 /// What the frontier and the steps depend on in a thread's state (sent to the leader by followers).

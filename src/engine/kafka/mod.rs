@@ -116,6 +116,15 @@ pub struct KafkaResume {
     pub read_to: BTreeMap<i32, i64>,
     /// Where the live windows had taken over from the dataflow's, if they had.
     pub live_from: Option<Timestamp>,
+    /// The realtime windows slide by the minute, so those open at `frontier` started up to 4
+    /// minutes before it: with live windows, the threads read again from the offsets of a boundary
+    /// at least that far back (`live_offsets_at`), and hand the events from there to `frontier`
+    /// to the live windows only (they are in the restored state otherwise).
+    pub live_offsets: BTreeMap<i32, i64>,
+    pub live_offsets_at: Timestamp,
+    /// Messages at or after `live_offsets` and before `read_to` that were late then (so they stay
+    /// out of the live windows now).
+    pub late_offsets: Vec<(i32, i64)>,
     /// What the threads had read by then (the run's counts go on from there).
     pub counts: Counts,
     /// The live edge the store holds (not in the manifest: read from the store on restore): the
@@ -188,32 +197,60 @@ pub struct KafkaSource {
     live_from: Arc<AtomicI64>,
     /// The lateness in force, and when it last changed (see `clock.rs`, `lateness_in_force`).
     pressure: Mutex<(i64, std::time::Instant, u64)>,
+    /// The safe offsets of the recent boundaries (oldest first, from the last one at least
+    /// [`LIVE_REACH`] before the newest): where a checkpoint's live windows are read again from.
+    recent: Mutex<std::collections::VecDeque<(Timestamp, BTreeMap<i32, i64>)>>,
 }
+
+/// How far before a checkpoint's boundary the open realtime windows reach (they start on the
+/// minute and are 5 minutes long).
+const LIVE_REACH: Timestamp = 240;
 
 impl KafkaSource {
     /// The source's positions at `boundary` for a checkpoint, from what the store holds with it
     /// (`state`: the offsets) and what the threads have read so far.
-    fn resume_at(&self, boundary: Timestamp, state: &[(String, String)]) -> KafkaResume {
-        let prefix = state_key::kafka_offset(&self.options.topic, 0);
-        let prefix = prefix.trim_end_matches('0');
-        let offsets =
-            state.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.parse().ok()?, v.parse().ok()?))).collect();
+    /// `None` while the live windows are kept and no boundary at least [`LIVE_REACH`] before
+    /// `boundary` is known (the run has been live for less than that).
+    fn resume_at(&self, boundary: Timestamp, state: &[(String, String)]) -> Option<KafkaResume> {
+        let offsets = self.offsets_in(state);
         let mut read_to = BTreeMap::new();
         let mut counts = Counts::default();
+        let mut late = Vec::new();
         for thread in &self.threads {
             let clock = thread.lock().unwrap();
             read_to.extend(clock.read_to.iter().copied());
             counts.add(&clock.counts);
+            late.extend(clock.late_offsets.iter().copied());
         }
         let live_from = self.live_from();
-        KafkaResume {
+        let live = live_from != Timestamp::MAX && self.live.is_some();
+        let (live_offsets_at, live_offsets) = if live {
+            let recent = self.recent.lock().unwrap();
+            let (at, offsets) = recent.iter().rev().find(|(at, _)| *at <= boundary - LIVE_REACH)?;
+            (*at, offsets.clone())
+        } else {
+            (boundary, offsets.clone())
+        };
+        late.retain(|(p, o)| live_offsets.get(p).is_none_or(|from| o >= from));
+        late.sort_unstable();
+        Some(KafkaResume {
             frontier: boundary,
             offsets,
             read_to,
             live_from: (live_from != Timestamp::MAX).then_some(live_from),
+            live_offsets,
+            live_offsets_at,
+            late_offsets: late,
             counts,
             store_live_edge: None,
-        }
+        })
+    }
+
+    /// The Kafka offsets among `pipeline_state` entries.
+    fn offsets_in(&self, state: &[(String, String)]) -> BTreeMap<i32, i64> {
+        let key = state_key::kafka_offset(&self.options.topic, 0);
+        let prefix = key.strip_suffix('0').expect("a partition's key ends with its number");
+        state.iter().filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.parse().ok()?, v.parse().ok()?))).collect()
     }
 }
 /// What one source thread (or process) read.
@@ -425,7 +462,7 @@ impl Source for KafkaSource {
         if self.process.1 > 1 {
             return None;
         }
-        serde_json::to_value(self.resume_at(boundary, state)).ok()
+        serde_json::to_value(self.resume_at(boundary, state)?).ok()
     }
 
     fn live_writes(&self, deliver: &mut dyn FnMut(WriteBatch)) -> bool {
@@ -459,7 +496,15 @@ impl Source for KafkaSource {
     }
 
     fn at_boundary(&self, boundary: Timestamp) -> (Option<Timestamp>, Vec<(String, String)>) {
-        (self.earliest(), self.state_at(boundary))
+        let state = self.state_at(boundary);
+        if self.options.live_windows {
+            let mut recent = self.recent.lock().unwrap();
+            recent.push_back((boundary, self.offsets_in(&state)));
+            while recent.len() > 1 && recent[1].0 <= boundary - LIVE_REACH {
+                recent.pop_front();
+            }
+        }
+        (self.earliest(), state)
     }
 
     /// Called by the store writer once a batch is written: its offsets may now be committed.
@@ -623,6 +668,7 @@ pub fn start(
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
         pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),
+        recent: Mutex::new(options.resume.iter().map(|r| (r.live_offsets_at, r.live_offsets.clone())).collect()),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic. From a
     // checkpoint: its offsets, and the log of steps continues at its boundary (one step of the
@@ -632,7 +678,8 @@ pub fn start(
         source.steps.lock().unwrap().insert(resume.frontier - step, step);
         if let Some(from) = resume.live_from {
             if let Some(live) = &source.live {
-                live.lock().unwrap().start_at(resume.frontier);
+                // The windows open at the checkpoint, from the events read again (see `live_offsets`).
+                live.lock().unwrap().start_at(from.max(resume.frontier - LIVE_REACH));
             }
             source.live_from.store(from, Ordering::SeqCst);
         }
@@ -644,7 +691,13 @@ pub fn start(
     }
     let (archive_root, archived, start_offsets) = match &options.bootstrap {
         _ if options.resume.is_some() => {
-            (None, Vec::new(), options.resume.as_ref().map(|r| r.offsets.clone()).unwrap_or_default())
+            let resume = options.resume.as_ref().expect("checked");
+            let mut from = resume.offsets.clone();
+            for (partition, offset) in &resume.live_offsets {
+                let at = from.entry(*partition).or_insert(*offset);
+                *at = (*at).min(*offset);
+            }
+            (None, Vec::new(), from)
         }
         Some((root, since)) => {
             let root = archive::ArchiveRoot::from_arg(root)?;

@@ -37,6 +37,19 @@ pub(super) const MAX_PENDING_EVENTS: usize = 5_000_000;
 /// (see `KafkaSource::frontier`) rather than stall once `pending` is full.
 pub(super) const CROWDED_PENDING_EVENTS: usize = MAX_PENDING_EVENTS / 4 * 3;
 
+/// How many recent late messages a thread keeps for a checkpoint (a stream with more late
+/// messages than this between two checkpoints may count a few in a restored live window).
+const LATE_KEPT: usize = 1 << 20;
+
+/// A thread restored from a checkpoint (see `KafkaResume`).
+struct Resumed {
+    frontier: Timestamp,
+    read_to: BTreeMap<i32, i64>,
+    late: std::collections::HashSet<(i32, i64)>,
+    /// Where the live windows restart (with live windows).
+    live_start: Option<Timestamp>,
+}
+
 struct PartitionClock {
     partition: i32,
     /// The latest event time seen.
@@ -109,7 +122,9 @@ pub(super) struct SourceThread {
     live_from: Timestamp,
     /// Restored from a checkpoint: its boundary, and how far each partition had been read (see
     /// `KafkaResume`).
-    resumed: Option<(Timestamp, BTreeMap<i32, i64>)>,
+    resumed: Option<Resumed>,
+    /// Recent messages rejected as late, for a checkpoint (at most [`LATE_KEPT`]).
+    late_offsets: Vec<(i32, i64)>,
     /// The topic's partitions as this thread last found them, and when it last looked.
     known_partitions: i32,
     last_discovery: Instant,
@@ -199,7 +214,13 @@ impl SourceThread {
             live: Vec::new(),
             keeps_live,
             live_from: resume.and_then(|r| r.live_from).unwrap_or(Timestamp::MAX),
-            resumed: resume.map(|r| (r.frontier, r.read_to.clone())),
+            resumed: resume.map(|r| Resumed {
+                frontier: r.frontier,
+                read_to: r.read_to.clone(),
+                late: r.late_offsets.iter().copied().collect(),
+                live_start: r.live_from.map(|from| from.max(r.frontier - super::LIVE_REACH)),
+            }),
+            late_offsets: Vec::new(),
             known_partitions: source_partitions,
             last_discovery: now,
         })
@@ -386,13 +407,18 @@ impl SourceThread {
             clock.first_not_applied.get_or_insert(offset);
             return Ok(moved);
         }
-        if let Some((frontier, read_to)) = &self.resumed {
-            if event.time < *frontier {
-                if read_to.get(&partition).is_some_and(|r| offset < *r) {
-                    // Applied (or counted late) before the checkpoint: in the restored state.
+        if let Some(resumed) = &self.resumed {
+            if event.time < resumed.frontier {
+                if resumed.read_to.get(&partition).is_some_and(|r| offset < *r) {
+                    // Applied (or late) before the checkpoint: in the restored state, and in a
+                    // window open then, the live windows' (see `KafkaResume::live_offsets`).
+                    let applied = !resumed.late.contains(&(partition, offset));
+                    if applied && resumed.live_start.is_some_and(|start| event.time >= start) {
+                        self.live.push(event);
+                    }
                     return Ok(moved);
                 }
-                self.counts.late += 1;
+                self.note_late(partition, offset);
                 self.reject(partition, offset, RejectReason::Late, raw)?;
                 return Ok(moved);
             }
@@ -400,7 +426,7 @@ impl SourceThread {
         let step = self.source.options.settings.step_start(event.time);
         match self.step {
             Some((start, _)) if event.time < start => {
-                self.counts.late += 1;
+                self.note_late(partition, offset);
                 self.reject(partition, offset, RejectReason::Late, raw)?;
                 return Ok(moved);
             }
@@ -426,6 +452,15 @@ impl SourceThread {
             }
         }
         Ok(moved)
+    }
+
+    /// Counts a late message, and keeps its offset for a checkpoint.
+    fn note_late(&mut self, partition: i32, offset: i64) {
+        self.counts.late += 1;
+        if self.late_offsets.len() >= LATE_KEPT {
+            self.late_offsets.drain(..LATE_KEPT / 2);
+        }
+        self.late_offsets.push((partition, offset));
     }
 
     fn reject(&mut self, partition: i32, offset: i64, reason: RejectReason, raw: Raw<'_>) -> Result<()> {
@@ -815,6 +850,7 @@ impl SourceThread {
         clock.read_to.clear();
         clock.read_to.extend(self.partitions.iter().map(|p| (p.partition, p.next_offset)));
         clock.counts = self.counts.clone();
+        clock.late_offsets.clone_from(&self.late_offsets);
     }
 
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes
