@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Checkpoints against a bootstrap, in one sitting, on December-like data from Kafka (tansu,
+# in-memory storage, 127.0.0.1):
+#   1. `run --exit-at-end -w 2` reads the whole topic from the beginning (a bootstrap): its time;
+#   2. the same with `--checkpoint-dir --checkpoint-every EVERY`: its time, each checkpoint's size,
+#      how long the boundary's step waited (for the store, then for the workers' snapshots) and
+#      how long the background write took (from its log);
+#   3. a restart of 2 from its newest checkpoint, reading on to the same end of the topic: its
+#      time, against 1; its store must equal 1's (scripts/compare-stores.py).
+# Usage: scripts/bench-checkpoints.sh [EVENTS] [DAYS]   (defaults 30000000 14: two weeks of
+#        December-like days, 2.1 M events each; EVERY=60s; CARTFLOW, TANSU as in e2e-kafka.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS=${1:-30000000}
+DAYS=${2:-14}
+EVERY=${EVERY:-60s}
+# shellcheck source=lib/broker.sh
+source scripts/lib/broker.sh
+say() { echo "== bench-checkpoints: $*"; }
+# Runs a command, printing its wall time and peak RSS (GNU time).
+timed() { /usr/bin/time -o "$WORK/time" -f "   wall %e s, user %U s, sys %S s, peak RSS %M kB" "$@"; cat "$WORK/time"; }
+state() {
+    python3 - "$1" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print("   " + ", ".join(f"{k} {v}" for k, v in c.execute("SELECT key, value FROM pipeline_state WHERE key IN ('events_applied', 'frontier')")))
+PY
+}
+
+start_broker user-events
+"$BIN" generate --out "$WORK/data" --events "$EVENTS" --days "$DAYS" --quiet
+say "$EVENTS generated events over $DAYS days, tansu $("$TANSU" --version | awk '{print $2}'), $(nproc) cores"
+"$BIN" --log warn simulate --input "$WORK/data/events.csv" --brokers "$BROKERS" --max --quiet
+common=(run --brokers "$BROKERS" --exit-at-end -w 2 --profiles "$WORK/data/users.csv" --quiet)
+
+say "1. a bootstrap: run -w 2 from the beginning of the topic, no checkpoints"
+timed "$BIN" --log warn "${common[@]}" --db "$WORK/bootstrap.db" --group bootstrap
+state "$WORK/bootstrap.db"
+
+say "2. the same with --checkpoint-dir --checkpoint-every $EVERY"
+timed "$BIN" --log info "${common[@]}" --db "$WORK/checkpointed.db" --group checkpointed \
+    --checkpoint-dir "$WORK/checkpoints" --checkpoint-every "$EVERY" 2>"$WORK/checkpointed.log"
+state "$WORK/checkpointed.db"
+grep -E "checkpoint at .*(MB of state|written to)" "$WORK/checkpointed.log" | sed 's/^[^ ]* *INFO /   /' || true
+du -sh "$WORK/checkpoints"/* | sed 's/^/   /' || true
+
+say "3. a restart of 2 from its newest checkpoint, on to the same end of the topic"
+timed "$BIN" --log info "${common[@]}" --db "$WORK/checkpointed.db" --group restarted \
+    --checkpoint-dir "$WORK/checkpoints" --checkpoint-every 1h 2>"$WORK/restarted.log"
+grep -E "continuing from|resuming at|not used" "$WORK/restarted.log" | sed 's/^[^ ]* *INFO /   /' | cut -c1-200 || true
+state "$WORK/checkpointed.db"
+python3 scripts/compare-stores.py "$WORK/bootstrap.db" "$WORK/checkpointed.db" | tail -1
