@@ -103,3 +103,47 @@ fn parse_checkpoint_frontier(path: &Path) -> i64 {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     name.trim_start_matches("checkpoint-").split('-').next().unwrap().parse().unwrap()
 }
+
+/// Over HBase (the Thrift stand-in): the continued run keeps the tables as they are and ends
+/// with every table equal to `batch`.
+#[test]
+fn a_run_over_hbase_continues_from_its_checkpoint() {
+    use cartflow_connectors::store::hbase::stand_in::StandIn;
+    use cartflow_connectors::store::hbase::{HbaseStore, Protocol, Transport};
+    use cartflow_dataflows::schema::{TableId, TABLES};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 30_000, 3, 29);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events.clone()], Some(users.clone()), None, batch_db.clone()))
+        .unwrap();
+    let server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+    let url = server.url(Some("shop"));
+    HbaseStore::init(&url).unwrap();
+    let checkpoint_dir = dir.path().join("checkpoints");
+    let args = |until: Option<&str>, group: &str| {
+        let mut args = kafka_run_args(&brokers, dir.path().join("unused.db"), 2, 60);
+        args.store = Some(url.to_string());
+        args.profiles = Some(users.clone());
+        args.until = until.map(|t| parse_instant_arg(t).unwrap());
+        args.group = group.to_string();
+        args.checkpoint_dir = Some(checkpoint_dir.clone());
+        args.checkpoint_every = 0;
+        args
+    };
+    let first = run::run(&args(Some("2019-12-02T09:00:00Z"), "first")).unwrap();
+    assert_eq!(first.resumed_from, None);
+    let second = run::run(&args(None, "second")).unwrap();
+    assert!(second.resumed_from.is_some(), "the run over HBase continued from a checkpoint");
+    let expected = SqliteStore::open_read_only(&batch_db).unwrap();
+    let mut hbase = HbaseStore::open(&url).unwrap();
+    for table in TABLES.iter().filter(|t| t.id != TableId::PipelineState) {
+        let (want, got) = (expected.read_table(table.id).unwrap(), hbase.read_table(table.id).unwrap());
+        assert!(want == got, "table {}: {} rows in batch, {} in HBase", table.name, want.len(), got.len());
+    }
+    assert_eq!(hbase.state("frontier").unwrap(), expected.state("frontier").unwrap());
+}

@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use cartflow_dataflows::incremental::checkpoint::Registry;
 use cartflow_dataflows::incremental::Settings;
 use cartflow_dataflows::model::time::format_rfc3339;
 use cartflow_dataflows::model::Timestamp;
@@ -116,12 +117,26 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// A checkpoint read back whole: its manifest, each worker's state and the materializer's.
+/// A checkpoint whose files are intact: its manifest and directory (each worker reads its own
+/// file as it builds its dataflow, see [`Loaded::worker`]).
 pub struct Loaded {
     pub manifest: Manifest,
     pub dir: PathBuf,
-    pub workers: Vec<Vec<u8>>,
-    pub materializer: Vec<u8>,
+}
+
+impl Loaded {
+    /// Worker `index`'s file, to read its operators' states from.
+    pub fn worker(&self, index: usize) -> Result<Box<dyn std::io::Read>> {
+        let path = self.dir.join(worker_file(index));
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
+    }
+
+    /// The materializer's state.
+    pub fn materializer(&self) -> Result<Vec<u8>> {
+        let path = self.dir.join(MATERIALIZER_FILE);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
 }
 
 fn worker_file(index: usize) -> String {
@@ -166,22 +181,38 @@ fn read_checkpoint(dir: &Path) -> Result<Loaded> {
         bail!("the manifest's checksum does not match (corrupt)");
     }
     let manifest: Manifest = serde_json::from_str(body).context("the manifest does not parse")?;
-    let mut read = |entry: &FileEntry| -> Result<Vec<u8>> {
-        let bytes = std::fs::read(dir.join(&entry.name)).with_context(|| format!("reading {}", entry.name))?;
-        if bytes.len() as u64 != entry.bytes {
-            bail!("{} has {} bytes, the manifest says {} (truncated)", entry.name, bytes.len(), entry.bytes);
+    let names: Vec<String> = (0..manifest.identity.workers * manifest.identity.processes)
+        .map(worker_file)
+        .chain([MATERIALIZER_FILE.to_string()])
+        .collect();
+    for name in names {
+        let entry = manifest.files.iter().find(|f| f.name == name).with_context(|| format!("no {name}"))?;
+        let (bytes, crc) = checksum(&dir.join(&entry.name)).with_context(|| format!("reading {}", entry.name))?;
+        if bytes != entry.bytes {
+            bail!("{} has {bytes} bytes, the manifest says {} (truncated)", entry.name, entry.bytes);
         }
-        if crc32fast::hash(&bytes) != entry.crc32 {
+        if crc != entry.crc32 {
             bail!("{}'s checksum does not match (corrupt)", entry.name);
         }
-        Ok(bytes)
-    };
-    let find = |name: &str| manifest.files.iter().find(|f| f.name == name).with_context(|| format!("no {name}"));
-    let materializer = read(find(MATERIALIZER_FILE)?)?;
-    let workers = (0..manifest.identity.workers * manifest.identity.processes)
-        .map(|w| find(&worker_file(w)).and_then(&mut read))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Loaded { manifest, dir: dir.to_path_buf(), workers, materializer })
+    }
+    Ok(Loaded { manifest, dir: dir.to_path_buf() })
+}
+
+/// A file's length and CRC-32, read in chunks.
+fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0; 1 << 20];
+    let mut bytes = 0;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok((bytes, hasher.finalize()));
+        }
+        bytes += n as u64;
+        hasher.update(&buffer[..n]);
+    }
 }
 
 /// The newest checkpoint in `dir` this run can continue from: intact, taken by the same dataflow,
@@ -193,6 +224,7 @@ pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Tim
         info!("no checkpoint in {}: this run starts from the beginning", dir.display());
         return Ok(None);
     }
+    let mut passed_over: Vec<&PathBuf> = Vec::new();
     for (frontier, _, path) in &listed {
         let why = match read_checkpoint(path) {
             Ok(loaded) => match loaded.manifest.identity.differs_from(identity) {
@@ -203,69 +235,305 @@ pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Tim
                         "the store's frontier {} is before it (the store is older than the checkpoint)",
                         format_rfc3339(store)
                     ),
-                    Some(_) => return Ok(Some(loaded)),
+                    Some(_) => {
+                        // Newer ones belong to a history the store does not hold (or are damaged):
+                        // once the store passes them they must not be taken for this one's.
+                        for newer in passed_over {
+                            info!("removing the checkpoint {} (not used, newer)", newer.display());
+                            if let Err(e) = std::fs::remove_dir_all(newer) {
+                                warn!("could not remove {}: {e}", newer.display());
+                            }
+                        }
+                        return Ok(Some(loaded));
+                    }
                 },
             },
             Err(e) => format!("{e:#}"),
         };
         warn!("checkpoint {} (frontier {}) is not used: {why}", path.display(), format_rfc3339(*frontier));
+        passed_over.push(path);
     }
     info!("no usable checkpoint in {}: this run starts from the beginning", dir.display());
     Ok(None)
-}
-
-/// A checkpoint ready to write: the manifest without its files, and the files' contents.
-pub struct Parts {
-    pub manifest: Manifest,
-    pub files: Vec<(String, Vec<u8>)>,
-}
-
-impl Parts {
-    pub fn new(manifest: Manifest, workers: Vec<Vec<u8>>, materializer: Vec<u8>) -> Parts {
-        let mut files: Vec<(String, Vec<u8>)> =
-            workers.into_iter().enumerate().map(|(w, blob)| (worker_file(w), blob)).collect();
-        files.push((MATERIALIZER_FILE.to_string(), materializer));
-        Parts { manifest, files }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.files.iter().map(|(_, b)| b.len()).sum()
-    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
-/// Writes one checkpoint into `dir` (see the module's doc) and prunes the older ones.
-pub fn write(dir: &Path, mut parts: Parts) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let frontier = parts.manifest.frontier;
-    let n = listed(dir)?.iter().filter(|(f, _, _)| *f == frontier).map(|(_, n, _)| n + 1).max().unwrap_or(0);
-    let target = dir.join(format!("checkpoint-{frontier}-{n}"));
-    std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
-    for (name, bytes) in &parts.files {
-        let path = target.join(name);
-        let mut file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        parts.manifest.files.push(FileEntry {
-            name: name.clone(),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
-        });
+/// The files of one checkpoint, planned by worker 0 before it forks: their paths, the workers'
+/// registries and the materializer's state, and a buffer, so that writing them allocates nothing
+/// (a forked child of a threaded process must not: another thread may have held the allocator's
+/// lock at the fork).
+pub struct Plan {
+    pub target: PathBuf,
+    names: Vec<String>,
+    paths: Vec<std::ffi::CString>,
+    /// The local workers' registries (see [`Coordinator::register`]).
+    registries: Vec<usize>,
+    materializer: Vec<u8>,
+    buffer: Vec<u8>,
+}
+
+impl Plan {
+    /// A new checkpoint directory under `dir` for `boundary`, and what goes in it.
+    fn new(dir: &Path, boundary: Timestamp, registries: Vec<usize>, materializer: Vec<u8>) -> Result<Plan> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let n = listed(dir)?.iter().filter(|(f, _, _)| *f == boundary).map(|(_, n, _)| n + 1).max().unwrap_or(0);
+        let target = dir.join(format!("checkpoint-{boundary}-{n}"));
+        std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
+        let names: Vec<String> =
+            (0..registries.len()).map(worker_file).chain([MATERIALIZER_FILE.to_string()]).collect();
+        let paths = names
+            .iter()
+            .map(|name| {
+                use std::os::unix::ffi::OsStrExt;
+                std::ffi::CString::new(target.join(name).as_os_str().as_bytes()).context("a path with a NUL byte")
+            })
+            .collect::<Result<_>>()?;
+        Ok(Plan { target, names, paths, registries, materializer, buffer: Vec::with_capacity(4 << 20) })
     }
-    let body = serde_json::to_string_pretty(&parts.manifest)?;
+
+    /// Writes and fsyncs every file; each one's length and CRC-32 in `sizes` (capacity reserved
+    /// by the caller). Allocates nothing.
+    fn write_files(&mut self, sizes: &mut Vec<(u64, u32)>) -> std::io::Result<()> {
+        for (index, path) in self.paths.iter().enumerate() {
+            let mut file = RawFile::create(path, &mut self.buffer)?;
+            if let Some(&registry) = self.registries.get(index) {
+                // SAFETY: the registry lives in its worker's `run_worker` frame for the whole run,
+                // and its worker is parked in the checkpoint's round (it touches no state) until
+                // the files are written or the child is forked.
+                let registry = unsafe { &*(registry as *const Registry) };
+                registry.write_to(&mut file).map_err(|e| match *e {
+                    bincode::ErrorKind::Io(e) => e,
+                    _ => std::io::Error::other("a state does not serialize"),
+                })?;
+            } else {
+                file.write_all(&self.materializer)?;
+            }
+            sizes.push(file.finish()?);
+        }
+        Ok(())
+    }
+
+    /// Writes the files in a forked child, so that the workers go on at once; without a fork
+    /// (it failed) writes them here.
+    fn start(mut self) -> Writing {
+        let count = self.paths.len();
+        // Made before the fork: the child pushes within its capacity.
+        let mut sizes: Vec<(u64, u32)> = Vec::with_capacity(count);
+        let mut pipe = [0; 2];
+        // SAFETY: plain system calls; the child only writes the files, reports on the pipe and
+        // leaves with `_exit` (no destructor, no allocation, no lock).
+        let forked = unsafe {
+            if libc::pipe(pipe.as_mut_ptr()) != 0 {
+                -1
+            } else {
+                libc::fork()
+            }
+        };
+        if forked == 0 {
+            let ok = self.write_files(&mut sizes).is_ok();
+            // SAFETY: the child's own copies of the pipe; `_exit` runs nothing of the parent's.
+            unsafe {
+                libc::close(pipe[0]);
+                for (bytes, crc) in &sizes {
+                    let mut record = [0u8; 12];
+                    record[..8].copy_from_slice(&bytes.to_le_bytes());
+                    record[8..].copy_from_slice(&crc.to_le_bytes());
+                    let _ = write_fd(pipe[1], &record);
+                }
+                let _ = write_fd(pipe[1], &[u8::from(ok)]);
+                libc::_exit(i32::from(!ok));
+            }
+        }
+        if forked < 0 {
+            warn!("fork failed ({}): this checkpoint is written by worker 0", std::io::Error::last_os_error());
+            let result = self.write_files(&mut sizes).map(|()| sizes).map_err(anyhow::Error::from);
+            return Writing { plan: self, child: None, inline: Some(result) };
+        }
+        // SAFETY: the parent's copy of the pipe's writing end.
+        unsafe {
+            libc::close(pipe[1]);
+        }
+        Writing { plan: self, child: Some((forked, pipe[0])), inline: None }
+    }
+}
+
+/// A checkpoint's files being written: by a child process, or already (without a fork).
+pub struct Writing {
+    plan: Plan,
+    child: Option<(libc::pid_t, libc::c_int)>,
+    inline: Option<Result<Vec<(u64, u32)>>>,
+}
+
+impl Writing {
+    /// Waits for the files: each one's entry for the manifest.
+    fn wait(&mut self) -> Result<Vec<FileEntry>> {
+        let sizes = match (self.inline.take(), self.child.take()) {
+            (Some(result), _) => result?,
+            (None, Some((pid, fd))) => {
+                let count = self.plan.paths.len();
+                let mut report = vec![0u8; count * 12 + 1];
+                let read = read_fd(fd, &mut report);
+                let mut status = 0;
+                // SAFETY: the child is ours, waited for once; the pipe's end is ours to close.
+                unsafe {
+                    libc::close(fd);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                if read? != report.len() || report[count * 12] != 1 || !libc::WIFEXITED(status) {
+                    bail!("the process writing it failed (status {status})");
+                }
+                report[..count * 12]
+                    .chunks(12)
+                    .map(|r| {
+                        (
+                            u64::from_le_bytes(r[..8].try_into().expect("8 bytes")),
+                            u32::from_le_bytes(r[8..].try_into().expect("4 bytes")),
+                        )
+                    })
+                    .collect()
+            }
+            (None, None) => bail!("waited for twice"),
+        };
+        Ok(self
+            .plan
+            .names
+            .iter()
+            .zip(sizes)
+            .map(|(name, (bytes, crc32))| FileEntry { name: name.clone(), bytes, crc32 })
+            .collect())
+    }
+}
+
+fn write_fd(fd: libc::c_int, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid buffer of its length.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+fn read_fd(fd: libc::c_int, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buffer.len() {
+        // SAFETY: the rest of `buffer` is valid for writing.
+        let n = unsafe { libc::read(fd, buffer[read..].as_mut_ptr().cast(), buffer.len() - read) };
+        match n {
+            0 => break,
+            n if n < 0 => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            n => read += n as usize,
+        }
+    }
+    Ok(read)
+}
+
+/// A file written through a buffer of fixed capacity with write(2), its CRC-32 kept as it goes:
+/// nothing allocated.
+struct RawFile<'a> {
+    fd: libc::c_int,
+    buffer: &'a mut Vec<u8>,
+    bytes: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl<'a> RawFile<'a> {
+    fn create(path: &std::ffi::CStr, buffer: &'a mut Vec<u8>) -> std::io::Result<RawFile<'a>> {
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe {
+            libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o644)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        buffer.clear();
+        Ok(RawFile { fd, buffer, bytes: 0, crc: crc32fast::Hasher::new() })
+    }
+
+    fn drain(&mut self) -> std::io::Result<()> {
+        write_fd(self.fd, self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Flushes, fsyncs and closes: the file's length and CRC-32.
+    fn finish(mut self) -> std::io::Result<(u64, u32)> {
+        self.drain()?;
+        // SAFETY: our descriptor, closed once.
+        let synced = unsafe { libc::fsync(self.fd) };
+        let error = (synced != 0).then(std::io::Error::last_os_error);
+        unsafe {
+            libc::close(self.fd);
+        }
+        self.fd = -1;
+        match error {
+            Some(error) => Err(error),
+            None => Ok((self.bytes, self.crc.clone().finalize())),
+        }
+    }
+}
+
+impl Write for RawFile<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() + data.len() > self.buffer.capacity() {
+            self.drain()?;
+        }
+        if data.len() >= self.buffer.capacity() {
+            write_fd(self.fd, data)?;
+        } else {
+            self.buffer.extend_from_slice(data);
+        }
+        self.crc.update(data);
+        self.bytes += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RawFile<'_> {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: our descriptor, closed once.
+            unsafe {
+                libc::close(self.fd);
+            }
+        }
+    }
+}
+
+/// Finishes a checkpoint whose files are written: the manifest (with each file's length and CRC-32,
+/// and its own) under a temporary name, fsynced and renamed, the directory fsynced; then prunes.
+fn commit(dir: &Path, target: &Path, mut manifest: Manifest, files: Vec<FileEntry>) -> Result<u64> {
+    let bytes = files.iter().map(|f| f.bytes).sum();
+    manifest.files = files;
+    let body = serde_json::to_string_pretty(&manifest)?;
     let text = format!("{MAGIC} {:08x}\n{body}", crc32fast::hash(body.as_bytes()));
     let temporary = target.join(format!("{MANIFEST_FILE}.tmp"));
     let mut file = File::create(&temporary)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&temporary, target.join(MANIFEST_FILE))?;
-    fsync_dir(&target)?;
+    fsync_dir(target)?;
     fsync_dir(dir)?;
-    prune(dir, &target)?;
-    Ok(target)
+    prune(dir, target)?;
+    Ok(bytes)
 }
 
 /// Keeps the newest [`KEEP`] finished checkpoints (and `keep`); removes older ones and any
@@ -285,49 +553,75 @@ fn prune(dir: &Path, keep: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A checkpoint being taken: its boundary, and each local worker's serialized state once it is in.
-type Round = (Timestamp, Vec<Option<Vec<u8>>>);
+/// A checkpoint being taken: its boundary, and which local workers have reached it.
+type Round = (Timestamp, Vec<bool>);
 
 /// A checkpoint to continue from, and the store's frontier.
 pub type Restore = Arc<(Loaded, Timestamp)>;
 
+/// A checkpoint whose files are being written, for the writer thread to finish.
+struct Pending {
+    writing: Writing,
+    manifest: Manifest,
+    started: Instant,
+}
+
 /// The checkpoints of one run: when the next is due, the round being taken, and the writer thread.
+///
+/// A round: worker 0 has closed the boundary and the store holds it; each other worker, once its
+/// probe has passed the boundary, says it is ready and parks (touching no state) until the round
+/// closes; worker 0 then forks a child that writes every worker's registry (the child's memory is
+/// a copy of the process as it was), closes the round, and the workers go on. The writer thread
+/// waits for the child and commits the checkpoint.
 pub struct Coordinator {
     pub config: CheckpointConfig,
     pub identity: Identity,
-    /// The boundary of the checkpoint being taken, and each local worker's state once it has it.
     round: Mutex<Option<Round>>,
+    /// Each local worker's registry (its address; 0 once the worker has ended).
+    registries: Mutex<Vec<usize>>,
     last: Mutex<Instant>,
     /// SIGTERM: a checkpoint at the next boundary that can take one, then the process exits.
     pub stop_requested: Arc<AtomicBool>,
-    writer: Mutex<Option<(SyncSender<Parts>, JoinHandle<()>)>>,
+    writer: Mutex<Option<(SyncSender<Pending>, JoinHandle<()>)>>,
     /// The newest checkpoint written (its boundary), for the writer thread's errors and tests.
     pub written: Arc<Mutex<Option<Result<Timestamp, String>>>>,
+    /// No checkpoint at or before this boundary (see [`Coordinator::not_through`]).
+    not_through: Mutex<Option<Timestamp>>,
+    /// When the stop request was first seen.
+    stop_seen: Mutex<Option<Instant>>,
 }
 
 impl Coordinator {
-    pub fn new(config: CheckpointConfig, identity: Identity, stop_requested: Arc<AtomicBool>) -> Coordinator {
+    pub fn new(
+        config: CheckpointConfig,
+        identity: Identity,
+        stop_requested: Arc<AtomicBool>,
+        workers: usize,
+    ) -> Coordinator {
         let written: Arc<Mutex<Option<Result<Timestamp, String>>>> = Arc::default();
-        let (sender, receiver): (SyncSender<Parts>, Receiver<Parts>) = std::sync::mpsc::sync_channel(1);
+        let (sender, receiver): (SyncSender<Pending>, Receiver<Pending>) = std::sync::mpsc::sync_channel(1);
         let dir = config.dir.clone();
         let done = written.clone();
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                for parts in receiver {
-                    let frontier = parts.manifest.frontier;
-                    let bytes = parts.bytes();
-                    let started = Instant::now();
-                    let result = write(&dir, parts);
+                for mut pending in receiver {
+                    let frontier = pending.manifest.frontier;
+                    let target = pending.writing.plan.target.clone();
+                    let result =
+                        pending.writing.wait().and_then(|files| commit(&dir, &target, pending.manifest, files));
                     match &result {
-                        Ok(path) => info!(
-                            "checkpoint at {} written to {} ({:.1} MB in {:.2}s)",
+                        Ok(bytes) => info!(
+                            "checkpoint at {} written to {} ({:.1} MB in {:.2}s, by a child process)",
                             format_rfc3339(frontier),
-                            path.display(),
-                            bytes as f64 / 1e6,
-                            started.elapsed().as_secs_f64()
+                            target.display(),
+                            *bytes as f64 / 1e6,
+                            pending.started.elapsed().as_secs_f64()
                         ),
-                        Err(e) => warn!("the checkpoint at {} was not written: {e:#}", format_rfc3339(frontier)),
+                        Err(e) => {
+                            warn!("the checkpoint at {} was not written: {e:#}", format_rfc3339(frontier));
+                            let _ = std::fs::remove_dir_all(&target);
+                        }
                     }
                     *done.lock().unwrap() = Some(result.map(|_| frontier).map_err(|e| format!("{e:#}")));
                 }
@@ -337,53 +631,96 @@ impl Coordinator {
             config,
             identity,
             round: Mutex::new(None),
+            registries: Mutex::new(vec![0; workers]),
             last: Mutex::new(Instant::now()),
             stop_requested,
             writer: Mutex::new(Some((sender, handle))),
             written,
+            not_through: Mutex::new(None),
+            stop_seen: Mutex::new(None),
         }
+    }
+
+    /// A run that starts over on a store holding results up to `frontier` takes no checkpoint
+    /// at or before it: until then it writes beside those results (SQLite), and its checkpoints
+    /// would later be restored onto them.
+    pub fn not_through(&self, frontier: Option<Timestamp>) {
+        *self.not_through.lock().unwrap() = frontier;
+    }
+
+    /// How long ago the stop request was first seen (zero if none).
+    pub fn stopping_for(&self) -> Duration {
+        if !self.stop_requested.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        self.stop_seen.lock().unwrap().get_or_insert_with(Instant::now).elapsed()
     }
 
     /// A checkpoint is due at a step starting at `start`: on the grid, and `--checkpoint-every`
     /// has passed since the last one (or the run was asked to stop).
     pub fn due(&self, start: Timestamp) -> bool {
         start % GRID == 0
+            && self.not_through.lock().unwrap().is_none_or(|through| start > through)
             && (self.stop_requested.load(Ordering::SeqCst) || self.last.lock().unwrap().elapsed() >= self.config.every)
     }
 
-    /// Opens a round at `boundary` for `workers` local workers.
-    pub fn open_round(&self, boundary: Timestamp, workers: usize) {
-        *self.round.lock().unwrap() = Some((boundary, vec![None; workers]));
+    /// Local worker `local`'s registry lives at `address` until the worker ends (`None`).
+    pub fn register(&self, local: usize, registry: Option<&Registry>) {
+        self.registries.lock().unwrap()[local] = registry.map_or(0, |r| r as *const Registry as usize);
     }
 
-    /// The boundary of the round in progress that `local` has not contributed to yet.
+    /// Opens a round at `boundary` (worker 0 is ready).
+    pub fn open_round(&self, boundary: Timestamp) {
+        let workers = self.registries.lock().unwrap().len();
+        let mut ready = vec![false; workers];
+        ready[0] = true;
+        *self.round.lock().unwrap() = Some((boundary, ready));
+    }
+
+    /// The boundary of the round in progress that `local` has not reached yet.
     pub fn wanted(&self, local: usize) -> Option<Timestamp> {
         let round = self.round.lock().unwrap();
-        round.as_ref().filter(|(_, parts)| parts[local].is_none()).map(|(b, _)| *b)
+        round.as_ref().filter(|(_, ready)| !ready[local]).map(|(b, _)| *b)
     }
 
-    pub fn contribute(&self, local: usize, blob: Vec<u8>) {
-        if let Some((_, parts)) = self.round.lock().unwrap().as_mut() {
-            parts[local] = Some(blob);
+    /// `local` has reached the round's boundary: it parks until the round closes.
+    pub fn ready(&self, local: usize) {
+        if let Some((_, ready)) = self.round.lock().unwrap().as_mut() {
+            ready[local] = true;
         }
     }
 
-    /// Every local worker's part, once all are in (closing the round).
-    pub fn take_parts(&self) -> Option<Vec<Vec<u8>>> {
-        let mut round = self.round.lock().unwrap();
-        if round.as_ref().is_some_and(|(_, parts)| parts.iter().all(Option::is_some)) {
-            let (_, parts) = round.take().expect("checked");
-            return Some(parts.into_iter().map(|p| p.expect("checked")).collect());
-        }
-        None
+    pub fn round_open(&self) -> bool {
+        self.round.lock().unwrap().is_some()
     }
 
-    /// Hands a checkpoint to the writer thread (waits while it writes the previous one).
-    pub fn submit(&self, parts: Parts) -> Result<()> {
+    /// Every local worker has reached the round's boundary.
+    pub fn all_ready(&self) -> bool {
+        self.round.lock().unwrap().as_ref().is_some_and(|(_, ready)| ready.iter().all(|r| *r))
+    }
+
+    /// Writes the round's checkpoint (forked, see the type's doc), closes the round and hands the
+    /// rest to the writer thread; the time the workers were held.
+    pub fn write(&self, boundary: Timestamp, manifest: Manifest, materializer: Vec<u8>) -> Result<()> {
+        let registries = self.registries.lock().unwrap().clone();
+        let result = if registries.contains(&0) {
+            Err(anyhow::anyhow!("a worker has ended"))
+        } else {
+            Plan::new(&self.config.dir, boundary, registries, materializer).map(Plan::start)
+        };
+        *self.round.lock().unwrap() = None;
         *self.last.lock().unwrap() = Instant::now();
+        let writing = result?;
         let writer = self.writer.lock().unwrap();
         let (sender, _) = writer.as_ref().context("the checkpoint writer has stopped")?;
-        sender.send(parts).map_err(|_| anyhow::anyhow!("the checkpoint writer stopped"))
+        sender
+            .send(Pending { writing, manifest, started: Instant::now() })
+            .map_err(|_| anyhow::anyhow!("the checkpoint writer stopped"))
+    }
+
+    /// Closes a round without a checkpoint (the run is failing).
+    pub fn abandon_round(&self) {
+        *self.round.lock().unwrap() = None;
     }
 
     /// Waits for the writer to finish what it was given.

@@ -251,7 +251,8 @@ fn checkpoints_of(
         profiles: checkpoint::profiles_digest(config.profiles.as_deref(), &config.profiles_at)?,
     };
     let stop = checkpoint::on_sigterm();
-    let coordinator = Arc::new(checkpoint::Coordinator::new(checkpoint.clone(), identity.clone(), stop));
+    let coordinator =
+        Arc::new(checkpoint::Coordinator::new(checkpoint.clone(), identity.clone(), stop, config.workers));
     if !writes {
         return Ok((coordinator, None));
     }
@@ -264,11 +265,25 @@ fn checkpoints_of(
         |key: &str| state.get(key).and_then(|v| cartflow_dataflows::model::time::parse_event_time(v.as_bytes()));
     let store_frontier = frontier_of(cartflow_dataflows::schema::state_key::FRONTIER);
     let Some(loaded) = checkpoint::newest_usable(&checkpoint.dir, &identity, store_frontier)? else {
+        // The run starts over: over SQLite it builds its tables beside those readers see until it
+        // has caught up with them, so a checkpoint before then would be restored onto the others.
+        coordinator.not_through(store_frontier);
         return Ok((coordinator, None));
     };
+    if let Some(store) = store_frontier.filter(|s| *s > loaded.manifest.frontier && s % config.settings.step != 0) {
+        warn!(
+            "the checkpoint at {} is not used: the store's frontier {} is off the --step grid, so a continued run \
+             cannot write from there; the run starts from the beginning",
+            loaded.manifest.frontier_text,
+            format_rfc3339(store)
+        );
+        coordinator.not_through(store_frontier);
+        return Ok((coordinator, None));
+    }
     let mut resume: kafka::KafkaResume = serde_json::from_value(loaded.manifest.source.clone())
         .context("the checkpoint's Kafka positions do not read back")?;
     resume.store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
+    resume.store_frontier = store_frontier;
     info!(
         "continuing from the checkpoint at {} ({}); the store's frontier is {}",
         loaded.manifest.frontier_text,

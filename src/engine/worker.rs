@@ -20,9 +20,9 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Exchange, Operator, Probe};
 use timely::dataflow::ProbeHandle;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::checkpoint::{Coordinator, Manifest, Parts, Restore};
+use super::checkpoint::{Coordinator, Manifest, Restore};
 use super::config::EngineConfig;
 use super::driver::{boundaries_up_to, Dataflow, Driver, Inputs, ProfileChange, ResultBuffer, PIPELINED_STEPS};
 use super::operator_profile::OperatorProfile;
@@ -60,12 +60,11 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
     let dataflow = worker.next_dataflow_index();
     // Each stateful operator registers its state (for checkpoints), restored when continuing.
     if shared.checkpoints.is_some() || shared.restored.is_some() {
-        let states = match &shared.restored {
-            Some(restored) => Registry::parse(&restored.0.workers[worker.index()])
-                .context("the checkpoint's worker state does not read back")?,
-            None => Default::default(),
+        let checkpoint = match &shared.restored {
+            Some(restored) => Some(restored.0.worker(worker.index())?),
+            None => None,
         };
-        incremental::checkpoint::install(states);
+        incremental::checkpoint::install(checkpoint);
     }
     let (probe, reports_probe) = worker.dataflow::<Time, _, _>(|scope| {
         let results = incremental::build(
@@ -103,11 +102,20 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
 
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
     let feed = shared.feeds.lock().unwrap()[local].take().expect("each worker takes its feed once");
-    if worker.index() == 0 {
-        lead(worker, shared, inputs, feed, &probe, reports_probe, &outputs, link, registry.as_ref())?;
-    } else {
-        follow(worker, shared, inputs, feed, &probe, link.as_mut(), registry.as_ref())?;
+    // The registry stays here (at one address) until the worker ends: a checkpoint's child
+    // process writes it from there.
+    if let Some(checkpoints) = &shared.checkpoints {
+        checkpoints.register(local, registry.as_ref());
     }
+    let result = if worker.index() == 0 {
+        lead(worker, shared, inputs, feed, &probe, reports_probe, &outputs, link, registry.as_ref())
+    } else {
+        follow(worker, shared, inputs, feed, &probe, link.as_mut(), registry.as_ref())
+    };
+    if let Some(checkpoints) = &shared.checkpoints {
+        checkpoints.register(local, None);
+    }
+    result?;
     operator_profile.report(worker.index());
     if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
         info!("worker {} used {:.1}s of CPU", worker.index(), cpu.as_secs_f64());
@@ -132,13 +140,15 @@ fn follow(
     registry: Option<&Registry>,
 ) -> Result<()> {
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
-    // A checkpoint in progress: this worker's state once its probe has passed the boundary
-    // (worker 0 holds its inputs there until every worker's part is in).
+    // A checkpoint in progress: once this worker's probe has passed the boundary, it parks
+    // (touching no state) while worker 0 forks the checkpoint's writer.
     let contribute = |probe: &ProbeHandle<Time>| -> Result<()> {
-        if let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) {
-            if let Some(boundary) = checkpoints.wanted(local) {
-                if !probe.less_than(&logical(boundary)) {
-                    checkpoints.contribute(local, registry.snapshot()?);
+        let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return Ok(()) };
+        if let Some(boundary) = checkpoints.wanted(local) {
+            if !probe.less_than(&logical(boundary)) {
+                checkpoints.ready(local);
+                while checkpoints.round_open() && !shared.done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(50));
                 }
             }
         }
@@ -236,7 +246,10 @@ fn lead(
     let restored = shared
         .restored
         .as_ref()
-        .map(|r| store_writer::Restored { materializer: r.0.materializer.clone(), store_frontier: r.1 });
+        .map(|r| {
+            Ok::<_, anyhow::Error>(store_writer::Restored { materializer: r.0.materializer()?, store_frontier: r.1 })
+        })
+        .transpose()?;
     let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), restored)?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
@@ -262,6 +275,7 @@ fn lead(
     // workers in batches, so that parsing holds up no worker and the work before the first
     // exchange is shared; worker 0 feeds its share and closes the boundaries the source announces.
     let mut feed = Some(feed);
+    let mut stop_tried: Option<Timestamp> = None;
     'feeding: while let Some(receiver) = &feed {
         driver.link.pump();
         match receiver.try_recv() {
@@ -280,32 +294,9 @@ fn lead(
                         break 'feeding;
                     }
                 }
-                if let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) {
-                    if driver.step_start == Some(start) && checkpoints.due(start) {
-                        let taken =
-                            match take_checkpoint(checkpoints, registry, start, &mut driver, &mut dataflow, shared) {
-                                Ok(taken) => taken,
-                                Err(e) => {
-                                    failure = Some(e);
-                                    break 'feeding;
-                                }
-                            };
-                        if taken && checkpoints.stop_requested.load(Ordering::SeqCst) {
-                            // SIGTERM: the store holds the boundary and the checkpoint is written;
-                            // what the run holds beyond it is read again after a restart.
-                            checkpoints.finish();
-                            let written = checkpoints.written.lock().unwrap().clone();
-                            if written != Some(Ok(start)) {
-                                tracing::error!(
-                                    "stopping (SIGTERM): the checkpoint at {} was not written",
-                                    format_rfc3339(start)
-                                );
-                                std::process::exit(1);
-                            }
-                            info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
-                            std::process::exit(0);
-                        }
-                    }
+                if let Err(e) = checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
+                    failure = Some(e);
+                    break 'feeding;
                 }
             }
             Ok(Feed::Events(batch)) => {
@@ -328,6 +319,23 @@ fn lead(
                 if let Err(e) = driver.settle(PIPELINED_STEPS, &mut dataflow) {
                     failure = Some(e);
                     break 'feeding;
+                }
+                // SIGTERM while no step opens (a quiet topic): the open step's start will do, once.
+                let stopping = shared.checkpoints.as_ref().is_some_and(|c| c.stop_requested.load(Ordering::SeqCst));
+                if stopping && shared.checkpoints.as_ref().is_some_and(|c| c.stopping_for() > STOP_WAIT) {
+                    warn!(
+                        "stopped (SIGTERM): no boundary on the 5-minute grid came in {} s; the run continues from \
+                         the newest checkpoint when restarted",
+                        STOP_WAIT.as_secs()
+                    );
+                    std::process::exit(0);
+                }
+                if let Some(start) = driver.step_start.filter(|s| stopping && stop_tried != Some(*s)) {
+                    stop_tried = Some(start);
+                    if let Err(e) = checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
+                        failure = Some(e);
+                        break 'feeding;
+                    }
                 }
             }
             Ok(Feed::Positions { .. }) => unreachable!("only other processes' threads send positions to their workers"),
@@ -374,12 +382,44 @@ fn lead(
     Ok(())
 }
 
+/// How long a run told to stop (SIGTERM) waits for a boundary where it can take a checkpoint.
+const STOP_WAIT: Duration = Duration::from_secs(120);
+
+/// A checkpoint at `start`, the open step's start, when one is due (see [`Coordinator::due`]);
+/// after SIGTERM, once it is written, the process exits.
+fn checkpoint_if_due(
+    shared: &Shared,
+    registry: Option<&Registry>,
+    start: Timestamp,
+    driver: &mut Driver,
+    dataflow: &mut Dataflow<'_>,
+) -> Result<()> {
+    let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) else { return Ok(()) };
+    if driver.step_start != Some(start) || !checkpoints.due(start) {
+        return Ok(());
+    }
+    let taken = take_checkpoint(checkpoints, registry, start, driver, dataflow, shared)?;
+    if taken && checkpoints.stop_requested.load(Ordering::SeqCst) {
+        // SIGTERM: the store holds the boundary and the checkpoint is written; what the run
+        // holds beyond it is read again after a restart.
+        checkpoints.finish();
+        let written = checkpoints.written.lock().unwrap().clone();
+        if written != Some(Ok(start)) {
+            tracing::error!("stopping (SIGTERM): the checkpoint at {} was not written", format_rfc3339(start));
+            std::process::exit(1);
+        }
+        info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
 /// Takes a checkpoint at `boundary`, the step just closed (see `checkpoint.rs`): waits until the
 /// store holds it, snapshots the materializer and every worker's operators, and hands them to the
 /// checkpoint writer. Worker 0's inputs stay at `boundary` meanwhile.
 fn take_checkpoint(
     checkpoints: &Coordinator,
-    registry: &Registry,
+    _registry: &Registry,
     boundary: Timestamp,
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
@@ -390,20 +430,26 @@ fn take_checkpoint(
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     driver.store.write(StoreJob::Snapshot(reply))?;
     let (materializer, state) = answer.recv().context("the store writer stopped")?;
+    // The store's positions are those written with this boundary (a run continued from a
+    // checkpoint there has written none yet).
+    let frontier = format_rfc3339(boundary);
+    if !state.iter().any(|(k, v)| k == cartflow_dataflows::schema::state_key::FRONTIER && *v == frontier) {
+        return Ok(false);
+    }
     let Some(source) = driver.source.checkpoint(boundary, &state) else {
         info!("no checkpoint at {}: the live windows have not been kept for 5 minutes yet", format_rfc3339(boundary));
         return Ok(false);
     };
     let held = began.elapsed();
-    checkpoints.open_round(boundary, shared.config.workers);
-    checkpoints.contribute(0, registry.snapshot()?);
-    let parts = loop {
-        if let Some(parts) = checkpoints.take_parts() {
-            break parts;
+    checkpoints.open_round(boundary);
+    while !checkpoints.all_ready() {
+        if shared.done.load(Ordering::SeqCst) || driver.source.stopped() {
+            checkpoints.abandon_round();
+            anyhow::bail!("the run stopped while a checkpoint was being taken");
         }
         driver.link.pump();
-        dataflow.worker.step_or_park(Some(Duration::from_micros(500)));
-    };
+        dataflow.worker.step_or_park(Some(Duration::from_micros(200)));
+    }
     let manifest = Manifest {
         identity: checkpoints.identity.clone(),
         frontier: boundary,
@@ -416,17 +462,16 @@ fn take_checkpoint(
         source,
         files: Vec::new(),
     };
-    let parts = Parts::new(manifest, parts, materializer);
-    let bytes = parts.bytes();
-    let serialized = began.elapsed();
-    checkpoints.submit(parts)?;
+    let reached = began.elapsed();
+    checkpoints.write(boundary, manifest, materializer)?;
+    let forked = began.elapsed();
     info!(
-        "checkpoint at {}: {:.1} MB of state; the boundary's step waited {:.0} ms for the store and {:.0} ms for the \
-         snapshots (written in the background)",
+        "checkpoint at {}: the boundary's step waited {:.0} ms for the store, {:.0} ms for the workers and {:.0} ms \
+         for the fork (its files are written by the child)",
         format_rfc3339(boundary),
-        bytes as f64 / 1e6,
         held.as_secs_f64() * 1e3,
-        (serialized - held).as_secs_f64() * 1e3
+        (reached - held).as_secs_f64() * 1e3,
+        (forked - reached).as_secs_f64() * 1e3
     );
     Ok(true)
 }

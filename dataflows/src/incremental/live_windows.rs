@@ -118,6 +118,9 @@ pub struct LiveWindows {
     edge: Option<Timestamp>,
     /// Windows written as final (their rows stay until the retention removes them).
     written_final: BTreeSet<Timestamp>,
+    /// Windows ending at or before this are final in the store already (a run continued from a
+    /// checkpoint older than the store): never written open.
+    final_in_store_through: Timestamp,
     retention: i64,
     /// Windows starting before this are not kept here (the dataflow writes them).
     from: Timestamp,
@@ -131,6 +134,7 @@ impl LiveWindows {
             ahead: Vec::new(),
             edge: None,
             written_final: BTreeSet::new(),
+            final_in_store_through: Timestamp::MIN,
             retention,
             from: Timestamp::MIN,
         }
@@ -220,13 +224,28 @@ impl LiveWindows {
         batch
     }
 
+    /// Continuing from a checkpoint: these windows are final in the store (written by the run
+    /// before), and are deleted once they leave the retention.
+    pub fn restore_written_final(&mut self, starts: impl IntoIterator<Item = Timestamp>) {
+        self.written_final.extend(starts);
+    }
+
     /// Every open window changed since the last call, with `final = 0`.
     pub fn write_open(&mut self) -> WriteBatch {
         let mut batch = WriteBatch::default();
+        let through = self.final_in_store_through;
         for (start, window) in self.open.iter_mut().filter(|(_, w)| w.changed) {
-            window.write(*start, false, &mut batch);
+            if start.saturating_add(WINDOW_LENGTH) > through {
+                window.write(*start, false, &mut batch);
+            }
         }
         batch
+    }
+
+    /// The store holds every window ending at or before `frontier` final (see
+    /// `final_in_store_through`).
+    pub fn final_in_store_through(&mut self, frontier: Timestamp) {
+        self.final_in_store_through = frontier;
     }
 
     /// Windows held open, and events waiting for the edge.

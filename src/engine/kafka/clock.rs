@@ -189,6 +189,12 @@ impl KafkaSource {
             } else {
                 settings.step
             };
+            // Continuing from a checkpoint older than the store: the store's frontier is a
+            // boundary (see `KafkaResume::store_frontier`).
+            let next = match self.options.resume.as_ref().and_then(|r| r.store_frontier) {
+                Some(store) if end < store && store < end + next => store - end,
+                _ => next,
+            };
             steps.insert(end, next);
             self.opened(end, next);
         }

@@ -61,7 +61,7 @@ use cartflow_connectors::input::RejectLog;
 use cartflow_connectors::kafka::{self, owned_partitions, partition_count, KafkaOptions};
 use cartflow_dataflows::incremental::live_windows::LiveWindows;
 use cartflow_dataflows::incremental::{Settings, StepEnds};
-use cartflow_dataflows::model::time::format_rfc3339;
+use cartflow_dataflows::model::time::{format_rfc3339, MINUTE};
 use cartflow_dataflows::model::{Event, Timestamp};
 use cartflow_dataflows::schema::state_key;
 use cartflow_dataflows::schema::WriteBatch;
@@ -131,6 +131,10 @@ pub struct KafkaResume {
     /// open windows are not written until the edge is back there, so they never shrink.
     #[serde(skip)]
     pub store_live_edge: Option<Timestamp>,
+    /// The store's frontier (read from the store on restore): a boundary of the continued run,
+    /// so that its first write after it holds every change since (no step spans it).
+    #[serde(skip)]
+    pub store_frontier: Option<Timestamp>,
 }
 
 /// The clock and progress every source thread shares, and worker 0 reads at its boundaries.
@@ -243,6 +247,7 @@ impl KafkaSource {
             late_offsets: late,
             counts,
             store_live_edge: None,
+            store_frontier: None,
         })
     }
 
@@ -678,8 +683,16 @@ pub fn start(
         source.steps.lock().unwrap().insert(resume.frontier - step, step);
         if let Some(from) = resume.live_from {
             if let Some(live) = &source.live {
-                // The windows open at the checkpoint, from the events read again (see `live_offsets`).
-                live.lock().unwrap().start_at(from.max(resume.frontier - LIVE_REACH));
+                // The windows open at the checkpoint, from the events read again (see `live_offsets`);
+                // those final by then are in the store, to be deleted after the retention.
+                let mut live = live.lock().unwrap();
+                live.start_at(from.max(resume.frontier - LIVE_REACH));
+                let first = from.max(resume.frontier - options.retention);
+                let first = first + (MINUTE - first.rem_euclid(MINUTE)) % MINUTE;
+                live.restore_written_final((first..=resume.frontier - 300).step_by(MINUTE as usize));
+                if let Some(store) = resume.store_frontier {
+                    live.final_in_store_through(store);
+                }
             }
             source.live_from.store(from, Ordering::SeqCst);
         }

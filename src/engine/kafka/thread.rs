@@ -125,6 +125,7 @@ pub(super) struct SourceThread {
     resumed: Option<Resumed>,
     /// Recent messages rejected as late, for a checkpoint (at most [`LATE_KEPT`]).
     late_offsets: Vec<(i32, i64)>,
+    late_changed: bool,
     /// The topic's partitions as this thread last found them, and when it last looked.
     known_partitions: i32,
     last_discovery: Instant,
@@ -220,7 +221,11 @@ impl SourceThread {
                 late: r.late_offsets.iter().copied().collect(),
                 live_start: r.live_from.map(|from| from.max(r.frontier - super::LIVE_REACH)),
             }),
-            late_offsets: Vec::new(),
+            // Those of the checkpoint go on into the next one.
+            late_offsets: resume
+                .map(|r| r.late_offsets.iter().filter(|(p, _)| owned.contains(p)).copied().collect())
+                .unwrap_or_default(),
+            late_changed: true,
             known_partitions: source_partitions,
             last_discovery: now,
         })
@@ -387,6 +392,10 @@ impl SourceThread {
         clock.confirmed_at_end = false;
         // As of the last publish (at most ~20 ms old): idleness is measured in seconds.
         clock.last_message = self.now;
+        let seen = self.resumed.as_ref().is_some_and(|r| r.read_to.get(&partition).is_some_and(|to| offset < *to));
+        if seen && decoded.is_err() {
+            return Ok(false); // rejected (and counted) before the checkpoint
+        }
         let decoded = decoded.and_then(|event| {
             if event.time < 0 {
                 Err(RejectReason::EventTime) // the engine's clock starts in 1970
@@ -461,6 +470,7 @@ impl SourceThread {
             self.late_offsets.drain(..LATE_KEPT / 2);
         }
         self.late_offsets.push((partition, offset));
+        self.late_changed = true;
     }
 
     fn reject(&mut self, partition: i32, offset: i64, reason: RejectReason, raw: Raw<'_>) -> Result<()> {
@@ -850,7 +860,10 @@ impl SourceThread {
         clock.read_to.clear();
         clock.read_to.extend(self.partitions.iter().map(|p| (p.partition, p.next_offset)));
         clock.counts = self.counts.clone();
-        clock.late_offsets.clone_from(&self.late_offsets);
+        if self.late_changed {
+            self.late_changed = false;
+            clock.late_offsets.clone_from(&self.late_offsets);
+        }
     }
 
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes

@@ -682,6 +682,19 @@ fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
 }
 
 impl Sink for HbaseStore {
+    /// HBase keeps its tables as they are for a run that continues from a checkpoint: the
+    /// frontier and the live edge it holds tell which boundaries it has.
+    fn resume(&mut self) -> Result<Option<BTreeMap<String, String>>> {
+        use cartflow_dataflows::schema::state_key;
+        let mut state = BTreeMap::new();
+        for key in [state_key::FRONTIER, state_key::LIVE_EDGE] {
+            if let Some(value) = self.state(key)?.filter(|v| !v.is_empty()) {
+                state.insert(key.to_string(), value);
+            }
+        }
+        Ok(Some(state))
+    }
+
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         // Deletes at `timestamp`, upserts at `timestamp + 1` (see the module doc).
         let timestamp = now_millis().max(self.last_timestamp + 1);
