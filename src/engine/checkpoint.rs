@@ -70,6 +70,9 @@ pub struct Identity {
     pub source: String,
     /// A digest of the profiles in force and of every `--profiles-at`.
     pub profiles: String,
+    /// The dataflow's stateful operators and the types of their states (see
+    /// [`dataflow_fingerprint`]): another build's checkpoint is not read into this one's.
+    pub operators: String,
 }
 
 impl Identity {
@@ -81,6 +84,7 @@ impl Identity {
         let pairs = [
             ("source", self.source.clone(), current.source.clone()),
             ("profiles", self.profiles.clone(), current.profiles.clone()),
+            ("operators", self.operators.clone(), current.operators.clone()),
             ("workers", self.workers.to_string(), current.workers.to_string()),
             ("processes", self.processes.to_string(), current.processes.to_string()),
             ("steps", format!("{:?}", self.settings), format!("{:?}", current.settings)),
@@ -729,6 +733,37 @@ impl Coordinator {
             drop(sender);
             let _ = handle.join();
         }
+    }
+}
+
+/// A digest of the stateful operators the engine's dataflow registers, in order, with the types of
+/// their states: the dataflow is built once, empty, in a worker of its own. A build whose state
+/// types change keeps none of another's checkpoints (a change inside a type that keeps its name
+/// needs [`FORMAT`] bumped).
+pub fn dataflow_fingerprint(settings: Settings, live_windows: bool) -> String {
+    use cartflow_dataflows::incremental::{self, checkpoint as registry, Time};
+    use differential_dataflow::input::Input;
+    let fingerprint = timely::execute_directly(move |worker| {
+        registry::install(None);
+        worker.dataflow::<Time, _, _>(|scope| {
+            let (_, events) = scope.new_collection();
+            let (_, profiles) = scope.new_collection();
+            let (_, dates) = scope.new_collection();
+            let live = live_windows.then(|| Arc::new(std::sync::atomic::AtomicI64::new(Timestamp::MAX)));
+            incremental::build(events, profiles, dates, &settings, None, live);
+        });
+        registry::take().ok().flatten().map(|r| r.fingerprint()).unwrap_or_default()
+    });
+    format!("{:08x}", crc32fast::hash(fingerprint.as_bytes()))
+}
+
+/// Marks a checkpoint that did not read back into this dataflow, so that the next start passes it
+/// over (instead of failing on it again).
+pub fn mark_unusable(dir: &Path, why: &str) {
+    let manifest = dir.join(MANIFEST_FILE);
+    match std::fs::rename(&manifest, dir.join(format!("{MANIFEST_FILE}.unusable"))) {
+        Ok(()) => warn!("the checkpoint {} did not read back ({why}); it is passed over from now on", dir.display()),
+        Err(e) => warn!("could not mark the checkpoint {} unusable: {e}", dir.display()),
     }
 }
 

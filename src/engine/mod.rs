@@ -249,6 +249,7 @@ fn checkpoints_of(
         processes: config.cluster.processes,
         source: format!("kafka topic '{}'{}", options.topic, if options.live_windows { ", live windows" } else { "" }),
         profiles: checkpoint::profiles_digest(config.profiles.as_deref(), &config.profiles_at)?,
+        operators: checkpoint::dataflow_fingerprint(config.settings, options.live_windows),
     };
     let stop = checkpoint::on_sigterm();
     let coordinator =
@@ -282,6 +283,19 @@ fn checkpoints_of(
     }
     let mut resume: kafka::KafkaResume = serde_json::from_value(loaded.manifest.source.clone())
         .context("the checkpoint's Kafka positions do not read back")?;
+    // The topic may no longer hold what the checkpoint continues from (its retention): then the run
+    // starts from the beginning (with --bootstrap, from the archive first), which loses nothing.
+    let low = kafka::low_watermarks(options, resume.start_offsets().keys().copied())?;
+    if let Some((partition, from, first)) = kafka::lost_offsets(&resume.start_offsets(), &low) {
+        warn!(
+            "the checkpoint at {} is not used: the topic no longer holds partition {partition} from offset {from} (it \
+             starts at {first}); the run starts from the beginning{}",
+            loaded.manifest.frontier_text,
+            if options.bootstrap.is_some() { ", reading the archive first" } else { "" }
+        );
+        coordinator.not_through(store_frontier);
+        return Ok((coordinator, None));
+    }
     resume.store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
     resume.store_frontier = store_frontier;
     info!(

@@ -97,7 +97,15 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
         let reports_probe = link.attach(scope, &probe);
         (probe, reports_probe)
     });
-    let registry = incremental::checkpoint::take().map_err(|e| anyhow::anyhow!("restoring the checkpoint: {e}"))?;
+    let registry = match incremental::checkpoint::take() {
+        Ok(registry) => registry,
+        Err(why) => {
+            if let Some(restored) = &shared.restored {
+                super::checkpoint::mark_unusable(&restored.0.dir, &why);
+            }
+            anyhow::bail!("restoring the checkpoint: {why}");
+        }
+    };
     let link_dataflow = link.build(worker);
 
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
@@ -250,7 +258,12 @@ fn lead(
             Ok::<_, anyhow::Error>(store_writer::Restored { materializer: r.0.materializer()?, store_frontier: r.1 })
         })
         .transpose()?;
-    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), restored)?;
+    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), restored)
+        .inspect_err(|e| {
+            if let Some(restored) = &shared.restored {
+                super::checkpoint::mark_unusable(&restored.0.dir, &format!("{e:#}"));
+            }
+        })?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
         store,

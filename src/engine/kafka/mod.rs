@@ -210,6 +210,41 @@ pub struct KafkaSource {
 /// minute and are 5 minutes long).
 const LIVE_REACH: Timestamp = 240;
 
+impl KafkaResume {
+    /// Where each partition is read from: the checkpoint's offsets, or the live windows' earlier
+    /// ones.
+    pub fn start_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut from = self.offsets.clone();
+        for (partition, offset) in &self.live_offsets {
+            let at = from.entry(*partition).or_insert(*offset);
+            *at = (*at).min(*offset);
+        }
+        from
+    }
+}
+
+/// The first offset the topic holds of each partition (its low watermark).
+pub fn low_watermarks(
+    options: &KafkaSourceOptions,
+    partitions: impl Iterator<Item = i32>,
+) -> Result<BTreeMap<i32, i64>> {
+    let consumer = kafka::consumer(&options.kafka, &[])?;
+    partitions
+        .map(|p| {
+            let (low, _) = consumer
+                .fetch_watermarks(&options.topic, p, Duration::from_secs(30))
+                .with_context(|| format!("asking the broker where partition {p} of '{}' starts", options.topic))?;
+            Ok((p, low))
+        })
+        .collect()
+}
+
+/// The first partition whose messages from `from` on the topic no longer holds all of (`low`
+/// past them), with both offsets.
+pub fn lost_offsets(from: &BTreeMap<i32, i64>, low: &BTreeMap<i32, i64>) -> Option<(i32, i64, i64)> {
+    from.iter().find_map(|(p, from)| low.get(p).filter(|low| *low > from).map(|low| (*p, *from, *low)))
+}
+
 impl KafkaSource {
     /// The source's positions at `boundary` for a checkpoint, from what the store holds with it
     /// (`state`: the offsets) and what the threads have read so far.
@@ -703,15 +738,7 @@ pub fn start(
         );
     }
     let (archive_root, archived, start_offsets) = match &options.bootstrap {
-        _ if options.resume.is_some() => {
-            let resume = options.resume.as_ref().expect("checked");
-            let mut from = resume.offsets.clone();
-            for (partition, offset) in &resume.live_offsets {
-                let at = from.entry(*partition).or_insert(*offset);
-                *at = (*at).min(*offset);
-            }
-            (None, Vec::new(), from)
-        }
+        _ if options.resume.is_some() => (None, Vec::new(), options.resume.as_ref().expect("checked").start_offsets()),
         Some((root, since)) => {
             let root = archive::ArchiveRoot::from_arg(root)?;
             if !archive::is_archive(&root)? {
@@ -756,4 +783,24 @@ pub fn start(
     }
     *source.handles.lock().unwrap() = handles;
     Ok(Started { feeds: receivers, source })
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    /// A partition whose first held offset is past where the checkpoint continues has lost
+    /// messages; at or before it, none.
+    #[test]
+    fn offsets_the_topic_no_longer_holds_are_found() {
+        let from = BTreeMap::from([(0, 100), (1, 50)]);
+        assert_eq!(lost_offsets(&from, &BTreeMap::from([(0, 0), (1, 50)])), None);
+        assert_eq!(lost_offsets(&from, &BTreeMap::from([(0, 100), (1, 51)])), Some((1, 50, 51)));
+        let resume = KafkaResume {
+            offsets: BTreeMap::from([(0, 100), (1, 50)]),
+            live_offsets: BTreeMap::from([(0, 90), (2, 7)]),
+            ..KafkaResume::default()
+        };
+        assert_eq!(resume.start_offsets(), BTreeMap::from([(0, 90), (1, 50), (2, 7)]));
+    }
 }
