@@ -337,6 +337,11 @@ impl Plan {
             }
         };
         if forked == 0 {
+            // SAFETY: a system call; the child ends with the run (a killed run leaves an
+            // unfinished checkpoint, which the next one removes).
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             let ok = self.write_files(&mut sizes).is_ok();
             // SAFETY: the child's own copies of the pipe; `_exit` runs nothing of the parent's.
             unsafe {
@@ -540,13 +545,20 @@ fn commit(dir: &Path, target: &Path, mut manifest: Manifest, files: Vec<FileEntr
     Ok(bytes)
 }
 
-/// Keeps the newest [`KEEP`] finished checkpoints (and `keep`); removes older ones and any
-/// unfinished one (a killed writer's).
+/// Keeps the newest [`KEEP`] finished checkpoints (and `keep`, just finished); removes older
+/// ones and unfinished ones older than `keep` (a killed writer's). Unfinished ones newer than
+/// `keep` are being written by the next child.
 fn prune(dir: &Path, keep: &Path) -> Result<()> {
     let mut finished = 0;
+    let mut older = false;
     for (_, _, path) in listed(dir)? {
         let complete = path.join(MANIFEST_FILE).exists();
-        if path == keep || (complete && finished < KEEP) {
+        if path == keep {
+            older = true;
+            finished += 1;
+            continue;
+        }
+        if (complete && finished < KEEP) || (!complete && !older) {
             finished += usize::from(complete);
             continue;
         }
@@ -797,4 +809,28 @@ pub fn profiles_digest(profiles: Option<&Path>, profiles_at: &[(Timestamp, PathB
         files += 1;
     }
     Ok(format!("{files} file(s), crc32 {:08x}", hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning keeps the newest two finished checkpoints and any unfinished one newer than the one
+    /// just finished (the next is being written), and removes the rest.
+    #[test]
+    fn pruning_keeps_two_and_the_one_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |frontier: i64, finished: bool| {
+            let path = dir.path().join(format!("checkpoint-{frontier}-0"));
+            std::fs::create_dir(&path).unwrap();
+            if finished {
+                std::fs::write(path.join(MANIFEST_FILE), "x").unwrap();
+            }
+            path
+        };
+        let (a, b, killed, c, writing) =
+            (make(300, true), make(600, true), make(700, false), make(900, true), make(1200, false));
+        prune(dir.path(), &c).unwrap();
+        assert!(!a.exists() && b.exists() && !killed.exists() && c.exists() && writing.exists());
+    }
 }

@@ -20,6 +20,7 @@
 //! | `driver.rs` | worker 0's boundaries: profile reloads, dates, writing each boundary the dataflow passed |
 //! | `store_writer.rs` | the store writer thread: materializing and writing boundaries, telling the source |
 //! | `live_writer.rs` | a live source's windows, written four times a second ahead of the store's queue |
+//! | `checkpoint.rs` | checkpoints (`--checkpoint-dir`): the manifest, the round and the forked writer, choosing one to continue from |
 //! | `cluster.rs` | timely's configuration: threads, and a cluster of processes |
 //! | `operator_profile.rs` | time per dataflow operator (`CARTFLOW_PROFILE_OPERATORS=1`) |
 
@@ -285,13 +286,23 @@ fn checkpoints_of(
         .context("the checkpoint's Kafka positions do not read back")?;
     // The topic may no longer hold what the checkpoint continues from (its retention): then the run
     // starts from the beginning (with --bootstrap, from the archive first), which loses nothing.
+    // With --bootstrap the archive has them, if it reaches as far as the topic's start.
     let low = kafka::low_watermarks(options, resume.start_offsets().keys().copied())?;
-    if let Some((partition, from, first)) = kafka::lost_offsets(&resume.start_offsets(), &low) {
+    let archived = match &options.bootstrap {
+        Some((root, _)) => {
+            cartflow_connectors::archive::snapshot(&cartflow_connectors::archive::ArchiveRoot::from_arg(root)?, None)?.1
+        }
+        None => Default::default(),
+    };
+    let held = low
+        .iter()
+        .map(|(p, low)| (*p, if archived.get(p).is_some_and(|next| next >= low) { 0 } else { *low }))
+        .collect();
+    if let Some((partition, from, first)) = kafka::lost_offsets(&resume.start_offsets(), &held) {
         warn!(
-            "the checkpoint at {} is not used: the topic no longer holds partition {partition} from offset {from} (it \
-             starts at {first}); the run starts from the beginning{}",
+            "the checkpoint at {} is not used: neither the topic nor an archive holds partition {partition} from offset \
+             {from} (they start at {first}); the run starts from the beginning",
             loaded.manifest.frontier_text,
-            if options.bootstrap.is_some() { ", reading the archive first" } else { "" }
         );
         coordinator.not_through(store_frontier);
         return Ok((coordinator, None));

@@ -31,6 +31,9 @@ pub(super) struct ThreadClock {
     /// publish (for a checkpoint).
     pub(super) read_to: Vec<(i32, i64)>,
     pub(super) counts: super::Counts,
+    /// Per step this thread started (the latest few thousand): how many events it had applied
+    /// before it, all of them earlier than its start.
+    pub(super) applied_before: VecDeque<(Timestamp, u64)>,
     /// Recent messages rejected as late (see `KafkaResume::late_offsets`).
     pub(super) late_offsets: Vec<(i32, i64)>,
 }

@@ -258,7 +258,13 @@ impl KafkaSource {
         for thread in &self.threads {
             let clock = thread.lock().unwrap();
             read_to.extend(clock.read_to.iter().copied());
-            counts.add(&clock.counts);
+            let mut thread_counts = clock.counts.clone();
+            // Applied: those before the boundary (the restored state's); the rest are applied
+            // again after a restore. Every thread has started a step at or after the boundary.
+            if let Some((_, applied)) = clock.applied_before.iter().find(|(start, _)| *start >= boundary) {
+                thread_counts.applied = *applied;
+            }
+            counts.add(&thread_counts);
             late.extend(clock.late_offsets.iter().copied());
         }
         let live_from = self.live_from();
@@ -725,11 +731,13 @@ pub fn start(
                 let first = from.max(resume.frontier - options.retention);
                 let first = first + (MINUTE - first.rem_euclid(MINUTE)) % MINUTE;
                 live.restore_written_final((first..=resume.frontier - 300).step_by(MINUTE as usize));
-                if let Some(store) = resume.store_frontier {
-                    live.final_in_store_through(store);
-                }
             }
             source.live_from.store(from, Ordering::SeqCst);
+        }
+        // Whether the live windows took over before the checkpoint or take over now, those ending
+        // by the store's frontier are final there already.
+        if let (Some(live), Some(store)) = (&source.live, resume.store_frontier) {
+            live.lock().unwrap().final_in_store_through(store);
         }
         info!(
             "resuming at {} from offsets {}",
@@ -737,9 +745,33 @@ pub fn start(
             resume.offsets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
         );
     }
-    let (archive_root, archived, start_offsets) = match &options.bootstrap {
-        _ if options.resume.is_some() => (None, Vec::new(), options.resume.as_ref().expect("checked").start_offsets()),
-        Some((root, since)) => {
+    let (archive_root, archived, start_offsets) = match (&options.bootstrap, &options.resume) {
+        (None, Some(resume)) => (None, Vec::new(), resume.start_offsets()),
+        // From a checkpoint with an archive: its messages from the checkpoint's offsets on, then
+        // the topic from where the archive ends, as a bootstrap does (so messages the topic no
+        // longer holds come from the archive: no gap, no duplicate).
+        (Some((root, _)), Some(resume)) => {
+            let root = archive::ArchiveRoot::from_arg(root)?;
+            if !archive::is_archive(&root)? {
+                anyhow::bail!("--bootstrap {root}: not an archive (it has no raw/events)");
+            }
+            let from = resume.start_offsets();
+            let (files, next) = archive::snapshot(&root, None)?;
+            let files: Vec<_> =
+                files.into_iter().filter(|f| from.get(&f.partition).is_none_or(|o| f.last_offset >= *o)).collect();
+            let mut start = from.clone();
+            for (partition, after) in &next {
+                let at = start.entry(*partition).or_insert(*after);
+                *at = (*at).max(*after);
+            }
+            info!(
+                "resuming: {} archived file(s) from {root} from the checkpoint's offsets, then the topic from offsets {}",
+                files.len(),
+                start.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+            );
+            (Some(root), files, start)
+        }
+        (Some((root, since)), None) => {
             let root = archive::ArchiveRoot::from_arg(root)?;
             if !archive::is_archive(&root)? {
                 anyhow::bail!("--bootstrap {root}: not an archive (it has no raw/events)");
@@ -753,7 +785,7 @@ pub fn start(
             );
             (Some(root), files, next)
         }
-        None => (None, Vec::new(), BTreeMap::new()),
+        (None, None) => (None, Vec::new(), BTreeMap::new()),
     };
     let mut receivers = Vec::new();
     let mut handles = Vec::new();

@@ -336,8 +336,11 @@ impl SourceThread {
 
     /// Handles one message; true when its partition's latest event reached a new minute.
     fn on_message(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<bool> {
-        self.counts.messages += 1;
-        self.counts.bytes += payload.len() as u64;
+        // Read again after a restore: counted in the checkpoint's counts.
+        if !self.seen(partition, offset) {
+            self.counts.messages += 1;
+            self.counts.bytes += payload.len() as u64;
+        }
         let decoded = kafka::decode(payload, &mut self.parser).map(|d| d.event);
         self.on_event(partition, offset, decoded, Raw::Message(payload))
     }
@@ -351,7 +354,9 @@ impl SourceThread {
                 return Ok(false);
             }
         }
-        self.counts.messages += 1;
+        if !self.seen(archived.partition, archived.offset) {
+            self.counts.messages += 1;
+        }
         self.on_event(archived.partition, archived.offset, Ok(archived.event), Raw::Archived(archived))
     }
 
@@ -386,13 +391,13 @@ impl SourceThread {
         let Some(index) = self.partitions.iter().position(|p| p.partition == partition) else {
             return Ok(false);
         };
+        let seen = self.seen(partition, offset);
         let clock = &mut self.partitions[index];
         clock.next_offset = offset + 1;
         clock.at_end = false;
         clock.confirmed_at_end = false;
         // As of the last publish (at most ~20 ms old): idleness is measured in seconds.
         clock.last_message = self.now;
-        let seen = self.resumed.as_ref().is_some_and(|r| r.read_to.get(&partition).is_some_and(|to| offset < *to));
         if seen && decoded.is_err() {
             return Ok(false); // rejected (and counted) before the checkpoint
         }
@@ -461,6 +466,11 @@ impl SourceThread {
             }
         }
         Ok(moved)
+    }
+
+    /// A message read (and counted) before the checkpoint this thread continues from.
+    fn seen(&self, partition: i32, offset: i64) -> bool {
+        self.resumed.as_ref().is_some_and(|r| r.read_to.get(&partition).is_some_and(|to| offset < *to))
     }
 
     /// Counts a late message, and keeps its offset for a checkpoint.
@@ -600,6 +610,14 @@ impl SourceThread {
         self.source.add_live(self.index, &mut self.live);
         self.step = Some((start, length));
         self.source.set_cutoff(self.index, start);
+        {
+            // Every event this thread applied so far is before `start` (a checkpoint's count).
+            let mut clock = self.source.threads[self.index].lock().unwrap();
+            clock.applied_before.push_back((start, self.counts.applied));
+            while clock.applied_before.len() > 4_096 {
+                clock.applied_before.pop_front();
+            }
+        }
         self.send(Feed::Step { start, earliest: None })?;
         let keys: Vec<Timestamp> = self.pending.range(start..start + length).map(|(k, _)| *k).collect();
         for key in keys {
