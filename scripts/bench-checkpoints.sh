@@ -2,11 +2,12 @@
 # Checkpoints against a bootstrap, in one sitting, on December-like data from Kafka (tansu,
 # in-memory storage, 127.0.0.1):
 #   1. `run --exit-at-end -w 2` reads the whole topic from the beginning (a bootstrap): its time;
-#   2. the same with `--checkpoint-dir --checkpoint-every EVERY`: its time, each checkpoint's size,
-#      how long the boundary's step waited (for the store, then for the workers' snapshots) and
-#      how long the background write took (from its log);
-#   3. a restart of 2 from its newest checkpoint, reading on to the same end of the topic: its
-#      time, against 1; its store must equal 1's (scripts/compare-stores.py).
+#   2. the same, live, with `--checkpoint-dir --checkpoint-every EVERY`, stopped with SIGTERM (it
+#      takes a checkpoint and exits) once it has read the topic: each checkpoint's size, how long
+#      the boundary's step waited (for the store, the workers and the fork) and how long the child
+#      took to write it (from its log);
+#   3. a restart of 2 from its newest checkpoint to the same end frontier as 1: its time, against
+#      1's; its store must equal 1's (scripts/compare-stores.py).
 # Usage: scripts/bench-checkpoints.sh [EVENTS] [DAYS]   (defaults 30000000 14: two weeks of
 #        December-like days, 2.1 M events each; EVERY=60s; CARTFLOW, TANSU as in e2e-kafka.sh)
 set -euo pipefail
@@ -37,11 +38,38 @@ say "1. a bootstrap: run -w 2 from the beginning of the topic, no checkpoints"
 timed "$BIN" --log warn "${common[@]}" --db "$WORK/bootstrap.db" --group bootstrap
 state "$WORK/bootstrap.db"
 
-say "2. the same with --checkpoint-dir --checkpoint-every $EVERY"
-timed "$BIN" --log info "${common[@]}" --db "$WORK/checkpointed.db" --group checkpointed \
-    --checkpoint-dir "$WORK/checkpoints" --checkpoint-every "$EVERY" 2>"$WORK/checkpointed.log"
+say "2. the same with --checkpoint-dir --checkpoint-every $EVERY, stopped with SIGTERM once it has read the topic"
+# Live (no --exit-at-end): once its frontier has reached the bootstrap's less 2 minutes (the last
+# steps wait for the idle timeout), systemd's stop: a checkpoint at the open step, then exit 0.
+target=$(python3 -c "import sqlite3; print(sqlite3.connect('file:$WORK/bootstrap.db?mode=ro', uri=True).execute(\"SELECT value FROM pipeline_state WHERE key = 'frontier'\").fetchone()[0])")
+started=$(date +%s.%N)
+/usr/bin/time -o "$WORK/time" -f "   wall %e s, user %U s, sys %S s, peak RSS %M kB" \
+    "$BIN" --log info run --brokers "$BROKERS" -w 2 --profiles "$WORK/data/users.csv" --quiet --idle-timeout 5s \
+    --db "$WORK/checkpointed.db" --group checkpointed --checkpoint-dir "$WORK/checkpoints" --checkpoint-every "$EVERY" \
+    2>"$WORK/checkpointed.log" &
+run_pid=$!
+pids+=("$run_pid")
+python3 - "$WORK/checkpointed.db" "$target" <<'PY'
+import datetime, sqlite3, sys, time
+target = datetime.datetime.fromisoformat(sys.argv[2].replace("Z", "+00:00")) - datetime.timedelta(minutes=2)
+while True:
+    try:
+        c = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+        row = c.execute("SELECT value FROM pipeline_state WHERE key = 'frontier'").fetchone()
+        c.close()
+        if row and row[0] and datetime.datetime.fromisoformat(row[0].replace("Z", "+00:00")) >= target:
+            break
+    except sqlite3.Error:
+        pass
+    time.sleep(0.5)
+PY
+caught_up=$(date +%s.%N)
+pkill -TERM -P "$run_pid" cartflow || kill -TERM "$run_pid"
+wait "$run_pid"
+cat "$WORK/time"
+echo "   read the topic in $(echo "$caught_up - $started" | bc) s, stopped $(echo "$(date +%s.%N) - $caught_up" | bc) s after SIGTERM"
 state "$WORK/checkpointed.db"
-grep -E "checkpoint at .*(waited|written to)" "$WORK/checkpointed.log" | sed 's/^[^ ]* *INFO /   /' || true
+grep -E "checkpoint at .*(waited|written to)|stopped" "$WORK/checkpointed.log" | sed 's/^[^ ]* *INFO /   /' || true
 du -sh "$WORK/checkpoints"/* | sed 's/^/   /' || true
 
 say "3. a restart of 2 from its newest checkpoint, on to the same end of the topic"

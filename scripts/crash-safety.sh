@@ -13,7 +13,7 @@
 #        repeats a sitting's random moments; CARTFLOW, TANSU as in e2e-kafka.sh). CI runs a short
 #        sitting: 150000 events, 3 kills each.
 #        CHECKPOINTS=1: every `run` also takes checkpoints (`--checkpoint-dir`, one at every boundary on
-#        the 5-minute grid, so kills land while one is written too) and continues from them; the
+#        boundary, so kills land while one is written too) and continues from them; the
 #        last restart of the loop is stopped with SIGTERM (it must checkpoint and exit 0), and at
 #        least one restart must have continued from a checkpoint.
 set -euo pipefail
@@ -91,7 +91,7 @@ for i in $(seq "$KILLS"); do
     pids+=("$pid")
     sleep "$(pause 2 $((2 * stream_seconds / KILLS + 2)))"
     if [ "${CHECKPOINTS:-0}" = 1 ] && [ "$i" = "$KILLS" ]; then
-        # systemd's stop: a checkpoint at the next boundary on the grid, then exit 0.
+        # systemd's stop: a checkpoint at once, then exit 0.
         kill -TERM "$pid" 2>/dev/null || true
         stopped=0
         wait "$pid" || stopped=$?

@@ -555,7 +555,7 @@ pub struct RunArgs {
     pub no_live_windows: bool,
 
     /// Kafka: take checkpoints of the engine's state in DIR (every `--checkpoint-every`, at a
-    /// boundary on the 5-minute grid, and on SIGTERM before exiting), and on start continue from
+    /// boundary, and on SIGTERM before exiting), and on start continue from
     /// the newest usable one instead of replaying all history: the store is not emptied and its
     /// frontier never moves back. A checkpoint that is damaged, of another format, taken with other
     /// steps, workers, profiles or topic, or newer than the store, is logged and passed over (the
@@ -563,7 +563,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 
-    /// How often to take a checkpoint (with `--checkpoint-dir`; 0: at every boundary on the grid).
+    /// How often to take a checkpoint (with `--checkpoint-dir`; 0: at every boundary).
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration)]
     pub checkpoint_every: i64,
 

@@ -2,20 +2,19 @@
 //! `cartflow_dataflows::incremental::checkpoint`), the materializer's, the driver's and the
 //! source's positions, so that a restart continues from `B` instead of replaying all history.
 //!
-//! Taking one (worker 0, `worker.rs`): at a step start `B` on the 5-minute grid, once
-//! `--checkpoint-every` has passed (or on SIGTERM), worker 0 closes `B`, waits until the store
-//! holds it and snapshots the materializer (a job of the store writer, so it is as of `B`), then
-//! opens a round: each worker serializes its registry once its probe has passed `B`. Worker 0's
-//! inputs stay at `B` until every part is in, so no operator anywhere has applied anything at or
-//! after `B` (what waits for the frontier is input of the next step, which the source sends again
-//! after a restore). The parts go to a writer thread: files in `DIR/checkpoint-<B>-<n>/`, each
-//! fsynced, then the manifest (with every file's length and CRC-32, and its own) written to a
-//! temporary name, fsynced and renamed, then the directory fsynced; older checkpoints are pruned
-//! (the newest two stay).
+//! Taking one (worker 0, `worker.rs`): at a step start `B`, once `--checkpoint-every` has passed
+//! (or on SIGTERM), worker 0 closes `B`, waits until the store holds it and snapshots the
+//! materializer (a job of the store writer, so it is as of `B`), then opens a round: each worker
+//! parks once its probe has passed `B` (see [`Coordinator`]). Worker 0's inputs stay at `B`, so no
+//! operator anywhere has applied anything at or after `B` (what waits for the frontier is input of
+//! the next step, which the source sends again after a restore). Worker 0 forks; the child writes
+//! the files in `DIR/checkpoint-<B>-<n>/`, each fsynced, while the run goes on; the writer thread
+//! then writes the manifest (with every file's length and CRC-32, and its own) to a temporary name,
+//! fsyncs and renames it, fsyncs the directory, and prunes (the newest two stay).
 //!
-//! The 5-minute grid: the realtime windows are 5 minutes long and start on it, so at such a
-//! boundary no window holds events on both sides of it, and a source that keeps the windows at its
-//! live edge can rebuild them from the events it reads again.
+//! The realtime windows slide by the minute, so those open at `B` hold events from up to 4 minutes
+//! before it: a source that keeps them at its live edge reads those events again after a restore
+//! (see `kafka::KafkaResume::live_offsets`).
 //!
 //! Restoring (`engine::run`): the newest checkpoint whose manifest and files are intact, written by
 //! the same dataflow (format, settings, workers, source, profiles), and whose boundary the store
@@ -41,9 +40,6 @@ use tracing::{info, warn};
 
 /// The format of what a checkpoint holds: a checkpoint of another format is not restored.
 pub const FORMAT: u32 = 1;
-
-/// Checkpoints are taken at boundaries on this grid (the realtime windows' length).
-pub const GRID: Timestamp = 300;
 
 /// How many checkpoints are kept.
 const KEEP: usize = 2;
@@ -266,9 +262,9 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The files of one checkpoint, planned by worker 0 before it forks: their paths, the workers'
-/// registries and the materializer's state, and a buffer, so that writing them allocates nothing
-/// (a forked child of a threaded process must not: another thread may have held the allocator's
-/// lock at the fork).
+/// registries and the materializer's state, and a buffer, so that writing them allocates next to
+/// nothing (a forked child of a threaded process should not: another thread may have held an
+/// allocator's lock at the fork; mimalloc takes none for a thread's own small allocations).
 pub struct Plan {
     pub target: PathBuf,
     names: Vec<String>,
@@ -299,7 +295,7 @@ impl Plan {
     }
 
     /// Writes and fsyncs every file; each one's length and CRC-32 in `sizes` (capacity reserved
-    /// by the caller). Allocates nothing.
+    /// by the caller). Allocates next to nothing (see [`Plan`]'s comment on the child).
     fn write_files(&mut self, sizes: &mut Vec<(u64, u32)>) -> std::io::Result<()> {
         for (index, path) in self.paths.iter().enumerate() {
             let mut file = RawFile::create(path, &mut self.buffer)?;
@@ -328,9 +324,12 @@ impl Plan {
         let mut sizes: Vec<(u64, u32)> = Vec::with_capacity(count);
         let mut pipe = [0; 2];
         // SAFETY: plain system calls; the child only writes the files, reports on the pipe and
-        // leaves with `_exit` (no destructor, no allocation, no lock).
+        // leaves with `_exit` (no destructor, no lock). It allocates next to nothing: the files go
+        // through a buffer made before the fork; chrono's dates are written through their text
+        // form (a small string each), which mimalloc serves from the thread's own heap, lock-free.
         let forked = unsafe {
-            if libc::pipe(pipe.as_mut_ptr()) != 0 {
+            if libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                pipe = [0; 2];
                 -1
             } else {
                 libc::fork()
@@ -358,6 +357,13 @@ impl Plan {
         }
         if forked < 0 {
             warn!("fork failed ({}): this checkpoint is written by worker 0", std::io::Error::last_os_error());
+            // SAFETY: the pipe's ends, if it was made, are ours and unused.
+            unsafe {
+                if pipe[0] > 0 {
+                    libc::close(pipe[0]);
+                    libc::close(pipe[1]);
+                }
+            }
             let result = self.write_files(&mut sizes).map(|()| sizes).map_err(anyhow::Error::from);
             return Writing { plan: self, child: None, inline: Some(result) };
         }
@@ -452,7 +458,7 @@ fn read_fd(fd: libc::c_int, buffer: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// A file written through a buffer of fixed capacity with write(2), its CRC-32 kept as it goes:
-/// nothing allocated.
+/// no allocation per write.
 struct RawFile<'a> {
     fd: libc::c_int,
     buffer: &'a mut Vec<u8>,
@@ -605,6 +611,8 @@ pub struct Coordinator {
     not_through: Mutex<Option<Timestamp>>,
     /// When the stop request was first seen.
     stop_seen: Mutex<Option<Instant>>,
+    /// A checkpoint's files are being written (the next one waits: one child at a time).
+    in_flight: Arc<AtomicBool>,
 }
 
 impl Coordinator {
@@ -618,6 +626,8 @@ impl Coordinator {
         let (sender, receiver): (SyncSender<Pending>, Receiver<Pending>) = std::sync::mpsc::sync_channel(1);
         let dir = config.dir.clone();
         let done = written.clone();
+        let in_flight = Arc::new(AtomicBool::new(false));
+        let writing = in_flight.clone();
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
@@ -640,6 +650,7 @@ impl Coordinator {
                         }
                     }
                     *done.lock().unwrap() = Some(result.map(|_| frontier).map_err(|e| format!("{e:#}")));
+                    writing.store(false, Ordering::SeqCst);
                 }
             })
             .expect("spawning the checkpoint writer");
@@ -654,6 +665,7 @@ impl Coordinator {
             written,
             not_through: Mutex::new(None),
             stop_seen: Mutex::new(None),
+            in_flight,
         }
     }
 
@@ -672,12 +684,14 @@ impl Coordinator {
         self.stop_seen.lock().unwrap().get_or_insert_with(Instant::now).elapsed()
     }
 
-    /// A checkpoint is due at a step starting at `start`: on the grid, and `--checkpoint-every`
-    /// has passed since the last one (or the run was asked to stop).
+    /// A checkpoint is due at a step starting at `start`: `--checkpoint-every` has passed since the
+    /// last one (or the run was asked to stop).
     pub fn due(&self, start: Timestamp) -> bool {
-        start % GRID == 0
-            && self.not_through.lock().unwrap().is_none_or(|through| start > through)
-            && (self.stop_requested.load(Ordering::SeqCst) || self.last.lock().unwrap().elapsed() >= self.config.every)
+        let stopping = self.stop_requested.load(Ordering::SeqCst);
+        // One child at a time (unless stopping: the stop waits for the one in flight).
+        let free = stopping || !self.in_flight.load(Ordering::SeqCst);
+        free && self.not_through.lock().unwrap().is_none_or(|through| start > through)
+            && (stopping || self.last.lock().unwrap().elapsed() >= self.config.every)
     }
 
     /// Local worker `local`'s registry lives at `address` until the worker ends (`None`).
@@ -719,16 +733,17 @@ impl Coordinator {
     /// rest to the writer thread; the time the workers were held.
     pub fn write(&self, boundary: Timestamp, manifest: Manifest, materializer: Vec<u8>) -> Result<()> {
         let registries = self.registries.lock().unwrap().clone();
-        let result = if registries.contains(&0) {
-            Err(anyhow::anyhow!("a worker has ended"))
-        } else {
-            Plan::new(&self.config.dir, boundary, registries, materializer).map(Plan::start)
+        let writer = self.writer.lock().unwrap();
+        let result = match writer.as_ref() {
+            None => Err(anyhow::anyhow!("the checkpoint writer has stopped")),
+            Some(_) if registries.contains(&0) => Err(anyhow::anyhow!("a worker has ended")),
+            Some(_) => Plan::new(&self.config.dir, boundary, registries, materializer).map(Plan::start),
         };
         *self.round.lock().unwrap() = None;
         *self.last.lock().unwrap() = Instant::now();
         let writing = result?;
-        let writer = self.writer.lock().unwrap();
-        let (sender, _) = writer.as_ref().context("the checkpoint writer has stopped")?;
+        self.in_flight.store(true, Ordering::SeqCst);
+        let (sender, _) = writer.as_ref().expect("checked above");
         sender
             .send(Pending { writing, manifest, started: Instant::now() })
             .map_err(|_| anyhow::anyhow!("the checkpoint writer stopped"))
@@ -769,6 +784,20 @@ pub fn dataflow_fingerprint(settings: Settings, live_windows: bool) -> String {
     format!("{:08x}", crc32fast::hash(fingerprint.as_bytes()))
 }
 
+/// The run starts over (no checkpoint was usable): the checkpoints in `dir` belong to another
+/// history than the one it builds, and are removed, so that none is restored onto it later.
+pub fn discard_all(dir: &Path) {
+    let Ok(found) = listed(dir) else { return };
+    if !found.is_empty() {
+        info!("removing {} checkpoint(s) in {}: this run starts over", found.len(), dir.display());
+    }
+    for (_, _, path) in found {
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            warn!("could not remove {}: {e}", path.display());
+        }
+    }
+}
+
 /// Marks a checkpoint that did not read back into this dataflow, so that the next start passes it
 /// over (instead of failing on it again).
 pub fn mark_unusable(dir: &Path, why: &str) {
@@ -780,7 +809,7 @@ pub fn mark_unusable(dir: &Path, why: &str) {
 }
 
 /// SIGTERM sets the returned flag instead of ending the process (a run with checkpoints takes
-/// one at its next boundary on the grid, then exits).
+/// one at once (at the open step's start), then exits).
 pub fn on_sigterm() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     extern "C" fn handler(_: libc::c_int) {

@@ -270,6 +270,7 @@ fn checkpoints_of(
         // The run starts over: over SQLite it builds its tables beside those readers see until it
         // has caught up with them, so a checkpoint before then would be restored onto the others.
         coordinator.not_through(store_frontier);
+        checkpoint::discard_all(&checkpoint.dir);
         return Ok((coordinator, None));
     };
     if let Some(store) = store_frontier.filter(|s| *s > loaded.manifest.frontier && s % config.settings.step != 0) {
@@ -280,6 +281,7 @@ fn checkpoints_of(
             format_rfc3339(store)
         );
         coordinator.not_through(store_frontier);
+        checkpoint::discard_all(&checkpoint.dir);
         return Ok((coordinator, None));
     }
     let mut resume: kafka::KafkaResume = serde_json::from_value(loaded.manifest.source.clone())
@@ -305,6 +307,7 @@ fn checkpoints_of(
             loaded.manifest.frontier_text,
         );
         coordinator.not_through(store_frontier);
+        checkpoint::discard_all(&checkpoint.dir);
         return Ok((coordinator, None));
     }
     resume.store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);

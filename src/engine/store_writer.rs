@@ -39,26 +39,15 @@ pub enum StoreJob {
 /// The materializer's state, and the `pipeline_state` entries of the last boundary written.
 pub type Snapshot = (Vec<u8>, Vec<(String, String)>);
 
-/// A run restored from a checkpoint: the materializer's state, and the store's frontier (boundaries
-/// up to it are not written again).
-pub struct Restored {
-    pub materializer: Vec<u8>,
-    pub store_frontier: Timestamp,
-}
-
-/// Starts the writer thread over `store`.
+/// Starts the writer thread over `store`; `written_through`: continuing from a checkpoint, the
+/// store's frontier (boundaries up to it are not written again).
 pub fn spawn(
     store: Box<dyn Sink + Send>,
     mut materializer: Materializer,
     source: Arc<dyn Source>,
     commit_log: Option<&Path>,
-    restored: Option<Restored>,
+    written_through: Option<Timestamp>,
 ) -> Result<BackgroundSink<StoreJob>> {
-    let mut written_through = None;
-    if let Some(restored) = restored {
-        materializer.restore(&restored.materializer).context("restoring the materializer")?;
-        written_through = Some(restored.store_frontier);
-    }
     let mut last_state: Vec<(String, String)> = Vec::new();
     let job_name = source.name();
     let commit_log = match commit_log {

@@ -251,19 +251,16 @@ fn lead(
     if let Some(after) = &config.after_write {
         sink = Box::new(Observed { inner: sink, after: after.clone() });
     }
-    let restored = shared
-        .restored
-        .as_ref()
-        .map(|r| {
-            Ok::<_, anyhow::Error>(store_writer::Restored { materializer: r.0.materializer()?, store_frontier: r.1 })
-        })
-        .transpose()?;
-    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), restored)
-        .inspect_err(|e| {
-            if let Some(restored) = &shared.restored {
-                super::checkpoint::mark_unusable(&restored.0.dir, &format!("{e:#}"));
-            }
-        })?;
+    let mut materializer = materializer;
+    if let Some(restored) = &shared.restored {
+        let read = restored.0.materializer().and_then(|bytes| Ok(materializer.restore(&bytes)?));
+        if let Err(e) = read {
+            super::checkpoint::mark_unusable(&restored.0.dir, &format!("{e:#}"));
+            return Err(e.context("restoring the materializer"));
+        }
+    }
+    let written_through = shared.restored.as_ref().map(|r| r.1);
+    let store = store_writer::spawn(sink, materializer, source.clone(), config.commit_log.as_deref(), written_through)?;
     let changes = shared.changes.lock().unwrap().take().unwrap_or_default();
     let mut driver = Driver::new(
         store,
@@ -291,6 +288,19 @@ fn lead(
     let mut stop_tried: Option<Timestamp> = None;
     'feeding: while let Some(receiver) = &feed {
         driver.link.pump();
+        if shared.checkpoints.as_ref().is_some_and(|c| c.stopping_for() > STOP_WAIT) {
+            // SIGTERM, and no checkpoint could be taken (a run starting over takes none before it
+            // has caught up with the store): the restart continues as it would after a kill.
+            warn!(
+                "stopped (SIGTERM) without a checkpoint: none could be taken in {} s; a restart continues from \
+                 the newest one (or starts over)",
+                STOP_WAIT.as_secs()
+            );
+            if let Some(checkpoints) = &shared.checkpoints {
+                checkpoints.finish();
+            }
+            std::process::exit(0);
+        }
         match receiver.try_recv() {
             Ok(Feed::Step { start, earliest }) => {
                 let Some(step_start) = driver.step_start else {
@@ -335,14 +345,6 @@ fn lead(
                 }
                 // SIGTERM while no step opens (a quiet topic): the open step's start will do, once.
                 let stopping = shared.checkpoints.as_ref().is_some_and(|c| c.stop_requested.load(Ordering::SeqCst));
-                if stopping && shared.checkpoints.as_ref().is_some_and(|c| c.stopping_for() > STOP_WAIT) {
-                    warn!(
-                        "stopped (SIGTERM): no boundary on the 5-minute grid came in {} s; the run continues from \
-                         the newest checkpoint when restarted",
-                        STOP_WAIT.as_secs()
-                    );
-                    std::process::exit(0);
-                }
                 if let Some(start) = driver.step_start.filter(|s| stopping && stop_tried != Some(*s)) {
                     stop_tried = Some(start);
                     if let Err(e) = checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
@@ -389,6 +391,10 @@ fn lead(
             driver.link.pump();
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
+    }
+    // A checkpoint still being written is finished (its child ends with this thread).
+    if let Some(checkpoints) = &shared.checkpoints {
+        checkpoints.finish();
     }
     shared.done.store(true, Ordering::SeqCst);
     *shared.summary.lock().unwrap() = Some(result.map_err(|e| format!("{e:#}")));
@@ -476,7 +482,11 @@ fn take_checkpoint(
         files: Vec::new(),
     };
     let reached = began.elapsed();
-    checkpoints.write(boundary, manifest, materializer)?;
+    if let Err(e) = checkpoints.write(boundary, manifest, materializer) {
+        // The run goes on (the checkpoint's volume may be full): the next one may succeed.
+        warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
+        return Ok(false);
+    }
     let forked = began.elapsed();
     info!(
         "checkpoint at {}: the boundary's step waited {:.0} ms for the store, {:.0} ms for the workers and {:.0} ms \

@@ -116,8 +116,8 @@ fn read_state<S: DeserializeOwned>(reader: &mut Box<dyn Read>, key: &str) -> Res
 }
 
 impl Registry {
-    /// Writes every registered operator's state (see the module's doc). Allocates nothing but
-    /// what `out` does, so that a forked child can call it.
+    /// Writes every registered operator's state (see the module's doc), without a buffer of the
+    /// state's size, so that a forked child can call it.
     pub fn write_to(&self, out: &mut dyn Write) -> bincode::Result<()> {
         bincode::serialize_into(&mut *out, &(self.states.len() as u64))?;
         for (key, _, write) in &self.states {

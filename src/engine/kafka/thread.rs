@@ -347,7 +347,9 @@ impl SourceThread {
 
     /// Handles one archived message (a bootstrap), as the topic gave it.
     fn on_archived(&mut self, archived: &ArchivedEvent) -> Result<bool> {
-        self.counts.archived += 1;
+        if !self.seen(archived.partition, archived.offset) {
+            self.counts.archived += 1;
+        }
         if let Some((_, Some(since))) = &self.source.options.bootstrap {
             if archived.event.time < *since {
                 self.counts.before_since += 1;
@@ -398,9 +400,6 @@ impl SourceThread {
         clock.confirmed_at_end = false;
         // As of the last publish (at most ~20 ms old): idleness is measured in seconds.
         clock.last_message = self.now;
-        if seen && decoded.is_err() {
-            return Ok(false); // rejected (and counted) before the checkpoint
-        }
         let decoded = decoded.and_then(|event| {
             if event.time < 0 {
                 Err(RejectReason::EventTime) // the engine's clock starts in 1970
@@ -408,6 +407,10 @@ impl SourceThread {
                 Ok(event)
             }
         });
+        // Read before the checkpoint: rejected, or late, and counted then.
+        if seen && (decoded.is_err() || self.resumed.as_ref().is_some_and(|r| r.late.contains(&(partition, offset)))) {
+            return Ok(false);
+        }
         let event = match decoded {
             Ok(event) => event,
             Err(reason) => return self.reject(partition, offset, reason, raw).map(|()| false),
@@ -417,7 +420,9 @@ impl SourceThread {
         clock.latest = Some(clock.latest.map_or(event.time, |t| t.max(event.time)));
         if self.source.options.until.is_some_and(|until| event.time >= until) {
             // Never applied by this run: its offset bounds what the store holds.
-            self.counts.after_until += 1;
+            if !seen {
+                self.counts.after_until += 1;
+            }
             clock.first_not_applied.get_or_insert(offset);
             return Ok(moved);
         }
