@@ -150,8 +150,8 @@ fn follow(
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
     // A checkpoint in progress: once this worker's probe has passed the boundary, it parks
     // (touching no state) while worker 0 forks the checkpoint's writer.
-    let contribute = |probe: &ProbeHandle<Time>| -> Result<()> {
-        let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return Ok(()) };
+    let park_for_checkpoint = |probe: &ProbeHandle<Time>| {
+        let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return };
         if let Some(boundary) = checkpoints.wanted(local) {
             if !probe.less_than(&logical(boundary)) {
                 checkpoints.ready(local);
@@ -160,15 +160,15 @@ fn follow(
                 }
             }
         }
-        Ok(())
     };
+    let mut inputs = inputs;
     if let Some(restored) = &shared.restored {
-        let mut inputs = inputs;
+        // The restored operators hold the state as of the checkpoint's boundary.
         inputs.events.advance_to(logical(restored.0.manifest.frontier));
         inputs.events.flush();
-        return follow_from(worker, shared, inputs, feed, probe, link, contribute);
     }
-    follow_from(worker, shared, inputs, feed, probe, link, contribute)
+    follow_from(worker, shared, inputs, feed, probe, link, park_for_checkpoint);
+    Ok(())
 }
 
 fn follow_from(
@@ -178,8 +178,8 @@ fn follow_from(
     feed: Receiver<Feed>,
     probe: &ProbeHandle<Time>,
     link: &mut dyn WorkerLink,
-    contribute: impl Fn(&ProbeHandle<Time>) -> Result<()>,
-) -> Result<()> {
+    park_for_checkpoint: impl Fn(&ProbeHandle<Time>),
+) {
     // Worker 0 alone feeds the profiles and dates: this worker's close now (a pattern with `..`
     // would keep them open until the function returns, and the dataflow would never complete).
     let Inputs { events: mut events_in, profiles, dates } = inputs;
@@ -210,7 +210,7 @@ fn follow_from(
             }
             Err(TryRecvError::Disconnected) => break,
         }
-        contribute(probe)?;
+        park_for_checkpoint(probe);
     }
     // The input is read: this worker's events input closes.
     drop((events_in, feed));
@@ -220,9 +220,8 @@ fn follow_from(
     while !shared.done.load(Ordering::SeqCst) && !probe.done() {
         link.pump();
         worker.step_or_park(Some(Duration::from_millis(20)));
-        contribute(probe)?;
+        park_for_checkpoint(probe);
     }
-    Ok(())
 }
 
 /// Worker 0: feeds its share, closes every boundary the source announces and writes it; at the
@@ -413,11 +412,12 @@ fn checkpoint_if_due(
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
 ) -> Result<()> {
-    let (Some(checkpoints), Some(registry)) = (&shared.checkpoints, registry) else { return Ok(()) };
+    // Without a registry (none was installed) there is nothing to checkpoint.
+    let (Some(checkpoints), Some(_)) = (&shared.checkpoints, registry) else { return Ok(()) };
     if driver.step_start != Some(start) || !checkpoints.due(start) {
         return Ok(());
     }
-    let taken = take_checkpoint(checkpoints, registry, start, driver, dataflow, shared)?;
+    let taken = take_checkpoint(checkpoints, start, driver, dataflow, shared)?;
     if taken && checkpoints.stop_requested.load(Ordering::SeqCst) {
         // SIGTERM: the store holds the boundary and the checkpoint is written; what the run
         // holds beyond it is read again after a restart.
@@ -438,7 +438,6 @@ fn checkpoint_if_due(
 /// checkpoint writer. Worker 0's inputs stay at `boundary` meanwhile.
 fn take_checkpoint(
     checkpoints: &Coordinator,
-    _registry: &Registry,
     boundary: Timestamp,
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
