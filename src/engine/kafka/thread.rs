@@ -861,9 +861,17 @@ impl SourceThread {
         let idle_timeout = self.source.options.idle_timeout;
         let now = Instant::now();
         let idle = |p: &PartitionClock| p.confirmed_at_end && now.duration_since(p.last_message) >= idle_timeout;
+        // Restored: the frontier waits until every partition has read again what it had read
+        // before the checkpoint, so that a message applied then is not late now (unless the
+        // thread's pending events fill up meanwhile).
+        let rereading = self.resumed.as_ref().is_some_and(|r| {
+            self.partitions
+                .iter()
+                .any(|p| !p.at_end && r.read_to.get(&p.partition).is_some_and(|to| p.next_offset < *to))
+        }) && self.waiting_events() < MAX_PENDING_EVENTS / 2;
         let mut clock = self.source.threads[self.index].lock().unwrap();
         let view = ClockView {
-            ready: self.partitions.iter().all(|p| p.latest.is_some() || idle(p)),
+            ready: !rereading && self.partitions.iter().all(|p| p.latest.is_some() || idle(p)),
             active_min: self.partitions.iter().filter(|p| !idle(p)).filter_map(|p| p.latest).min(),
             latest: self.partitions.iter().filter_map(|p| p.latest).max(),
             earliest_seen: self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min(),
