@@ -563,7 +563,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 
-    /// How often to take a checkpoint (with `--checkpoint-dir`; 0: at every boundary).
+    /// How often to take a checkpoint (with `--checkpoint-dir`; 0: at every boundary, each waiting
+    /// for the one before to be written).
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration)]
     pub checkpoint_every: i64,
 

@@ -688,8 +688,14 @@ impl Coordinator {
     /// last one (or the run was asked to stop).
     pub fn due(&self, start: Timestamp) -> bool {
         let stopping = self.stop_requested.load(Ordering::SeqCst);
-        // One child at a time (unless stopping: the stop waits for the one in flight).
-        let free = stopping || !self.in_flight.load(Ordering::SeqCst);
+        // One child at a time: while one writes, no checkpoint is due, except when stopping or
+        // with `--checkpoint-every 0` (every boundary), which wait for it.
+        if stopping || self.config.every.is_zero() {
+            while self.in_flight.load(Ordering::SeqCst) && self.writer.lock().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let free = !self.in_flight.load(Ordering::SeqCst);
         free && self.not_through.lock().unwrap().is_none_or(|through| start > through)
             && (stopping || self.last.lock().unwrap().elapsed() >= self.config.every)
     }
