@@ -161,29 +161,15 @@ fn follow(
             }
         }
     };
-    let mut inputs = inputs;
-    if let Some(restored) = &shared.restored {
-        // The restored operators hold the state as of the checkpoint's boundary.
-        inputs.events.advance_to(logical(restored.0.manifest.frontier));
-        inputs.events.flush();
-    }
-    follow_from(worker, shared, inputs, feed, probe, link, park_for_checkpoint);
-    Ok(())
-}
-
-fn follow_from(
-    worker: &mut timely::worker::Worker,
-    shared: &Shared,
-    inputs: Inputs,
-    feed: Receiver<Feed>,
-    probe: &ProbeHandle<Time>,
-    link: &mut dyn WorkerLink,
-    park_for_checkpoint: impl Fn(&ProbeHandle<Time>),
-) {
     // Worker 0 alone feeds the profiles and dates: this worker's close now (a pattern with `..`
     // would keep them open until the function returns, and the dataflow would never complete).
     let Inputs { events: mut events_in, profiles, dates } = inputs;
     drop((profiles, dates));
+    if let Some(restored) = &shared.restored {
+        // The restored operators hold the state as of the checkpoint's boundary.
+        events_in.advance_to(logical(restored.0.manifest.frontier));
+        events_in.flush();
+    }
     let mut now: Option<Time> = None;
     while !shared.done.load(Ordering::SeqCst) {
         link.pump();
@@ -222,6 +208,7 @@ fn follow_from(
         worker.step_or_park(Some(Duration::from_millis(20)));
         park_for_checkpoint(probe);
     }
+    Ok(())
 }
 
 /// Worker 0: feeds its share, closes every boundary the source announces and writes it; at the

@@ -132,15 +132,6 @@ impl Registry {
     pub fn fingerprint(&self) -> String {
         self.states.iter().map(|(key, type_name, _)| format!("{key}: {type_name}\n")).collect()
     }
-
-    /// How many operators registered state.
-    pub fn len(&self) -> usize {
-        self.states.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
-    }
 }
 
 #[cfg(test)]
