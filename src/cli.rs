@@ -554,12 +554,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_live_windows: bool,
 
-    /// Kafka: take checkpoints of the engine's state in DIR (every `--checkpoint-every`, at a
-    /// boundary, and on SIGTERM before exiting), and on start continue from
-    /// the newest usable one instead of replaying all history: the store is not emptied and its
-    /// frontier never moves back. A checkpoint that is damaged, of another format, taken with other
-    /// steps, workers, profiles or topic, or newer than the store, is logged and passed over (the
-    /// run then starts from the beginning, as without this option).
+    /// Kafka, one process: take checkpoints of the engine's state in DIR (every
+    /// `--checkpoint-every`, at a boundary, and on SIGTERM before exiting 0), and on start continue
+    /// from the newest usable one instead of replaying all history: the store is not emptied and
+    /// its frontier never moves back. A checkpoint that is damaged, of another build, format,
+    /// steps, workers, retention, profiles or topic, newer than the store, or whose offsets neither
+    /// the topic nor the `--bootstrap` archive holds, is logged and passed over for an older one;
+    /// with none usable the run starts from the beginning, as without this option.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 
