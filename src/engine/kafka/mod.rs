@@ -215,6 +215,12 @@ impl KafkaResume {
     /// ones.
     pub fn start_offsets(&self) -> BTreeMap<i32, i64> {
         let mut from = self.offsets.clone();
+        if self.live_from.is_some() {
+            // The live windows open at the checkpoint need every partition's events of the last
+            // 4 minutes: one the earlier boundary has no offset for (the store had none for it
+            // then) is read from its start, instead of from the checkpoint's offset.
+            from.retain(|partition, _| self.live_offsets.contains_key(partition));
+        }
         for (partition, offset) in &self.live_offsets {
             let at = from.entry(*partition).or_insert(*offset);
             *at = (*at).min(*offset);
@@ -834,5 +840,9 @@ mod resume_tests {
             ..KafkaResume::default()
         };
         assert_eq!(resume.start_offsets(), BTreeMap::from([(0, 90), (1, 50), (2, 7)]));
+        // Live windows kept: partition 1, without an offset of the earlier boundary, is read from
+        // its start (it has no entry).
+        let live = KafkaResume { live_from: Some(0), ..resume };
+        assert_eq!(live.start_offsets(), BTreeMap::from([(0, 90), (2, 7)]));
     }
 }
