@@ -554,13 +554,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_live_windows: bool,
 
-    /// Kafka, one process: take checkpoints of the engine's state in DIR (every
-    /// `--checkpoint-every`, at a boundary, and on SIGTERM before exiting 0), and on start continue
-    /// from the newest usable one instead of replaying all history: the store is not emptied and
-    /// its frontier never moves back. A checkpoint that is damaged, of another build, format,
-    /// steps, workers, retention, profiles or topic, newer than the store, or whose offsets neither
-    /// the topic nor the `--bootstrap` archive holds, is logged and passed over for an older one;
-    /// with none usable the run starts from the beginning, as without this option.
+    /// Kafka: take checkpoints of the engine's state in DIR (every `--checkpoint-every`, at a
+    /// boundary, and on SIGTERM before exiting 0), and on start continue from the newest usable one
+    /// instead of replaying all history: the store is not emptied and its frontier never moves
+    /// back. A checkpoint that is damaged, of another build, format, steps, workers, processes,
+    /// retention, profiles or topic, newer than the store, or whose offsets neither the topic nor
+    /// the `--bootstrap` archive holds, is logged and passed over for an older one; with none
+    /// usable the run starts from the beginning, as without this option. With several processes
+    /// give every process this option (each writes its own workers' files in its DIR, which may be
+    /// on its own machine or shared): they all continue from the same checkpoint, one whose files
+    /// every process holds intact, or all start from the beginning; SIGTERM to any process takes a
+    /// checkpoint and stops them all.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cartflow_connectors::store::sqlite::SqliteStore;
@@ -238,4 +238,140 @@ fn a_process_whose_peer_dies_stops_with_a_clear_error() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the connection to another process of this run broke"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Starts `run ARGS` as two processes of one worker each into `db`, each with its own checkpoint
+/// directory (`checkpoints-P`, as on machines of their own), logging at info to `NAME-P.log`.
+fn start_two_with_checkpoints(dir: &Path, hosts: &Path, args: &[&str], users: &Path, name: &str) -> Vec<Child> {
+    (0..2)
+        .map(|process| {
+            let log = std::fs::File::create(dir.join(format!("{name}-{process}.log"))).unwrap();
+            Command::new(env!("CARGO_BIN_EXE_cartflow"))
+                .args(["--log", "info", "run", "--quiet", "-n", "2", "-p", &process.to_string(), "-w", "1"])
+                .arg("--hostfile")
+                .arg(hosts)
+                .arg("--db")
+                .arg(dir.join("run.db"))
+                .arg("--rejects")
+                .arg(dir.join(format!("rejects-{process}.csv")))
+                .arg("--profiles")
+                .arg(users)
+                .arg("--checkpoint-dir")
+                .arg(dir.join(format!("checkpoints-{process}")))
+                .args(["--step", "1m", "--catch-up-step", "4h", "--idle-timeout", "1s", "--group", name])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for both processes to succeed; their logs.
+fn both_succeed(dir: &Path, children: Vec<Child>, name: &str) -> [String; 2] {
+    for (process, mut child) in children.into_iter().enumerate() {
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(dir.join(format!("{name}-{process}.log"))).unwrap();
+        assert!(status.success(), "{name}: process {process} failed: {log}");
+    }
+    [0, 1].map(|process| std::fs::read_to_string(dir.join(format!("{name}-{process}.log"))).unwrap())
+}
+
+/// The checkpoint directories in `dir` holding `marker`, oldest first.
+fn finished_checkpoints(dir: &Path, marker: &str) -> Vec<String> {
+    let mut found: Vec<(i64, i64, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join(marker).exists())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let mut parts = name.trim_start_matches("checkpoint-").split('-').map(|x| x.parse::<i64>().unwrap());
+            (parts.next().unwrap(), parts.next().unwrap(), name)
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, _, name)| name).collect()
+}
+
+/// Two processes with `--checkpoint-dir` each: each writes its own worker's file, and process 0
+/// the manifest (with every partition's positions) once both are written; with process 1's file of
+/// the newest one damaged, both continue from the one before; a live run continued from a
+/// checkpoint and stopped by SIGTERM to process 1 alone takes a checkpoint and stops both (exit 0);
+/// the restart continues from that one in both and ends equal to `batch`.
+#[test]
+fn two_processes_continue_from_the_same_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 30_000, 3, 37);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    let hosts = hostfile(dir.path());
+    let (p0, p1) = (dir.path().join("checkpoints-0"), dir.path().join("checkpoints-1"));
+    let kafka = ["--brokers", brokers.as_str(), "--checkpoint-every", "0"];
+    let with = |more: &[&'static str]| [&kafka[..], more].concat();
+
+    // A first run stops part way; both directories hold the same two checkpoints.
+    let children =
+        start_two_with_checkpoints(dir.path(), &hosts, &with(&["--until", "2019-12-02T13:00:00Z"]), &users, "first");
+    both_succeed(dir.path(), children, "first");
+    let taken = finished_checkpoints(&p0, "manifest");
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    assert_eq!(finished_checkpoints(&p1, "share-1"), taken, "process 1 holds its files of the same checkpoints");
+    assert!(taken
+        .iter()
+        .all(|name| p1.join(name).join("worker-1.bin").exists() && !p1.join(name).join("worker-0.bin").exists()));
+    assert!(taken
+        .iter()
+        .all(|name| p0.join(name).join("worker-0.bin").exists() && !p0.join(name).join("worker-1.bin").exists()));
+
+    // How far every partition was read is in the manifest (two of them read by process 1), and
+    // the counts of both processes.
+    let manifest = std::fs::read_to_string(p0.join(taken.last().unwrap()).join("manifest")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(manifest.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(manifest["source"]["read_to"].as_object().map(|o| o.len()), Some(4), "{manifest}");
+    assert_eq!(manifest["source"]["counts"]["messages"], 30_000, "{manifest}");
+
+    // Process 1's file of the newest checkpoint is damaged: both continue from the one before.
+    let (older, newest) = (&taken[0], &taken[1]);
+    let file = p1.join(newest).join("worker-1.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&file, bytes).unwrap();
+    let until = with(&["--until", "2019-12-03T12:00:00Z"]);
+    let children = start_two_with_checkpoints(dir.path(), &hosts, &until, &users, "second");
+    let [log0, log1] = both_succeed(dir.path(), children, "second");
+    assert!(log0.contains("process 1 does not hold its files of it intact"), "{log0}");
+    assert!(log0.contains("continuing from the checkpoint at") && log0.contains(older.as_str()), "{log0}");
+    assert!(log1.contains("(process 0 chose it)"), "{log1}");
+
+    // A live run (no --exit-at-end) continues from the newest, reads on, and is stopped by
+    // SIGTERM to process 1 once it has written past where the second ended: a checkpoint, then
+    // both stop.
+    let children = start_two_with_checkpoints(dir.path(), &hosts, &kafka, &users, "live");
+    let log_of = |process: usize| std::fs::read_to_string(dir.path().join(format!("live-{process}.log"))).unwrap();
+    let started = std::time::Instant::now();
+    let db = dir.path().join("run.db");
+    let frontier = || SqliteStore::open_read_only(&db).unwrap().state("frontier").unwrap().unwrap_or_default();
+    while frontier().as_str() <= "2019-12-03T12:00:00Z" {
+        assert!(started.elapsed() < Duration::from_secs(120), "{}", log_of(0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(log_of(0).contains("continuing from the checkpoint at"), "{}", log_of(0));
+    // SAFETY: a plain signal to a child of this test.
+    unsafe { libc::kill(children[1].id() as i32, libc::SIGTERM) };
+    let [log0, log1] = both_succeed(dir.path(), children, "live");
+    assert!(log0.contains("stopped (SIGTERM) with every process of the run, after the checkpoint at"), "{log0}");
+    assert!(log1.contains("stopped (SIGTERM) with every process of the run"), "{log1}");
+    let stopped_at = finished_checkpoints(&p0, "manifest").last().unwrap().clone();
+    assert_eq!(finished_checkpoints(&p1, "share-1").last(), Some(&stopped_at));
+    let children = start_two_with_checkpoints(dir.path(), &hosts, &with(&["--exit-at-end"]), &users, "last");
+    let [log0, log1] = both_succeed(dir.path(), children, "last");
+    assert!(log0.contains(stopped_at.as_str()), "{log0}");
+    assert!(log1.contains("(process 0 chose it)"), "{log1}");
+    assert_same_results(&batch_db, &dir.path().join("run.db"), "-n 2, after a SIGTERM");
 }

@@ -21,22 +21,25 @@
 //! holds (its frontier is at or past it). Anything else is logged with the reason, and the run
 //! starts over as before.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cartflow_dataflows::incremental::checkpoint::Registry;
-use cartflow_dataflows::incremental::Settings;
+use cartflow_dataflows::incremental::{Settings, Time};
 use cartflow_dataflows::model::time::format_rfc3339;
 use cartflow_dataflows::model::Timestamp;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+
+use super::source::WorkerLink;
 
 /// The format of what a checkpoint holds: a checkpoint of another format is not restored.
 pub const FORMAT: u32 = 1;
@@ -139,11 +142,17 @@ impl Loaded {
     }
 }
 
-fn worker_file(index: usize) -> String {
+pub fn worker_file(index: usize) -> String {
     format!("worker-{index}.bin")
 }
 const MATERIALIZER_FILE: &str = "materializer.bin";
 const MANIFEST_FILE: &str = "manifest";
+
+/// In a run of several processes, the list of process `process`'s files in a checkpoint (written
+/// once they are): what marks its share finished (process 0's is the manifest).
+fn share_file(process: usize) -> String {
+    format!("share-{process}")
+}
 
 /// The checkpoints in `dir` with a manifest, newest boundary first.
 fn listed(dir: &Path) -> Result<Vec<(Timestamp, u64, PathBuf)>> {
@@ -169,24 +178,22 @@ fn listed(dir: &Path) -> Result<Vec<(Timestamp, u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Reads and checks one checkpoint directory.
-fn read_checkpoint(dir: &Path) -> Result<Loaded> {
-    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).context("no manifest (it was not finished)")?;
-    let (head, body) = text.split_once('\n').context("the manifest is truncated")?;
-    let crc = head
-        .strip_prefix(MAGIC)
-        .and_then(|c| u32::from_str_radix(c.trim(), 16).ok())
-        .context("the manifest does not start as one")?;
-    if crc32fast::hash(body.as_bytes()) != crc {
-        bail!("the manifest's checksum does not match (corrupt)");
-    }
-    let manifest: Manifest = serde_json::from_str(body).context("the manifest does not parse")?;
-    let names: Vec<String> = (0..manifest.identity.workers * manifest.identity.processes)
-        .map(worker_file)
-        .chain([MATERIALIZER_FILE.to_string()])
-        .collect();
-    for name in names {
-        let entry = manifest.files.iter().find(|f| f.name == name).with_context(|| format!("no {name}"))?;
+/// Reads and checks one checkpoint directory: its manifest, and the files of this process (its
+/// workers' and, in process 0, the materializer's; another process checks its own, see
+/// [`held_shares`]).
+fn read_checkpoint(dir: &Path, local: &std::ops::Range<usize>) -> Result<Loaded> {
+    let body = read_checked(&dir.join(MANIFEST_FILE)).context("the manifest")?;
+    let manifest: Manifest = serde_json::from_str(&body).context("the manifest does not parse")?;
+    let names: Vec<String> = local.clone().map(worker_file).chain([MATERIALIZER_FILE.to_string()]).collect();
+    let entries =
+        names.iter().map(|name| manifest.files.iter().find(|f| f.name == *name).with_context(|| format!("no {name}")));
+    check_files(dir, entries.collect::<Result<Vec<_>>>()?)?;
+    Ok(Loaded { manifest, dir: dir.to_path_buf() })
+}
+
+/// Each file's length and CRC-32 are those listed.
+fn check_files<'a>(dir: &Path, entries: impl IntoIterator<Item = &'a FileEntry>) -> Result<()> {
+    for entry in entries {
         let (bytes, crc) = checksum(&dir.join(&entry.name)).with_context(|| format!("reading {}", entry.name))?;
         if bytes != entry.bytes {
             bail!("{} has {bytes} bytes, the manifest says {} (truncated)", entry.name, entry.bytes);
@@ -195,7 +202,55 @@ fn read_checkpoint(dir: &Path) -> Result<Loaded> {
             bail!("{}'s checksum does not match (corrupt)", entry.name);
         }
     }
-    Ok(Loaded { manifest, dir: dir.to_path_buf() })
+    Ok(())
+}
+
+/// A text file whose first line is [`MAGIC`] and the CRC-32 of the rest: written to a temporary
+/// name, fsynced and renamed, the directory fsynced.
+fn write_checked(target: &Path, name: &str, body: &str) -> Result<()> {
+    let text = format!("{MAGIC} {:08x}\n{body}", crc32fast::hash(body.as_bytes()));
+    let temporary = target.join(format!("{name}.tmp"));
+    let mut file = File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, target.join(name))?;
+    fsync_dir(target)
+}
+
+/// What [`write_checked`] wrote, if it is intact.
+fn read_checked(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).context("not there (it was not finished)")?;
+    let (head, body) = text.split_once('\n').context("truncated")?;
+    let crc = head
+        .strip_prefix(MAGIC)
+        .and_then(|c| u32::from_str_radix(c.trim(), 16).ok())
+        .context("it does not start as one")?;
+    if crc32fast::hash(body.as_bytes()) != crc {
+        bail!("its checksum does not match (corrupt)");
+    }
+    Ok(body.to_string())
+}
+
+/// A process other than 0 of a run of several: the checkpoints in `dir` whose files of this
+/// process are intact (its share: the list it wrote once they were, each file's length and
+/// CRC-32), newest first, by directory name.
+pub fn held_shares(dir: &Path, process: usize) -> Result<Vec<(String, Vec<FileEntry>)>> {
+    let mut held = Vec::new();
+    for (frontier, _, path) in listed(dir)? {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let share = read_checked(&path.join(share_file(process)))
+            .and_then(|body| Ok(serde_json::from_str::<Vec<FileEntry>>(&body)?))
+            .and_then(|files| check_files(&path, &files).map(|()| files));
+        match share {
+            Ok(files) => held.push((name, files)),
+            Err(e) => warn!(
+                "checkpoint {} (frontier {}): this process's files are not usable: {e:#}",
+                path.display(),
+                format_rfc3339(frontier)
+            ),
+        }
+    }
+    Ok(held)
 }
 
 /// A file's length and CRC-32, read in chunks.
@@ -215,10 +270,17 @@ fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
     }
 }
 
-/// The newest checkpoint in `dir` this run can continue from: intact, taken by the same dataflow,
-/// and at or before the store's frontier. Logs why each newer one was passed over; `None` (and
-/// one line saying why) when there is none.
-pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Timestamp>) -> Result<Option<Loaded>> {
+/// The newest checkpoint in `dir` this run can continue from: intact (this process's files, see
+/// [`read_checkpoint`]), taken by the same dataflow, at or before the store's frontier, and passing
+/// `check` (which says why not). Logs why each newer one was passed over, and removes those;
+/// `None` (and one line saying why) when there is none.
+pub fn newest_usable(
+    dir: &Path,
+    identity: &Identity,
+    store_frontier: Option<Timestamp>,
+    local: &std::ops::Range<usize>,
+    check: &mut dyn FnMut(&Loaded) -> Result<Option<String>>,
+) -> Result<Option<Loaded>> {
     let listed = listed(dir)?;
     if listed.is_empty() {
         info!("no checkpoint in {}: this run starts from the beginning", dir.display());
@@ -226,7 +288,7 @@ pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Tim
     }
     let mut passed_over: Vec<&PathBuf> = Vec::new();
     for (frontier, _, path) in &listed {
-        let why = match read_checkpoint(path) {
+        let why = match read_checkpoint(path, local) {
             Ok(loaded) => match loaded.manifest.identity.differs_from(identity) {
                 Some(why) => why,
                 None => match store_frontier {
@@ -235,17 +297,16 @@ pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Tim
                         "the store's frontier {} is before it (the store is older than the checkpoint)",
                         format_rfc3339(store)
                     ),
-                    Some(_) => {
-                        // Newer ones belong to a history the store does not hold (or are damaged):
-                        // once the store passes them they must not be taken for this one's.
-                        for newer in passed_over {
-                            info!("removing the checkpoint {} (not used, newer)", newer.display());
-                            if let Err(e) = std::fs::remove_dir_all(newer) {
-                                warn!("could not remove {}: {e}", newer.display());
-                            }
+                    Some(_) => match check(&loaded)? {
+                        Some(why) => why,
+                        None => {
+                            // Newer ones belong to a history the store does not hold (or are
+                            // damaged): once the store passes them they must not be taken for
+                            // this one's.
+                            remove_newer(&passed_over);
+                            return Ok(Some(loaded));
                         }
-                        return Ok(Some(loaded));
-                    }
+                    },
                 },
             },
             Err(e) => format!("{e:#}"),
@@ -255,6 +316,26 @@ pub fn newest_usable(dir: &Path, identity: &Identity, store_frontier: Option<Tim
     }
     info!("no usable checkpoint in {}: this run starts from the beginning", dir.display());
     Ok(None)
+}
+
+fn remove_newer(paths: &[&PathBuf]) {
+    for newer in paths {
+        info!("removing the checkpoint {} (not used, newer)", newer.display());
+        if let Err(e) = std::fs::remove_dir_all(newer) {
+            warn!("could not remove {}: {e}", newer.display());
+        }
+    }
+}
+
+/// A process other than 0: the checkpoint process 0 chose (`name`) is continued from; those newer
+/// than it in `dir` are removed (as in process 0, see [`newest_usable`]).
+pub fn chosen_share(dir: &Path, name: &str, manifest: Manifest) -> Result<Loaded> {
+    let chosen = dir.join(name);
+    let listed = listed(dir)?;
+    let newer: Vec<&PathBuf> =
+        listed.iter().filter(|(f, _, p)| *f > manifest.frontier && *p != chosen).map(|(_, _, p)| p).collect();
+    remove_newer(&newer);
+    Ok(Loaded { manifest, dir: chosen })
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -276,14 +357,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A new checkpoint directory under `dir` for `boundary`, and what goes in it.
-    fn new(dir: &Path, boundary: Timestamp, registries: Vec<usize>, materializer: Vec<u8>) -> Result<Plan> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let n = listed(dir)?.iter().filter(|(f, _, _)| *f == boundary).map(|(_, n, _)| n + 1).max().unwrap_or(0);
-        let target = dir.join(format!("checkpoint-{boundary}-{n}"));
-        std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
-        let names: Vec<String> =
-            (0..registries.len()).map(worker_file).chain([MATERIALIZER_FILE.to_string()]).collect();
+    /// The files of this process in the checkpoint directory `target` (made here if need be): the
+    /// registries of its workers (the first is worker `first_worker` of the run) and, in process
+    /// 0, the materializer's state.
+    fn new(
+        target: PathBuf,
+        first_worker: usize,
+        registries: Vec<usize>,
+        materializer: Option<Vec<u8>>,
+    ) -> Result<Plan> {
+        std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+        let names: Vec<String> = (first_worker..first_worker + registries.len())
+            .map(worker_file)
+            .chain(materializer.is_some().then(|| MATERIALIZER_FILE.to_string()))
+            .collect();
         let paths = names
             .iter()
             .map(|name| {
@@ -291,6 +378,7 @@ impl Plan {
                 std::ffi::CString::new(target.join(name).as_os_str().as_bytes()).context("a path with a NUL byte")
             })
             .collect::<Result<_>>()?;
+        let materializer = materializer.unwrap_or_default();
         Ok(Plan { target, names, paths, registries, materializer, buffer: Vec::with_capacity(4 << 20) })
     }
 
@@ -533,32 +621,27 @@ impl Drop for RawFile<'_> {
     }
 }
 
-/// Finishes a checkpoint whose files are written: the manifest (with each file's length and CRC-32,
-/// and its own) under a temporary name, fsynced and renamed, the directory fsynced; then prunes.
+/// Finishes a checkpoint whose files are written (`files`: every process's): the manifest (with
+/// each file's length and CRC-32, and its own) under a temporary name, fsynced and renamed, the
+/// directory fsynced; then prunes.
 fn commit(dir: &Path, target: &Path, mut manifest: Manifest, files: Vec<FileEntry>) -> Result<u64> {
     let bytes = files.iter().map(|f| f.bytes).sum();
     manifest.files = files;
-    let body = serde_json::to_string_pretty(&manifest)?;
-    let text = format!("{MAGIC} {:08x}\n{body}", crc32fast::hash(body.as_bytes()));
-    let temporary = target.join(format!("{MANIFEST_FILE}.tmp"));
-    let mut file = File::create(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, target.join(MANIFEST_FILE))?;
-    fsync_dir(target)?;
+    write_checked(target, MANIFEST_FILE, &serde_json::to_string_pretty(&manifest)?)?;
     fsync_dir(dir)?;
-    prune(dir, target)?;
+    prune(dir, target, MANIFEST_FILE)?;
     Ok(bytes)
 }
 
 /// Keeps the newest [`KEEP`] finished checkpoints (and `keep`, just finished); removes older
 /// ones and unfinished ones older than `keep` (a killed writer's). Unfinished ones newer than
-/// `keep` are being written by the next child.
-fn prune(dir: &Path, keep: &Path) -> Result<()> {
+/// `keep` are being written by the next child. `marker` is the file that marks this process's
+/// part of one finished.
+fn prune(dir: &Path, keep: &Path, marker: &str) -> Result<()> {
     let mut finished = 0;
     let mut older = false;
     for (_, _, path) in listed(dir)? {
-        let complete = path.join(MANIFEST_FILE).exists();
+        let complete = path.join(marker).exists();
         if path == keep {
             older = true;
             finished += 1;
@@ -575,35 +658,96 @@ fn prune(dir: &Path, keep: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A checkpoint being taken: its boundary, and which local workers have reached it.
-type Round = (Timestamp, Vec<bool>);
+/// A checkpoint being taken in this process: its boundary, its directory's name, and which local
+/// workers have reached it.
+struct Round {
+    boundary: Timestamp,
+    name: String,
+    ready: Vec<bool>,
+}
 
 /// A checkpoint to continue from, and the store's frontier.
 pub type Restore = Arc<(Loaded, Timestamp)>;
 
-/// A checkpoint whose files are being written, for the writer thread to finish.
+/// A checkpoint whose files are being written, for the writer thread to finish: process 0's with
+/// its manifest (or why there is none), another process's share.
 struct Pending {
     writing: Writing,
-    manifest: Manifest,
+    boundary: Timestamp,
+    manifest: Option<Result<Manifest, String>>,
     started: Instant,
 }
 
-/// The checkpoints of one run: when the next is due, the round being taken, and the writer thread.
+/// Between the processes of a run of several, about checkpoints. Every message reaches every
+/// worker; the first worker of each process hands it to the process's [`Coordinator`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Control {
+    /// Process 0: a checkpoint at `boundary`, in directories named `name`. Each process parks its
+    /// workers once they have passed it, and forks a child that writes their files.
+    Open { boundary: Timestamp, name: String },
+    /// A process has forked its child (its workers go on): its source's share of the positions
+    /// (JSON text: timely's bincode cannot carry a `serde_json::Value`).
+    Forked { process: usize, boundary: Timestamp, share: Result<String, String> },
+    /// A process's files are written (each one's length and CRC-32), or why not.
+    Written { process: usize, boundary: Timestamp, files: Result<Vec<FileEntry>, String> },
+    /// A process was told to stop (SIGTERM): process 0 takes a checkpoint, and every process stops.
+    StopRequested,
+    /// Process 0: every process stops now (together, so that none breaks the others' connections).
+    Exit,
+}
+
+/// What process 0 heard from the others about the checkpoint being taken.
+#[derive(Default)]
+struct Others {
+    boundary: Option<Timestamp>,
+    forked: BTreeMap<usize, Result<String, String>>,
+    written: BTreeMap<usize, Result<Vec<FileEntry>, String>>,
+}
+
+/// What a process's coordinator shares with its writer thread and its workers' control links.
+#[derive(Default)]
+struct Between {
+    /// Messages for the other processes, sent by the next worker to pump.
+    outbox: Mutex<Vec<Control>>,
+    others: Mutex<Others>,
+    heard: Condvar,
+    /// The run is ending: the writer stops waiting for the other processes.
+    closing: AtomicBool,
+}
+
+/// The checkpoints of one run (in one process): when the next is due, the round being taken, and
+/// the writer thread.
 ///
 /// A round: worker 0 has closed the boundary and the store holds it; each other worker, once its
 /// probe has passed the boundary, says it is ready and parks (touching no state) until the round
 /// closes; worker 0 then forks a child that writes every worker's registry (the child's memory is
 /// a copy of the process as it was), closes the round, and the workers go on. The writer thread
 /// waits for the child and commits the checkpoint.
+///
+/// With several processes ([`Control`]): worker 0 opens the round in every process. In each
+/// other one, the last worker to be ready forks the process's child and closes its round, and the
+/// process tells process 0 (with its source's share of the positions); worker 0 keeps its inputs
+/// at the boundary until every process has forked, so no operator anywhere moves past it before
+/// its copy is taken. Each process's writer lists its files once they are written (a share file,
+/// see [`held_shares`]) and tells process 0, whose writer commits the manifest (listing every
+/// process's files) once all have.
 pub struct Coordinator {
     pub config: CheckpointConfig,
     pub identity: Identity,
+    /// This process, and the run's processes.
+    pub process: (usize, usize),
+    /// The global index of this process's first worker.
+    first_worker: usize,
     round: Mutex<Option<Round>>,
     /// Each local worker's registry (its address; 0 once the worker has ended).
     registries: Mutex<Vec<usize>>,
     last: Mutex<Instant>,
     /// SIGTERM: a checkpoint at the next boundary that can take one, then the process exits.
     pub stop_requested: Arc<AtomicBool>,
+    /// A follower has passed its SIGTERM on to process 0.
+    stop_forwarded: AtomicBool,
+    /// Every process stops (see [`Control::Exit`]), with the boundary of the checkpoint written.
+    pub exit: Mutex<Option<Option<Timestamp>>>,
     writer: Mutex<Option<(SyncSender<Pending>, JoinHandle<()>)>>,
     /// The newest checkpoint written (its boundary), for the writer thread's errors and tests.
     pub written: Arc<Mutex<Option<Result<Timestamp, String>>>>,
@@ -613,7 +757,11 @@ pub struct Coordinator {
     stop_seen: Mutex<Option<Instant>>,
     /// A checkpoint's files are being written (the next one waits: one child at a time).
     in_flight: Arc<AtomicBool>,
+    between: Arc<Between>,
 }
+
+/// How long process 0's writer waits for another process's files once its own are written.
+const OTHERS_WAIT: Duration = Duration::from_secs(600);
 
 impl Coordinator {
     pub fn new(
@@ -621,6 +769,7 @@ impl Coordinator {
         identity: Identity,
         stop_requested: Arc<AtomicBool>,
         workers: usize,
+        process: (usize, usize),
     ) -> Coordinator {
         let written: Arc<Mutex<Option<Result<Timestamp, String>>>> = Arc::default();
         let (sender, receiver): (SyncSender<Pending>, Receiver<Pending>) = std::sync::mpsc::sync_channel(1);
@@ -628,28 +777,69 @@ impl Coordinator {
         let done = written.clone();
         let in_flight = Arc::new(AtomicBool::new(false));
         let writing = in_flight.clone();
+        let between = Arc::new(Between::default());
+        let shared = between.clone();
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 for mut pending in receiver {
-                    let frontier = pending.manifest.frontier;
+                    let frontier = pending.boundary;
                     let target = pending.writing.plan.target.clone();
-                    let result =
-                        pending.writing.wait().and_then(|files| commit(&dir, &target, pending.manifest, files));
-                    match &result {
-                        Ok(bytes) => info!(
-                            "checkpoint at {} written to {} ({:.1} MB in {:.2}s, by a child process)",
-                            format_rfc3339(frontier),
-                            target.display(),
-                            *bytes as f64 / 1e6,
-                            pending.started.elapsed().as_secs_f64()
-                        ),
-                        Err(e) => {
-                            warn!("the checkpoint at {} was not written: {e:#}", format_rfc3339(frontier));
-                            let _ = std::fs::remove_dir_all(&target);
+                    let files = pending.writing.wait();
+                    match pending.manifest.take() {
+                        Some(manifest) => {
+                            let result = files
+                                .and_then(|mut files| {
+                                    let manifest = manifest.map_err(anyhow::Error::msg)?;
+                                    files.extend(others_files(&shared, frontier, process.1)?);
+                                    commit(&dir, &target, manifest, files)
+                                })
+                                .map_err(|e| format!("{e:#}"));
+                            match &result {
+                                Ok(bytes) => info!(
+                                    "checkpoint at {} written to {} ({:.1} MB{} in {:.2}s, by a child process)",
+                                    format_rfc3339(frontier),
+                                    target.display(),
+                                    *bytes as f64 / 1e6,
+                                    if process.1 > 1 { " in all processes" } else { "" },
+                                    pending.started.elapsed().as_secs_f64()
+                                ),
+                                Err(e) => {
+                                    warn!("the checkpoint at {} was not written: {e}", format_rfc3339(frontier));
+                                    let _ = std::fs::remove_dir_all(&target);
+                                }
+                            }
+                            *done.lock().unwrap() = Some(result.map(|_| frontier));
+                        }
+                        None => {
+                            // Another process's share: listed once written, then told to process 0.
+                            let files = files.and_then(|files| {
+                                write_checked(&target, &share_file(process.0), &serde_json::to_string(&files)?)?;
+                                fsync_dir(&dir)?;
+                                prune(&dir, &target, &share_file(process.0))?;
+                                Ok(files)
+                            });
+                            match &files {
+                                Ok(files) => info!(
+                                    "checkpoint at {}: process {}'s files written to {} ({:.1} MB in {:.2}s)",
+                                    format_rfc3339(frontier),
+                                    process.0,
+                                    target.display(),
+                                    files.iter().map(|f| f.bytes).sum::<u64>() as f64 / 1e6,
+                                    pending.started.elapsed().as_secs_f64()
+                                ),
+                                Err(e) => warn!(
+                                    "the checkpoint at {}: process {}'s files were not written: {e:#}",
+                                    format_rfc3339(frontier),
+                                    process.0
+                                ),
+                            }
+                            let files = files.map_err(|e| format!("{e:#}"));
+                            *done.lock().unwrap() = Some(files.as_ref().map(|_| frontier).map_err(String::clone));
+                            let written = Control::Written { process: process.0, boundary: frontier, files };
+                            shared.outbox.lock().unwrap().push(written);
                         }
                     }
-                    *done.lock().unwrap() = Some(result.map(|_| frontier).map_err(|e| format!("{e:#}")));
                     writing.store(false, Ordering::SeqCst);
                 }
             })
@@ -657,15 +847,34 @@ impl Coordinator {
         Coordinator {
             config,
             identity,
+            process,
+            first_worker: process.0 * workers,
             round: Mutex::new(None),
             registries: Mutex::new(vec![0; workers]),
             last: Mutex::new(Instant::now()),
             stop_requested,
+            stop_forwarded: AtomicBool::new(false),
+            exit: Mutex::new(None),
             writer: Mutex::new(Some((sender, handle))),
             written,
             not_through: Mutex::new(None),
             stop_seen: Mutex::new(None),
             in_flight,
+            between,
+        }
+    }
+
+    /// The global indices of this process's workers.
+    pub fn local_workers(&self) -> std::ops::Range<usize> {
+        self.first_worker..self.first_worker + self.registries.lock().unwrap().len()
+    }
+
+    /// The file that marks this process's part of a checkpoint finished.
+    pub fn marker(&self) -> String {
+        if self.process.0 == 0 {
+            MANIFEST_FILE.to_string()
+        } else {
+            share_file(self.process.0)
         }
     }
 
@@ -685,19 +894,25 @@ impl Coordinator {
     }
 
     /// A checkpoint is due at a step starting at `start`: `--checkpoint-every` has passed since the
-    /// last one (or the run was asked to stop).
-    pub fn due(&self, start: Timestamp) -> bool {
+    /// last one (or the run was asked to stop). `wait` is called while the checkpoint in flight is
+    /// waited for (with several processes it steps the worker, so that their messages arrive).
+    pub fn due(&self, start: Timestamp, wait: &mut dyn FnMut()) -> bool {
         let stopping = self.stop_requested.load(Ordering::SeqCst);
         // One child at a time: while one writes, no checkpoint is due, except when stopping or
         // with `--checkpoint-every 0` (every boundary), which wait for it.
         if stopping || self.config.every.is_zero() {
-            while self.in_flight.load(Ordering::SeqCst) && self.writer.lock().unwrap().is_some() {
-                std::thread::sleep(Duration::from_millis(1));
+            while self.in_flight() && self.writer.lock().unwrap().is_some() {
+                wait();
             }
         }
-        let free = !self.in_flight.load(Ordering::SeqCst);
+        let free = !self.in_flight();
         free && self.not_through.lock().unwrap().is_none_or(|through| start > through)
             && (stopping || self.last.lock().unwrap().elapsed() >= self.config.every)
+    }
+
+    /// A checkpoint's files are being written.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Local worker `local`'s registry lives at `address` until the worker ends (`None`).
@@ -705,25 +920,39 @@ impl Coordinator {
         self.registries.lock().unwrap()[local] = registry.map_or(0, |r| r as *const Registry as usize);
     }
 
-    /// Opens a round at `boundary` (worker 0 is ready).
-    pub fn open_round(&self, boundary: Timestamp) {
+    /// Process 0 (worker 0 is ready): opens a round at `boundary`, in every process.
+    pub fn open_round(&self, boundary: Timestamp) -> Result<()> {
+        let dir = &self.config.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let n = listed(dir)?.iter().filter(|(f, _, _)| *f == boundary).map(|(_, n, _)| n + 1).max().unwrap_or(0);
+        let name = format!("checkpoint-{boundary}-{n}");
+        let target = dir.join(&name);
+        std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
         let workers = self.registries.lock().unwrap().len();
         let mut ready = vec![false; workers];
         ready[0] = true;
-        *self.round.lock().unwrap() = Some((boundary, ready));
+        if self.process.1 > 1 {
+            *self.between.others.lock().unwrap() = Others { boundary: Some(boundary), ..Others::default() };
+            self.between.outbox.lock().unwrap().push(Control::Open { boundary, name: name.clone() });
+        }
+        *self.round.lock().unwrap() = Some(Round { boundary, name, ready });
+        Ok(())
     }
 
     /// The boundary of the round in progress that `local` has not reached yet.
     pub fn wanted(&self, local: usize) -> Option<Timestamp> {
         let round = self.round.lock().unwrap();
-        round.as_ref().filter(|(_, ready)| !ready[local]).map(|(b, _)| *b)
+        round.as_ref().filter(|r| !r.ready[local]).map(|r| r.boundary)
     }
 
-    /// `local` has reached the round's boundary: it parks until the round closes.
-    pub fn ready(&self, local: usize) {
-        if let Some((_, ready)) = self.round.lock().unwrap().as_mut() {
-            ready[local] = true;
-        }
+    /// `local` has reached the round's boundary: it parks until the round closes. `true` when it
+    /// is the last of a process other than 0 (it forks the process's child: see
+    /// [`Coordinator::fork_share`]).
+    pub fn ready(&self, local: usize) -> bool {
+        let mut round = self.round.lock().unwrap();
+        let Some(round) = round.as_mut() else { return false };
+        round.ready[local] = true;
+        self.process.0 != 0 && round.ready.iter().all(|r| *r)
     }
 
     pub fn round_open(&self) -> bool {
@@ -732,27 +961,81 @@ impl Coordinator {
 
     /// Every local worker has reached the round's boundary.
     pub fn all_ready(&self) -> bool {
-        self.round.lock().unwrap().as_ref().is_some_and(|(_, ready)| ready.iter().all(|r| *r))
+        self.round.lock().unwrap().as_ref().is_some_and(|r| r.ready.iter().all(|r| *r))
     }
 
-    /// Writes the round's checkpoint (forked, see the type's doc), closes the round and hands the
-    /// rest to the writer thread; the time the workers were held.
-    pub fn write(&self, boundary: Timestamp, manifest: Manifest, materializer: Vec<u8>) -> Result<()> {
+    /// Forks the child that writes this process's files of the round's checkpoint (see the type's
+    /// doc) and closes the round.
+    fn fork(&self, materializer: Option<Vec<u8>>) -> Result<(Timestamp, Writing)> {
         let registries = self.registries.lock().unwrap().clone();
-        let writer = self.writer.lock().unwrap();
-        let result = match writer.as_ref() {
-            None => Err(anyhow::anyhow!("the checkpoint writer has stopped")),
-            Some(_) if registries.contains(&0) => Err(anyhow::anyhow!("a worker has ended")),
-            Some(_) => Plan::new(&self.config.dir, boundary, registries, materializer).map(Plan::start),
-        };
-        *self.round.lock().unwrap() = None;
+        let round = self.round.lock().unwrap().take().context("no round is open")?;
         *self.last.lock().unwrap() = Instant::now();
-        let writing = result?;
+        if self.writer.lock().unwrap().is_none() {
+            bail!("the checkpoint writer has stopped");
+        }
+        if registries.contains(&0) {
+            bail!("a worker has ended");
+        }
+        let plan = Plan::new(self.config.dir.join(&round.name), self.first_worker, registries, materializer)?;
         self.in_flight.store(true, Ordering::SeqCst);
-        let (sender, _) = writer.as_ref().expect("checked above");
-        sender
-            .send(Pending { writing, manifest, started: Instant::now() })
-            .map_err(|_| anyhow::anyhow!("the checkpoint writer stopped"))
+        Ok((round.boundary, plan.start()))
+    }
+
+    fn hand_over(&self, pending: Pending) -> Result<()> {
+        let writer = self.writer.lock().unwrap();
+        let sent = writer.as_ref().is_some_and(|(sender, _)| sender.send(pending).is_ok());
+        if !sent {
+            self.in_flight.store(false, Ordering::SeqCst);
+            bail!("the checkpoint writer stopped");
+        }
+        Ok(())
+    }
+
+    /// Process 0, every local worker ready: forks the child writing this process's files and closes
+    /// the round. The manifest follows with [`Coordinator::commit_later`].
+    pub fn fork_lead(&self, materializer: Vec<u8>) -> Result<Forked> {
+        let (boundary, writing) = self.fork(Some(materializer))?;
+        Ok(Forked { boundary, writing, started: Instant::now() })
+    }
+
+    /// Process 0: the writer commits the checkpoint (`manifest`) once every process's files are
+    /// written (or removes it when `manifest` says why there is none).
+    pub fn commit_later(&self, forked: Forked, manifest: Result<Manifest, String>) -> Result<()> {
+        let Forked { boundary, writing, started } = forked;
+        self.hand_over(Pending { writing, boundary, manifest: Some(manifest), started })
+    }
+
+    /// A process other than 0, its last worker ready: forks the child writing this process's files,
+    /// closes the round and tells process 0 (with `share`, its source's share of the positions).
+    pub fn fork_share(&self, share: Option<serde_json::Value>) {
+        let boundary = self.round.lock().unwrap().as_ref().map(|r| r.boundary).unwrap_or_default();
+        let forked = self.fork(None).and_then(|(boundary, writing)| {
+            self.hand_over(Pending { writing, boundary, manifest: None, started: Instant::now() })
+        });
+        let share = match (forked, share) {
+            (Ok(()), Some(share)) => Ok(share.to_string()),
+            (Ok(()), None) => Err("its source cannot continue from a checkpoint".to_string()),
+            (Err(e), _) => {
+                *self.round.lock().unwrap() = None;
+                Err(format!("{e:#}"))
+            }
+        };
+        let process = self.process.0;
+        self.between.outbox.lock().unwrap().push(Control::Forked { process, boundary, share });
+    }
+
+    /// Process 0: every other process has forked its child for `boundary` (their source's shares),
+    /// or the first failure; `None` while some have not.
+    pub fn others_forked(&self, boundary: Timestamp) -> Option<Result<Vec<serde_json::Value>, String>> {
+        let others = self.between.others.lock().unwrap();
+        if others.boundary != Some(boundary) || others.forked.len() + 1 < self.process.1 {
+            return None;
+        }
+        let shares = others.forked.iter().map(|(process, share)| {
+            let share = share.as_ref().map_err(|e| format!("process {process}: {e}"))?;
+            serde_json::from_str(share).map_err(|e| format!("process {process}'s positions do not read back: {e}"))
+        });
+        Some(shares.collect())
     }
 
     /// Closes a round without a checkpoint (the run is failing).
@@ -760,13 +1043,211 @@ impl Coordinator {
         *self.round.lock().unwrap() = None;
     }
 
-    /// Waits for the writer to finish what it was given.
+    /// Messages for the other processes since the last call (a follower's SIGTERM among them).
+    pub fn outgoing(&self) -> Vec<Control> {
+        let mut outbox = std::mem::take(&mut *self.between.outbox.lock().unwrap());
+        if self.process.0 != 0
+            && self.stop_requested.load(Ordering::SeqCst)
+            && !self.stop_forwarded.swap(true, Ordering::SeqCst)
+        {
+            info!("SIGTERM: process 0 takes a checkpoint, then every process stops");
+            outbox.push(Control::StopRequested);
+        }
+        outbox
+    }
+
+    /// A message from another process (handed over once per process).
+    pub fn on_control(&self, control: Control) {
+        let leader = self.process.0 == 0;
+        match control {
+            Control::Open { boundary, name } if !leader => {
+                let workers = self.registries.lock().unwrap().len();
+                *self.round.lock().unwrap() = Some(Round { boundary, name, ready: vec![false; workers] });
+            }
+            Control::Forked { process, boundary, share } if leader => {
+                let mut others = self.between.others.lock().unwrap();
+                if others.boundary == Some(boundary) {
+                    others.forked.insert(process, share);
+                }
+            }
+            Control::Written { process, boundary, files } if leader => {
+                let mut others = self.between.others.lock().unwrap();
+                if others.boundary == Some(boundary) {
+                    others.written.insert(process, files);
+                    self.between.heard.notify_all();
+                }
+            }
+            Control::StopRequested if leader && !self.stop_requested.swap(true, Ordering::SeqCst) => {
+                info!("another process was told to stop (SIGTERM): a checkpoint, then every process stops");
+            }
+            Control::Exit if !leader => {
+                let written = self.written.lock().unwrap().clone().and_then(Result::ok);
+                *self.exit.lock().unwrap() = Some(written);
+            }
+            _ => {}
+        }
+    }
+
+    /// Process 0: every process stops now (after the checkpoint at `written`, if one was).
+    pub fn exit_all(&self, written: Option<Timestamp>) {
+        self.between.outbox.lock().unwrap().push(Control::Exit);
+        *self.exit.lock().unwrap() = Some(written);
+    }
+
+    /// Messages for the other processes are waiting to be sent.
+    pub fn has_outgoing(&self) -> bool {
+        !self.between.outbox.lock().unwrap().is_empty()
+    }
+
+    /// Every process is stopping (see [`Control::Exit`]).
+    pub fn exiting(&self) -> bool {
+        self.exit.lock().unwrap().is_some()
+    }
+
+    /// Waits for the writer to finish what it was given (it stops waiting for other processes).
     pub fn finish(&self) {
+        self.between.closing.store(true, Ordering::SeqCst);
+        self.between.heard.notify_all();
         if let Some((sender, handle)) = self.writer.lock().unwrap().take() {
             drop(sender);
             let _ = handle.join();
         }
     }
+}
+
+/// A worker's link in a run of several processes with checkpoints: the source's own link, and
+/// the checkpoints' [`Control`] messages (a dataflow outside the engine's time, every message to
+/// every worker; the first worker of each process hands them to its coordinator). Pumped wherever
+/// the source's link is.
+pub struct ControlLink {
+    inner: Box<dyn WorkerLink>,
+    coordinator: Arc<Coordinator>,
+    worker: usize,
+    input: Option<timely::dataflow::InputHandleVec<u64, Control>>,
+    /// Done once every worker of the run has closed its input (see [`WorkerLink::leave`]).
+    probe: timely::dataflow::ProbeHandle<u64>,
+}
+
+impl ControlLink {
+    pub fn new(inner: Box<dyn WorkerLink>, coordinator: Arc<Coordinator>, worker: usize) -> ControlLink {
+        ControlLink { inner, coordinator, worker, input: None, probe: timely::dataflow::ProbeHandle::new() }
+    }
+}
+
+impl WorkerLink for ControlLink {
+    fn attach(
+        &mut self,
+        scope: timely::dataflow::Scope<'_, Time>,
+        probe: &timely::dataflow::ProbeHandle<Time>,
+    ) -> Option<timely::dataflow::ProbeHandle<Time>> {
+        self.inner.attach(scope, probe)
+    }
+
+    fn build(&mut self, worker: &mut timely::worker::Worker) -> Vec<usize> {
+        use timely::container::CapacityContainerBuilder;
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::vec::{Broadcast, Input as _};
+        use timely::dataflow::operators::{Operator, Probe};
+        let mut dataflows = self.inner.build(worker);
+        dataflows.push(worker.next_dataflow_index());
+        let coordinator = self.coordinator.clone();
+        let first = self.worker == coordinator.local_workers().start;
+        let (input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, stream) = scope.new_input::<Control>();
+            let handed = stream.broadcast().unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Pipeline,
+                "Checkpoint control",
+                move |_, _| {
+                    move |input, _output| {
+                        input.for_each(|_, data| {
+                            for control in data.drain(..) {
+                                if first {
+                                    coordinator.on_control(control);
+                                }
+                            }
+                        });
+                    }
+                },
+            );
+            (input, handed.probe().0)
+        });
+        self.input = Some(input);
+        self.probe = probe;
+        dataflows
+    }
+
+    fn pump(&mut self) {
+        self.inner.pump();
+        let outgoing = self.coordinator.outgoing();
+        if let (false, Some(input)) = (outgoing.is_empty(), &mut self.input) {
+            for control in outgoing {
+                input.send(control);
+            }
+            input.flush();
+        }
+    }
+
+    fn advance_to(&mut self, time: Time) {
+        self.inner.advance_to(time);
+    }
+
+    fn applied(&mut self, events: &[cartflow_dataflows::model::Event]) {
+        self.inner.applied(events);
+    }
+
+    fn positions(&mut self, worker: usize, boundary: Timestamp, positions: Vec<(i32, i64)>) {
+        self.inner.positions(worker, boundary, positions);
+    }
+
+    fn idle(&mut self) {
+        self.inner.idle();
+    }
+
+    fn leave(&mut self, worker: &mut timely::worker::Worker) {
+        self.pump();
+        self.input = None;
+        while !self.probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+    }
+
+    fn input_ended(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        run_failed: bool,
+    ) -> Option<Result<super::RunSummary>> {
+        self.inner.input_ended(worker, run_failed)
+    }
+}
+
+/// Process 0's files of a checkpoint, being written by its child.
+pub struct Forked {
+    pub boundary: Timestamp,
+    writing: Writing,
+    started: Instant,
+}
+
+/// Process 0's writer: the files of every other process for `boundary`, once all are written.
+fn others_files(between: &Between, boundary: Timestamp, processes: usize) -> Result<Vec<FileEntry>> {
+    if processes == 1 {
+        return Ok(Vec::new());
+    }
+    let deadline = Instant::now() + OTHERS_WAIT;
+    let mut others = between.others.lock().unwrap();
+    while others.boundary == Some(boundary) && others.written.len() + 1 < processes {
+        if between.closing.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            bail!("the run ended before every process had written its files");
+        }
+        others = between.heard.wait_timeout(others, Duration::from_millis(100)).unwrap().0;
+    }
+    if others.boundary != Some(boundary) {
+        bail!("another checkpoint was started");
+    }
+    let mut files = Vec::new();
+    for (process, written) in &others.written {
+        files.extend(written.clone().map_err(|e| anyhow::anyhow!("process {process}: {e}"))?);
+    }
+    Ok(files)
 }
 
 /// A digest of the stateful operators the engine's dataflow registers, in order, with the types of
@@ -806,9 +1287,8 @@ pub fn discard_all(dir: &Path) {
 
 /// Marks a checkpoint that did not read back into this dataflow, so that the next start passes it
 /// over (instead of failing on it again).
-pub fn mark_unusable(dir: &Path, why: &str) {
-    let manifest = dir.join(MANIFEST_FILE);
-    match std::fs::rename(&manifest, dir.join(format!("{MANIFEST_FILE}.unusable"))) {
+pub fn mark_unusable(dir: &Path, marker: &str, why: &str) {
+    match std::fs::rename(dir.join(marker), dir.join(format!("{marker}.unusable"))) {
         Ok(()) => warn!("the checkpoint {} did not read back ({why}); it is passed over from now on", dir.display()),
         Err(e) => warn!("could not mark the checkpoint {} unusable: {e}", dir.display()),
     }
@@ -865,7 +1345,7 @@ mod tests {
         };
         let (a, b, killed, c, writing) =
             (make(300, true), make(600, true), make(700, false), make(900, true), make(1200, false));
-        prune(dir.path(), &c).unwrap();
+        prune(dir.path(), &c, MANIFEST_FILE).unwrap();
         assert!(!a.exists() && b.exists() && !killed.exists() && c.exists() && writing.exists());
     }
 }

@@ -21,9 +21,11 @@
 //! | `store_writer.rs` | the store writer thread: materializing and writing boundaries, telling the source |
 //! | `live_writer.rs` | a live source's windows, written four times a second ahead of the store's queue |
 //! | `checkpoint.rs` | checkpoints (`--checkpoint-dir`): the manifest, the round and the forked writer, choosing one to continue from |
+//! | `agreement.rs` | several processes: agreeing on the checkpoint they all continue from, before the run |
 //! | `cluster.rs` | timely's configuration: threads, and a cluster of processes |
 //! | `operator_profile.rs` | time per dataflow operator (`CARTFLOW_PROFILE_OPERATORS=1`) |
 
+mod agreement;
 pub mod checkpoint;
 mod cluster;
 pub mod config;
@@ -190,6 +192,16 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
     for result in guards.join() {
         result.map_err(anyhow::Error::msg)?;
     }
+    // Several processes, SIGTERM: every process has stopped its workers (see `Control::Exit`).
+    if let Some(exit) = checkpoints.as_ref().and_then(|c| *c.exit.lock().unwrap()) {
+        match exit {
+            Some(at) => {
+                info!("stopped (SIGTERM) with every process of the run, after the checkpoint at {}", format_rfc3339(at))
+            }
+            None => warn!("stopped (SIGTERM) with every process of the run, without a checkpoint"),
+        }
+        std::process::exit(0);
+    }
     if !writes {
         // Worker 0 is in process 0; this process fed its share of every step. From Kafka, its
         // first worker has joined the source and reported to process 0.
@@ -231,6 +243,8 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
 
 /// `--checkpoint-dir`: the coordinator of this run's checkpoints, and the checkpoint it continues
 /// from (with the store's frontier), if one is usable; the Kafka source is told where to resume.
+/// With several processes, they agree on it first (see `agreement.rs`): all continue from the same
+/// one, or none does.
 fn checkpoints_of(
     config: &mut EngineConfig,
     checkpoint: checkpoint::CheckpointConfig,
@@ -239,9 +253,6 @@ fn checkpoints_of(
     let InputConfig::Kafka(options) = &mut config.input else {
         bail!("--checkpoint-dir: checkpoints are taken from a Kafka source (a bounded input is replayed)");
     };
-    if config.cluster.processes > 1 {
-        bail!("--checkpoint-dir: a run of several processes does not take checkpoints yet");
-    }
     let identity = checkpoint::Identity {
         format: checkpoint::FORMAT,
         settings: config.settings,
@@ -253,72 +264,126 @@ fn checkpoints_of(
         operators: checkpoint::dataflow_fingerprint(config.settings, options.live_windows),
     };
     let stop = checkpoint::on_sigterm();
-    let coordinator =
-        Arc::new(checkpoint::Coordinator::new(checkpoint.clone(), identity.clone(), stop, config.workers));
+    let (process, processes) = (config.cluster.process, config.cluster.processes);
+    let coordinator = Arc::new(checkpoint::Coordinator::new(
+        checkpoint.clone(),
+        identity.clone(),
+        stop,
+        config.workers,
+        (process, processes),
+    ));
     if !writes {
-        return Ok((coordinator, None));
+        // A process other than 0: process 0 chooses from the checkpoints whose files this one holds.
+        let held = checkpoint::held_shares(&checkpoint.dir, process)?;
+        let cluster = cluster::timely_config(&config.cluster, config.workers)?;
+        let Some(decision) = agreement::agree(cluster, process, config.workers, held, None)? else {
+            checkpoint::discard_all(&checkpoint.dir);
+            return Ok((coordinator, None));
+        };
+        let mut resume: kafka::KafkaResume = serde_json::from_value(decision.manifest.source.clone())
+            .context("the checkpoint's Kafka positions do not read back")?;
+        resume.store_frontier = Some(decision.store_frontier);
+        resume.store_live_edge = decision.store_live_edge;
+        info!("continuing from the checkpoint at {} (process 0 chose it)", decision.manifest.frontier_text);
+        options.resume = Some(Box::new(resume));
+        let loaded = checkpoint::chosen_share(&checkpoint.dir, &decision.name, decision.manifest)?;
+        return Ok((coordinator, Some(Arc::new((loaded, decision.store_frontier)))));
     }
     let state = config.store.open()?.resume()?;
-    let Some(state) = state else {
-        warn!("--checkpoint-dir: this store cannot tell its frontier; the run starts from the beginning");
-        return Ok((coordinator, None));
+    let frontier_of = |key: &str| {
+        state.as_ref()?.get(key).and_then(|v| cartflow_dataflows::model::time::parse_event_time(v.as_bytes()))
     };
-    let frontier_of =
-        |key: &str| state.get(key).and_then(|v| cartflow_dataflows::model::time::parse_event_time(v.as_bytes()));
     let store_frontier = frontier_of(cartflow_dataflows::schema::state_key::FRONTIER);
-    let Some(loaded) = checkpoint::newest_usable(&checkpoint.dir, &identity, store_frontier)? else {
-        // The run starts over: over SQLite it builds its tables beside those readers see until it
-        // has caught up with them, so a checkpoint before then would be restored onto the others.
-        coordinator.not_through(store_frontier);
-        checkpoint::discard_all(&checkpoint.dir);
-        return Ok((coordinator, None));
-    };
-    if let Some(store) = store_frontier.filter(|s| *s > loaded.manifest.frontier && s % config.settings.step != 0) {
-        warn!(
-            "the checkpoint at {} is not used: the store's frontier {} is off the --step grid, so a continued run \
-             cannot write from there; the run starts from the beginning",
-            loaded.manifest.frontier_text,
-            format_rfc3339(store)
-        );
-        coordinator.not_through(store_frontier);
-        checkpoint::discard_all(&checkpoint.dir);
-        return Ok((coordinator, None));
+    let store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
+    if state.is_none() {
+        warn!("--checkpoint-dir: this store cannot tell its frontier; the run starts from the beginning");
     }
-    let mut resume: kafka::KafkaResume = serde_json::from_value(loaded.manifest.source.clone())
-        .context("the checkpoint's Kafka positions do not read back")?;
-    // The topic may no longer hold what the checkpoint continues from (its retention): then the run
+    // Whether the run can continue from a checkpoint the store holds: from the store's frontier on
+    // the --step grid, with the topic (or with --bootstrap, the archive) still holding its offsets.
+    // The topic may no longer hold what a checkpoint continues from (its retention): then the run
     // starts from the beginning (with --bootstrap, from the archive first), which loses nothing.
-    // With --bootstrap the archive has them, if it reaches as far as the topic's start.
-    let low = kafka::low_watermarks(options, resume.start_offsets().keys().copied())?;
     let archived = match &options.bootstrap {
         Some((root, _)) => {
             cartflow_connectors::archive::snapshot(&cartflow_connectors::archive::ArchiveRoot::from_arg(root)?, None)?.1
         }
         None => Default::default(),
     };
-    let held = low
-        .iter()
-        .map(|(p, low)| (*p, if archived.get(p).is_some_and(|next| next >= low) { 0 } else { *low }))
-        .collect();
-    if let Some((partition, from, first)) = kafka::lost_offsets(&resume.start_offsets(), &held) {
-        warn!(
-            "the checkpoint at {} is not used: neither the topic nor an archive holds partition {partition} from offset \
-             {from} (they start at {first}); the run starts from the beginning",
-            loaded.manifest.frontier_text,
-        );
+    let step = config.settings.step;
+    let kafka_options = options.clone();
+    let can_continue = move |loaded: &checkpoint::Loaded| -> Result<Option<String>> {
+        if let Some(store) = store_frontier.filter(|s| *s > loaded.manifest.frontier && s % step != 0) {
+            return Ok(Some(format!(
+                "the store's frontier {} is off the --step grid, so a continued run cannot write from there",
+                format_rfc3339(store)
+            )));
+        }
+        let resume: kafka::KafkaResume = match serde_json::from_value(loaded.manifest.source.clone()) {
+            Ok(resume) => resume,
+            Err(e) => return Ok(Some(format!("its Kafka positions do not read back: {e}"))),
+        };
+        let low = kafka::low_watermarks(&kafka_options, resume.start_offsets().keys().copied())?;
+        let held = low
+            .iter()
+            .map(|(p, low)| (*p, if archived.get(p).is_some_and(|next| next >= low) { 0 } else { *low }))
+            .collect();
+        Ok(kafka::lost_offsets(&resume.start_offsets(), &held).map(|(partition, from, first)| {
+            format!(
+                "neither the topic nor an archive holds partition {partition} from offset {from} (they start at \
+                 {first})"
+            )
+        }))
+    };
+    let dir = checkpoint.dir.clone();
+    let local = coordinator.local_workers();
+    let workers = config.workers;
+    let choose =
+        move |held: &std::collections::BTreeMap<usize, agreement::Held>| -> Result<Option<agreement::Decision>> {
+            let mut check = |loaded: &checkpoint::Loaded| -> Result<Option<String>> {
+                if let Some(why) =
+                    agreement::not_held(held, processes, workers, &dir_name(loaded), &loaded.manifest.files)
+                {
+                    return Ok(Some(why));
+                }
+                can_continue(loaded)
+            };
+            let loaded = checkpoint::newest_usable(&dir, &identity, store_frontier, &local, &mut check)?;
+            Ok(loaded.map(|loaded| agreement::Decision {
+                name: dir_name(&loaded),
+                manifest: loaded.manifest,
+                store_frontier: store_frontier.expect("a usable checkpoint is at or before the store's frontier"),
+                store_live_edge,
+            }))
+        };
+    let decision = if processes > 1 {
+        let cluster = cluster::timely_config(&config.cluster, config.workers)?;
+        agreement::agree(cluster, process, config.workers, Vec::new(), Some(Box::new(choose)))?
+    } else {
+        choose(&Default::default())?
+    };
+    let Some(decision) = decision else {
+        // The run starts over: over SQLite it builds its tables beside those readers see until it
+        // has caught up with them, so a checkpoint before then would be restored onto the others.
         coordinator.not_through(store_frontier);
         checkpoint::discard_all(&checkpoint.dir);
         return Ok((coordinator, None));
-    }
-    resume.store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
+    };
+    let mut resume: kafka::KafkaResume = serde_json::from_value(decision.manifest.source.clone())
+        .context("the checkpoint's Kafka positions do not read back")?;
+    resume.store_live_edge = store_live_edge;
     resume.store_frontier = store_frontier;
+    let dir = checkpoint.dir.join(&decision.name);
     info!(
         "continuing from the checkpoint at {} ({}); the store's frontier is {}",
-        loaded.manifest.frontier_text,
-        loaded.dir.display(),
-        store_frontier.map(format_rfc3339).unwrap_or_default()
+        decision.manifest.frontier_text,
+        dir.display(),
+        format_rfc3339(decision.store_frontier)
     );
     options.resume = Some(Box::new(resume));
-    let store_frontier = store_frontier.expect("a usable checkpoint is at or before the store's frontier");
-    Ok((coordinator, Some(Arc::new((loaded, store_frontier)))))
+    let loaded = checkpoint::Loaded { manifest: decision.manifest, dir };
+    Ok((coordinator, Some(Arc::new((loaded, decision.store_frontier)))))
+}
+
+/// A checkpoint's directory name.
+fn dir_name(loaded: &checkpoint::Loaded) -> String {
+    loaded.dir.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }

@@ -77,8 +77,20 @@ pub trait Source: Send + Sync {
     }
 
     /// The source's positions at a boundary the store holds (`state`: what was written with it),
-    /// for a checkpoint's manifest; `None` when this source cannot continue from a checkpoint.
-    fn checkpoint(&self, _boundary: Timestamp, _state: &[(String, String)]) -> Option<serde_json::Value> {
+    /// for a checkpoint's manifest, with the other processes' shares (see
+    /// [`Source::checkpoint_share`]); `None` when this source cannot continue from a checkpoint.
+    fn checkpoint(
+        &self,
+        _boundary: Timestamp,
+        _state: &[(String, String)],
+        _shares: &[serde_json::Value],
+    ) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A process other than 0: its share of the positions at a checkpoint's boundary (what its
+    /// threads had read), for process 0's manifest.
+    fn checkpoint_share(&self, _boundary: Timestamp) -> Option<serde_json::Value> {
         None
     }
 
@@ -154,10 +166,10 @@ pub trait WorkerLink {
         None
     }
 
-    /// After the main dataflow: builds what travels outside its time (returns a dataflow index to
-    /// drop at the end).
-    fn build(&mut self, _worker: &mut timely::worker::Worker) -> Option<usize> {
-        None
+    /// After the main dataflow: builds what travels outside its time (returns the dataflow indices
+    /// to drop at the end).
+    fn build(&mut self, _worker: &mut timely::worker::Worker) -> Vec<usize> {
+        Vec::new()
     }
 
     /// Sends what changed since the last call (called often, between steps of the worker).
@@ -174,6 +186,10 @@ pub trait WorkerLink {
 
     /// The worker found its feed empty.
     fn idle(&mut self) {}
+
+    /// Every process stops now (see `checkpoint::Control::Exit`): returns once every worker of the
+    /// run has said so, so that they all leave together.
+    fn leave(&mut self, _worker: &mut timely::worker::Worker) {}
 
     /// The worker's feed has ended. A follower's first worker reports what its process read and
     /// returns that summary (the process's run summary); every other worker returns `None`.

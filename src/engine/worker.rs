@@ -57,6 +57,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
     let sink = outputs.clone();
     let operator_profile = OperatorProfile::register(worker);
     let mut link = shared.source.clone().link(worker.index());
+    // Several processes with checkpoints: their rounds travel beside the source's own messages.
+    if let Some(checkpoints) = shared.checkpoints.as_ref().filter(|c| c.process.1 > 1) {
+        link = Box::new(super::checkpoint::ControlLink::new(link, checkpoints.clone(), worker.index()));
+    }
     let dataflow = worker.next_dataflow_index();
     // Each stateful operator registers its state (for checkpoints), restored when continuing.
     if shared.checkpoints.is_some() || shared.restored.is_some() {
@@ -101,7 +105,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
         Ok(registry) => registry,
         Err(why) => {
             if let Some(restored) = &shared.restored {
-                super::checkpoint::mark_unusable(&restored.0.dir, &why);
+                let marker = shared.checkpoints.as_ref().map(|c| c.marker()).unwrap_or_default();
+                super::checkpoint::mark_unusable(&restored.0.dir, &marker, &why);
             }
             anyhow::bail!("restoring the checkpoint: {why}");
         }
@@ -128,7 +133,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Resul
     if let Some(cpu) = cartflow_connectors::progress::thread_cpu_time() {
         info!("worker {} used {:.1}s of CPU", worker.index(), cpu.as_secs_f64());
     }
-    if let Some(link_dataflow) = link_dataflow {
+    for link_dataflow in link_dataflow {
         worker.drop_dataflow(link_dataflow);
     }
     worker.drop_dataflow(dataflow);
@@ -154,7 +159,10 @@ fn follow(
         let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return };
         if let Some(boundary) = checkpoints.wanted(local) {
             if !probe.less_than(&logical(boundary)) {
-                checkpoints.ready(local);
+                if checkpoints.ready(local) {
+                    // The last of a process other than 0: every worker here is parked.
+                    checkpoints.fork_share(shared.source.checkpoint_share(boundary));
+                }
                 while checkpoints.round_open() && !shared.done.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_micros(50));
                 }
@@ -171,8 +179,15 @@ fn follow(
         events_in.flush();
     }
     let mut now: Option<Time> = None;
+    let exiting = || shared.checkpoints.as_ref().is_some_and(|c| c.exiting());
     while !shared.done.load(Ordering::SeqCst) {
         link.pump();
+        if exiting() {
+            // Process 0 stops every process (SIGTERM, see `checkpoint::Control::Exit`).
+            shared.source.stop();
+            link.leave(worker);
+            return Ok(());
+        }
         match feed.try_recv() {
             Ok(Feed::Step { start, .. }) => {
                 now = Some(logical(start));
@@ -203,10 +218,21 @@ fn follow(
     if let Some(summary) = link.input_ended(worker, shared.done.load(Ordering::SeqCst)) {
         *shared.summary.lock().unwrap() = Some(summary.map_err(|e| format!("{e:#}")));
     }
-    while !shared.done.load(Ordering::SeqCst) && !probe.done() {
+    while !shared.done.load(Ordering::SeqCst) && !probe.done() && !exiting() {
         link.pump();
         worker.step_or_park(Some(Duration::from_millis(20)));
         park_for_checkpoint(probe);
+    }
+    if exiting() {
+        link.leave(worker);
+        return Ok(());
+    }
+    // This process's files of a checkpoint still being written: process 0 waits to hear of them.
+    if let Some(checkpoints) = shared.checkpoints.as_ref().filter(|c| c.process.1 > 1) {
+        while (checkpoints.in_flight() || checkpoints.has_outgoing()) && !exiting() {
+            link.pump();
+            worker.step_or_park(Some(Duration::from_millis(2)));
+        }
     }
     Ok(())
 }
@@ -241,7 +267,8 @@ fn lead(
     if let Some(restored) = &shared.restored {
         let read = restored.0.materializer().and_then(|bytes| Ok(materializer.restore(&bytes)?));
         if let Err(e) = read {
-            super::checkpoint::mark_unusable(&restored.0.dir, &format!("{e:#}"));
+            let marker = shared.checkpoints.as_ref().map(|c| c.marker()).unwrap_or_default();
+            super::checkpoint::mark_unusable(&restored.0.dir, &marker, &format!("{e:#}"));
             return Err(e.context("restoring the materializer"));
         }
     }
@@ -283,6 +310,10 @@ fn lead(
                 STOP_WAIT.as_secs()
             );
             if let Some(checkpoints) = &shared.checkpoints {
+                if checkpoints.process.1 > 1 {
+                    stop_every_process(checkpoints, None, &mut driver, &mut dataflow, shared);
+                    return Ok(());
+                }
                 checkpoints.finish();
             }
             std::process::exit(0);
@@ -303,9 +334,13 @@ fn lead(
                         break 'feeding;
                     }
                 }
-                if let Err(e) = checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
-                    failure = Some(e);
-                    break 'feeding;
+                match checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'feeding;
+                    }
                 }
             }
             Ok(Feed::Events(batch)) => {
@@ -333,9 +368,13 @@ fn lead(
                 let stopping = shared.checkpoints.as_ref().is_some_and(|c| c.stop_requested.load(Ordering::SeqCst));
                 if let Some(start) = driver.step_start.filter(|s| stopping && stop_tried != Some(*s)) {
                     stop_tried = Some(start);
-                    if let Err(e) = checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
-                        failure = Some(e);
-                        break 'feeding;
+                    match checkpoint_if_due(shared, registry, start, &mut driver, &mut dataflow) {
+                        Ok(true) => return Ok(()),
+                        Ok(false) => {}
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'feeding;
+                        }
                     }
                 }
             }
@@ -378,8 +417,15 @@ fn lead(
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
     }
-    // A checkpoint still being written is finished (its child ends with this thread).
+    // A checkpoint still being written is finished (its child ends with this thread); with several
+    // processes, once the others have told of their files.
     if let Some(checkpoints) = &shared.checkpoints {
+        if result.is_ok() && checkpoints.process.1 > 1 {
+            while checkpoints.in_flight() {
+                driver.link.pump();
+                worker.step_or_park(Some(Duration::from_millis(2)));
+            }
+        }
         checkpoints.finish();
     }
     shared.done.store(true, Ordering::SeqCst);
@@ -391,33 +437,80 @@ fn lead(
 const STOP_WAIT: Duration = Duration::from_secs(120);
 
 /// A checkpoint at `start`, the open step's start, when one is due (see [`Coordinator::due`]);
-/// after SIGTERM, once it is written, the process exits.
+/// after SIGTERM, once it is written, the process exits (with several processes, every process
+/// stops: `true`, and worker 0 returns).
 fn checkpoint_if_due(
     shared: &Shared,
     registry: Option<&Registry>,
     start: Timestamp,
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
-) -> Result<()> {
+) -> Result<bool> {
     // Without a registry (none was installed) there is nothing to checkpoint.
-    let (Some(checkpoints), Some(_)) = (&shared.checkpoints, registry) else { return Ok(()) };
-    if driver.step_start != Some(start) || !checkpoints.due(start) {
-        return Ok(());
+    let (Some(checkpoints), Some(_)) = (&shared.checkpoints, registry) else { return Ok(false) };
+    if driver.step_start != Some(start) {
+        return Ok(false);
+    }
+    let several = checkpoints.process.1 > 1;
+    let mut wait = || {
+        if several {
+            driver.link.pump();
+            dataflow.worker.step_or_park(Some(Duration::from_millis(1)));
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    if !checkpoints.due(start, &mut wait) {
+        return Ok(false);
     }
     let taken = take_checkpoint(checkpoints, start, driver, dataflow, shared)?;
     if taken && checkpoints.stop_requested.load(Ordering::SeqCst) {
         // SIGTERM: the store holds the boundary and the checkpoint is written; what the run
         // holds beyond it is read again after a restart.
+        if several {
+            while checkpoints.in_flight() {
+                driver.link.pump();
+                dataflow.worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
         checkpoints.finish();
         let written = checkpoints.written.lock().unwrap().clone();
         if written != Some(Ok(start)) {
             tracing::error!("stopping (SIGTERM): the checkpoint at {} was not written", format_rfc3339(start));
-            std::process::exit(1);
+            if !several {
+                std::process::exit(1);
+            }
+        }
+        if several {
+            stop_every_process(
+                checkpoints,
+                Some(start).filter(|_| written == Some(Ok(start))),
+                driver,
+                dataflow,
+                shared,
+            );
+            return Ok(true);
         }
         info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
         std::process::exit(0);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Several processes, SIGTERM: tells every process to stop (after the checkpoint at `written`), and
+/// stops this one's workers; each process's workers return, so that the processes leave together
+/// (one that left alone would break the others' connections), and `engine::run` exits.
+fn stop_every_process(
+    checkpoints: &Coordinator,
+    written: Option<Timestamp>,
+    driver: &mut Driver,
+    dataflow: &mut Dataflow<'_>,
+    shared: &Shared,
+) {
+    checkpoints.exit_all(written);
+    shared.source.stop();
+    driver.link.leave(dataflow.worker);
+    shared.done.store(true, Ordering::SeqCst);
 }
 
 /// Takes a checkpoint at `boundary`, the step just closed (see `checkpoint.rs`): waits until the
@@ -441,12 +534,15 @@ fn take_checkpoint(
     if !state.iter().any(|(k, v)| k == cartflow_dataflows::schema::state_key::FRONTIER && *v == frontier) {
         return Ok(false);
     }
-    let Some(source) = driver.source.checkpoint(boundary, &state) else {
+    if driver.source.checkpoint(boundary, &state, &[]).is_none() {
         info!("no checkpoint at {}: the live windows have not been kept for 5 minutes yet", format_rfc3339(boundary));
         return Ok(false);
     };
     let held = began.elapsed();
-    checkpoints.open_round(boundary);
+    if let Err(e) = checkpoints.open_round(boundary) {
+        warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
+        return Ok(false);
+    }
     while !checkpoints.all_ready() {
         if shared.done.load(Ordering::SeqCst) || driver.source.stopped() {
             checkpoints.abandon_round();
@@ -455,32 +551,63 @@ fn take_checkpoint(
         driver.link.pump();
         dataflow.worker.step_or_park(Some(Duration::from_micros(200)));
     }
-    let manifest = Manifest {
-        identity: checkpoints.identity.clone(),
-        frontier: boundary,
-        frontier_text: format_rfc3339(boundary),
-        written_at: format_rfc3339(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-        ),
-        boundaries: driver.boundaries,
-        date: driver.date(),
-        source,
-        files: Vec::new(),
-    };
     let reached = began.elapsed();
-    if let Err(e) = checkpoints.write(boundary, manifest, materializer) {
-        // The run goes on (the checkpoint's volume may be full): the next one may succeed.
-        warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
-        return Ok(false);
-    }
-    let forked = began.elapsed();
+    let forked = match checkpoints.fork_lead(materializer) {
+        Ok(forked) => forked,
+        Err(e) => {
+            // The run goes on (the checkpoint's volume may be full): the next one may succeed.
+            warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
+            return Ok(false);
+        }
+    };
+    let forked_at = began.elapsed();
+    // Several processes: the inputs stay at the boundary until every process has forked its child
+    // (its operators hold their state as of the boundary until then), with its source's share.
+    let shares = loop {
+        if checkpoints.process.1 == 1 {
+            break Ok(Vec::new());
+        }
+        if let Some(shares) = checkpoints.others_forked(boundary) {
+            break shares;
+        }
+        if shared.done.load(Ordering::SeqCst) || driver.source.stopped() {
+            break Err("the run stopped while a checkpoint was being taken".to_string());
+        }
+        driver.link.pump();
+        dataflow.worker.step_or_park(Some(Duration::from_micros(200)));
+    };
+    let others = began.elapsed();
+    let manifest = shares.and_then(|shares| {
+        let source = driver
+            .source
+            .checkpoint(boundary, &state, &shares)
+            .ok_or_else(|| "the source's positions are not known".to_string())?;
+        Ok(Manifest {
+            identity: checkpoints.identity.clone(),
+            frontier: boundary,
+            frontier_text: format_rfc3339(boundary),
+            written_at: format_rfc3339(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+            ),
+            boundaries: driver.boundaries,
+            date: driver.date(),
+            source,
+            files: Vec::new(),
+        })
+    });
+    checkpoints.commit_later(forked, manifest)?;
+    let other_processes = if checkpoints.process.1 > 1 {
+        format!(" and {:.0} ms for the other processes' forks", (others - forked_at).as_secs_f64() * 1e3)
+    } else {
+        String::new()
+    };
     info!(
-        "checkpoint at {}: the boundary's step waited {:.0} ms for the store, {:.0} ms for the workers and {:.0} ms \
-         for the fork (its files are written by the child)",
+        "checkpoint at {}: the boundary's step waited {:.0} ms for the store, {:.0} ms for the workers, {:.0} ms \
+         for the fork{other_processes} (its files are written by the child)",
         format_rfc3339(boundary),
         held.as_secs_f64() * 1e3,
         (reached - held).as_secs_f64() * 1e3,
-        (forked - reached).as_secs_f64() * 1e3
+        (forked_at - reached).as_secs_f64() * 1e3,
     );
     Ok(true)
 }

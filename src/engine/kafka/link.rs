@@ -300,7 +300,7 @@ impl WorkerLink for KafkaLink {
 
     /// Builds the gossip dataflow: every message goes to every worker (a few a second), and each
     /// hands it to its process's source.
-    fn build(&mut self, worker: &mut timely::worker::Worker) -> Option<usize> {
+    fn build(&mut self, worker: &mut timely::worker::Worker) -> Vec<usize> {
         let gossip_dataflow = worker.next_dataflow_index();
         let receiver = self.source.clone();
         let gossip = worker.dataflow::<u64, _, _>(|scope| {
@@ -315,7 +315,7 @@ impl WorkerLink for KafkaLink {
             input
         });
         self.gossip = Some(gossip);
-        Some(gossip_dataflow)
+        vec![gossip_dataflow]
     }
 
     /// Sends what changed: the leader's news (from worker 0), or a follower thread's clock (from

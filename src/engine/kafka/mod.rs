@@ -245,6 +245,15 @@ pub fn low_watermarks(
         .collect()
 }
 
+/// A process's share of a checkpoint's positions (see [`KafkaResume`]): what its threads had read,
+/// counted and found late by the boundary.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ThreadsShare {
+    read_to: BTreeMap<i32, i64>,
+    counts: Counts,
+    late_offsets: Vec<(i32, i64)>,
+}
+
 /// The first partition whose messages from `from` on the topic no longer holds all of (`low`
 /// past them), with both offsets.
 pub fn lost_offsets(from: &BTreeMap<i32, i64>, low: &BTreeMap<i32, i64>) -> Option<(i32, i64, i64)> {
@@ -256,22 +265,18 @@ impl KafkaSource {
     /// (`state`: the offsets) and what the threads have read so far.
     /// `None` while the live windows are kept and no boundary at least [`LIVE_REACH`] before
     /// `boundary` is known (the run has been live for less than that).
-    fn resume_at(&self, boundary: Timestamp, state: &[(String, String)]) -> Option<KafkaResume> {
+    fn resume_at(
+        &self,
+        boundary: Timestamp,
+        state: &[(String, String)],
+        shares: &[ThreadsShare],
+    ) -> Option<KafkaResume> {
         let offsets = self.offsets_in(state);
-        let mut read_to = BTreeMap::new();
-        let mut counts = Counts::default();
-        let mut late = Vec::new();
-        for thread in &self.threads {
-            let clock = thread.lock().unwrap();
-            read_to.extend(clock.read_to.iter().copied());
-            let mut thread_counts = clock.counts.clone();
-            // Applied: those before the boundary (the restored state's); the rest are applied
-            // again after a restore. Every thread has started a step at or after the boundary.
-            if let Some((_, applied)) = clock.applied_before.iter().find(|(start, _)| *start >= boundary) {
-                thread_counts.applied = *applied;
-            }
-            counts.add(&thread_counts);
-            late.extend(clock.late_offsets.iter().copied());
+        let ThreadsShare { mut read_to, mut counts, late_offsets: mut late } = self.share_at(boundary);
+        for share in shares {
+            read_to.extend(share.read_to.iter().map(|(p, o)| (*p, *o)));
+            counts.add(&share.counts);
+            late.extend(share.late_offsets.iter().copied());
         }
         let live_from = self.live_from();
         let live = live_from != Timestamp::MAX && self.live.is_some();
@@ -296,6 +301,25 @@ impl KafkaSource {
             store_live_edge: None,
             store_frontier: None,
         })
+    }
+
+    /// What this process's threads had read at `boundary` (see [`KafkaResume`]'s `read_to`,
+    /// `counts` and `late_offsets`), after the step that closed it.
+    fn share_at(&self, boundary: Timestamp) -> ThreadsShare {
+        let mut share = ThreadsShare::default();
+        for thread in &self.threads[self.local.clone()] {
+            let clock = thread.lock().unwrap();
+            share.read_to.extend(clock.read_to.iter().copied());
+            let mut thread_counts = clock.counts.clone();
+            // Applied: those before the boundary (the restored state's); the rest are applied
+            // again after a restore. Every thread has started a step at or after the boundary.
+            if let Some((_, applied)) = clock.applied_before.iter().find(|(start, _)| *start >= boundary) {
+                thread_counts.applied = *applied;
+            }
+            share.counts.add(&thread_counts);
+            share.late_offsets.extend(clock.late_offsets.iter().copied());
+        }
+        share
     }
 
     /// The Kafka offsets among `pipeline_state` entries.
@@ -510,11 +534,19 @@ impl Source for KafkaSource {
         self.keeps_live().then(|| self.live_from.clone())
     }
 
-    fn checkpoint(&self, boundary: Timestamp, state: &[(String, String)]) -> Option<serde_json::Value> {
-        if self.process.1 > 1 {
-            return None;
-        }
-        serde_json::to_value(self.resume_at(boundary, state)?).ok()
+    fn checkpoint(
+        &self,
+        boundary: Timestamp,
+        state: &[(String, String)],
+        shares: &[serde_json::Value],
+    ) -> Option<serde_json::Value> {
+        let shares: Vec<ThreadsShare> =
+            shares.iter().map(|share| serde_json::from_value(share.clone())).collect::<Result<_, _>>().ok()?;
+        serde_json::to_value(self.resume_at(boundary, state, &shares)?).ok()
+    }
+
+    fn checkpoint_share(&self, boundary: Timestamp) -> Option<serde_json::Value> {
+        serde_json::to_value(self.share_at(boundary)).ok()
     }
 
     fn live_writes(&self, deliver: &mut dyn FnMut(WriteBatch)) -> bool {
