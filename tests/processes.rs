@@ -268,12 +268,22 @@ fn start_two_with_checkpoints(dir: &Path, hosts: &Path, args: &[&str], users: &P
         .collect()
 }
 
-/// Waits for both processes to succeed; their logs.
+/// Waits (three minutes at most) for both processes to succeed; their logs.
 fn both_succeed(dir: &Path, children: Vec<Child>, name: &str) -> [String; 2] {
+    let started = std::time::Instant::now();
     for (process, mut child) in children.into_iter().enumerate() {
-        let status = child.wait().unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                child.kill().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let log = std::fs::read_to_string(dir.join(format!("{name}-{process}.log"))).unwrap();
-        assert!(status.success(), "{name}: process {process} failed: {log}");
+        assert!(status.is_some_and(|s| s.success()), "{name}: process {process} failed ({status:?}): {log}");
     }
     [0, 1].map(|process| std::fs::read_to_string(dir.join(format!("{name}-{process}.log"))).unwrap())
 }
@@ -374,4 +384,33 @@ fn two_processes_continue_from_the_same_checkpoint() {
     assert!(log0.contains(stopped_at.as_str()), "{log0}");
     assert!(log1.contains("(process 0 chose it)"), "{log1}");
     assert_same_results(&batch_db, &dir.path().join("run.db"), "-n 2, after a SIGTERM");
+}
+
+/// Processes started differently (process 1 without --checkpoint-dir) are told so before the run,
+/// both with a configuration error (exit 78), instead of joining different computations.
+#[test]
+fn processes_started_with_and_without_checkpoints_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let hosts = hostfile(dir.path());
+    let children: Vec<_> = (0..2)
+        .map(|process| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_cartflow"));
+            command.args(["--log", "warn", "run", "--quiet", "-n", "2", "-p", &process.to_string(), "--hostfile"]);
+            command.arg(&hosts).args(["--brokers", &brokers, "--exit-at-end", "--idle-timeout", "1s"]);
+            command.arg("--db").arg(dir.path().join("run.db"));
+            if process == 0 {
+                command.arg("--checkpoint-dir").arg(dir.path().join("checkpoints"));
+            }
+            command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (process, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "process {process}: {stderr}");
+        assert!(stderr.contains("process 1 was not given --checkpoint-dir and process 0 was"), "{stderr}");
+    }
 }

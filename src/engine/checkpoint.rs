@@ -20,12 +20,16 @@
 //! the same dataflow (format, settings, workers, source, profiles), and whose boundary the store
 //! holds (its frontier is at or past it). Anything else is logged with the reason, and the run
 //! starts over as before.
+//!
+//! Several processes: each writes its own workers' files (process 0 also the materializer's and
+//! the manifest), see [`Coordinator`] and [`Control`]; before the run they agree on the checkpoint
+//! they all continue from (`agreement.rs`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -76,7 +80,7 @@ pub struct Identity {
 
 impl Identity {
     /// Why a checkpoint of `self` cannot continue as `current`, if it cannot.
-    fn differs_from(&self, current: &Identity) -> Option<String> {
+    pub fn differs_from(&self, current: &Identity) -> Option<String> {
         if self.format != current.format {
             return Some(format!("it has format {} (this build writes {})", self.format, current.format));
         }
@@ -674,6 +678,8 @@ pub type Restore = Arc<(Loaded, Timestamp)>;
 struct Pending {
     writing: Writing,
     boundary: Timestamp,
+    /// The round's directory name (every process's).
+    name: String,
     manifest: Option<Result<Manifest, String>>,
     started: Instant,
 }
@@ -685,21 +691,28 @@ pub enum Control {
     /// Process 0: a checkpoint at `boundary`, in directories named `name`. Each process parks its
     /// workers once they have passed it, and forks a child that writes their files.
     Open { boundary: Timestamp, name: String },
-    /// A process has forked its child (its workers go on): its source's share of the positions
-    /// (JSON text: timely's bincode cannot carry a `serde_json::Value`).
-    Forked { process: usize, boundary: Timestamp, share: Result<String, String> },
-    /// A process's files are written (each one's length and CRC-32), or why not.
-    Written { process: usize, boundary: Timestamp, files: Result<Vec<FileEntry>, String> },
+    /// A process has forked its child for round `name` (its workers go on): its source's share of
+    /// the positions (JSON text: timely's bincode cannot carry a `serde_json::Value`).
+    Forked { process: usize, name: String, share: Result<String, String> },
+    /// A process's files of round `name` are written (each one's length and CRC-32), or why not.
+    Written { process: usize, name: String, files: Result<Vec<FileEntry>, String> },
+    /// Process 0: round `name` is given up; a process that has not forked for it closes it.
+    Abandoned { name: String },
+    /// Process 0: the checkpoint `name` is committed (its manifest written): the others prune their
+    /// directories by it, so that they keep the checkpoints process 0 keeps.
+    Committed { name: String },
     /// A process was told to stop (SIGTERM): process 0 takes a checkpoint, and every process stops.
     StopRequested,
-    /// Process 0: every process stops now (together, so that none breaks the others' connections).
-    Exit,
+    /// Process 0: every process stops now (together, so that none breaks the others' connections),
+    /// after the checkpoint at `written` if one was; `failed`: the one asked for was not written.
+    Exit { written: Option<Timestamp>, failed: bool },
 }
 
 /// What process 0 heard from the others about the checkpoint being taken.
 #[derive(Default)]
 struct Others {
-    boundary: Option<Timestamp>,
+    /// The round being taken (its directory name).
+    name: Option<String>,
     forked: BTreeMap<usize, Result<String, String>>,
     written: BTreeMap<usize, Result<Vec<FileEntry>, String>>,
 }
@@ -746,8 +759,9 @@ pub struct Coordinator {
     pub stop_requested: Arc<AtomicBool>,
     /// A follower has passed its SIGTERM on to process 0.
     stop_forwarded: AtomicBool,
-    /// Every process stops (see [`Control::Exit`]), with the boundary of the checkpoint written.
-    pub exit: Mutex<Option<Option<Timestamp>>>,
+    /// Every process stops (see [`Control::Exit`]): the checkpoint written, and whether the one
+    /// asked for failed.
+    pub exit: Mutex<Option<(Option<Timestamp>, bool)>>,
     writer: Mutex<Option<(SyncSender<Pending>, JoinHandle<()>)>>,
     /// The newest checkpoint written (its boundary), for the writer thread's errors and tests.
     pub written: Arc<Mutex<Option<Result<Timestamp, String>>>>,
@@ -755,13 +769,17 @@ pub struct Coordinator {
     not_through: Mutex<Option<Timestamp>>,
     /// When the stop request was first seen.
     stop_seen: Mutex<Option<Instant>>,
-    /// A checkpoint's files are being written (the next one waits: one child at a time).
-    in_flight: Arc<AtomicBool>,
+    /// Checkpoints whose files are being written (the next one waits: one child at a time; in a
+    /// process other than 0, a round process 0 gave up may still be written when the next comes).
+    in_flight: Arc<AtomicUsize>,
     between: Arc<Between>,
+    /// A process other than 0: the newest checkpoints process 0 committed (see
+    /// [`Control::Committed`]).
+    committed: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// How long process 0's writer waits for another process's files once its own are written.
-const OTHERS_WAIT: Duration = Duration::from_secs(600);
+const OTHERS_WAIT: Duration = Duration::from_secs(300);
 
 impl Coordinator {
     pub fn new(
@@ -775,7 +793,7 @@ impl Coordinator {
         let (sender, receiver): (SyncSender<Pending>, Receiver<Pending>) = std::sync::mpsc::sync_channel(1);
         let dir = config.dir.clone();
         let done = written.clone();
-        let in_flight = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let writing = in_flight.clone();
         let between = Arc::new(Between::default());
         let shared = between.clone();
@@ -784,6 +802,7 @@ impl Coordinator {
             .spawn(move || {
                 for mut pending in receiver {
                     let frontier = pending.boundary;
+                    let name = pending.name.clone();
                     let target = pending.writing.plan.target.clone();
                     let files = pending.writing.wait();
                     match pending.manifest.take() {
@@ -791,7 +810,7 @@ impl Coordinator {
                             let result = files
                                 .and_then(|mut files| {
                                     let manifest = manifest.map_err(anyhow::Error::msg)?;
-                                    files.extend(others_files(&shared, frontier, process.1)?);
+                                    files.extend(others_files(&shared, &name, process.1)?);
                                     commit(&dir, &target, manifest, files)
                                 })
                                 .map_err(|e| format!("{e:#}"));
@@ -809,14 +828,17 @@ impl Coordinator {
                                     let _ = std::fs::remove_dir_all(&target);
                                 }
                             }
+                            if result.is_ok() && process.1 > 1 {
+                                shared.outbox.lock().unwrap().push(Control::Committed { name });
+                            }
                             *done.lock().unwrap() = Some(result.map(|_| frontier));
                         }
                         None => {
-                            // Another process's share: listed once written, then told to process 0.
+                            // Another process's share: listed once written, then told to process 0
+                            // (it prunes when process 0 has committed, see `Control::Committed`).
                             let files = files.and_then(|files| {
                                 write_checked(&target, &share_file(process.0), &serde_json::to_string(&files)?)?;
                                 fsync_dir(&dir)?;
-                                prune(&dir, &target, &share_file(process.0))?;
                                 Ok(files)
                             });
                             match &files {
@@ -836,11 +858,12 @@ impl Coordinator {
                             }
                             let files = files.map_err(|e| format!("{e:#}"));
                             *done.lock().unwrap() = Some(files.as_ref().map(|_| frontier).map_err(String::clone));
-                            let written = Control::Written { process: process.0, boundary: frontier, files };
+                            let written = Control::Written { process: process.0, name, files };
                             shared.outbox.lock().unwrap().push(written);
                         }
                     }
-                    writing.store(false, Ordering::SeqCst);
+                    // After the message: a process waiting for its writer then finds it to send.
+                    writing.fetch_sub(1, Ordering::SeqCst);
                 }
             })
             .expect("spawning the checkpoint writer");
@@ -861,6 +884,7 @@ impl Coordinator {
             stop_seen: Mutex::new(None),
             in_flight,
             between,
+            committed: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -912,7 +936,7 @@ impl Coordinator {
 
     /// A checkpoint's files are being written.
     pub fn in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight.load(Ordering::SeqCst) > 0
     }
 
     /// Local worker `local`'s registry lives at `address` until the worker ends (`None`).
@@ -932,17 +956,27 @@ impl Coordinator {
         let mut ready = vec![false; workers];
         ready[0] = true;
         if self.process.1 > 1 {
-            *self.between.others.lock().unwrap() = Others { boundary: Some(boundary), ..Others::default() };
+            *self.between.others.lock().unwrap() = Others { name: Some(name.clone()), ..Others::default() };
             self.between.outbox.lock().unwrap().push(Control::Open { boundary, name: name.clone() });
         }
         *self.round.lock().unwrap() = Some(Round { boundary, name, ready });
         Ok(())
     }
 
-    /// The boundary of the round in progress that `local` has not reached yet.
-    pub fn wanted(&self, local: usize) -> Option<Timestamp> {
+    /// The boundary and name of the round in progress that `local` has not reached yet.
+    pub fn wanted(&self, local: usize) -> Option<(Timestamp, String)> {
         let round = self.round.lock().unwrap();
-        round.as_ref().filter(|r| !r.ready[local]).map(|r| r.boundary)
+        round.as_ref().filter(|r| !r.ready[local]).map(|r| (r.boundary, r.name.clone()))
+    }
+
+    /// The name of the round in progress.
+    pub fn round_name(&self) -> Option<String> {
+        self.round.lock().unwrap().as_ref().map(|r| r.name.clone())
+    }
+
+    /// The round `name` is in progress (a worker parked for it waits until it is not).
+    pub fn round_is(&self, name: &str) -> bool {
+        self.round.lock().unwrap().as_ref().is_some_and(|r| r.name == name)
     }
 
     /// `local` has reached the round's boundary: it parks until the round closes. `true` when it
@@ -966,7 +1000,7 @@ impl Coordinator {
 
     /// Forks the child that writes this process's files of the round's checkpoint (see the type's
     /// doc) and closes the round.
-    fn fork(&self, materializer: Option<Vec<u8>>) -> Result<(Timestamp, Writing)> {
+    fn fork(&self, materializer: Option<Vec<u8>>) -> Result<(Timestamp, String, Writing)> {
         let registries = self.registries.lock().unwrap().clone();
         let round = self.round.lock().unwrap().take().context("no round is open")?;
         *self.last.lock().unwrap() = Instant::now();
@@ -976,16 +1010,22 @@ impl Coordinator {
         if registries.contains(&0) {
             bail!("a worker has ended");
         }
-        let plan = Plan::new(self.config.dir.join(&round.name), self.first_worker, registries, materializer)?;
-        self.in_flight.store(true, Ordering::SeqCst);
-        Ok((round.boundary, plan.start()))
+        let target = self.config.dir.join(&round.name);
+        if self.process.0 != 0 {
+            // A directory of this name from another history (process 0 chose a number its own
+            // directory had free): its list of files must not stand for the new ones.
+            let _ = std::fs::remove_file(target.join(self.marker()));
+        }
+        let plan = Plan::new(target, self.first_worker, registries, materializer)?;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Ok((round.boundary, round.name, plan.start()))
     }
 
     fn hand_over(&self, pending: Pending) -> Result<()> {
         let writer = self.writer.lock().unwrap();
         let sent = writer.as_ref().is_some_and(|(sender, _)| sender.send(pending).is_ok());
         if !sent {
-            self.in_flight.store(false, Ordering::SeqCst);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             bail!("the checkpoint writer stopped");
         }
         Ok(())
@@ -994,23 +1034,23 @@ impl Coordinator {
     /// Process 0, every local worker ready: forks the child writing this process's files and closes
     /// the round. The manifest follows with [`Coordinator::commit_later`].
     pub fn fork_lead(&self, materializer: Vec<u8>) -> Result<Forked> {
-        let (boundary, writing) = self.fork(Some(materializer))?;
-        Ok(Forked { boundary, writing, started: Instant::now() })
+        let (boundary, name, writing) = self.fork(Some(materializer))?;
+        Ok(Forked { boundary, name, writing, started: Instant::now() })
     }
 
     /// Process 0: the writer commits the checkpoint (`manifest`) once every process's files are
     /// written (or removes it when `manifest` says why there is none).
     pub fn commit_later(&self, forked: Forked, manifest: Result<Manifest, String>) -> Result<()> {
-        let Forked { boundary, writing, started } = forked;
-        self.hand_over(Pending { writing, boundary, manifest: Some(manifest), started })
+        let Forked { boundary, name, writing, started } = forked;
+        self.hand_over(Pending { writing, boundary, name, manifest: Some(manifest), started })
     }
 
     /// A process other than 0, its last worker ready: forks the child writing this process's files,
     /// closes the round and tells process 0 (with `share`, its source's share of the positions).
     pub fn fork_share(&self, share: Option<serde_json::Value>) {
-        let boundary = self.round.lock().unwrap().as_ref().map(|r| r.boundary).unwrap_or_default();
-        let forked = self.fork(None).and_then(|(boundary, writing)| {
-            self.hand_over(Pending { writing, boundary, manifest: None, started: Instant::now() })
+        let name = self.round.lock().unwrap().as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let forked = self.fork(None).and_then(|(boundary, name, writing)| {
+            self.hand_over(Pending { writing, boundary, name, manifest: None, started: Instant::now() })
         });
         let share = match (forked, share) {
             (Ok(()), Some(share)) => Ok(share.to_string()),
@@ -1021,14 +1061,14 @@ impl Coordinator {
             }
         };
         let process = self.process.0;
-        self.between.outbox.lock().unwrap().push(Control::Forked { process, boundary, share });
+        self.between.outbox.lock().unwrap().push(Control::Forked { process, name, share });
     }
 
     /// Process 0: every other process has forked its child for `boundary` (their source's shares),
     /// or the first failure; `None` while some have not.
-    pub fn others_forked(&self, boundary: Timestamp) -> Option<Result<Vec<serde_json::Value>, String>> {
+    pub fn others_forked(&self, name: &str) -> Option<Result<Vec<serde_json::Value>, String>> {
         let others = self.between.others.lock().unwrap();
-        if others.boundary != Some(boundary) || others.forked.len() + 1 < self.process.1 {
+        if others.name.as_deref() != Some(name) || others.forked.len() + 1 < self.process.1 {
             return None;
         }
         let shares = others.forked.iter().map(|(process, share)| {
@@ -1038,9 +1078,14 @@ impl Coordinator {
         Some(shares.collect())
     }
 
-    /// Closes a round without a checkpoint (the run is failing).
-    pub fn abandon_round(&self) {
+    /// Closes a round without a checkpoint (in every process: the others close it unless they
+    /// have forked for it, and their files of it are not waited for).
+    pub fn abandon_round(&self, name: &str) {
         *self.round.lock().unwrap() = None;
+        if self.process.1 > 1 {
+            self.between.others.lock().unwrap().name = None;
+            self.between.outbox.lock().unwrap().push(Control::Abandoned { name: name.to_string() });
+        }
     }
 
     /// Messages for the other processes since the last call (a follower's SIGTERM among them).
@@ -1064,34 +1109,66 @@ impl Coordinator {
                 let workers = self.registries.lock().unwrap().len();
                 *self.round.lock().unwrap() = Some(Round { boundary, name, ready: vec![false; workers] });
             }
-            Control::Forked { process, boundary, share } if leader => {
+            Control::Forked { process, name, share } if leader => {
                 let mut others = self.between.others.lock().unwrap();
-                if others.boundary == Some(boundary) {
+                if others.name.as_ref() == Some(&name) {
                     others.forked.insert(process, share);
                 }
             }
-            Control::Written { process, boundary, files } if leader => {
+            Control::Written { process, name, files } if leader => {
                 let mut others = self.between.others.lock().unwrap();
-                if others.boundary == Some(boundary) {
+                if others.name.as_ref() == Some(&name) {
                     others.written.insert(process, files);
                     self.between.heard.notify_all();
                 }
             }
+            Control::Abandoned { name } if !leader => {
+                let mut round = self.round.lock().unwrap();
+                if round.as_ref().is_some_and(|r| r.name == name) {
+                    *round = None;
+                }
+            }
+            Control::Committed { name } if !leader => self.committed(name),
             Control::StopRequested if leader && !self.stop_requested.swap(true, Ordering::SeqCst) => {
                 info!("another process was told to stop (SIGTERM): a checkpoint, then every process stops");
             }
-            Control::Exit if !leader => {
-                let written = self.written.lock().unwrap().clone().and_then(Result::ok);
-                *self.exit.lock().unwrap() = Some(written);
-            }
+            Control::Exit { written, failed } if !leader => *self.exit.lock().unwrap() = Some((written, failed)),
             _ => {}
         }
     }
 
-    /// Process 0: every process stops now (after the checkpoint at `written`, if one was).
-    pub fn exit_all(&self, written: Option<Timestamp>) {
-        self.between.outbox.lock().unwrap().push(Control::Exit);
-        *self.exit.lock().unwrap() = Some(written);
+    /// Process 0: every process stops now (after the checkpoint at `written`, if one was;
+    /// `failed`: the one asked for was not written).
+    pub fn exit_all(&self, written: Option<Timestamp>, failed: bool) {
+        self.between.outbox.lock().unwrap().push(Control::Exit { written, failed });
+        *self.exit.lock().unwrap() = Some((written, failed));
+    }
+
+    /// A process other than 0: process 0 committed the checkpoint `name`. Once it has heard of
+    /// [`KEEP`] since it started, those stay (with any newer, being written) and the rest of its
+    /// directory goes, as process 0 prunes its own.
+    fn committed(&self, name: String) {
+        let mut committed = self.committed.lock().unwrap();
+        committed.push_back(name);
+        while committed.len() > KEEP {
+            committed.pop_front();
+        }
+        if committed.len() < KEEP {
+            return;
+        }
+        let newest = newest_key(&committed);
+        let Ok(found) = listed(&self.config.dir) else { return };
+        for (frontier, n, path) in found {
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if committed.contains(&name) || (frontier, n) > newest {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!("could not remove the old checkpoint {}: {e}", path.display());
+                }
+            }
+        }
     }
 
     /// Messages for the other processes are waiting to be sent.
@@ -1220,28 +1297,47 @@ impl WorkerLink for ControlLink {
     }
 }
 
+/// The (frontier, number) of the newest of `names` (checkpoint directory names).
+fn newest_key(names: &std::collections::VecDeque<String>) -> (Timestamp, u64) {
+    names
+        .iter()
+        .filter_map(|name| {
+            let mut parts = name.strip_prefix("checkpoint-")?.split('-');
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .max()
+        .unwrap_or((Timestamp::MIN, 0))
+}
+
 /// Process 0's files of a checkpoint, being written by its child.
 pub struct Forked {
     pub boundary: Timestamp,
+    pub name: String,
     writing: Writing,
     started: Instant,
 }
 
-/// Process 0's writer: the files of every other process for `boundary`, once all are written.
-fn others_files(between: &Between, boundary: Timestamp, processes: usize) -> Result<Vec<FileEntry>> {
+/// Process 0's writer: the files of every other process for round `name`, once all are written.
+fn others_files(between: &Between, name: &str, processes: usize) -> Result<Vec<FileEntry>> {
     if processes == 1 {
         return Ok(Vec::new());
     }
     let deadline = Instant::now() + OTHERS_WAIT;
     let mut others = between.others.lock().unwrap();
-    while others.boundary == Some(boundary) && others.written.len() + 1 < processes {
+    while others.name.as_deref() == Some(name) && others.written.len() + 1 < processes {
         if between.closing.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            bail!("the run ended before every process had written its files");
+            let missing: Vec<String> =
+                (1..processes).filter(|p| !others.written.contains_key(p)).map(|p| p.to_string()).collect();
+            bail!(
+                "process(es) {} did not tell of their files {}",
+                missing.join(", "),
+                if between.closing.load(Ordering::SeqCst) { "before the run ended" } else { "within 5 minutes" }
+            );
         }
         others = between.heard.wait_timeout(others, Duration::from_millis(100)).unwrap().0;
     }
-    if others.boundary != Some(boundary) {
-        bail!("another checkpoint was started");
+    if others.name.as_deref() != Some(name) {
+        bail!("the round was given up");
     }
     let mut files = Vec::new();
     for (process, written) in &others.written {

@@ -121,7 +121,17 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
             let (coordinator, restored) = checkpoints_of(&mut config, checkpoint, writes)?;
             (Some(coordinator), restored)
         }
-        None => (None, None),
+        None => {
+            // Several processes from Kafka agree before the run even without checkpoints (on
+            // none), so that one given --checkpoint-dir beside them is told, not left hanging.
+            if config.cluster.processes > 1 && matches!(config.input, InputConfig::Kafka(_)) {
+                let cluster = cluster::timely_config(&config.cluster, config.workers)?;
+                let none: agreement::Decide = Box::new(|_| Ok(None));
+                let decide = writes.then_some(none);
+                agreement::agree(cluster, config.cluster.process, config.workers, Default::default(), decide)?;
+            }
+            (None, None)
+        }
     };
     let config = &config;
     if writes && restored.is_none() {
@@ -183,6 +193,13 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
     let guards = timely::execute(cluster, move |worker| {
         let shared = worker_shared.clone();
         if let Err(error) = worker::run_worker(worker, &shared) {
+            if shared.config.cluster.processes > 1 {
+                // This worker takes no further part in the cluster's dataflows, and the other
+                // processes would wait for it: this process stops, and they with it (their
+                // connections to it break).
+                tracing::error!("worker {}: {error:#}; this process of the run stops", worker.index());
+                std::process::exit(1);
+            }
             shared.done.store(true, Ordering::SeqCst);
             shared.source.stop();
             *shared.summary.lock().unwrap() = Some(Err(format!("{error:#}")));
@@ -193,14 +210,15 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
         result.map_err(anyhow::Error::msg)?;
     }
     // Several processes, SIGTERM: every process has stopped its workers (see `Control::Exit`).
-    if let Some(exit) = checkpoints.as_ref().and_then(|c| *c.exit.lock().unwrap()) {
-        match exit {
+    if let Some((written, failed)) = checkpoints.as_ref().and_then(|c| *c.exit.lock().unwrap()) {
+        match written {
             Some(at) => {
                 info!("stopped (SIGTERM) with every process of the run, after the checkpoint at {}", format_rfc3339(at))
             }
             None => warn!("stopped (SIGTERM) with every process of the run, without a checkpoint"),
         }
-        std::process::exit(0);
+        // As with one process: 1 when the checkpoint asked for was not written.
+        std::process::exit(i32::from(failed));
     }
     if !writes {
         // Worker 0 is in process 0; this process fed its share of every step. From Kafka, its
@@ -276,7 +294,8 @@ fn checkpoints_of(
         // A process other than 0: process 0 chooses from the checkpoints whose files this one holds.
         let held = checkpoint::held_shares(&checkpoint.dir, process)?;
         let cluster = cluster::timely_config(&config.cluster, config.workers)?;
-        let Some(decision) = agreement::agree(cluster, process, config.workers, held, None)? else {
+        let offer = agreement::Offer { identity: Some(identity), held };
+        let Some(decision) = agreement::agree(cluster, process, config.workers, offer, None)? else {
             checkpoint::discard_all(&checkpoint.dir);
             return Ok((coordinator, None));
         };
@@ -295,7 +314,9 @@ fn checkpoints_of(
     };
     let store_frontier = frontier_of(cartflow_dataflows::schema::state_key::FRONTIER);
     let store_live_edge = frontier_of(cartflow_dataflows::schema::state_key::LIVE_EDGE);
-    if state.is_none() {
+    // A store that cannot tell its frontier (`resume` is None) keeps the checkpoints as they are.
+    let store_knows = state.is_some();
+    if !store_knows {
         warn!("--checkpoint-dir: this store cannot tell its frontier; the run starts from the beginning");
     }
     // Whether the run can continue from a checkpoint the store holds: from the store's frontier on
@@ -336,6 +357,7 @@ fn checkpoints_of(
     let dir = checkpoint.dir.clone();
     let local = coordinator.local_workers();
     let workers = config.workers;
+    let offer = agreement::Offer { identity: Some(identity.clone()), held: Vec::new() };
     let choose =
         move |held: &std::collections::BTreeMap<usize, agreement::Held>| -> Result<Option<agreement::Decision>> {
             let mut check = |loaded: &checkpoint::Loaded| -> Result<Option<String>> {
@@ -346,6 +368,9 @@ fn checkpoints_of(
                 }
                 can_continue(loaded)
             };
+            if !store_knows {
+                return Ok(None);
+            }
             let loaded = checkpoint::newest_usable(&dir, &identity, store_frontier, &local, &mut check)?;
             Ok(loaded.map(|loaded| agreement::Decision {
                 name: dir_name(&loaded),
@@ -356,15 +381,17 @@ fn checkpoints_of(
         };
     let decision = if processes > 1 {
         let cluster = cluster::timely_config(&config.cluster, config.workers)?;
-        agreement::agree(cluster, process, config.workers, Vec::new(), Some(Box::new(choose)))?
+        agreement::agree(cluster, process, config.workers, offer, Some(Box::new(choose)))?
     } else {
         choose(&Default::default())?
     };
     let Some(decision) = decision else {
         // The run starts over: over SQLite it builds its tables beside those readers see until it
         // has caught up with them, so a checkpoint before then would be restored onto the others.
-        coordinator.not_through(store_frontier);
-        checkpoint::discard_all(&checkpoint.dir);
+        if store_knows {
+            coordinator.not_through(store_frontier);
+            checkpoint::discard_all(&checkpoint.dir);
+        }
         return Ok((coordinator, None));
     };
     let mut resume: kafka::KafkaResume = serde_json::from_value(decision.manifest.source.clone())

@@ -157,13 +157,13 @@ fn follow(
     // (touching no state) while worker 0 forks the checkpoint's writer.
     let park_for_checkpoint = |probe: &ProbeHandle<Time>| {
         let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return };
-        if let Some(boundary) = checkpoints.wanted(local) {
+        if let Some((boundary, name)) = checkpoints.wanted(local) {
             if !probe.less_than(&logical(boundary)) {
                 if checkpoints.ready(local) {
                     // The last of a process other than 0: every worker here is parked.
                     checkpoints.fork_share(shared.source.checkpoint_share(boundary));
                 }
-                while checkpoints.round_open() && !shared.done.load(Ordering::SeqCst) {
+                while checkpoints.round_is(&name) && !shared.done.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
@@ -311,7 +311,13 @@ fn lead(
             );
             if let Some(checkpoints) = &shared.checkpoints {
                 if checkpoints.process.1 > 1 {
-                    stop_every_process(checkpoints, None, &mut driver, &mut dataflow, shared);
+                    // A checkpoint still being written is finished first (its child ends with
+                    // this process), as far as the other processes tell of their files.
+                    while checkpoints.in_flight() {
+                        driver.link.pump();
+                        dataflow.worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
+                    stop_every_process(checkpoints, None, false, &mut driver, &mut dataflow, shared);
                     return Ok(());
                 }
                 checkpoints.finish();
@@ -475,20 +481,15 @@ fn checkpoint_if_due(
         }
         checkpoints.finish();
         let written = checkpoints.written.lock().unwrap().clone();
-        if written != Some(Ok(start)) {
+        let failed = written != Some(Ok(start));
+        if failed {
             tracing::error!("stopping (SIGTERM): the checkpoint at {} was not written", format_rfc3339(start));
             if !several {
                 std::process::exit(1);
             }
         }
         if several {
-            stop_every_process(
-                checkpoints,
-                Some(start).filter(|_| written == Some(Ok(start))),
-                driver,
-                dataflow,
-                shared,
-            );
+            stop_every_process(checkpoints, Some(start).filter(|_| !failed), failed, driver, dataflow, shared);
             return Ok(true);
         }
         info!("stopped (SIGTERM) after the checkpoint at {}", format_rfc3339(start));
@@ -497,17 +498,19 @@ fn checkpoint_if_due(
     Ok(false)
 }
 
-/// Several processes, SIGTERM: tells every process to stop (after the checkpoint at `written`), and
-/// stops this one's workers; each process's workers return, so that the processes leave together
-/// (one that left alone would break the others' connections), and `engine::run` exits.
+/// Several processes, SIGTERM: tells every process to stop (after the checkpoint at `written`;
+/// `failed`: the one asked for was not written), and stops this one's workers; each process's
+/// workers return, so that the processes leave together (one that left alone would break the
+/// others' connections), and `engine::run` exits.
 fn stop_every_process(
     checkpoints: &Coordinator,
     written: Option<Timestamp>,
+    failed: bool,
     driver: &mut Driver,
     dataflow: &mut Dataflow<'_>,
     shared: &Shared,
 ) {
-    checkpoints.exit_all(written);
+    checkpoints.exit_all(written, failed);
     shared.source.stop();
     driver.link.leave(dataflow.worker);
     shared.done.store(true, Ordering::SeqCst);
@@ -543,9 +546,10 @@ fn take_checkpoint(
         warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
         return Ok(false);
     }
+    let name = checkpoints.round_name().unwrap_or_default();
     while !checkpoints.all_ready() {
         if shared.done.load(Ordering::SeqCst) || driver.source.stopped() {
-            checkpoints.abandon_round();
+            checkpoints.abandon_round(&name);
             anyhow::bail!("the run stopped while a checkpoint was being taken");
         }
         driver.link.pump();
@@ -557,6 +561,7 @@ fn take_checkpoint(
         Err(e) => {
             // The run goes on (the checkpoint's volume may be full): the next one may succeed.
             warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
+            checkpoints.abandon_round(&name);
             return Ok(false);
         }
     };
@@ -567,7 +572,7 @@ fn take_checkpoint(
         if checkpoints.process.1 == 1 {
             break Ok(Vec::new());
         }
-        if let Some(shares) = checkpoints.others_forked(boundary) {
+        if let Some(shares) = checkpoints.others_forked(&forked.name) {
             break shares;
         }
         if shared.done.load(Ordering::SeqCst) || driver.source.stopped() {
@@ -578,10 +583,9 @@ fn take_checkpoint(
     };
     let others = began.elapsed();
     let manifest = shares.and_then(|shares| {
-        let source = driver
-            .source
-            .checkpoint(boundary, &state, &shares)
-            .ok_or_else(|| "the source's positions are not known".to_string())?;
+        let source = driver.source.checkpoint(boundary, &state, &shares).ok_or_else(|| {
+            "the source's positions are not known (another process's share does not read back)".to_string()
+        })?;
         Ok(Manifest {
             identity: checkpoints.identity.clone(),
             frontier: boundary,
@@ -595,7 +599,18 @@ fn take_checkpoint(
             files: Vec::new(),
         })
     });
-    checkpoints.commit_later(forked, manifest)?;
+    if let Err(why) = &manifest {
+        warn!("no checkpoint at {}: {why}", format_rfc3339(boundary));
+    }
+    let failed = manifest.is_err();
+    // The writer waits for the child either way (and removes the directory without a manifest).
+    if let Err(e) = checkpoints.commit_later(forked, manifest) {
+        warn!("no checkpoint at {}: {e:#}", format_rfc3339(boundary));
+        return Ok(false);
+    }
+    if failed {
+        return Ok(false);
+    }
     let other_processes = if checkpoints.process.1 > 1 {
         format!(" and {:.0} ms for the other processes' forks", (others - forked_at).as_secs_f64() * 1e3)
     } else {
