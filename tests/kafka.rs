@@ -470,8 +470,9 @@ fn live_windows_follow_the_stream(path: &std::path::Path, processes: usize) {
     let time = |text: &serde_json::Value| {
         cartflow_dataflows::model::time::parse_event_time(text.as_str().unwrap().as_bytes()).unwrap()
     };
+    // The server starts once the run's processes have agreed where to start from (a second).
     let newest = || -> Option<serde_json::Value> {
-        let body = http_get(&address, "/api/tables/realtime_window?order=desc&limit=1");
+        let body = http_get_once_up(&address, "/api/tables/realtime_window?order=desc&limit=1")?;
         let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json["rows"].get(0).cloned()
     };

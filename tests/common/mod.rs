@@ -331,12 +331,18 @@ pub fn simulate_args(input: PathBuf, brokers: &str) -> SimulateArgs {
 
 /// The body of a GET on a local server.
 pub fn http_get(address: &str, path: &str) -> String {
+    http_get_once_up(address, path).unwrap_or_else(|| panic!("nothing listens on {address}"))
+}
+
+/// The body of a GET on a local server, or `None` while nothing listens there yet (a server
+/// starting with a run).
+pub fn http_get_once_up(address: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    Some(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
 }
 
 /// `run` from Kafka: `--brokers`, `--step` seconds, `-w`, to the end of the topic.
