@@ -243,6 +243,18 @@ fn a_process_whose_peer_dies_stops_with_a_clear_error() {
 /// Starts `run ARGS` as two processes of one worker each into `db`, each with its own checkpoint
 /// directory (`checkpoints-P`, as on machines of their own), logging at info to `NAME-P.log`.
 fn start_two_with_checkpoints(dir: &Path, hosts: &Path, args: &[&str], users: &Path, name: &str) -> Vec<Child> {
+    start_two(dir, hosts, args, users, name, |process| dir.join(format!("checkpoints-{process}")))
+}
+
+/// As [`start_two_with_checkpoints`], with process P's checkpoint directory `checkpoints(P)`.
+fn start_two(
+    dir: &Path,
+    hosts: &Path,
+    args: &[&str],
+    users: &Path,
+    name: &str,
+    checkpoints: impl Fn(usize) -> std::path::PathBuf,
+) -> Vec<Child> {
     (0..2)
         .map(|process| {
             let log = std::fs::File::create(dir.join(format!("{name}-{process}.log"))).unwrap();
@@ -257,7 +269,7 @@ fn start_two_with_checkpoints(dir: &Path, hosts: &Path, args: &[&str], users: &P
                 .arg("--profiles")
                 .arg(users)
                 .arg("--checkpoint-dir")
-                .arg(dir.join(format!("checkpoints-{process}")))
+                .arg(checkpoints(process))
                 .args(["--step", "1m", "--catch-up-step", "4h", "--idle-timeout", "1s", "--group", name])
                 .args(args)
                 .stdout(Stdio::null())
@@ -413,4 +425,37 @@ fn processes_started_with_and_without_checkpoints_are_told() {
         assert_eq!(output.status.code(), Some(78), "process {process}: {stderr}");
         assert!(stderr.contains("process 1 was not given --checkpoint-dir and process 0 was"), "{stderr}");
     }
+}
+
+/// Two processes sharing one checkpoint directory (one machine): each writes its own worker's file
+/// into the same checkpoint directories, and a restart continues from the newest and equals
+/// `batch`.
+#[test]
+fn two_processes_can_share_one_checkpoint_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 20_000, 2, 41);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    let hosts = hostfile(dir.path());
+    let shared = dir.path().join("checkpoints");
+    let kafka = ["--brokers", brokers.as_str(), "--checkpoint-every", "0"];
+    let until = [&kafka[..], &["--until", "2019-12-02T06:00:00Z"]].concat();
+    let children = start_two(dir.path(), &hosts, &until, &users, "first", |_| shared.clone());
+    both_succeed(dir.path(), children, "first");
+    let taken = finished_checkpoints(&shared, "manifest");
+    assert_eq!(taken.len(), 2, "{taken:?}");
+    for name in &taken {
+        let files = ["manifest", "share-1", "worker-0.bin", "worker-1.bin", "materializer.bin"];
+        assert!(files.iter().all(|f| shared.join(name).join(f).exists()), "{name}");
+    }
+    let to_end = [&kafka[..], &["--exit-at-end"]].concat();
+    let children = start_two(dir.path(), &hosts, &to_end, &users, "second", |_| shared.clone());
+    let [log0, log1] = both_succeed(dir.path(), children, "second");
+    assert!(log0.contains("continuing from the checkpoint at") && log0.contains(taken[1].as_str()), "{log0}");
+    assert!(log1.contains("(process 0 chose it)"), "{log1}");
+    assert_same_results(&batch_db, &dir.path().join("run.db"), "-n 2, one shared checkpoint directory");
 }
