@@ -335,11 +335,20 @@ fn remove_newer(paths: &[&PathBuf]) {
 /// than it in `dir` are removed (as in process 0, see [`newest_usable`]).
 pub fn chosen_share(dir: &Path, name: &str, manifest: Manifest) -> Result<Loaded> {
     let chosen = dir.join(name);
-    let listed = listed(dir)?;
-    let newer: Vec<&PathBuf> =
-        listed.iter().filter(|(f, _, p)| *f > manifest.frontier && *p != chosen).map(|(_, _, p)| p).collect();
-    remove_newer(&newer);
+    remove_newer_than(dir, &chosen)?;
     Ok(Loaded { manifest, dir: chosen })
+}
+
+/// Removes the checkpoints in `dir` newer than `chosen` (a later boundary, or the same one
+/// numbered higher), as process 0 passes them over; none if `chosen` is not there.
+fn remove_newer_than(dir: &Path, chosen: &Path) -> Result<()> {
+    let listed = listed(dir)?;
+    // Newest first: those before the chosen one are newer.
+    if listed.iter().any(|(_, _, p)| p == chosen) {
+        let newer: Vec<&PathBuf> = listed.iter().map(|(_, _, p)| p).take_while(|p| *p != chosen).collect();
+        remove_newer(&newer);
+    }
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -1443,5 +1452,23 @@ mod tests {
             (make(300, true), make(600, true), make(700, false), make(900, true), make(1200, false));
         prune(dir.path(), &c, MANIFEST_FILE).unwrap();
         assert!(!a.exists() && b.exists() && !killed.exists() && c.exists() && writing.exists());
+    }
+
+    /// Another process continuing from the checkpoint process 0 chose removes those newer than it
+    /// (a later boundary, or the same one numbered higher), and keeps the older ones; nothing when
+    /// the chosen one is not there.
+    #[test]
+    fn a_process_removes_the_checkpoints_newer_than_the_chosen_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            path
+        };
+        let paths = ["checkpoint-100-0", "checkpoint-200-0", "checkpoint-200-1", "checkpoint-300-0"].map(make);
+        remove_newer_than(dir.path(), &dir.path().join("checkpoint-900-0")).unwrap();
+        assert!(paths.iter().all(|p| p.exists()));
+        remove_newer_than(dir.path(), &paths[1]).unwrap();
+        assert_eq!(paths.map(|p| p.exists()), [true, true, false, false]);
     }
 }
