@@ -7,11 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use cartflow::commands::{run, simulate};
+use cartflow::commands::run;
 use cartflow_connectors::store::sqlite::SqliteStore;
 use cartflow_dataflows::model::time::parse_instant_arg;
 use common::*;
-use rdkafka::mocking::MockCluster;
 
 /// The checkpoints in `dir` with a manifest, oldest first.
 fn checkpoints(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -28,27 +27,6 @@ fn checkpoints(dir: &Path) -> Vec<std::path::PathBuf> {
 
 fn frontier(db: &Path) -> String {
     SqliteStore::open_read_only(db).unwrap().state("frontier").unwrap().unwrap()
-}
-
-/// Generated days in a topic of the mock cluster, and `batch`'s store of them: the cluster (kept
-/// alive by the caller), its brokers, the profiles, the events sent and the reference store.
-struct Topic {
-    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    brokers: String,
-    users: std::path::PathBuf,
-    sent: u64,
-    batch_db: std::path::PathBuf,
-}
-
-fn topic_and_batch(dir: &Path, events: u64, days: u32, seed: u64, partitions: i32) -> Topic {
-    let (events, users) = generated(dir, events, days, seed);
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, partitions, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let sent = simulate::run(&simulate_args(events.clone(), &brokers)).unwrap().sent;
-    let batch_db = dir.join("batch.db");
-    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
-    Topic { _cluster: cluster, brokers, users, sent, batch_db }
 }
 
 #[test]

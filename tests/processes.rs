@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cartflow_connectors::store::sqlite::SqliteStore;
-use common::{assert_same_results, batch_args, generated, shared_data, simulate_args, TOPIC};
+use common::{assert_same_results, batch_args, generated, shared_data, simulate_args, topic_and_batch, Topic, TOPIC};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -324,13 +324,7 @@ fn finished_checkpoints(dir: &Path, marker: &str) -> Vec<String> {
 #[test]
 fn two_processes_continue_from_the_same_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, users) = generated(dir.path(), 30_000, 3, 37);
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, 4, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
-    let batch_db = dir.path().join("batch.db");
-    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    let Topic { _cluster, brokers, users, batch_db, .. } = topic_and_batch(dir.path(), 30_000, 3, 37, 4);
     let hosts = hostfile(dir.path());
     let (p0, p1) = (dir.path().join("checkpoints-0"), dir.path().join("checkpoints-1"));
     let kafka = ["--brokers", brokers.as_str(), "--checkpoint-every", "0"];
@@ -433,13 +427,7 @@ fn processes_started_with_and_without_checkpoints_are_told() {
 #[test]
 fn two_processes_can_share_one_checkpoint_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (events, users) = generated(dir.path(), 20_000, 2, 41);
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, 4, 1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
-    let batch_db = dir.path().join("batch.db");
-    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    let Topic { _cluster, brokers, users, batch_db, .. } = topic_and_batch(dir.path(), 20_000, 2, 41, 4);
     let hosts = hostfile(dir.path());
     let shared = dir.path().join("checkpoints");
     let kafka = ["--brokers", brokers.as_str(), "--checkpoint-every", "0"];

@@ -355,8 +355,9 @@ fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
-/// The files of one checkpoint, planned by worker 0 before it forks: their paths, the workers'
-/// registries and the materializer's state, and a buffer, so that writing them allocates next to
+/// One process's files of a checkpoint, planned before the fork (by worker 0, or in another
+/// process by its last worker to park): their paths, the workers' registries and in process 0 the
+/// materializer's state, and a buffer, so that writing them allocates next to
 /// nothing (a forked child of a threaded process should not: another thread may have held an
 /// allocator's lock at the fork; mimalloc takes none for a thread's own small allocations).
 pub struct Plan {
@@ -996,10 +997,6 @@ impl Coordinator {
         let Some(round) = round.as_mut() else { return false };
         round.ready[local] = true;
         self.process.0 != 0 && round.ready.iter().all(|r| *r)
-    }
-
-    pub fn round_open(&self) -> bool {
-        self.round.lock().unwrap().is_some()
     }
 
     /// Every local worker has reached the round's boundary.

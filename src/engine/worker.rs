@@ -154,7 +154,8 @@ fn follow(
 ) -> Result<()> {
     let local = worker.index() - shared.config.cluster.process * shared.config.workers;
     // A checkpoint in progress: once this worker's probe has passed the boundary, it parks
-    // (touching no state) while worker 0 forks the checkpoint's writer.
+    // (touching no state) while its process forks the checkpoint's writer (worker 0 in process 0,
+    // the last worker to park in another).
     let park_for_checkpoint = |probe: &ProbeHandle<Time>| {
         let Some(checkpoints) = shared.checkpoints.as_ref().filter(|_| registry.is_some()) else { return };
         if let Some((boundary, name)) = checkpoints.wanted(local) {
@@ -537,7 +538,8 @@ fn take_checkpoint(
     if !state.iter().any(|(k, v)| k == cartflow_dataflows::schema::state_key::FRONTIER && *v == frontier) {
         return Ok(false);
     }
-    if driver.source.checkpoint(boundary, &state, &[]).is_none() {
+    // This process's positions; with several processes, the others' shares join them below.
+    let Some(positions) = driver.source.checkpoint(boundary, &state, &[]) else {
         info!("no checkpoint at {}: the live windows have not been kept for 5 minutes yet", format_rfc3339(boundary));
         return Ok(false);
     };
@@ -583,9 +585,12 @@ fn take_checkpoint(
     };
     let others = began.elapsed();
     let manifest = shares.and_then(|shares| {
-        let source = driver.source.checkpoint(boundary, &state, &shares).ok_or_else(|| {
-            "the source's positions are not known (another process's share does not read back)".to_string()
-        })?;
+        let source = match shares.is_empty() {
+            true => positions,
+            false => driver.source.checkpoint(boundary, &state, &shares).ok_or_else(|| {
+                "the source's positions are not known (another process's share does not read back)".to_string()
+            })?,
+        };
         Ok(Manifest {
             identity: checkpoints.identity.clone(),
             frontier: boundary,

@@ -354,3 +354,24 @@ pub fn kafka_run_args(brokers: &str, db: PathBuf, workers: usize, step: i64) -> 
     args.exit_at_end = true;
     args
 }
+
+/// Generated days in a topic of the mock cluster, and `batch`'s store of them: the cluster (kept
+/// alive by the caller), its brokers, the profiles, the events sent and the reference store.
+pub struct Topic {
+    pub _cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub brokers: String,
+    pub users: std::path::PathBuf,
+    pub sent: u64,
+    pub batch_db: std::path::PathBuf,
+}
+
+pub fn topic_and_batch(dir: &Path, events: u64, days: u32, seed: u64, partitions: i32) -> Topic {
+    let (events, users) = generated(dir, events, days, seed);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, partitions, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let sent = cartflow::commands::simulate::run(&simulate_args(events.clone(), &brokers)).unwrap().sent;
+    let batch_db = dir.join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    Topic { _cluster: cluster, brokers, users, sent, batch_db }
+}
