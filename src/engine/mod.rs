@@ -386,8 +386,9 @@ fn checkpoints_of(
         choose(&Default::default())?
     };
     let Some(decision) = decision else {
-        // The run starts over: over SQLite it builds its tables beside those readers see until it
-        // has caught up with them, so a checkpoint before then would be restored onto the others.
+        // The run starts over: it keeps its results beside those readers see until it has caught
+        // up with them (SQLite: tables beside; HBase: a local file), so a checkpoint before then
+        // would be restored onto the others.
         if store_knows {
             coordinator.not_through(store_frontier);
             checkpoint::discard_all(&checkpoint.dir);

@@ -6,6 +6,7 @@
 //! | `mod.rs` | [`StoreTarget`]: `--db` / `--store URL` → the store |
 //! | `sqlite.rs` | the embedded SQLite store, and its reads for `query` and the API |
 //! | `hbase/` | the HBase store over Thrift1, and the in-process Thrift stand-in for tests |
+//! | `rebuild.rs` | when a store that starts over on results switches its rebuild in (SPEC §7, continuity) |
 //! | `json.rs` | a row as JSON |
 //!
 //! Adding a store: a file (or folder) here implementing [`Sink`], a [`StoreTarget`] variant and its
@@ -13,6 +14,7 @@
 
 pub mod hbase;
 pub mod json;
+pub mod rebuild;
 mod sink;
 pub mod sqlite;
 

@@ -4,7 +4,7 @@
 //! A run that starts over on a store holding results ([`Sink::start_over`]) never blanks it for
 //! readers (SPEC §7, continuity): it writes its tables beside the old ones, under the prefix
 //! [`REBUILD_PREFIX`], and switches them in by renaming, in one transaction, once it shows at least
-//! what readers see (see `Rebuild::caught_up`), or earlier when it cannot (a bounded run's last
+//! what readers see (see [`crate::store::rebuild`]), or earlier when it cannot (a bounded run's last
 //! batch, a live source still behind after [`LIVE_GRACE`]). Until then readers see the old tables,
 //! and in the old `pipeline_state` the rebuild's progress under `rebuild_frontier`. The database
 //! holds both meanwhile.
@@ -16,13 +16,13 @@ use cartflow_dataflows::schema::{state_key, Kind, Row, Table, TableId, Value, TA
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql};
 
+use crate::store::rebuild::{Next, Rebuild, LIVE_GRACE};
 use crate::store::{Sink, WriteBatch};
 
 /// The prefix of the tables a rebuild writes beside the ones readers see.
 pub const REBUILD_PREFIX: &str = "next_";
 
-/// The old `pipeline_state`'s entry for how far a rebuild beside it has come.
-pub const REBUILD_FRONTIER: &str = "rebuild_frontier";
+pub use crate::store::rebuild::REBUILD_FRONTIER;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -33,46 +33,6 @@ pub struct SqliteStore {
     /// Per table (by `TableId as usize`): its upsert and delete-by-key statements' SQL, built once
     /// (formatting them per row was a fifth of the writer's time).
     statements: Vec<(String, String)>,
-}
-
-/// A rebuild beside the tables readers see: how far those go, and how far the rebuild has come.
-#[derive(Debug, Default)]
-struct Rebuild {
-    old_frontier: String,
-    old_live_edge: Option<String>,
-    frontier: Option<String>,
-    live_edge: Option<String>,
-    /// When the rebuild's live windows began (its source had read its backlog).
-    live_since: Option<std::time::Instant>,
-}
-
-/// How long a rebuild whose source is live may stay behind the old results before it switches in
-/// anyway. Live, its frontier catches up within seconds (the steps from its last large one to the
-/// live edge); one still behind after this came from other input (another topic, a reset one),
-/// and waiting would show readers the old results for good.
-const LIVE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl Rebuild {
-    /// The rebuild shows readers at least what they see: its frontier has reached theirs, and its
-    /// live windows reach as far as theirs did. (Fixed-width RFC 3339 times order as text.)
-    fn caught_up(&self) -> bool {
-        let Some(frontier) = &self.frontier else { return false };
-        let windows_reach = self.live_edge.as_ref().unwrap_or(frontier);
-        *frontier >= self.old_frontier && self.old_live_edge.as_ref().is_none_or(|old| windows_reach >= old)
-    }
-
-    fn note(&mut self, state: &[(String, String)]) {
-        for (key, value) in state {
-            match key.as_str() {
-                state_key::FRONTIER => self.frontier = Some(value.clone()),
-                state_key::LIVE_EDGE => {
-                    self.live_edge = Some(value.clone());
-                    self.live_since.get_or_insert_with(std::time::Instant::now);
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// A table's name in a rebuild beside it.
@@ -225,11 +185,8 @@ impl SqliteStore {
                 // A rebuild begun by an older version may lack a newer table.
                 store.conn.execute(&create_table_sql_named(table, &rebuild_name(table)), [])?;
             }
-            let mut rebuild = Rebuild {
-                old_frontier: store.state(state_key::FRONTIER)?.unwrap_or_default(),
-                old_live_edge: store.state(state_key::LIVE_EDGE)?,
-                ..Default::default()
-            };
+            let mut rebuild =
+                Rebuild::new(store.state(state_key::FRONTIER)?.unwrap_or_default(), store.state(state_key::LIVE_EDGE)?);
             let next_state = format!("SELECT key, value FROM {}", quoted(&format!("{REBUILD_PREFIX}pipeline_state")));
             let entries: Vec<(String, String)> = store
                 .conn
@@ -435,11 +392,7 @@ impl Sink for SqliteStore {
             "the store holds results as of {frontier}: this run writes its own beside them, and readers keep \
              seeing those until it has caught up"
         );
-        self.rebuilding = Some(Rebuild {
-            old_frontier: frontier,
-            old_live_edge: self.state(state_key::LIVE_EDGE)?,
-            ..Default::default()
-        });
+        self.rebuilding = Some(Rebuild::new(frontier, self.state(state_key::LIVE_EDGE)?));
         Ok(())
     }
 
@@ -484,28 +437,11 @@ impl Sink for SqliteStore {
         tx.commit()?;
         let Some(rebuild) = &mut self.rebuilding else { return Ok(()) };
         rebuild.note(&batch.state);
-        let old = rebuild.old_frontier.clone();
-        if rebuild.caught_up() {
-            self.switch_in()?;
-            tracing::info!("the rebuilt store has caught up with the old one ({old}): readers now see it");
-        } else if rebuild.live_since.is_some_and(|since| since.elapsed() >= self.live_grace) {
-            self.switch_in()?;
-            tracing::warn!(
-                "this run has been live for {} s but is behind the results the store held ({old}), which came from \
-                 other input: readers now see its results",
-                self.live_grace.as_secs()
-            );
-        } else if batch.complete && rebuild.frontier.is_some() {
-            self.switch_in()?;
-            tracing::warn!(
-                "the run ended behind the results the store held ({old}): readers now see its results, as of an \
-                 earlier frontier"
-            );
-        } else if batch.complete {
-            self.drop_rebuild()?;
-            tracing::warn!("the run produced no results: the store keeps those it held ({old})");
+        match rebuild.next(batch, self.live_grace) {
+            Next::SwitchIn => self.switch_in(),
+            Next::Drop => self.drop_rebuild(),
+            Next::Rebuild => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cartflow_dataflows::schema::{cmp_keys, Kind, Row, Table, TableId, Value, TABLES};
+use cartflow_dataflows::schema::{cmp_keys, state_key, Kind, Row, Table, TableId, Value, TABLES};
 use hbase_thrift::hbase::{
     BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient, TRowResult, TScan,
 };
@@ -40,10 +40,16 @@ use thrift::transport::{
 use tracing::{info, warn};
 
 use self::seed::{SeedLayout, SeedTable};
+use crate::store::rebuild::{Next, Rebuild, LIVE_GRACE, REBUILD_FRONTIER};
+use crate::store::sqlite::SqliteStore;
 use crate::store::{Sink, WriteBatch};
 
 /// The column family of every table.
 pub const FAMILY: &str = "d";
+
+/// The original's tables, in the order of [`seed::TABLES`].
+const SEED_TABLES: [SeedTable; 4] =
+    [SeedTable::RealtimeStats, SeedTable::FunnelAnalytics, SeedTable::Recommendations, SeedTable::BrandPerformance];
 
 /// Rows per `mutateRows` call: large enough to amortise the round trip, small enough that one
 /// call stays well under HBase's default 2 MiB RPC warning size for our rows.
@@ -224,15 +230,10 @@ impl HbaseUrl {
             .iter()
             .filter(|t| self.layout.writes_spec() || t.id == TableId::PipelineState)
             .map(|t| (self.table_name(t), vec![(FAMILY.to_string(), 1)]));
-        let seed = [
-            SeedTable::RealtimeStats,
-            SeedTable::FunnelAnalytics,
-            SeedTable::Recommendations,
-            SeedTable::BrandPerformance,
-        ]
-        .into_iter()
-        .filter(|_| self.layout.writes_seed())
-        .map(|t| (self.seed_table_name(t), t.families().iter().map(|(f, v)| (f.to_string(), *v)).collect()));
+        let seed = SEED_TABLES
+            .into_iter()
+            .filter(|_| self.layout.writes_seed())
+            .map(|t| (self.seed_table_name(t), t.families().iter().map(|(f, v)| (f.to_string(), *v)).collect()));
         spec.chain(seed).collect()
     }
 
@@ -433,6 +434,66 @@ pub struct HbaseStore {
     /// `--hbase-layout seed|both`: the translation into the original's tables, and their names.
     seed: Option<SeedLayout>,
     seed_names: Vec<Vec<u8>>,
+    /// A rebuild in progress (see [`HbaseStore::start_over`]).
+    rebuilding: Option<Staging>,
+    /// [`LIVE_GRACE`] (shorter in tests).
+    live_grace: Duration,
+}
+
+/// A run that starts over on an HBase store holding results keeps them for readers: its own go
+/// into a SQLite file of this machine's (the same tables, the same writes) until they have caught
+/// up, and are then copied into HBase in one batch (see [`HbaseStore::switch_in`]).
+struct Staging {
+    path: std::path::PathBuf,
+    store: SqliteStore,
+    rebuild: Rebuild,
+}
+
+/// Where the run of this process keeps its rebuild for the store at `url`: in the temporary
+/// directory (`TMPDIR`), named by process and store, so that the run's start and its writer
+/// find the same file and two stores (tests in one process) do not share one.
+fn staging_path(url: &HbaseUrl) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cartflow-hbase-rebuild-{}-{}.db", std::process::id(), store_tag(url)))
+}
+
+/// A store's part of its staging files' names (a hash of its URL).
+fn store_tag(url: &HbaseUrl) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    url.to_string().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Removes the staging files of the store at `url` that runs killed mid-rebuild left (named by
+/// another process), and this process's own.
+fn remove_stagings(url: &HbaseUrl) {
+    let suffix = format!("-{}.db", store_tag(url));
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cartflow-hbase-rebuild-") && name.ends_with(&suffix) {
+            remove_staging(&entry.path());
+        }
+    }
+}
+
+/// Removes a staging file and SQLite's files beside it.
+fn remove_staging(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// What a switch-in removes besides writing the rebuilt rows: the rows of the tables readers see
+/// that the rebuild does not hold.
+#[derive(Default)]
+struct Stale {
+    /// Store tables' rows (their HBase row keys).
+    spec: Vec<(TableId, Vec<u8>)>,
+    /// Per original table, the row keys it holds: those the batch does not write are deleted.
+    seed_held: Vec<(SeedTable, Vec<Vec<u8>>)>,
 }
 
 fn now_millis() -> i64 {
@@ -457,15 +518,8 @@ impl HbaseStore {
                 missing.join(", ")
             );
         }
-        let seed_names = [
-            SeedTable::RealtimeStats,
-            SeedTable::FunnelAnalytics,
-            SeedTable::Recommendations,
-            SeedTable::BrandPerformance,
-        ]
-        .map(|t| url.seed_table_name(t))
-        .to_vec();
-        Ok(HbaseStore {
+        let seed_names = SEED_TABLES.map(|t| url.seed_table_name(t)).to_vec();
+        let mut store = HbaseStore {
             url: url.clone(),
             client: Some(client),
             last_timestamp: 0,
@@ -474,7 +528,102 @@ impl HbaseStore {
             names,
             seed: url.layout.writes_seed().then(SeedLayout::default),
             seed_names,
+            rebuilding: None,
+            live_grace: LIVE_GRACE,
+        };
+        // A rebuild this process's run began (its start opened the store apart) goes on here.
+        let path = staging_path(url);
+        if path.exists() && store.state(REBUILD_FRONTIER)?.is_some() {
+            let staged = SqliteStore::open(&path)?;
+            let mut rebuild = Rebuild::new(
+                store.state(state_key::FRONTIER)?.unwrap_or_default(),
+                store.state(state_key::LIVE_EDGE)?.filter(|e| !e.is_empty()),
+            );
+            rebuild.note(&staged.state_entries()?.into_iter().collect::<Vec<_>>());
+            store.rebuilding = Some(Staging { path, store: staged, rebuild });
+        }
+        Ok(store)
+    }
+
+    /// A rebuild is in progress: writes go to the staging file, readers see the old results.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.is_some()
+    }
+
+    /// Drops a rebuild (one given up, or left by a killed run): its file, and the old
+    /// `pipeline_state`'s note of it.
+    fn drop_rebuild(&mut self) -> Result<()> {
+        if let Some(staging) = self.rebuilding.take() {
+            remove_staging(&staging.path);
+        }
+        remove_stagings(&self.url);
+        if self.state(REBUILD_FRONTIER)?.is_some() {
+            let name = self.name(TableId::PipelineState).to_vec();
+            let key = REBUILD_FRONTIER.as_bytes().to_vec();
+            self.with_retries("removing the rebuild's note", |client, _| {
+                client.mutate_row(name.clone(), key.clone(), row_delete(), BTreeMap::new())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes `value` under `key` in `pipeline_state` (a note beside the results readers see).
+    fn put_state(&mut self, key: &str, value: &str) -> Result<()> {
+        let table = TableId::PipelineState.table();
+        let row = vec![Value::text(key), Value::text(value)];
+        let (name, row_key, cells) =
+            (self.name(TableId::PipelineState).to_vec(), row_key(table, &row)?, row_mutations(table, &row));
+        self.with_retries("noting the rebuild's progress", |client, _| {
+            client.mutate_row(name.clone(), row_key.clone(), cells.clone(), BTreeMap::new())
         })
+    }
+
+    /// Switches a rebuild in: every row it holds is written into the tables readers see, then
+    /// the rows they hold that it does not are deleted, and `pipeline_state` is written last, as
+    /// any batch is (see the module's doc). Readers see the old results, then the new ones table by
+    /// table as HBase takes them, never an empty table; the frontier moves once, forward.
+    fn switch_in(&mut self) -> Result<()> {
+        let staging = self.rebuilding.take().expect("a rebuild to switch in");
+        let started = Instant::now();
+        let mut batch = WriteBatch::default();
+        let mut stale = Stale::default();
+        let spec = self.url.layout.writes_spec();
+        for table in TABLES {
+            let rows = staging.store.read_table(table.id)?;
+            if spec || table.id == TableId::PipelineState {
+                let kept: std::collections::HashSet<Vec<u8>> =
+                    rows.iter().map(|row| row_key(table, row)).collect::<Result<_>>()?;
+                let name = self.name(table.id).to_vec();
+                let held = self.with_retries("listing a table's rows", |client, _| scan_keys(client, &name))?;
+                stale.spec.extend(held.into_iter().filter(|key| !kept.contains(key)).map(|key| (table.id, key)));
+            }
+            if table.id == TableId::PipelineState {
+                batch.state = rows
+                    .into_iter()
+                    .filter_map(|row| Some((row[0].as_str()?.to_string(), row[1].as_str()?.to_string())))
+                    .collect();
+            } else {
+                batch.upserts.extend(rows.into_iter().map(|row| (table.id, row)));
+            }
+        }
+        if self.seed.is_some() {
+            // The original's tables are written anew from the whole state, as for a first batch.
+            self.seed = Some(SeedLayout::default());
+            for (table, name) in SEED_TABLES.iter().zip(self.seed_names.clone()) {
+                let held = self.with_retries("listing a table's rows", |client, _| scan_keys(client, &name))?;
+                stale.seed_held.push((*table, held));
+            }
+        }
+        let (rows, removed) = (batch.upserts.len(), stale.spec.len());
+        self.apply(&batch, stale)?;
+        remove_staging(&staging.path);
+        info!(
+            "HBase at {}: the rebuild is switched in ({rows} rows written, {removed} rows it does not hold removed, in \
+             {:.1} s)",
+            self.url,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     pub fn with_retry(mut self, retry: Retry) -> HbaseStore {
@@ -682,10 +831,34 @@ fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
 }
 
 impl Sink for HbaseStore {
+    /// Empty tables, or, when the store holds results, a rebuild in a SQLite file of this
+    /// machine's (see [`Staging`]): readers keep the old results until the new ones have caught up
+    /// (the rules of [`crate::store::rebuild`]), which are then copied in.
+    fn start_over(&mut self) -> Result<()> {
+        // A rebuild left by a killed run starts again from nothing.
+        self.drop_rebuild()?;
+        let Some(frontier) = self.state(state_key::FRONTIER)?.filter(|f| !f.is_empty()) else {
+            return self.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() });
+        };
+        let path = staging_path(&self.url);
+        let store = SqliteStore::open(&path)?;
+        self.put_state(REBUILD_FRONTIER, "")?;
+        info!(
+            "HBase at {} holds results as of {frontier}: this run keeps its own in {} until they have caught up, and \
+             readers keep seeing those",
+            self.url,
+            path.display()
+        );
+        let live_edge = self.state(state_key::LIVE_EDGE)?.filter(|e| !e.is_empty());
+        self.rebuilding = Some(Staging { path, store, rebuild: Rebuild::new(frontier, live_edge) });
+        Ok(())
+    }
+
     /// HBase keeps its tables as they are for a run that continues from a checkpoint: the
-    /// frontier and the live edge it holds tell which boundaries it has.
+    /// frontier and the live edge it holds tell which boundaries it has. (A rebuild left by a
+    /// killed run is dropped: the results readers see stay.)
     fn resume(&mut self) -> Result<Option<BTreeMap<String, String>>> {
-        use cartflow_dataflows::schema::state_key;
+        self.drop_rebuild()?;
         let mut state = BTreeMap::new();
         for key in [state_key::FRONTIER, state_key::LIVE_EDGE] {
             if let Some(value) = self.state(key)?.filter(|v| !v.is_empty()) {
@@ -696,6 +869,25 @@ impl Sink for HbaseStore {
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
+        let Some(staging) = &mut self.rebuilding else { return self.apply(batch, Stale::default()) };
+        staging.store.write(batch)?;
+        staging.rebuild.note(&batch.state);
+        let next = staging.rebuild.next(batch, self.live_grace);
+        if let Some((_, frontier)) = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER) {
+            // Readers of the old results see how far the rebuild has come.
+            self.put_state(REBUILD_FRONTIER, &frontier.clone())?;
+        }
+        match next {
+            Next::SwitchIn => self.switch_in(),
+            Next::Drop => self.drop_rebuild(),
+            Next::Rebuild => Ok(()),
+        }
+    }
+}
+
+impl HbaseStore {
+    /// Writes a batch (see the module's doc), also deleting `stale` rows (a switch-in's).
+    fn apply(&mut self, batch: &WriteBatch, stale: Stale) -> Result<()> {
         // Deletes at `timestamp`, upserts at `timestamp + 1` (see the module doc).
         let timestamp = now_millis().max(self.last_timestamp + 1);
         self.last_timestamp = timestamp + 1;
@@ -707,6 +899,12 @@ impl Sink for HbaseStore {
             }
             None => seed::SeedChanges::default(),
         };
+        let mut stale_seed = Vec::new();
+        for (table, held) in stale.seed_held {
+            let written: std::collections::HashSet<&[u8]> =
+                seed.puts.iter().filter(|(t, _, _)| *t == table).map(|(_, key, _)| key.as_slice()).collect();
+            stale_seed.extend(held.into_iter().filter(|key| !written.contains(key.as_slice())).map(|key| (table, key)));
+        }
         let seed_names = self.seed_names.clone();
         // Keys and widths are checked before the first call: a mistake is not retried.
         let mut upsert_keys = Vec::with_capacity(batch.upserts.len());
@@ -769,6 +967,14 @@ impl Sink for HbaseStore {
             }
             for (table, key, cells) in &seed.puts {
                 send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), cells.clone()))?;
+            }
+            // A switch-in's stale rows go once the new ones are in, so that no table is ever
+            // empty for a reader (their keys differ from every row written here).
+            for (id, key) in stale.spec.iter().filter(|(id, _)| spec || *id == TableId::PipelineState) {
+                send.push(&names[*id as usize], BatchMutation::new(key.clone(), row_delete()))?;
+            }
+            for (table, key) in &stale_seed {
+                send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), seed_row_delete(*table)))?;
             }
             let state = &names[TableId::PipelineState as usize];
             for (row, key) in state_rows.iter().zip(&state_keys) {
@@ -948,6 +1154,75 @@ mod tests {
             store.write(&replace).unwrap();
             assert_eq!(store.read_table(TableId::Demographics).unwrap(), vec![demographics("b", 9)]);
         }
+    }
+
+    fn boundary(rows: Vec<Row>, frontier: &str) -> WriteBatch {
+        WriteBatch { state: vec![("frontier".into(), frontier.into())], ..upserts(rows) }
+    }
+
+    #[test]
+    fn starting_over_on_results_keeps_them_for_readers_until_the_new_ones_catch_up() {
+        let server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+        let url = server.url(Some("shop"));
+        HbaseStore::init(&url).unwrap();
+        let mut reader = HbaseStore::open(&url).unwrap();
+        let mut seen = move || (reader.read_table(TableId::Demographics).unwrap(), reader.state("frontier").unwrap());
+        let mut store = HbaseStore::open(&url).unwrap();
+        // An empty store starts over in place.
+        store.start_over().unwrap();
+        assert!(!store.is_rebuilding());
+        store.write(&boundary(vec![demographics("gone", 5), demographics("kept", 7)], "2019-12-02T00:00:00Z")).unwrap();
+        let old = seen();
+
+        // A file a killed run's process left for this store is removed at the start.
+        let orphan = std::env::temp_dir().join(format!("cartflow-hbase-rebuild-1-{}.db", store_tag(&url)));
+        std::fs::write(&orphan, b"left by a killed run").unwrap();
+        store.start_over().unwrap();
+        assert!(!orphan.exists());
+        assert!(store.is_rebuilding());
+        // The run's writer opens the store apart and goes on with the rebuild.
+        let mut writer = HbaseStore::open(&url).unwrap();
+        assert!(writer.is_rebuilding());
+        let staged = staging_path(&url);
+        assert!(staged.exists());
+        writer.write(&boundary(vec![demographics("kept", 1)], "2019-12-01T00:00:00Z")).unwrap();
+        assert_eq!(seen(), old, "behind the old frontier: readers see the old results");
+        assert_eq!(writer.state(REBUILD_FRONTIER).unwrap().as_deref(), Some("2019-12-01T00:00:00Z"));
+        writer.write(&boundary(vec![demographics("new", 2), demographics("kept", 9)], "2019-12-02T00:00:00Z")).unwrap();
+        assert!(!writer.is_rebuilding());
+        assert!(!staged.exists(), "the staging file is removed");
+        assert_eq!(
+            seen(),
+            (vec![demographics("kept", 9), demographics("new", 2)], Some("2019-12-02T00:00:00Z".into())),
+            "caught up: readers see the new results, without the rows the rebuild does not hold"
+        );
+        assert_eq!(writer.state(REBUILD_FRONTIER).unwrap(), None);
+        writer.write(&boundary(vec![demographics("kept", 10)], "2019-12-02T00:01:00Z")).unwrap();
+        assert_eq!(seen().0[0], demographics("kept", 10), "written in place after the switch");
+
+        // A run that ends behind the old frontier: its last batch switches all the same.
+        writer.start_over().unwrap();
+        writer.write(&boundary(vec![demographics("kept", 3)], "2019-12-01T12:00:00Z")).unwrap();
+        assert_eq!(seen().0[0], demographics("kept", 10));
+        writer.write(&WriteBatch { complete: true, ..Default::default() }).unwrap();
+        assert_eq!(seen(), (vec![demographics("kept", 3)], Some("2019-12-01T12:00:00Z".into())));
+
+        // A run that produces nothing leaves the results readers see, and no rebuild behind.
+        writer.start_over().unwrap();
+        writer.write(&WriteBatch { complete: true, ..Default::default() }).unwrap();
+        assert!(!writer.is_rebuilding() && !staged.exists());
+        assert_eq!(seen(), (vec![demographics("kept", 3)], Some("2019-12-01T12:00:00Z".into())));
+        assert_eq!(writer.state(REBUILD_FRONTIER).unwrap(), None);
+
+        // A run continuing from a checkpoint drops a rebuild a killed run left.
+        writer.start_over().unwrap();
+        writer.write(&boundary(vec![demographics("kept", 4)], "2019-12-01T06:00:00Z")).unwrap();
+        let mut resumed = HbaseStore::open(&url).unwrap();
+        let state = resumed.resume().unwrap().unwrap();
+        assert_eq!(state.get("frontier").map(String::as_str), Some("2019-12-01T12:00:00Z"));
+        assert!(!staged.exists() && resumed.state(REBUILD_FRONTIER).unwrap().is_none());
+        assert!(!HbaseStore::open(&url).unwrap().is_rebuilding());
+        assert_eq!(seen().0, vec![demographics("kept", 3)]);
     }
 
     #[test]
