@@ -113,8 +113,9 @@ pub fn run(config: &EngineConfig) -> Result<RunSummary> {
     changes.sort_by_key(|(at, _)| *at);
 
     // With checkpoints: continue from the newest usable one, with the store as it is. Otherwise
-    // start with empty tables (results and pipeline_state), as a replay from the beginning;
-    // SQLite builds them beside the results it holds, which readers see until the run catches up.
+    // start with empty tables (results and pipeline_state), as a replay from the beginning; a
+    // store holding results keeps them for readers until the run catches up (SQLite: tables
+    // beside them; HBase: a local file, copied in).
     let mut config = config.clone();
     let (checkpoints, restored) = match config.checkpoint.clone() {
         Some(checkpoint) => {

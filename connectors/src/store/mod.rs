@@ -52,10 +52,12 @@ impl StoreTarget {
         })
     }
 
+    /// Opens the store for a run's start and its writer (HBase: the writer goes on with a rebuild
+    /// the start began in this process).
     pub fn open(&self) -> Result<Box<dyn Sink + Send>> {
         Ok(match self {
             StoreTarget::Sqlite(path) => Box::new(SqliteStore::open(path)?),
-            StoreTarget::Hbase(url) => Box::new(HbaseStore::open(url)?),
+            StoreTarget::Hbase(url) => Box::new(HbaseStore::open_to_write(url)?),
         })
     }
 

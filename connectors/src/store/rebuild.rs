@@ -34,9 +34,20 @@ pub enum Next {
     /// Keep rebuilding: readers keep the old results.
     Rebuild,
     /// Switch the rebuild in: readers see it from now on.
-    SwitchIn,
+    SwitchIn(Why),
     /// Drop the rebuild (the run produced nothing): readers keep the old results.
     Drop,
+}
+
+/// Why a rebuild switches in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Why {
+    /// It shows readers at least what they saw.
+    CaughtUp,
+    /// Live for longer than the grace and still behind: the old results came from other input.
+    LiveBehind,
+    /// A bounded run's last batch, behind the old results.
+    EndedBehind,
 }
 
 impl Rebuild {
@@ -68,30 +79,40 @@ impl Rebuild {
 
     /// After `batch` is in the rebuild (and noted): switch it in once it has caught up, or earlier
     /// when it cannot (a bounded run's last batch, a live source still behind after `live_grace`);
-    /// drop it when the run ends without results. Logs what it decides.
+    /// drop it when the run ends without results.
     pub fn next(&self, batch: &WriteBatch, live_grace: Duration) -> Next {
-        let old = &self.old_frontier;
         if self.caught_up() {
-            tracing::info!("the rebuilt store has caught up with the old one ({old}): readers now see it");
-            Next::SwitchIn
+            Next::SwitchIn(Why::CaughtUp)
         } else if self.live_since.is_some_and(|since| since.elapsed() >= live_grace) {
-            tracing::warn!(
-                "this run has been live for {} s but is behind the results the store held ({old}), which came from \
-                 other input: readers now see its results",
-                live_grace.as_secs()
-            );
-            Next::SwitchIn
+            Next::SwitchIn(Why::LiveBehind)
         } else if batch.complete && self.frontier.is_some() {
-            tracing::warn!(
-                "the run ended behind the results the store held ({old}): readers now see its results, as of an \
-                 earlier frontier"
-            );
-            Next::SwitchIn
+            Next::SwitchIn(Why::EndedBehind)
         } else if batch.complete {
-            tracing::warn!("the run produced no results: the store keeps those it held ({old})");
             Next::Drop
         } else {
             Next::Rebuild
+        }
+    }
+}
+
+impl Next {
+    /// Logs what the store did with a rebuild beside results as of `old`, once it is done.
+    pub fn announce(&self, old: &str, live_grace: Duration) {
+        match self {
+            Next::SwitchIn(Why::CaughtUp) => {
+                tracing::info!("the rebuilt store has caught up with the old one ({old}): readers now see it")
+            }
+            Next::SwitchIn(Why::LiveBehind) => tracing::warn!(
+                "this run has been live for {} s but is behind the results the store held ({old}), which came from \
+                 other input: readers now see its results",
+                live_grace.as_secs()
+            ),
+            Next::SwitchIn(Why::EndedBehind) => tracing::warn!(
+                "the run ended behind the results the store held ({old}): readers now see its results, as of an \
+                 earlier frontier"
+            ),
+            Next::Drop => tracing::warn!("the run produced no results: the store keeps those it held ({old})"),
+            Next::Rebuild => {}
         }
     }
 }

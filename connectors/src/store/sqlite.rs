@@ -437,11 +437,14 @@ impl Sink for SqliteStore {
         tx.commit()?;
         let Some(rebuild) = &mut self.rebuilding else { return Ok(()) };
         rebuild.note(&batch.state);
-        match rebuild.next(batch, self.live_grace) {
-            Next::SwitchIn => self.switch_in(),
-            Next::Drop => self.drop_rebuild(),
-            Next::Rebuild => Ok(()),
+        let (next, old) = (rebuild.next(batch, self.live_grace), rebuild.old_frontier.clone());
+        match next {
+            Next::SwitchIn(_) => self.switch_in()?,
+            Next::Drop => self.drop_rebuild()?,
+            Next::Rebuild => {}
         }
+        next.announce(&old, self.live_grace);
+        Ok(())
     }
 }
 

@@ -449,29 +449,48 @@ struct Staging {
     rebuild: Rebuild,
 }
 
+/// Rebuilds begun by [`HbaseStore::start_over`] in this process, by store URL: the engine opens
+/// the store apart for its writer, which [`HbaseStore::open_to_write`] hands the rebuild to.
+/// Kept in the process, not read from HBase: a run's writer must never take another's note for
+/// its own.
+static REBUILDS: std::sync::Mutex<BTreeMap<String, RebuildBegun>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// What a rebuild's writer needs to go on with it.
+#[derive(Clone)]
+struct RebuildBegun {
+    path: std::path::PathBuf,
+    old_frontier: String,
+    old_live_edge: Option<String>,
+}
+
 /// Where the run of this process keeps its rebuild for the store at `url`: in the temporary
-/// directory (`TMPDIR`), named by process and store, so that the run's start and its writer
-/// find the same file and two stores (tests in one process) do not share one.
+/// directory (`TMPDIR`), named by process and store, so that a later start can tell a killed
+/// run's file of the same store from one a live process is writing.
 fn staging_path(url: &HbaseUrl) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("cartflow-hbase-rebuild-{}-{}.db", std::process::id(), store_tag(url)))
 }
 
-/// A store's part of its staging files' names (a hash of its URL).
+/// A store's part of its staging files' names: a hash (64-bit FNV-1a, stable across builds) of
+/// its address and namespace, the tables the file rebuilds whatever the layout.
 fn store_tag(url: &HbaseUrl) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    url.to_string().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    let name = format!("{}|{}", url.address, url.namespace.as_deref().unwrap_or(""));
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
 }
 
-/// Removes the staging files of the store at `url` that runs killed mid-rebuild left (named by
-/// another process), and this process's own.
+/// Removes the staging files of the store at `url` that runs killed mid-rebuild left (named by a
+/// process that no longer runs), and this process's own.
 fn remove_stagings(url: &HbaseUrl) {
     let suffix = format!("-{}.db", store_tag(url));
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("cartflow-hbase-rebuild-") && name.ends_with(&suffix) {
+        let Some(rest) = name.strip_prefix("cartflow-hbase-rebuild-") else { continue };
+        let Some(pid) = rest.strip_suffix(&suffix).and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        let alive = pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if alive {
+            warn!("{}: another process ({pid}) is rebuilding the same HBase store", entry.path().display());
+        } else {
             remove_staging(&entry.path());
         }
     }
@@ -492,9 +511,14 @@ fn remove_staging(path: &std::path::Path) {
 struct Stale {
     /// Store tables' rows (their HBase row keys).
     spec: Vec<(TableId, Vec<u8>)>,
-    /// Per original table, the row keys it holds: those the batch does not write are deleted.
-    seed_held: Vec<(SeedTable, Vec<Vec<u8>>)>,
+    /// Per original table, the rows it holds with their columns: rows the batch does not write are
+    /// deleted, and so are the columns it does not write of those it does (a recommendation row
+    /// with fewer ranks than before).
+    seed_held: Vec<(SeedTable, Vec<RowColumns>)>,
 }
+
+/// A row's key and the columns it holds (`family:qualifier`).
+type RowColumns = (Vec<u8>, Vec<Vec<u8>>);
 
 fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -519,7 +543,7 @@ impl HbaseStore {
             );
         }
         let seed_names = SEED_TABLES.map(|t| url.seed_table_name(t)).to_vec();
-        let mut store = HbaseStore {
+        Ok(HbaseStore {
             url: url.clone(),
             client: Some(client),
             last_timestamp: 0,
@@ -530,17 +554,19 @@ impl HbaseStore {
             seed_names,
             rebuilding: None,
             live_grace: LIVE_GRACE,
-        };
-        // A rebuild this process's run began (its start opened the store apart) goes on here.
-        let path = staging_path(url);
-        if path.exists() && store.state(REBUILD_FRONTIER)?.is_some() {
-            let staged = SqliteStore::open(&path)?;
-            let mut rebuild = Rebuild::new(
-                store.state(state_key::FRONTIER)?.unwrap_or_default(),
-                store.state(state_key::LIVE_EDGE)?.filter(|e| !e.is_empty()),
-            );
+        })
+    }
+
+    /// Opens the store for a run's writer: a rebuild this process's run began (its start opened
+    /// the store apart) goes on here. Readers and tools use [`HbaseStore::open`].
+    pub fn open_to_write(url: &HbaseUrl) -> Result<HbaseStore> {
+        let mut store = HbaseStore::open(url)?;
+        let begun = REBUILDS.lock().unwrap_or_else(|e| e.into_inner()).get(&url.to_string()).cloned();
+        if let Some(begun) = begun {
+            let staged = SqliteStore::open(&begun.path)?;
+            let mut rebuild = Rebuild::new(begun.old_frontier, begun.old_live_edge);
             rebuild.note(&staged.state_entries()?.into_iter().collect::<Vec<_>>());
-            store.rebuilding = Some(Staging { path, store: staged, rebuild });
+            store.rebuilding = Some(Staging { path: begun.path, store: staged, rebuild });
         }
         Ok(store)
     }
@@ -556,34 +582,37 @@ impl HbaseStore {
         if let Some(staging) = self.rebuilding.take() {
             remove_staging(&staging.path);
         }
+        REBUILDS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.url.to_string());
         remove_stagings(&self.url);
         if self.state(REBUILD_FRONTIER)?.is_some() {
-            let name = self.name(TableId::PipelineState).to_vec();
-            let key = REBUILD_FRONTIER.as_bytes().to_vec();
-            self.with_retries("removing the rebuild's note", |client, _| {
-                client.mutate_row(name.clone(), key.clone(), row_delete(), BTreeMap::new())
-            })?;
+            self.note_state(REBUILD_FRONTIER, None)?;
         }
         Ok(())
     }
 
-    /// Writes `value` under `key` in `pipeline_state` (a note beside the results readers see).
-    fn put_state(&mut self, key: &str, value: &str) -> Result<()> {
+    /// Writes `value` under `key` in `pipeline_state`, or deletes the key (a note beside the
+    /// results readers see), at the store's own rising timestamp like every batch: HBase's clock
+    /// would let a delete and a later write in the same millisecond hide the write.
+    fn note_state(&mut self, key: &str, value: Option<&str>) -> Result<()> {
         let table = TableId::PipelineState.table();
-        let row = vec![Value::text(key), Value::text(value)];
-        let (name, row_key, cells) =
-            (self.name(TableId::PipelineState).to_vec(), row_key(table, &row)?, row_mutations(table, &row));
+        let row = vec![Value::text(key), Value::text(value.unwrap_or_default())];
+        let (name, row_key) = (self.name(TableId::PipelineState).to_vec(), row_key(table, &row)?);
+        let cells = if value.is_some() { row_mutations(table, &row) } else { row_delete() };
+        let at = now_millis().max(self.last_timestamp + 1);
+        self.last_timestamp = at;
         self.with_retries("noting the rebuild's progress", |client, _| {
-            client.mutate_row(name.clone(), row_key.clone(), cells.clone(), BTreeMap::new())
+            client.mutate_row_ts(name.clone(), row_key.clone(), cells.clone(), at, BTreeMap::new())
         })
     }
 
     /// Switches a rebuild in: every row it holds is written into the tables readers see, then
     /// the rows they hold that it does not are deleted, and `pipeline_state` is written last, as
     /// any batch is (see the module's doc). Readers see the old results, then the new ones table by
-    /// table as HBase takes them, never an empty table; the frontier moves once, forward.
+    /// table as HBase takes them, never an empty table; the frontier moves once (forward, unless
+    /// the run could not catch up: [`crate::store::rebuild::Why`]).
     fn switch_in(&mut self) -> Result<()> {
         let staging = self.rebuilding.take().expect("a rebuild to switch in");
+        REBUILDS.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.url.to_string());
         let started = Instant::now();
         let mut batch = WriteBatch::default();
         let mut stale = Stale::default();
@@ -610,7 +639,7 @@ impl HbaseStore {
             // The original's tables are written anew from the whole state, as for a first batch.
             self.seed = Some(SeedLayout::default());
             for (table, name) in SEED_TABLES.iter().zip(self.seed_names.clone()) {
-                let held = self.with_retries("listing a table's rows", |client, _| scan_keys(client, &name))?;
+                let held = self.with_retries("listing a table's rows", |client, _| scan_columns(client, &name))?;
                 stale.seed_held.push((*table, held));
             }
         }
@@ -823,6 +852,17 @@ fn scan_all(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<BTreeMap<Vec
     Ok(rows)
 }
 
+/// Every row of table `name`: its key and the columns it holds (`family:qualifier`).
+fn scan_columns(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<RowColumns>> {
+    let mut rows = Vec::new();
+    scan(client, name, false, |result| {
+        if let Some(key) = result.row {
+            rows.push((key, result.columns.unwrap_or_default().into_keys().collect()));
+        }
+    })?;
+    Ok(rows)
+}
+
 /// The row keys of every row of table `name`.
 fn scan_keys(client: &mut Client, name: &[u8]) -> thrift::Result<Vec<Vec<u8>>> {
     let mut keys = Vec::new();
@@ -841,8 +881,20 @@ impl Sink for HbaseStore {
             return self.write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() });
         };
         let path = staging_path(&self.url);
-        let store = SqliteStore::open(&path)?;
-        self.put_state(REBUILD_FRONTIER, "")?;
+        let store = match SqliteStore::open(&path) {
+            Ok(store) => store,
+            Err(error) => {
+                warn!(
+                    "HBase at {}: cannot keep this run's results aside until they catch up ({error:#}); the tables are \
+                     emptied and refilled instead, so readers see them blank meanwhile",
+                    self.url
+                );
+                remove_staging(&path);
+                return self
+                    .write(&WriteBatch { replace: TABLES.iter().map(|t| t.id).collect(), ..Default::default() });
+            }
+        };
+        self.note_state(REBUILD_FRONTIER, Some(""))?;
         info!(
             "HBase at {} holds results as of {frontier}: this run keeps its own in {} until they have caught up, and \
              readers keep seeing those",
@@ -850,6 +902,9 @@ impl Sink for HbaseStore {
             path.display()
         );
         let live_edge = self.state(state_key::LIVE_EDGE)?.filter(|e| !e.is_empty());
+        let begun =
+            RebuildBegun { path: path.clone(), old_frontier: frontier.clone(), old_live_edge: live_edge.clone() };
+        REBUILDS.lock().unwrap_or_else(|e| e.into_inner()).insert(self.url.to_string(), begun);
         self.rebuilding = Some(Staging { path, store, rebuild: Rebuild::new(frontier, live_edge) });
         Ok(())
     }
@@ -873,15 +928,18 @@ impl Sink for HbaseStore {
         staging.store.write(batch)?;
         staging.rebuild.note(&batch.state);
         let next = staging.rebuild.next(batch, self.live_grace);
+        let old = staging.rebuild.old_frontier.clone();
         if let Some((_, frontier)) = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER) {
             // Readers of the old results see how far the rebuild has come.
-            self.put_state(REBUILD_FRONTIER, &frontier.clone())?;
+            self.note_state(REBUILD_FRONTIER, Some(&frontier.clone()))?;
         }
         match next {
-            Next::SwitchIn => self.switch_in(),
-            Next::Drop => self.drop_rebuild(),
-            Next::Rebuild => Ok(()),
+            Next::SwitchIn(_) => self.switch_in()?,
+            Next::Drop => self.drop_rebuild()?,
+            Next::Rebuild => {}
         }
+        next.announce(&old, self.live_grace);
+        Ok(())
     }
 }
 
@@ -899,11 +957,23 @@ impl HbaseStore {
             }
             None => seed::SeedChanges::default(),
         };
-        let mut stale_seed = Vec::new();
+        let (mut stale_rows, mut stale_cells) = (Vec::new(), Vec::new());
         for (table, held) in stale.seed_held {
-            let written: std::collections::HashSet<&[u8]> =
-                seed.puts.iter().filter(|(t, _, _)| *t == table).map(|(_, key, _)| key.as_slice()).collect();
-            stale_seed.extend(held.into_iter().filter(|key| !written.contains(key.as_slice())).map(|key| (table, key)));
+            let mut written: std::collections::HashMap<&[u8], std::collections::HashSet<&[u8]>> = Default::default();
+            for (_, key, cells) in seed.puts.iter().filter(|(t, _, _)| *t == table) {
+                written.entry(key.as_slice()).or_default().extend(cells.iter().filter_map(|m| m.column.as_deref()));
+            }
+            for (key, columns) in held {
+                match written.get(key.as_slice()) {
+                    None => stale_rows.push((table, key)),
+                    Some(kept) => {
+                        let gone: Vec<Vec<u8>> = columns.into_iter().filter(|c| !kept.contains(c.as_slice())).collect();
+                        if !gone.is_empty() {
+                            stale_cells.push((table, key, gone));
+                        }
+                    }
+                }
+            }
         }
         let seed_names = self.seed_names.clone();
         // Keys and widths are checked before the first call: a mistake is not retried.
@@ -973,8 +1043,13 @@ impl HbaseStore {
             for (id, key) in stale.spec.iter().filter(|(id, _)| spec || *id == TableId::PipelineState) {
                 send.push(&names[*id as usize], BatchMutation::new(key.clone(), row_delete()))?;
             }
-            for (table, key) in &stale_seed {
+            for (table, key) in &stale_rows {
                 send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), seed_row_delete(*table)))?;
+            }
+            for (table, key, columns) in &stale_cells {
+                let deletes: Vec<Mutation> =
+                    columns.iter().map(|c| Mutation::new(true, c.clone(), None, true)).collect();
+                send.push(&seed_names[*table as usize], BatchMutation::new(key.clone(), deletes))?;
             }
             let state = &names[TableId::PipelineState as usize];
             for (row, key) in state_rows.iter().zip(&state_keys) {
@@ -1174,15 +1249,20 @@ mod tests {
         store.write(&boundary(vec![demographics("gone", 5), demographics("kept", 7)], "2019-12-02T00:00:00Z")).unwrap();
         let old = seen();
 
-        // A file a killed run's process left for this store is removed at the start.
-        let orphan = std::env::temp_dir().join(format!("cartflow-hbase-rebuild-1-{}.db", store_tag(&url)));
+        // A file a killed run's process left for this store is removed at the start (no process
+        // has a pid above pid_max, 2^22); one a live process writes is left.
+        let file = |pid: u32| std::env::temp_dir().join(format!("cartflow-hbase-rebuild-{pid}-{}.db", store_tag(&url)));
+        let (orphan, live) = (file(4_294_967), file(1));
         std::fs::write(&orphan, b"left by a killed run").unwrap();
+        std::fs::write(&live, b"another process's").unwrap();
         store.start_over().unwrap();
-        assert!(!orphan.exists());
+        assert!(!orphan.exists() && live.exists());
+        std::fs::remove_file(live).unwrap();
         assert!(store.is_rebuilding());
-        // The run's writer opens the store apart and goes on with the rebuild.
-        let mut writer = HbaseStore::open(&url).unwrap();
+        // The run's writer opens the store apart and goes on with the rebuild; a reader does not.
+        let mut writer = HbaseStore::open_to_write(&url).unwrap();
         assert!(writer.is_rebuilding());
+        assert!(!HbaseStore::open(&url).unwrap().is_rebuilding());
         let staged = staging_path(&url);
         assert!(staged.exists());
         writer.write(&boundary(vec![demographics("kept", 1)], "2019-12-01T00:00:00Z")).unwrap();
@@ -1217,12 +1297,49 @@ mod tests {
         // A run continuing from a checkpoint drops a rebuild a killed run left.
         writer.start_over().unwrap();
         writer.write(&boundary(vec![demographics("kept", 4)], "2019-12-01T06:00:00Z")).unwrap();
-        let mut resumed = HbaseStore::open(&url).unwrap();
+        let mut resumed = HbaseStore::open_to_write(&url).unwrap();
+        assert!(resumed.is_rebuilding());
         let state = resumed.resume().unwrap().unwrap();
         assert_eq!(state.get("frontier").map(String::as_str), Some("2019-12-01T12:00:00Z"));
         assert!(!staged.exists() && resumed.state(REBUILD_FRONTIER).unwrap().is_none());
-        assert!(!HbaseStore::open(&url).unwrap().is_rebuilding());
+        assert!(!HbaseStore::open_to_write(&url).unwrap().is_rebuilding());
         assert_eq!(seen().0, vec![demographics("kept", 3)]);
+    }
+
+    /// The original's tables, rewritten from the whole state at a switch-in, keep no row and no
+    /// column the new results lack: a recommendation row with fewer ranks loses the others.
+    #[test]
+    fn a_switch_in_leaves_no_stale_row_or_column_in_the_original_tables() {
+        let server = StandIn::start("127.0.0.1:0", Transport::Buffered, Protocol::Binary).unwrap();
+        let url = server.url(Some("shop")).with_layout(Layout::Both).unwrap();
+        HbaseStore::init(&url).unwrap();
+        let recommendations = |day: &str, ranks: i64| -> Vec<(TableId, Row)> {
+            (1..=ranks)
+                .map(|rank| {
+                    let mut row = vec![Value::text(day), Value::text("25-34"), Value::text("*")];
+                    row.extend([rank, 100 + rank, 10, 5, 2, 1].map(Value::Int));
+                    (TableId::Recommendation, row)
+                })
+                .collect()
+        };
+        let batch = |upserts, frontier: &str| WriteBatch {
+            upserts,
+            state: vec![("frontier".into(), frontier.into())],
+            ..Default::default()
+        };
+        let mut store = HbaseStore::open(&url).unwrap();
+        let old = [recommendations("2019-12-01", 3), recommendations("2019-12-02", 1)].concat();
+        store.write(&batch(old, "2019-12-03T00:00:00Z")).unwrap();
+        store.start_over().unwrap();
+        let mut writer = HbaseStore::open_to_write(&url).unwrap();
+        writer.write(&batch(recommendations("2019-12-01", 1), "2019-12-03T00:00:00Z")).unwrap();
+        assert!(!writer.is_rebuilding());
+        let name = writer.seed_names[SeedTable::Recommendations as usize].clone();
+        let rows = writer.with_retries("reading", |client, _| scan_columns(client, &name)).unwrap();
+        assert_eq!(rows.len(), 1, "the 2nd of December's row is gone: {rows:?}");
+        let columns: Vec<String> = rows[0].1.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        assert!(columns.iter().any(|c| c == "products:rank_1_product_id"), "{columns:?}");
+        assert!(!columns.iter().any(|c| c.contains("rank_2") || c.contains("rank_3")), "{columns:?}");
     }
 
     #[test]
