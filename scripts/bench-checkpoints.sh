@@ -12,6 +12,9 @@
 #        December-like days, 2.1 M events each; EVERY=60s; CARTFLOW, TANSU as in e2e-kafka.sh)
 #        scripts/bench-checkpoints.sh december-2019       (the full December preset: 67.5 M events,
 #        4.6 M users, 31 days)
+#        LOADED_BROKERS=host:port DATA=dir scripts/bench-checkpoints.sh   (a broker already holding
+#        the topic, produced from DATA/events.csv as here: the sitting skips the generation and
+#        the production)
 # The events are produced zstd-compressed: tansu keeps the batches as they come, and compressed
 # they take a sixth of the memory (1 M events: 57 MB against 332 MB), so December fits.
 set -euo pipefail
@@ -35,15 +38,24 @@ print("   " + ", ".join(f"{k} {v}" for k, v in c.execute("SELECT key, value FROM
 PY
 }
 
-start_broker user-events
-"$BIN" generate --out "$WORK/data" "${size[@]}" --quiet
-say "generated ${size[*]}: $(($(wc -l <"$WORK/data/events.csv") - 1)) events, tansu $("$TANSU" --version | awk '{print $2}'), $(nproc) cores"
-"$BIN" --log warn simulate --input "$WORK/data/events.csv" --brokers "$BROKERS" --max --quiet -X compression.type=zstd
-common=(run --brokers "$BROKERS" --exit-at-end -w 2 --profiles "$WORK/data/users.csv" --quiet)
+if [ -n "${LOADED_BROKERS:-}" ]; then
+    # A broker that already holds the topic, produced as below (with DATA, the generated files).
+    BROKERS=$LOADED_BROKERS
+    DATA=${DATA:?DATA: the directory of the events and users the topic holds}
+    say "the topic at $BROKERS holds $DATA/events.csv: $(($(wc -l <"$DATA/events.csv") - 1)) events, $(nproc) cores"
+else
+    DATA=$WORK/data
+    start_broker user-events
+    "$BIN" generate --out "$DATA" "${size[@]}" --quiet
+    say "generated ${size[*]}: $(($(wc -l <"$DATA/events.csv") - 1)) events, tansu $("$TANSU" --version | awk '{print $2}'), $(nproc) cores"
+    "$BIN" --log warn simulate --input "$DATA/events.csv" --brokers "$BROKERS" --max --quiet -X compression.type=zstd
+fi
+common=(run --brokers "$BROKERS" --exit-at-end -w 2 --profiles "$DATA/users.csv" --quiet)
 
 say "1. a bootstrap: run -w 2 from the beginning of the topic, no checkpoints"
-timed "$BIN" --log warn "${common[@]}" --db "$WORK/bootstrap.db" --group bootstrap
+timed "$BIN" --log info "${common[@]}" --db "$WORK/bootstrap.db" --group bootstrap 2>"$WORK/bootstrap.log"
 state "$WORK/bootstrap.db"
+grep -E "kept at the live edge|applied" "$WORK/bootstrap.log" | sed 's/^[^ ]* *INFO /   /' || true
 
 say "2. the same with --checkpoint-dir --checkpoint-every $EVERY, stopped with SIGTERM once it has read the topic"
 # Live (no --exit-at-end): once its frontier has reached the bootstrap's less the lateness and 2
@@ -52,7 +64,7 @@ say "2. the same with --checkpoint-dir --checkpoint-every $EVERY, stopped with S
 target=$(python3 -c "import sqlite3; print(sqlite3.connect('file:$WORK/bootstrap.db?mode=ro', uri=True).execute(\"SELECT value FROM pipeline_state WHERE key = 'frontier'\").fetchone()[0])")
 started=$(date +%s.%N)
 /usr/bin/time -o "$WORK/time" -f "   wall %e s, user %U s, sys %S s, peak RSS %M kB" \
-    "$BIN" --log info run --brokers "$BROKERS" -w 2 --profiles "$WORK/data/users.csv" --quiet --idle-timeout 5s \
+    "$BIN" --log info run --brokers "$BROKERS" -w 2 --profiles "$DATA/users.csv" --quiet --idle-timeout 5s \
     --db "$WORK/checkpointed.db" --group checkpointed --checkpoint-dir "$WORK/checkpoints" --checkpoint-every "$EVERY" \
     2>"$WORK/checkpointed.log" &
 run_pid=$!
