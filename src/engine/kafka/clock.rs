@@ -255,8 +255,7 @@ impl KafkaSource {
             steps.insert(start, step);
             // As `open_step` would have opened the first step: a live one, where the live windows
             // take over, unless a backlog is still being read in larger steps.
-            let settings = &self.options.settings;
-            if !(settings.retire > settings.step && self.catching_up()) {
+            if !self.still_reading_backlog() {
                 self.opened(start, step);
             }
         }
@@ -291,7 +290,10 @@ impl KafkaSource {
     /// one-minute steps: seen with the December preset from tansu, 4 to 5 times slower).
     fn still_reading_backlog(&self) -> bool {
         let settings = &self.options.settings;
-        settings.retire > settings.step && self.threads.iter().any(|t| t.lock().unwrap().view.behind)
+        // (Once the live windows have taken over, which step opens no longer matters.)
+        self.live_from() == Timestamp::MAX
+            && settings.retire > settings.step
+            && self.threads.iter().any(|t| t.lock().unwrap().view.behind)
     }
 
     pub(super) fn all_at_end(&self) -> bool {
