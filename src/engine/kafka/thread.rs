@@ -154,13 +154,11 @@ impl SourceThread {
                 ("auto.offset.reset", "earliest"),
                 // Consumer lag per partition for /metrics.
                 ("statistics.interval.ms", "5000"),
-                // librdkafka holds every other request to a broker behind a fetch in flight, so
-                // the idle checks' watermark queries (0.5 s) waited out fetches long-polling the
-                // default 500 ms on quiet partitions and timed out: the run logged an outage
-                // every few seconds, and no quiet partition counted as idle (seen with tansu in
-                // scripts/broker-outage.sh: 19 to 30 such warnings a run, 2 with 100 ms, both
-                // when the broker froze).
-                ("fetch.wait.max.ms", "100"),
+                // (Not `fetch.wait.max.ms=100`, though librdkafka holds the idle checks' 0.5 s
+                // watermark queries behind the default 500 ms fetch long-polls, so they time out
+                // on quiet partitions: answered, they let tansu's too-low end offsets make
+                // partitions still being written count as idle: scripts/e2e-partitions.sh then
+                // had late events in 1 sitting of 3 here and in CI; 0 of 5 without.)
             ],
         )?;
         // The dataflows' state lives in memory, so a run reads its partitions from the beginning,
