@@ -69,7 +69,7 @@ wait "$simulate_pid"
 grep -E "delivered|failed" "$WORK/simulate.log" | tail -1 || true
 # The live run catches up with what the broker held back: how long it takes after the broker's
 # return depends on the machine's load (tansu first takes in the producer's backlog; seen here
-# 3 to over 10 s on 2 cores), so the run gets up to a minute.
+# 3 to 16 s on 2 cores), so the run gets up to a minute.
 resumed=
 for second in $(seq 60); do
     sleep 1

@@ -931,7 +931,7 @@ impl Sink for HbaseStore {
         let old = staging.rebuild.old_frontier.clone();
         if let Some((_, frontier)) = batch.state.iter().find(|(k, _)| k == state_key::FRONTIER) {
             // Readers of the old results see how far the rebuild has come.
-            self.note_state(REBUILD_FRONTIER, Some(&frontier.clone()))?;
+            self.note_state(REBUILD_FRONTIER, Some(frontier))?;
         }
         match next {
             Next::SwitchIn(_) => self.switch_in()?,
