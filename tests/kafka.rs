@@ -176,6 +176,38 @@ fn generated_days_from_kafka_with_catch_up_steps_equal_batch() {
     }
 }
 
+/// A source thread holding more events than `--max-waiting-events` pauses its partitions but the
+/// one furthest behind, and the one left reading changes as the partitions overtake each other:
+/// each of two threads reads two partitions of a 4-day backlog with room for a fraction of a 4-hour
+/// step, and the run ends equal to batch. (When the partition first left reading overtook a paused one,
+/// that one held the frontier and the run stalled for good; a stall fails here after 5 minutes.)
+#[test]
+fn a_thread_short_of_room_for_its_backlog_pauses_the_partitions_ahead_and_never_stalls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, users) = generated(dir.path(), 40_000, 4, 23);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let sent = simulate::run(&simulate_args(events.clone(), &brokers)).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![events], Some(users.clone()), None, batch_db.clone())).unwrap();
+    for max_waiting in [1_000, 3_000] {
+        let db = dir.path().join(format!("paused-{max_waiting}.db"));
+        let mut args = kafka_run_args(&brokers, db.clone(), 2, 60);
+        args.profiles = Some(users.clone());
+        args.max_waiting_events = max_waiting;
+        args.group = format!("paused-{max_waiting}");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(run::run(&args).map_err(|e| format!("{e:#}"))));
+        let summary = finished
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("--max-waiting-events {max_waiting}: the run stalled"))
+            .unwrap();
+        assert_eq!((summary.applied, summary.late), (sent.sent, 0), "--max-waiting-events {max_waiting}");
+        assert_same_results(&batch_db, &db, &format!("--max-waiting-events {max_waiting}"));
+    }
+}
+
 #[test]
 fn an_idle_partition_does_not_hold_the_frontier_back() {
     let cluster = MockCluster::new(1).unwrap();

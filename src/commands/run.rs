@@ -65,6 +65,7 @@ pub fn config(args: &RunArgs) -> Result<EngineConfig> {
             partition_discovery: Duration::from_secs(args.partition_discovery.max(0) as u64),
             until: args.until,
             exit_at_end: args.exit_at_end,
+            max_waiting_events: args.max_waiting_events as usize,
             dead_letter_topic: args.dead_letter_topic.clone(),
             bootstrap: args.bootstrap.clone().map(|root| (root, args.since)),
             retention: args.retention,

@@ -106,8 +106,7 @@ impl KafkaSource {
                 "kafka: the events within the lateness no longer fit in memory ({} waiting events at most per \
                  thread): the frontier now keeps {} s behind the live edge instead of {configured} s; older events \
                  are late",
-                super::thread::MAX_PENDING_EVENTS,
-                *lateness
+                self.options.max_waiting_events, *lateness
             );
         } else if !crowded && *lateness < configured && since >= Duration::from_secs(60) {
             *lateness = (*lateness * 2).clamp(1, configured);
@@ -142,7 +141,9 @@ impl KafkaSource {
     /// Opens every step the frontier has reached the end of (each step after the last, so the
     /// steps tile event time), and returns the open one. A step is `--catch-up-step` long when it
     /// starts on that grid and the frontier is already past its end (replaying a backlog or an
-    /// archive, where large steps are fastest), else `--step` long (live).
+    /// archive, where large steps are fastest), else `--step` long (live); while a thread holds
+    /// too many events to wait for a large step, as far as the frontier once a second (see
+    /// [`next_step`]).
     pub(super) fn open_step(&self) -> Option<(Timestamp, i64)> {
         if !self.leader {
             // The leader's log, as far as its news has come.
@@ -184,16 +185,14 @@ impl KafkaSource {
             if frontier < end || last_start.is_some_and(|last| end > last) {
                 return Some((start, length));
             }
-            let coarse = settings.retire;
-            let next = if end % coarse == 0 && frontier >= end + coarse {
-                coarse
-            } else if end % coarse == 0 && coarse > settings.step && self.catching_up() {
-                // Reading a backlog: wait (reading on) until the frontier is a whole large step
-                // ahead, rather than open a small one.
+            let backlog = self.backlog();
+            let Some(next) = next_step(end, frontier, settings.step, settings.retire, backlog) else {
+                // Reading a backlog: wait (reading on) for a larger step.
                 return Some((start, length));
-            } else {
-                settings.step
             };
+            if let Backlog::Pressed { .. } = backlog {
+                self.opened_pressed_step();
+            }
             // Continuing from a checkpoint older than the store: the store's frontier is a
             // boundary (see `KafkaResume::store_frontier`).
             let next = match self.options.resume.as_ref().and_then(|r| r.store_frontier) {
@@ -277,6 +276,37 @@ impl KafkaSource {
         }
     }
 
+    /// How the next step of the log opens (see [`next_step`]).
+    fn backlog(&self) -> Backlog {
+        let settings = &self.options.settings;
+        if settings.retire == settings.step {
+            Backlog::None
+        } else if self.catching_up() {
+            Backlog::Reading { before_live: self.live_from() == Timestamp::MAX }
+        } else if self.still_reading_backlog() {
+            let since = self.pressed_steps.lock().unwrap().0.elapsed();
+            Backlog::Pressed { may_open: since >= PRESSED_STEP_EVERY }
+        } else {
+            Backlog::None
+        }
+    }
+
+    /// Notes a step opened under pressure; the first in a minute is logged, as it changes how a
+    /// catch-up goes.
+    fn opened_pressed_step(&self) {
+        let mut pressed = self.pressed_steps.lock().unwrap();
+        let now = std::time::Instant::now();
+        pressed.0 = now;
+        if pressed.1.is_none_or(|logged| now.duration_since(logged) >= Duration::from_secs(60)) {
+            pressed.1 = Some(now);
+            let waiting = self.threads.iter().map(|t| t.lock().unwrap().view.waiting).max().unwrap_or(0);
+            info!(
+                "kafka: a source thread holds {waiting} events waiting for their step (a partition further behind \
+                 holds the frontier): steps reach the frontier once a second, not in --catch-up-step steps"
+            );
+        }
+    }
+
     /// Some thread is still reading a backlog (or the archive) and none is short of memory.
     pub(super) fn catching_up(&self) -> bool {
         let clocks: Vec<(bool, bool)> =
@@ -306,5 +336,100 @@ impl KafkaSource {
     pub(super) fn earliest(&self) -> Option<Timestamp> {
         let t = self.earliest.load(Ordering::SeqCst);
         (t != Timestamp::MAX).then_some(t)
+    }
+}
+
+/// How often a step opens while a thread reading a backlog holds too many events to wait for a
+/// whole large step: the frontier moves a little with every message of the partition that holds
+/// it, and a step each time (one-minute steps, as before) cost a boundary each, and halved the
+/// December preset's catch-up from tansu. What a second of reading adds to the waiting events is
+/// small next to the threshold (half of `--max-waiting-events`).
+const PRESSED_STEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a backlog is being read, as far as the length of the next step goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Backlog {
+    /// Live, or no step larger than `--step` exists: steps of `--step`.
+    None,
+    /// A source thread reads a backlog (or the archive), and none holds too many events: steps of
+    /// `--catch-up-step`, each opened once the frontier has passed its end. Off that grid (after
+    /// steps under pressure, or from a checkpoint taken live), one step up to it once the frontier
+    /// has passed it, unless the live windows have taken over (a partition found while live):
+    /// then `--step` steps up to it, as live.
+    Reading { before_live: bool },
+    /// A source thread reads a backlog but one holds too many events to wait for a whole large
+    /// step: the steps reach as far as the frontier (on the `--step` grid, never across the
+    /// large steps' grid), one each [`PRESSED_STEP_EVERY`] at most (`may_open`: that long since
+    /// the last).
+    Pressed { may_open: bool },
+}
+
+/// The length of the step after one ending at `end`, with the frontier at or past `end`
+/// (`None`: not yet, wait). `step` and `coarse` are `--step` and `--catch-up-step`.
+pub(super) fn next_step(end: Timestamp, frontier: Timestamp, step: i64, coarse: i64, backlog: Backlog) -> Option<i64> {
+    let on_grid = end % coarse == 0;
+    let grid = floor_to(end, coarse) + coarse;
+    if on_grid && frontier >= grid {
+        return Some(coarse);
+    }
+    match backlog {
+        Backlog::None => Some(step),
+        Backlog::Reading { .. } if on_grid => None,
+        Backlog::Reading { before_live: false } => Some(step),
+        Backlog::Reading { before_live: true } => (frontier >= grid).then_some(grid - end),
+        Backlog::Pressed { .. } if frontier >= grid => Some(grid - end),
+        Backlog::Pressed { may_open: true } if floor_to(frontier, step) > end => Some(floor_to(frontier, step) - end),
+        Backlog::Pressed { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60;
+    const HOURS_4: i64 = 4 * 3600;
+
+    /// Live: one-minute steps, or a whole large step where the frontier is past one.
+    #[test]
+    fn live_steps_are_small_unless_a_whole_large_step_is_behind_the_frontier() {
+        assert_eq!(next_step(HOURS_4, HOURS_4 + 30, MINUTE, HOURS_4, Backlog::None), Some(MINUTE));
+        assert_eq!(next_step(HOURS_4 + MINUTE, HOURS_4 * 3, MINUTE, HOURS_4, Backlog::None), Some(MINUTE));
+        assert_eq!(next_step(HOURS_4, HOURS_4 * 2, MINUTE, HOURS_4, Backlog::None), Some(HOURS_4));
+    }
+
+    /// Reading a backlog: on the large steps' grid the log waits for a whole large step; off it,
+    /// for the grid (small steps once the live windows have taken over).
+    #[test]
+    fn a_backlog_waits_for_whole_large_steps() {
+        let reading = Backlog::Reading { before_live: true };
+        assert_eq!(next_step(HOURS_4, HOURS_4 * 2 - 1, MINUTE, HOURS_4, reading), None);
+        assert_eq!(next_step(HOURS_4, HOURS_4 * 2, MINUTE, HOURS_4, reading), Some(HOURS_4));
+        // Off the grid (a checkpoint taken during a live step, or steps under pressure before).
+        assert_eq!(next_step(HOURS_4 + MINUTE, HOURS_4 * 2 - 1, MINUTE, HOURS_4, reading), None);
+        assert_eq!(next_step(HOURS_4 + MINUTE, HOURS_4 * 2, MINUTE, HOURS_4, reading), Some(HOURS_4 - MINUTE));
+        let live = Backlog::Reading { before_live: false };
+        assert_eq!(next_step(HOURS_4 + MINUTE, HOURS_4 * 2, MINUTE, HOURS_4, live), Some(MINUTE));
+        assert_eq!(next_step(HOURS_4, HOURS_4 * 2 - 1, MINUTE, HOURS_4, live), None);
+    }
+
+    /// A thread short of memory: a step as far as the frontier, at most once a second, never
+    /// across the large steps' grid, where large steps resume once the frontier allows.
+    #[test]
+    fn under_pressure_a_step_reaches_the_frontier_at_most_once_a_second() {
+        let open = Backlog::Pressed { may_open: true };
+        let wait = Backlog::Pressed { may_open: false };
+        let frontier = HOURS_4 + 37 * MINUTE + 20;
+        assert_eq!(next_step(HOURS_4, frontier, MINUTE, HOURS_4, open), Some(37 * MINUTE));
+        assert_eq!(next_step(HOURS_4, frontier, MINUTE, HOURS_4, wait), None);
+        // Nothing whole before the frontier: nothing to open yet.
+        assert_eq!(next_step(HOURS_4 + 37 * MINUTE, frontier, MINUTE, HOURS_4, open), None);
+        // Up to the grid at once, then large steps again.
+        assert_eq!(
+            next_step(HOURS_4 + 37 * MINUTE, HOURS_4 * 2 + 5, MINUTE, HOURS_4, wait),
+            Some(HOURS_4 - 37 * MINUTE)
+        );
+        assert_eq!(next_step(HOURS_4 * 2, HOURS_4 * 3, MINUTE, HOURS_4, wait), Some(HOURS_4));
+        assert_eq!(next_step(HOURS_4 * 2, HOURS_4 * 2 + 90, MINUTE, HOURS_4, open), Some(MINUTE));
     }
 }

@@ -8,7 +8,8 @@
 //! `--idle-timeout` and the broker confirms it has nothing more (when every partition is idle, the
 //! latest event counts). Steps are opened in one shared log that tiles event time:
 //! `--catch-up-step` long while a backlog is read (a partition not yet read to its end, or the
-//! archive), `--step` long live. A thread moves its worker through the steps of the log; it inserts
+//! archive), `--step` long live (under memory pressure, a backlog's steps reach the frontier once
+//! a second instead: `clock.rs`). A thread moves its worker through the steps of the log; it inserts
 //! an event at the start of the step containing it once that step is open (events of later steps
 //! wait in `pending`), and an event whose step it has already left is late (rejected with reason
 //! `late`, never applied). Worker 0 writes a boundary only once every worker's input has passed
@@ -89,6 +90,8 @@ pub struct KafkaSourceOptions {
     pub partition_discovery: Duration,
     pub until: Option<Timestamp>,
     pub exit_at_end: bool,
+    /// Events a source thread holds waiting for their step at most (see `thread.rs`).
+    pub max_waiting_events: usize,
     /// Also produce late and malformed messages to this topic.
     pub dead_letter_topic: Option<String>,
     /// Replay this archive first (from the hour of the given time on), then read each partition
@@ -201,6 +204,9 @@ pub struct KafkaSource {
     live_from: Arc<AtomicI64>,
     /// The lateness in force, and when it last changed (see `clock.rs`, `lateness_in_force`).
     pressure: Mutex<(i64, std::time::Instant, u64)>,
+    /// When the log last opened a step while a thread reading a backlog held too many events
+    /// (see `clock::Backlog::Pressed`), and when that was last logged.
+    pressed_steps: Mutex<(std::time::Instant, Option<std::time::Instant>)>,
     /// The safe offsets of the recent boundaries (oldest first, from the last one at least
     /// [`LIVE_REACH`] before the newest): where a checkpoint's live windows are read again from.
     recent: Mutex<std::collections::VecDeque<(Timestamp, BTreeMap<i32, i64>)>>,
@@ -752,6 +758,7 @@ pub fn start(
         cutoffs: (0..total_workers).map(|_| AtomicI64::new(Timestamp::MIN)).collect(),
         live_from: Arc::new(AtomicI64::new(Timestamp::MAX)),
         pressure: Mutex::new((options.lateness, std::time::Instant::now(), 0)),
+        pressed_steps: Mutex::new((std::time::Instant::now(), None)),
         recent: Mutex::new(options.resume.iter().map(|r| (r.live_offsets_at, r.live_offsets.clone())).collect()),
     });
     // A bootstrap: the archive's files, and where each partition continues on the topic. From a

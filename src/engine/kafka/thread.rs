@@ -28,14 +28,11 @@ use super::replay::Replay;
 use super::{Counts, KafkaSource};
 use crate::engine::source::{Feed, READ_BATCH};
 
-/// A source thread stops reading while this many events wait for their step (it is ahead of the
-/// others), so a catch-up holds bounded memory (about 60 bytes an event). Live, the events of the
-/// lateness wait here too: 10 minutes at 10 k events/s are 6 M events over all threads.
-pub(super) const MAX_PENDING_EVENTS: usize = 5_000_000;
-
-/// Past this many waiting events a thread is crowded: the source cuts the lateness it waits for
-/// (see `KafkaSource::frontier`) rather than stall once `pending` is full.
-pub(super) const CROWDED_PENDING_EVENTS: usize = MAX_PENDING_EVENTS / 4 * 3;
+// `--max-waiting-events` (5 M by default): a source thread stops reading while this many events
+// wait for their step (it is ahead of the others), so a catch-up holds bounded memory (about 60
+// bytes an event). Live, the events of the lateness wait here too: 10 minutes at 10 k events/s
+// are 6 M events over all threads. Past three quarters of it a thread is crowded: the source cuts
+// the lateness it waits for (see `KafkaSource::frontier`) rather than stall once `pending` is full.
 
 /// How many recent late messages a thread keeps for a checkpoint (a stream with more late
 /// messages than this between two checkpoints may count a few in a restored live window).
@@ -94,8 +91,8 @@ pub(super) struct SourceThread {
     pending: BTreeMap<Timestamp, PendingStep>,
     /// Events in `pending`.
     pending_events: usize,
-    /// Every partition but the slowest is paused (`pending` is full).
-    paused: bool,
+    /// While `pending` is full: the partition left reading (the slowest), every other one paused.
+    paused: Option<i32>,
     /// The step this thread's worker inserts at: (start, length).
     step: Option<(Timestamp, i64)>,
     batch: Vec<Event>,
@@ -206,7 +203,7 @@ impl SourceThread {
             parser: EventParser::default(),
             pending: BTreeMap::new(),
             pending_events: 0,
-            paused: false,
+            paused: None,
             step: resume.map(|r| (r.frontier - step, step)),
             batch: Vec::with_capacity(READ_BATCH),
             counts,
@@ -257,11 +254,10 @@ impl SourceThread {
                 return self.release_all();
             }
             let exit_at_end = self.source.options.exit_at_end;
-            let reading = !(exit_at_end && self.partitions.iter().all(|p| p.at_end));
             self.drain_outbox(false)?;
             // Backpressure: a thread far ahead of the frontier stops replaying, or pauses all its
             // partitions but the one furthest behind (which may be what holds the frontier).
-            let waiting = self.waiting_events() >= MAX_PENDING_EVENTS;
+            let waiting = self.waiting_events() >= self.max_waiting();
             self.pause_fast_partitions()?;
             if !waiting && self.replay.is_some() {
                 match self.replay.as_mut().and_then(Replay::next) {
@@ -273,7 +269,11 @@ impl SourceThread {
                     }
                     None => self.end_replay()?,
                 }
-            } else if reading && !self.partitions.is_empty() {
+            } else if !self.partitions.is_empty() {
+                // Polled on at the end of every partition too, while `--exit-at-end` waits for
+                // the other threads: a broker may signal a partition's end (PartitionEOF, from a
+                // fetch's high watermark) while more is coming, and a thread that stopped polling
+                // would never see it. A message resets `at_end`.
                 match self.consumer.poll(Duration::from_millis(20)) {
                     Some(Ok(message)) => {
                         let partition = message.partition();
@@ -565,7 +565,7 @@ impl SourceThread {
         // backlog, the worker is always the slower: the thread waits for it as soon as the
         // channel is full, as before (a replay's memory does not grow by the outbox).
         let behind = self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up);
-        let limit = if behind { READ_BATCH } else { MAX_PENDING_EVENTS };
+        let limit = if behind { READ_BATCH } else { self.max_waiting() };
         if self.outbox_events >= limit {
             while self.outbox_events >= limit / 2 {
                 let feed = self.outbox.pop_front().expect("events are queued");
@@ -857,6 +857,11 @@ impl SourceThread {
     }
 
     /// Events held by this thread: waiting for their step, or for the worker to take them.
+    /// `--max-waiting-events`.
+    fn max_waiting(&self) -> usize {
+        self.source.options.max_waiting_events
+    }
+
     fn waiting_events(&self) -> usize {
         self.pending_events + self.outbox_events
     }
@@ -873,7 +878,7 @@ impl SourceThread {
             self.partitions
                 .iter()
                 .any(|p| !p.at_end && r.read_to.get(&p.partition).is_some_and(|to| p.next_offset < *to))
-        }) && self.waiting_events() < MAX_PENDING_EVENTS / 2;
+        }) && self.waiting_events() < self.max_waiting() / 2;
         let mut clock = self.source.threads[self.index].lock().unwrap();
         let view = ClockView {
             ready: !rereading && self.partitions.iter().all(|p| p.latest.is_some() || idle(p)),
@@ -882,10 +887,10 @@ impl SourceThread {
             earliest_seen: self.pending.keys().next().copied().into_iter().chain(self.step.map(|(s, _)| s)).min(),
             at_end: self.partitions.iter().all(|p| p.at_end),
             behind: self.replay.is_some() || self.partitions.iter().any(|p| !p.caught_up),
-            pressed: self.waiting_events() >= MAX_PENDING_EVENTS / 2,
+            pressed: self.waiting_events() >= self.max_waiting() / 2,
             // Only events that wait for their step: a shorter lateness drains them, not the
             // events queued for a busy worker.
-            crowded: self.pending_events >= CROWDED_PENDING_EVENTS,
+            crowded: self.pending_events >= self.max_waiting() / 4 * 3,
             waiting: self.pending_events as u64,
             release: clock.view.release,
         };
@@ -903,26 +908,54 @@ impl SourceThread {
     }
 
     /// Pauses every partition but the one furthest behind while `pending` is full, and resumes
-    /// them once it has drained to half.
+    /// them once it has drained to half. The one left reading may be what holds the frontier, so
+    /// once another falls behind it, that one reads instead.
+    /// (Left as first chosen, a paused partition fell behind the one reading, held the frontier,
+    /// and `pending` never drained: the December preset stalled at day 10 of a catch-up, and a
+    /// partition that was no longer the slowest at the resume stayed paused for good.)
     fn pause_fast_partitions(&mut self) -> Result<()> {
-        let full = self.waiting_events() >= MAX_PENDING_EVENTS;
-        if full == self.paused || self.replay.is_some() || self.partitions.len() < 2 {
+        if self.replay.is_some() || self.partitions.len() < 2 {
             return Ok(());
         }
-        if !full && self.waiting_events() >= MAX_PENDING_EVENTS / 2 {
+        let waiting = self.waiting_events();
+        let full = match self.paused {
+            None => waiting >= self.max_waiting(),
+            Some(_) => waiting >= self.max_waiting() / 2,
+        };
+        let topic = &self.source.options.topic;
+        if !full {
+            if self.paused.take().is_some() {
+                let mut list = TopicPartitionList::new();
+                for p in &self.partitions {
+                    list.add_partition(topic, p.partition);
+                }
+                self.consumer.resume(&list).context("resuming Kafka partitions")?;
+            }
             return Ok(());
         }
-        let slowest = self.partitions.iter().min_by_key(|p| p.latest).map(|p| p.partition);
-        let mut list = TopicPartitionList::new();
-        for p in self.partitions.iter().filter(|p| Some(p.partition) != slowest) {
-            list.add_partition(&self.source.options.topic, p.partition);
+        let slowest = self.partitions.iter().min_by_key(|p| p.latest).expect("partitions");
+        if let Some(reading) = self.paused {
+            // The one reading gives way once it is a lateness (a minute at least) past the
+            // slowest, not at once: partitions close in time would swap with every message, and
+            // each pause drops what librdkafka had fetched for the partition.
+            let margin = self.source.options.lateness.max(MINUTE);
+            let reading_latest = self.partitions.iter().find(|p| p.partition == reading).and_then(|p| p.latest);
+            if reading == slowest.partition || slowest.latest.zip(reading_latest).is_some_and(|(s, r)| r - s < margin) {
+                return Ok(());
+            }
         }
-        if full {
-            self.consumer.pause(&list).context("pausing Kafka partitions")?;
-        } else {
-            self.consumer.resume(&list).context("resuming Kafka partitions")?;
+        let slowest = slowest.partition;
+        let mut others = TopicPartitionList::new();
+        for p in self.partitions.iter().filter(|p| p.partition != slowest) {
+            others.add_partition(topic, p.partition);
         }
-        self.paused = full;
+        self.consumer.pause(&others).context("pausing Kafka partitions")?;
+        if self.paused.is_some() {
+            let mut reading = TopicPartitionList::new();
+            reading.add_partition(topic, slowest);
+            self.consumer.resume(&reading).context("resuming a Kafka partition")?;
+        }
+        self.paused = Some(slowest);
         Ok(())
     }
 
