@@ -599,10 +599,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub exit_at_end: bool,
 
-    /// Kafka: a source thread holds about this many events waiting for their step at most (about
-    /// 60 bytes each). Past it the thread pauses its partitions but the one furthest behind; past
-    /// half of it a backlog's steps stop waiting for whole `--catch-up-step`s, and past three
-    /// quarters, live, the frontier keeps less than `--lateness` behind the live edge (logged).
+    /// Kafka: about how many events a source thread holds waiting for their step (about 60 bytes
+    /// each). Past it the thread pauses its partitions but the one furthest behind (a thread with
+    /// one partition does not pause); past half of it a backlog's steps stop waiting for whole
+    /// `--catch-up-step`s; past three quarters of it waiting for their step, while no thread reads
+    /// a backlog, the frontier keeps less than `--lateness` behind the live edge (logged).
     #[arg(long, default_value_t = 5_000_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1000..))]
     pub max_waiting_events: u64,
 

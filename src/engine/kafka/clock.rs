@@ -282,7 +282,8 @@ impl KafkaSource {
         if settings.retire == settings.step {
             Backlog::None
         } else if self.catching_up() {
-            Backlog::Reading { before_live: self.live_from() == Timestamp::MAX }
+            // (Without live windows nothing marks where the run went live: as live.)
+            Backlog::Reading { before_live: self.live_from() == Timestamp::MAX && self.live.is_some() }
         } else if self.still_reading_backlog() {
             let since = self.pressed_steps.lock().unwrap().0.elapsed();
             Backlog::Pressed { may_open: since >= PRESSED_STEP_EVERY }

@@ -923,7 +923,10 @@ impl SourceThread {
             Some(_) => waiting >= self.max_waiting() / 2,
         };
         let topic = &self.source.options.topic;
-        if !full {
+        // The one to read: the slowest of those with more to read (an empty partition, or one at
+        // its end, would read nothing while the others hold the frontier). None: resume them all.
+        let slowest = self.partitions.iter().filter(|p| !p.at_end).min_by_key(|p| p.latest);
+        let Some(slowest) = slowest.filter(|_| full) else {
             if self.paused.take().is_some() {
                 let mut list = TopicPartitionList::new();
                 for p in &self.partitions {
@@ -932,15 +935,16 @@ impl SourceThread {
                 self.consumer.resume(&list).context("resuming Kafka partitions")?;
             }
             return Ok(());
-        }
-        let slowest = self.partitions.iter().min_by_key(|p| p.latest).expect("partitions");
-        if let Some(reading) = self.paused {
+        };
+        let reading = self.paused.and_then(|r| self.partitions.iter().find(|p| p.partition == r && !p.at_end));
+        if let Some(reading) = reading {
             // The one reading gives way once it is a lateness (a minute at least) past the
             // slowest, not at once: partitions close in time would swap with every message, and
             // each pause drops what librdkafka had fetched for the partition.
             let margin = self.source.options.lateness.max(MINUTE);
-            let reading_latest = self.partitions.iter().find(|p| p.partition == reading).and_then(|p| p.latest);
-            if reading == slowest.partition || slowest.latest.zip(reading_latest).is_some_and(|(s, r)| r - s < margin) {
+            if reading.partition == slowest.partition
+                || slowest.latest.zip(reading.latest).is_some_and(|(s, r)| r - s < margin)
+            {
                 return Ok(());
             }
         }
