@@ -208,6 +208,56 @@ fn a_thread_short_of_room_for_its_backlog_pauses_the_partitions_ahead_and_never_
     }
 }
 
+/// The same with an empty partition beside two with data in one thread: the empty one (no event
+/// yet, at its end) is never the one left reading while the others, paused, hold the frontier.
+#[test]
+fn a_thread_short_of_room_never_leaves_only_an_empty_partition_reading() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 3, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("events.csv");
+    let mut rows =
+        String::from("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n");
+    // Two days, an event a minute in each of partitions 0 and 1; partition 2 stays empty.
+    let mut sent = 0u64;
+    for minute in 0..2 * 1_440 {
+        let time = chrono::DateTime::from_timestamp(1_569_888_000 + minute * 60, 0).unwrap();
+        for partition in [0, 1] {
+            let user = partition * 10_000 + minute % 50;
+            let value = format!(
+                r#"{{"event_time":"{}","event_type":"view","product_id":{},"category_id":"2","price":1.5,"user_id":{user},"user_session":"s{user}"}}"#,
+                time.format("%Y-%m-%dT%H:%M:%SZ"),
+                minute % 7 + 1
+            );
+            producer
+                .send(BaseRecord::<str, str>::to(TOPIC).partition(partition as i32).key("k").payload(&value))
+                .unwrap();
+            rows.push_str(&format!(
+                "{},view,{},2,,,1.5,{user},s{user}\n",
+                time.format("%Y-%m-%d %H:%M:%S UTC"),
+                minute % 7 + 1
+            ));
+            sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    std::fs::write(&csv, rows).unwrap();
+    let batch_db = dir.path().join("batch.db");
+    cartflow::commands::batch::run(&batch_args(vec![csv], None, None, batch_db.clone())).unwrap();
+    let db = dir.path().join("empty-partition.db");
+    let mut args = kafka_run_args(&brokers, db.clone(), 1, 60);
+    args.max_waiting_events = 1_000;
+    args.idle_timeout = 1;
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(run::run(&args).map_err(|e| format!("{e:#}"))));
+    let summary = finished.recv_timeout(Duration::from_secs(300)).expect("the run stalled").unwrap();
+    assert_eq!((summary.applied, summary.late), (sent, 0));
+    assert_same_results(&batch_db, &db, "an empty partition beside two with data");
+}
+
 #[test]
 fn an_idle_partition_does_not_hold_the_frontier_back() {
     let cluster = MockCluster::new(1).unwrap();
