@@ -856,12 +856,12 @@ impl SourceThread {
         Ok(())
     }
 
-    /// Events held by this thread: waiting for their step, or for the worker to take them.
     /// `--max-waiting-events`.
     fn max_waiting(&self) -> usize {
         self.source.options.max_waiting_events
     }
 
+    /// Events held by this thread: waiting for their step, or for the worker to take them.
     fn waiting_events(&self) -> usize {
         self.pending_events + self.outbox_events
     }
@@ -922,6 +922,10 @@ impl SourceThread {
             None => waiting >= self.max_waiting(),
             Some(_) => waiting >= self.max_waiting() / 2,
         };
+        if !full && self.paused.is_none() {
+            // The common case, once per message: nothing to pause or resume.
+            return Ok(());
+        }
         let topic = &self.source.options.topic;
         // The one to read: the slowest of those with more to read (an empty partition, or one at
         // its end, would read nothing while the others hold the frontier). None: resume them all.
